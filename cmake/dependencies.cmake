@@ -1,0 +1,16 @@
+# Every third-party library Flotilla uses, found once. scripts/setup installs them from Debian.
+find_package(Torch REQUIRED)
+find_package(yaml-cpp REQUIRED)
+find_package(spdlog REQUIRED)
+find_package(nlohmann_json REQUIRED)
+find_package(CLI11 REQUIRED)
+find_package(Boost 1.74 REQUIRED)
+find_package(Protobuf REQUIRED)
+find_package(doctest REQUIRED)
+find_package(Threads REQUIRED)
+
+# Debian's libtorch exports its flags (the C++11 ABI define) through TORCH_CXX_FLAGS only.
+add_library(flotilla_torch INTERFACE)
+target_link_libraries(flotilla_torch INTERFACE ${TORCH_LIBRARIES})
+separate_arguments(_flotilla_torch_flags UNIX_COMMAND "${TORCH_CXX_FLAGS}")
+target_compile_options(flotilla_torch INTERFACE ${_flotilla_torch_flags})

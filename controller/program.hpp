@@ -1,0 +1,65 @@
+#pragma once
+// Programs: the dataflows `flotilla run` can drive (single-process RL, distributed RL, RLHF),
+// chosen by the experiment's `program:` key and registered by name.
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/config.hpp"
+#include "core/metrics.hpp"
+
+namespace flotilla::controller {
+
+// The keys every experiment has, whatever its program.
+struct Experiment {
+  std::string name;
+  std::string program;
+  int64_t seed = 1;
+  bool deterministic = false;
+  std::string run_dir;    // "" = <run_root>/<name>-<timestamp>
+  std::string run_root = "runs";
+  std::vector<std::string> metric_sinks;
+  std::vector<std::string> progress_metrics;  // shown beside the progress bar
+  double progress_interval_s = 10;            // between plain progress lines off a terminal
+};
+
+// Everything a program needs while it runs.
+struct RunContext {
+  const Experiment& experiment;
+  std::filesystem::path dir;  // the run directory
+  core::Metrics& metrics;
+  const std::atomic<bool>& stop_requested;  // Ctrl-C: finish the current step, checkpoint, return
+  std::function<void(int64_t step)> report_progress;
+};
+
+struct RunResult {
+  std::string exit_reason = "completed";  // e.g. "completed", "stop_condition", "interrupted"
+  std::vector<std::pair<std::string, double>> summary;  // extra numbers for summary.json
+};
+
+class Program {
+ public:
+  virtual ~Program() = default;
+  // Steps the run will take, for the progress bar and ETA; 0 when unknown.
+  virtual int64_t total_steps() const = 0;
+  virtual RunResult run(RunContext& ctx) = 0;
+};
+
+// Builds a program from the experiment's config, reading (and so validating) its own keys.
+using ProgramFactory = std::function<std::unique_ptr<Program>(core::ConfigView root, const Experiment& experiment)>;
+
+void register_program(const std::string& name, ProgramFactory factory);
+std::vector<std::string> program_names();
+const ProgramFactory* find_program(const std::string& name);
+
+// Registers a program from any source file: `static ProgramRegistration reg("name", factory);`.
+struct ProgramRegistration {
+  ProgramRegistration(const std::string& name, ProgramFactory factory) { register_program(name, std::move(factory)); }
+};
+
+}  // namespace flotilla::controller

@@ -1,0 +1,178 @@
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/config.hpp"
+#include "support/temp_dir.hpp"
+
+using namespace flotilla;
+using flotilla::core::Config;
+using flotilla::core::ConfigTree;
+
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("config_reads_typed_values_and_defaults") {
+  Config c(ConfigTree::load_string("a: 3\nb: 0.5\nc: hello\nd: true\ne: [1, 2]\nf: 1e6\ng: 1_000\n"));
+  auto root = c.root();
+  CHECK(root.get<int64_t>("a", 0) == 3);
+  CHECK(root.get<double>("b", 0.0) == 0.5);
+  CHECK(root.get<std::string>("c", "") == "hello");
+  CHECK(root.get<bool>("d", false) == true);
+  CHECK(root.get<std::vector<int64_t>>("e", {}) == std::vector<int64_t>{1, 2});
+  CHECK(root.get<int64_t>("f", 0) == 1000000);
+  CHECK(root.get<int64_t>("g", 0) == 1000);
+  CHECK(root.get<int>("missing", 7) == 7);
+  CHECK_NOTHROW(c.check_unknown_keys());
+}
+
+TEST_CASE("config_type_error_names_file_line_column_key_expected_and_found") {
+  test::TempDir dir;
+  dir.write("exp.yaml", "train:\n  total_steps: many\n");
+  Config c(ConfigTree::load_file(dir.path() / "exp.yaml"));
+  std::string err = error_of([&] { c.root().section("train").get<int64_t>("total_steps", 1); });
+  CHECK(err.find("exp.yaml:2:16") != std::string::npos);
+  CHECK(err.find("train.total_steps") != std::string::npos);
+  CHECK(err.find("expected an integer") != std::string::npos);
+  CHECK(err.find("found 'many'") != std::string::npos);
+}
+
+TEST_CASE("config_range_check_rejects_out_of_range_values") {
+  Config c(ConfigTree::load_string("lr: -0.1\n", "x.yaml"));
+  std::string err = error_of([&] { c.root().get<double>("lr", 1e-3, core::greater_than(0.0)); });
+  CHECK(err.find("x.yaml:1:5: lr: expected a value > 0") != std::string::npos);
+  CHECK(err.find("found '-0.1'") != std::string::npos);
+}
+
+TEST_CASE("config_choice_suggests_the_closest_allowed_value") {
+  Config c(ConfigTree::load_string("backend: cdua\n"));
+  std::string err = error_of([&] { c.root().choice("backend", "cpu", {"cpu", "cuda"}); });
+  CHECK(err.find("one of cpu, cuda") != std::string::npos);
+  CHECK(err.find("did you mean 'cuda'") != std::string::npos);
+}
+
+TEST_CASE("config_required_key_missing_is_an_error") {
+  Config c(ConfigTree::load_string("env: {}\n", "x.yaml"));
+  std::string err = error_of([&] { c.root().section("env").require<std::string>("id"); });
+  CHECK(err.find("missing required key 'env.id'") != std::string::npos);
+}
+
+TEST_CASE("config_unknown_key_gets_did_you_mean") {
+  Config c(ConfigTree::load_string("train:\n  total_step: 5\n  lr: 0.1\n", "x.yaml"));
+  auto train = c.root().section("train");
+  train.get<int64_t>("total_steps", 1);
+  train.get<double>("lr", 0.1);
+  std::string err = error_of([&] { c.check_unknown_keys(); });
+  CHECK(err.find("x.yaml:2:3") != std::string::npos);
+  CHECK(err.find("unknown key 'total_step' in 'train'") != std::string::npos);
+  CHECK(err.find("did you mean 'total_steps'") != std::string::npos);
+}
+
+TEST_CASE("config_unknown_top_level_section_is_reported_once") {
+  Config c(ConfigTree::load_string("seed: 1\ntrian:\n  a: 1\n", "x.yaml"));
+  c.root().get<int64_t>("seed", 0);
+  c.root().section("train");
+  std::string err = error_of([&] { c.check_unknown_keys(); });
+  CHECK(err.find("unknown key 'trian' in the top level; did you mean 'train'") != std::string::npos);
+}
+
+TEST_CASE("config_defaults_compose_in_order_with_paths_relative_to_the_including_file") {
+  test::TempDir dir;
+  dir.write("base/a.yaml", "x: 1\ny: {p: 1, q: 1}\nlist: [1, 2, 3]\n");
+  dir.write("base/b.yaml", "defaults: [a.yaml]\ny: {q: 2}\n");
+  dir.write("exp.yaml", "defaults: [base/b.yaml]\nlist: [9]\ny: {r: 3}\n");
+  ConfigTree t = ConfigTree::load_file(dir.path() / "exp.yaml");
+  const YAML::Node& r = t.root();
+  CHECK(r["x"].as<int>() == 1);
+  CHECK(r["y"]["p"].as<int>() == 1);
+  CHECK(r["y"]["q"].as<int>() == 2);  // b overrides a
+  CHECK(r["y"]["r"].as<int>() == 3);  // maps merge key by key
+  CHECK(r["list"].size() == 1);       // lists replace
+  CHECK_FALSE(r["defaults"].IsDefined());
+  // Each value remembers the file it came from.
+  CHECK(t.value_location("x").file.find("a.yaml") != std::string::npos);
+  CHECK(t.value_location("y.q").file.find("b.yaml") != std::string::npos);
+  CHECK(t.value_location("y.r").file.find("exp.yaml") != std::string::npos);
+}
+
+TEST_CASE("config_defaults_cycle_and_missing_file_are_errors") {
+  test::TempDir dir;
+  dir.write("a.yaml", "defaults: [b.yaml]\n");
+  dir.write("b.yaml", "defaults: [a.yaml]\n");
+  dir.write("c.yaml", "defaults: [nope.yaml]\n");
+  CHECK(error_of([&] { ConfigTree::load_file(dir.path() / "a.yaml"); }).find("includes itself") != std::string::npos);
+  std::string err = error_of([&] { ConfigTree::load_file(dir.path() / "c.yaml"); });
+  CHECK(err.find("c.yaml:1:12") != std::string::npos);
+  CHECK(err.find("nope.yaml") != std::string::npos);
+}
+
+TEST_CASE("config_overrides_parse_values_as_yaml_and_create_sections") {
+  ConfigTree t = ConfigTree::load_string("a: {b: 1}\n");
+  t.apply_overrides({"a.b=2.5", "a.c=[1, 2]", "x.y.z=true", "s=hello world"});
+  Config c(std::move(t));
+  auto root = c.root();
+  CHECK(root.section("a").get<double>("b", 0) == 2.5);
+  CHECK(root.section("a").get<std::vector<int>>("c", {}) == std::vector<int>{1, 2});
+  CHECK(root.section("x").section("y").get<bool>("z", false));
+  CHECK(root.get<std::string>("s", "") == "hello world");
+}
+
+TEST_CASE("config_override_errors_name_the_override") {
+  ConfigTree t = ConfigTree::load_string("a: 1\n");
+  CHECK(error_of([&] { t.apply_override("novalue"); }).find("expected key.path=value") != std::string::npos);
+  CHECK(error_of([&] { t.apply_override("a.b=1"); }).find("'a' is '1', not a map") != std::string::npos);
+  t.apply_override("a=x");
+  Config c(std::move(t));
+  std::string err = error_of([&] { c.root().get<int>("a", 0); });
+  CHECK(err.find("command-line override 'a=x'") != std::string::npos);
+}
+
+TEST_CASE("config_invalid_yaml_reports_line") {
+  test::TempDir dir;
+  dir.write("bad.yaml", "a: 1\nb: [1, 2\nc: 3\n");
+  std::string err = error_of([&] { ConfigTree::load_file(dir.path() / "bad.yaml"); });
+  CHECK(err.find("bad.yaml:") != std::string::npos);
+  CHECK(err.find("invalid YAML") != std::string::npos);
+}
+
+TEST_CASE("config_resolved_holds_every_value_read_and_reads_back_the_same") {
+  Config c(ConfigTree::load_string("a: 2\nsec: {lr: 3.0e-4}\nworkers: [{role: actor}, {role: trainer, count: 2}]\n"));
+  auto read = [](Config& cfg) {
+    auto root = cfg.root();
+    root.get<int64_t>("a", 1);
+    root.get<std::string>("missing", "dflt");
+    root.section("sec").get<double>("lr", 1.0);
+    root.section("sec").get<double>("gamma", 0.99);
+    for (auto w : root.list("workers")) {
+      w.get<std::string>("role", "");
+      w.get<int64_t>("count", 1);
+    }
+  };
+  read(c);
+  std::string yaml = c.resolved_yaml();
+  CHECK(yaml.find("missing: dflt") != std::string::npos);
+  CHECK(yaml.find("gamma: 0.99") != std::string::npos);
+  CHECK(yaml.find("lr: 0.0003") != std::string::npos);
+  Config again(ConfigTree::load_string(yaml));
+  read(again);
+  CHECK(again.resolved_yaml() == yaml);
+  CHECK(again.resolved()["workers"][1]["count"].as<int>() == 2);
+  CHECK(again.resolved()["workers"][0]["count"].as<int>() == 1);
+}
+
+TEST_CASE("closest_match_tolerates_small_typos_only") {
+  CHECK(core::closest_match("trian", {"train", "seed"}) == "train");
+  CHECK(core::closest_match("total_step", {"total_steps", "lr"}) == "total_steps");
+  CHECK(core::closest_match("zzzzzz", {"train", "seed"}) == "");
+}
