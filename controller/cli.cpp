@@ -1,0 +1,131 @@
+#include "controller/cli.hpp"
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <iostream>
+
+#include "controller/experiment.hpp"
+#include "controller/plot.hpp"
+#include "core/log.hpp"
+
+#ifndef FLOTILLA_VERSION
+#define FLOTILLA_VERSION "unknown"
+#endif
+
+namespace {
+
+using namespace flotilla;
+
+struct ConfigArgs {
+  std::string file;
+  std::vector<std::string> overrides;
+};
+
+void add_config_args(CLI::App* cmd, ConfigArgs& args) {
+  cmd->add_option("config", args.file, "experiment YAML file")->required()->check(CLI::ExistingFile);
+  cmd->add_option("overrides", args.overrides, "key.path=value overrides, applied in order");
+}
+
+// libtorch runs its own thread pool; OpenBLAS's pool on top of it oversubscribes the cores and runs
+// several times slower. A user's explicit OPENBLAS_NUM_THREADS is left alone.
+void pin_openblas_threads() {
+  if (std::getenv("OPENBLAS_NUM_THREADS")) return;
+  using SetThreads = void (*)(int);
+  if (auto set = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set(1);
+}
+
+int run_command(const ConfigArgs& args, const controller::RunOptions& options) {
+  controller::LoadedExperiment loaded = controller::load_experiment(args.file, args.overrides);
+  return controller::run_experiment(loaded, options);
+}
+
+}  // namespace
+
+int flotilla::controller::cli_main(int argc, char** argv) {
+  pin_openblas_threads();
+  CLI::App app{"Flotilla: distributed reinforcement learning and RLHF.\n"
+               "Run `flotilla COMMAND --help` for the options of a command."};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "help for every command");
+
+  ConfigArgs run_args;
+  controller::RunOptions run_options;
+  bool quiet = false;
+  std::string progress = "auto";
+  auto* run = app.add_subcommand("run", "run an experiment; results go to a new run directory");
+  add_config_args(run, run_args);
+  run->add_flag("-q,--quiet", quiet, "no progress bar or progress lines; warnings and errors only");
+  run->add_option("--progress", progress, "progress display: auto (bar on a terminal, lines otherwise), bar, lines")
+      ->check(CLI::IsMember({"auto", "bar", "lines"}));
+  run->add_option("--log-level", run_options.log_level, "trace, debug, info, warn or error")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+
+  ConfigArgs validate_args;
+  auto* validate = app.add_subcommand("validate", "check an experiment config without running it");
+  add_config_args(validate, validate_args);
+
+  ConfigArgs show_args;
+  auto* config = app.add_subcommand("config", "inspect experiment configs");
+  config->require_subcommand(1);
+  auto* show = config->add_subcommand("show", "print the fully resolved config (defaults, overrides and every default value)");
+  add_config_args(show, show_args);
+
+  std::string plot_dir, plot_out;
+  std::vector<std::string> plot_metrics;
+  auto* plot = app.add_subcommand("plot", "draw PNG charts of a run's metrics (needs gnuplot)");
+  plot->add_option("run_dir", plot_dir, "run directory")->required()->check(CLI::ExistingDirectory);
+  plot->add_option("metrics", plot_metrics, "metric names, e.g. charts/episodic_return (default: all)");
+  plot->add_option("--out", plot_out, "output directory (default: RUN_DIR/plots)");
+
+  auto* version = app.add_subcommand("version", "print the version and build facts");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
+
+  core::init_logging();
+  try {
+    if (*run) {
+      if (quiet) run_options.progress = controller::ProgressMode::Quiet;
+      else if (progress == "bar") run_options.progress = controller::ProgressMode::Bar;
+      else if (progress == "lines") run_options.progress = controller::ProgressMode::Lines;
+      return run_command(run_args, run_options);
+    }
+    if (*validate) {
+      controller::LoadedExperiment loaded = controller::load_experiment(validate_args.file, validate_args.overrides);
+      std::cout << validate_args.file << ": valid (program '" << loaded.experiment.program << "', name '"
+                << loaded.experiment.name << "')\n";
+      return 0;
+    }
+    if (*show) {
+      controller::LoadedExperiment loaded = controller::load_experiment(show_args.file, show_args.overrides);
+      std::cout << loaded.config->resolved_yaml();
+      return 0;
+    }
+    if (*plot) {
+      auto files = controller::plot_run(plot_dir, plot_metrics,
+                                        plot_out.empty() ? std::filesystem::path(plot_dir) / "plots" : std::filesystem::path(plot_out));
+      for (const auto& f : files) std::cout << f.string() << '\n';
+      return 0;
+    }
+    if (*version) {
+      std::cout << "flotilla " << FLOTILLA_VERSION << "\n"
+                << "cuda kernels: " << (FLOTILLA_WITH_CUDA ? "compiled" : "not compiled") << "\n";
+      return 0;
+    }
+  } catch (const ConfigError& e) {
+    std::cerr << "flotilla: error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "flotilla: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 2;
+}
