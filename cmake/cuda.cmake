@@ -10,8 +10,10 @@ if(NOT FLOTILLA_CUDA STREQUAL "OFF")
       set(CMAKE_CUDA_ARCHITECTURES 80-real 90)
     endif()
     enable_language(CUDA)
-    set(CMAKE_CUDA_STANDARD 20)
+    # CMake 3.25 has no C++20 flag for nvcc; the device code needs only C++17.
+    set(CMAKE_CUDA_STANDARD 17)
     set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+    find_package(CUDAToolkit REQUIRED)
     set(FLOTILLA_WITH_CUDA ON)
   elseif(FLOTILLA_CUDA STREQUAL "ON")
     message(FATAL_ERROR "FLOTILLA_CUDA=ON but no CUDA compiler was found "

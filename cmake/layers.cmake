@@ -15,7 +15,22 @@ function(flotilla_layer name)
       break()
     endif()
   endforeach()
-  add_library(flotilla_${name} STATIC ${ARG_SOURCES})
-  target_include_directories(flotilla_${name} PUBLIC ${view})
-  target_link_libraries(flotilla_${name} PUBLIC ${ARG_LINK})
+  if(ARG_SOURCES)
+    add_library(flotilla_${name} STATIC ${ARG_SOURCES})
+    target_include_directories(flotilla_${name} PUBLIC ${view})
+    target_link_libraries(flotilla_${name} PUBLIC ${ARG_LINK})
+  else()  # headers only
+    add_library(flotilla_${name} INTERFACE)
+    target_include_directories(flotilla_${name} INTERFACE ${view})
+    target_link_libraries(flotilla_${name} INTERFACE ${ARG_LINK})
+  endif()
 endfunction()
+
+# Flags for the translation units that instantiate environment steps (kernels/env_batch.hpp):
+# fast math makes glibc declare its SIMD sin/cos (libmvec), and keeping sin and cos of one angle
+# as two calls (no sincos fusion) lets both vectorize. Results stay within a few ulp of scalar libm.
+if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+  set(FLOTILLA_ENV_CXX_FLAGS -O3 -ffast-math -fdisable-tree-sincos)
+else()
+  set(FLOTILLA_ENV_CXX_FLAGS -O3 -ffast-math)
+endif()

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <iostream>
 
+#include "controller/commands.hpp"
 #include "controller/experiment.hpp"
 #include "controller/plot.hpp"
 #include "core/log.hpp"
@@ -81,6 +82,35 @@ int flotilla::controller::cli_main(int argc, char** argv) {
   plot->add_option("metrics", plot_metrics, "metric names, e.g. charts/episodic_return (default: all)");
   plot->add_option("--out", plot_out, "output directory (default: RUN_DIR/plots)");
 
+  auto* env_cmd = app.add_subcommand("env", "list and inspect environments");
+  env_cmd->require_subcommand(1);
+  bool env_list_json = false;
+  auto* env_list_cmd = env_cmd->add_subcommand("list", "environment ids with their spaces and episode limits");
+  env_list_cmd->add_flag("--json", env_list_json, "print JSON");
+  controller::TraceArgs trace;
+  auto* trace_cmd = env_cmd->add_subcommand(
+      "trace", "step one env and print one JSON object per line (for checking against a reference)");
+  trace_cmd->add_option("--env", trace.env, "environment id")->required();
+  trace_cmd->add_option("--seed", trace.seed, "reset seed");
+  trace_cmd->add_option("--init-state", trace.init_state,
+                        "JSON array: the physical state right after reset, in Gymnasium's env.unwrapped.state order");
+  auto* actions_opt = trace_cmd->add_option("--actions", trace.actions, "JSON array of actions, one per step");
+  trace_cmd->add_option("--actions-file", trace.actions_file, "file with a JSON array of actions (or one per line)")
+      ->check(CLI::ExistingFile)
+      ->excludes(actions_opt);
+
+  auto* bench = app.add_subcommand("bench", "benchmarks that print figures");
+  bench->require_subcommand(1);
+  controller::EnvBenchArgs bench_env_args;
+  auto* bench_env_cmd = bench->add_subcommand("env", "env steps per second (random valid actions, auto-reset on)");
+  bench_env_cmd->add_option("--env", bench_env_args.env, "environment id")->required();
+  bench_env_cmd->add_option("--num-envs", bench_env_args.num_envs, "envs stepped together")->check(CLI::Range(1, 1 << 26));
+  bench_env_cmd->add_option("--threads", bench_env_args.threads, "CPU threads")->check(CLI::Range(1, 256));
+  bench_env_cmd->add_option("--steps", bench_env_args.steps, "batch steps to time (default: about one second)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+  bench_env_cmd->add_option("--backend", bench_env_args.backend, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  bench_env_cmd->add_flag("--json", bench_env_args.json, "print one JSON object");
+
   auto* version = app.add_subcommand("version", "print the version and build facts");
 
   try {
@@ -115,6 +145,9 @@ int flotilla::controller::cli_main(int argc, char** argv) {
       for (const auto& f : files) std::cout << f.string() << '\n';
       return 0;
     }
+    if (*env_list_cmd) return controller::env_list(env_list_json);
+    if (*trace_cmd) return controller::env_trace(trace);
+    if (*bench_env_cmd) return controller::bench_env(bench_env_args);
     if (*version) {
       std::cout << "flotilla " << FLOTILLA_VERSION << "\n"
                 << "cuda kernels: " << (FLOTILLA_WITH_CUDA ? "compiled" : "not compiled") << "\n";

@@ -1,0 +1,33 @@
+#pragma once
+// The CLI commands beyond the experiment life cycle; each returns the process exit code.
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace flotilla::controller {
+
+// `flotilla env list`: ids with their spaces and episode limits.
+int env_list(bool json);
+
+struct TraceArgs {
+  std::string env;
+  uint64_t seed = 0;
+  std::string init_state;    // JSON array, or "" to keep the reset state
+  std::string actions;       // JSON array of actions
+  std::string actions_file;  // a file holding the same (or one action per line)
+};
+// `flotilla env trace`: steps one env and prints one JSON object per line.
+int env_trace(const TraceArgs& args);
+
+struct EnvBenchArgs {
+  std::string env;
+  int64_t num_envs = 4096;
+  int threads = 1;
+  int64_t steps = 0;  // batch steps; 0 picks enough for about a second
+  std::string backend = "cpu";
+  bool json = false;
+};
+// `flotilla bench env`: env steps per second with random valid actions and auto-reset.
+int bench_env(const EnvBenchArgs& args);
+
+}  // namespace flotilla::controller

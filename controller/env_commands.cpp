@@ -1,0 +1,157 @@
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <charconv>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "controller/commands.hpp"
+#include "core/error.hpp"
+#include "core/fs.hpp"
+#include "envs/registry.hpp"
+
+namespace flotilla::controller {
+namespace {
+
+// Shortest decimal text that reads back as the same float32.
+std::string f32(float v) {
+  if (std::isnan(v)) return "NaN";
+  if (std::isinf(v)) return v > 0 ? "Infinity" : "-Infinity";
+  char buf[32];
+  auto [ptr, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, ptr);
+}
+
+std::string f32_list(const float* v, int64_t n) {
+  std::string out = "[";
+  for (int64_t i = 0; i < n; ++i) out += (i ? "," : "") + f32(v[i]);
+  return out + "]";
+}
+
+nlohmann::json parse_json(const std::string& text, const std::string& what) {
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw ConfigError(what + " is not valid JSON: " + e.what());
+  }
+}
+
+// A JSON array of actions, or one JSON action per line.
+std::vector<nlohmann::json> read_actions(const TraceArgs& args) {
+  std::string text = args.actions;
+  std::string what = "--actions";
+  if (!args.actions_file.empty()) {
+    text = core::read_file(args.actions_file);
+    what = "--actions-file " + args.actions_file;
+  }
+  if (text.empty()) return {};
+  try {
+    nlohmann::json j = nlohmann::json::parse(text);
+    if (!j.is_array()) throw ConfigError(what + ": expected a JSON array of actions");
+    return std::vector<nlohmann::json>(j.begin(), j.end());
+  } catch (const nlohmann::json::exception&) {
+    std::vector<nlohmann::json> out;
+    std::istringstream in(text);
+    std::string line;
+    for (int n = 1; std::getline(in, line); ++n)
+      if (line.find_first_not_of(" \t\r") != std::string::npos) out.push_back(parse_json(line, what + " line " + std::to_string(n)));
+    return out;
+  }
+}
+
+// One step's action as a [1] or [1, k] tensor; `t` names the step in errors.
+at::Tensor action_tensor(const envs::Space& space, const nlohmann::json& a, int64_t t) {
+  const std::string where = "action for step " + std::to_string(t);
+  if (space.kind == envs::Space::Kind::Discrete) {
+    nlohmann::json v = a.is_array() && a.size() == 1 ? a[0] : a;
+    if (!v.is_number_integer()) throw ConfigError(where + ": expected an integer for " + space.str() + ", got " + a.dump());
+    return at::full({1}, v.get<int64_t>(), at::kLong);
+  }
+  nlohmann::json list = a.is_array() ? a : nlohmann::json::array({a});
+  if (static_cast<int64_t>(list.size()) != space.numel())
+    throw ConfigError(where + ": expected " + std::to_string(space.numel()) + " values for " + space.str() + ", got " + a.dump());
+  if (space.kind == envs::Space::Kind::MultiDiscrete) {
+    std::vector<int64_t> v;
+    for (const auto& x : list) {
+      if (!x.is_number_integer()) throw ConfigError(where + ": expected integers for " + space.str() + ", got " + a.dump());
+      v.push_back(x.get<int64_t>());
+    }
+    return at::tensor(v, at::kLong).reshape({1, -1});
+  }
+  std::vector<float> v;
+  for (const auto& x : list) {
+    if (!x.is_number()) throw ConfigError(where + ": expected numbers for " + space.str() + ", got " + a.dump());
+    v.push_back(x.get<float>());
+  }
+  return at::tensor(v, at::kFloat).reshape({1, -1});
+}
+
+}  // namespace
+
+int env_list(bool json) {
+  auto specs = envs::env_specs();
+  if (json) {
+    nlohmann::ordered_json out = nlohmann::ordered_json::array();
+    for (const auto& s : specs)
+      out.push_back({{"id", s.id},
+                     {"observation_space", s.observation_space.str()},
+                     {"action_space", s.action_space.str()},
+                     {"max_episode_steps", s.max_episode_steps},
+                     {"state", s.state_layout},
+                     {"summary", s.summary}});
+    std::cout << out.dump(2) << "\n";
+    return 0;
+  }
+  size_t w = 2;
+  for (const auto& s : specs) w = std::max(w, s.id.size());
+  for (const auto& s : specs) {
+    std::cout << std::left << std::setw(static_cast<int>(w) + 2) << s.id << s.summary << "\n"
+              << std::string(w + 2, ' ') << "observations " << s.observation_space.str() << "\n"
+              << std::string(w + 2, ' ') << "actions      " << s.action_space.str() << "\n"
+              << std::string(w + 2, ' ') << "max steps    " << s.max_episode_steps << "\n";
+  }
+  return 0;
+}
+
+int env_trace(const TraceArgs& args) {
+  const envs::EnvSpec& spec = envs::env_spec(args.env);
+  auto env = envs::make_env(args.env, envs::EnvOptions{});
+  env->reset(args.seed);
+  if (!args.init_state.empty()) {
+    nlohmann::json s = parse_json(args.init_state, "--init-state");
+    std::string layout;
+    for (const auto& n : spec.state_layout) layout += (layout.empty() ? "" : ", ") + n;
+    if (!s.is_array() || s.size() != spec.state_layout.size())
+      throw ConfigError("--init-state for " + spec.id + " takes " + std::to_string(spec.state_layout.size()) +
+                        " numbers [" + layout + "], got " + s.dump());
+    std::vector<double> values;
+    for (const auto& v : s) {
+      if (!v.is_number()) throw ConfigError("--init-state: expected numbers [" + layout + "], got " + s.dump());
+      values.push_back(v.get<double>());
+    }
+    env->set_state(0, values);
+  }
+  std::vector<nlohmann::json> actions = read_actions(args);
+  const int64_t obs_dim = env->obs().size(1);
+  std::cout << "{\"t\":0,\"obs\":" << f32_list(env->obs().data_ptr<float>(), obs_dim) << "}\n";
+  for (size_t t = 1; t <= actions.size(); ++t) {
+    env->step(action_tensor(spec.action_space, actions[t - 1], static_cast<int64_t>(t)));
+    const bool terminated = env->terminated()[0].item<bool>(), truncated = env->truncated()[0].item<bool>();
+    // On an episode's end the env has already reset; the step's own observation is final_obs.
+    const at::Tensor& obs = terminated || truncated ? env->final_obs() : env->obs();
+    std::cout << "{\"t\":" << t << ",\"action\":" << actions[t - 1].dump() << ",\"obs\":"
+              << f32_list(obs.data_ptr<float>(), obs_dim) << ",\"reward\":" << f32(env->reward()[0].item<float>())
+              << ",\"terminated\":" << (terminated ? "true" : "false") << ",\"truncated\":" << (truncated ? "true" : "false")
+              << "}\n";
+    if (terminated || truncated) {
+      if (t < actions.size())
+        std::cerr << "env trace: the episode ended at step " << t << "; " << actions.size() - t
+                  << " remaining actions were not used\n";
+      break;
+    }
+  }
+  return 0;
+}
+
+}  // namespace flotilla::controller

@@ -1,0 +1,69 @@
+#pragma once
+// VecEnv: N environments stepped together into tensors the env owns (shape [N, ...]), with
+// auto-reset: an env whose episode ends is reset inside step(), its last observation kept in
+// final_obs() and its episode return and length reported, so a learner can bootstrap truncated
+// episodes and not terminated ones.
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "envs/space.hpp"
+
+namespace flotilla::envs {
+
+struct EnvSpec {
+  std::string id;        // Gymnasium's id, e.g. "CartPole-v1"
+  std::string summary;   // one line for `flotilla env list`
+  Space observation_space;
+  Space action_space;
+  int32_t max_episode_steps = 0;
+  std::vector<std::string> state_layout;  // the physical state, in Gymnasium's env.unwrapped.state order
+};
+
+class VecEnv {
+ public:
+  // Output tensors get `capacity` >= num_envs rows; the public ones are views of the first num_envs.
+  VecEnv(EnvSpec spec, int64_t num_envs, int64_t capacity, int32_t max_episode_steps, const at::Device& device);
+  virtual ~VecEnv() = default;
+
+  const EnvSpec& spec() const { return spec_; }
+  int64_t num_envs() const { return num_envs_; }
+  int32_t max_episode_steps() const { return max_episode_steps_; }
+  virtual std::string backend() const = 0;
+
+  // Starts a new episode in every env. Env i draws from its own stream keyed by (seed, i), so
+  // trajectories do not depend on the thread count or the backend.
+  virtual void reset(uint64_t seed) = 0;
+  // Steps every env with `actions` ([N] int64 for Discrete, [N, k] int64 for MultiDiscrete,
+  // [N, k] float32 for Box). Throws naming the env index and value of an invalid action.
+  void step(const at::Tensor& actions);
+
+  // Sets env i's physical state (spec().state_layout order) and recomputes its observation.
+  virtual void set_state(int64_t env, const std::vector<double>& state) = 0;
+  virtual std::vector<double> state(int64_t env) const = 0;
+
+  // Outputs of the last reset() or step(); overwritten by the next call.
+  const at::Tensor& obs() const { return obs_; }                  // [N, obs...] float32
+  const at::Tensor& reward() const { return reward_; }            // [N] float32
+  const at::Tensor& terminated() const { return terminated_; }    // [N] bool
+  const at::Tensor& truncated() const { return truncated_; }      // [N] bool
+  const at::Tensor& final_obs() const { return final_obs_; }      // [N, obs...], where an episode ended
+  const at::Tensor& episode_return() const { return episode_return_; }  // [N] float32, where an episode ended
+  const at::Tensor& episode_length() const { return episode_length_; }  // [N] int32, where an episode ended
+
+ protected:
+  // Called with actions already checked: right dtype, shape, range, no NaN, contiguous.
+  virtual void step_checked(const at::Tensor& actions) = 0;
+
+  EnvSpec spec_;
+  int64_t num_envs_;
+  int32_t max_episode_steps_;
+  at::Tensor obs_, reward_, terminated_, truncated_, final_obs_, episode_return_, episode_length_;
+
+ private:
+  at::Tensor check_actions(const at::Tensor& actions) const;
+};
+
+}  // namespace flotilla::envs
