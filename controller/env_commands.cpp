@@ -136,7 +136,13 @@ int env_trace(const TraceArgs& args) {
   const int64_t obs_dim = env->obs().size(1);
   std::cout << "{\"t\":0,\"obs\":" << f32_list(env->obs().data_ptr<float>(), obs_dim) << "}\n";
   for (size_t t = 1; t <= actions.size(); ++t) {
-    env->step(action_tensor(spec.action_space, actions[t - 1], static_cast<int64_t>(t)));
+    try {
+      env->step(action_tensor(spec.action_space, actions[t - 1], static_cast<int64_t>(t)));
+    } catch (const ConfigError&) {
+      throw;
+    } catch (const Error& e) {  // an invalid action is the user's input, not a failure of the run
+      throw ConfigError("step " + std::to_string(t) + ": " + e.what());
+    }
     const bool terminated = env->terminated()[0].item<bool>(), truncated = env->truncated()[0].item<bool>();
     // On an episode's end the env has already reset; the step's own observation is final_obs.
     const at::Tensor& obs = terminated || truncated ? env->final_obs() : env->obs();

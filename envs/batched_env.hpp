@@ -99,6 +99,9 @@ class BatchedEnv final : public VecEnv {
     if (!CudaHooks<E>::step)
       throw ConfigError(spec.id + ": this build has no CUDA kernels for this env (built without CUDA, or the env "
                                   "has no install_cuda_env call in a .cu file)");
+    if (!at::hasCUDA())
+      throw ConfigError(spec.id + ": backend 'cuda' needs a GPU and a libtorch built with CUDA; this machine "
+                                  "or libtorch has neither (use backend 'cpu')");
     return at::Device(at::kCUDA);
   }
 
