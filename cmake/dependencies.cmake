@@ -4,6 +4,8 @@ find_package(yaml-cpp REQUIRED)
 find_package(spdlog REQUIRED)
 find_package(nlohmann_json REQUIRED)
 find_package(CLI11 REQUIRED)
+find_package(cppzmq REQUIRED)      # ZeroMQ, for the distributed runtime
+find_package(CapnProto REQUIRED)   # message schemas of the distributed runtime
 find_package(Boost 1.74 REQUIRED)
 find_package(Protobuf REQUIRED)
 find_package(doctest REQUIRED)
