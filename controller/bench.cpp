@@ -2,9 +2,15 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <algorithm>
+#include <ctime>
+#include <filesystem>
+#include <iomanip>
 #include <iostream>
 
 #include "controller/commands.hpp"
+#include "controller/experiment.hpp"
+#include "core/fs.hpp"
 #include "envs/registry.hpp"
 
 namespace flotilla::controller {
@@ -65,6 +71,66 @@ int bench_env(const EnvBenchArgs& args) {
               << "steps_per_second: " << static_cast<int64_t>(sps) << "\n";
   }
   return 0;
+}
+
+namespace {
+double median(std::vector<double> v) {
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  const size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+}  // namespace
+
+int bench_train(const TrainBenchArgs& args) {
+  char stamp[32];
+  std::time_t now = std::time(nullptr);
+  std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::localtime(&now));
+  const std::filesystem::path root = std::filesystem::path(args.out_dir) / stamp;
+  std::vector<double> steps, seconds;
+  nlohmann::ordered_json rows = nlohmann::ordered_json::array();
+  int solved = 0;
+  for (int k = 0; k < args.seeds; ++k) {
+    const int seed = args.first_seed + k;
+    std::vector<std::string> overrides = args.overrides;
+    overrides.push_back("seed=" + std::to_string(seed));
+    overrides.push_back("run.dir=" + (root / ("seed-" + std::to_string(seed))).string());
+    LoadedExperiment loaded = load_experiment(args.config, overrides);
+    RunOptions options;
+    options.progress = ProgressMode::Quiet;
+    const int code = run_experiment(loaded, options);
+    auto summary = nlohmann::json::parse(core::read_file(root / ("seed-" + std::to_string(seed)) / "summary.json"));
+    const bool ok = summary.value("exit_reason", "") == "stop_condition";
+    nlohmann::ordered_json row = {{"seed", seed}, {"exit_reason", summary.value("exit_reason", "")}};
+    if (ok) {
+      ++solved;
+      steps.push_back(summary["solved_at_step"].get<double>());
+      seconds.push_back(summary["solved_at_time_s"].get<double>());
+      row["solved_at_step"] = steps.back();
+      row["solved_at_time_s"] = seconds.back();
+    } else {
+      row["last_step"] = summary.value("last_step", 0);
+      row["recent_mean_return"] = summary.value("recent_mean_return", NAN);
+    }
+    rows.push_back(row);
+    if (!args.json) {
+      std::cout << "seed " << seed << ": ";
+      if (ok) std::cout << "solved at step " << static_cast<int64_t>(steps.back()) << " after " << std::fixed
+                        << std::setprecision(2) << seconds.back() << " s\n";
+      else std::cout << summary.value("exit_reason", "?") << " without meeting the stop condition (exit code " << code << ")\n";
+    }
+  }
+  if (args.json) {
+    nlohmann::ordered_json out = {{"config", args.config}, {"seeds", args.seeds}, {"solved", solved},
+                                  {"median_steps", median(steps)}, {"median_seconds", median(seconds)}, {"runs", rows},
+                                  {"run_dirs", root.string()}};
+    std::cout << out.dump() << "\n";
+  } else {
+    std::cout << "solved: " << solved << "/" << args.seeds << "  runs in " << root.string() << "\n"
+              << "median_steps_to_solve: " << static_cast<int64_t>(median(steps)) << "\n"
+              << "median_seconds_to_solve: " << std::fixed << std::setprecision(2) << median(seconds) << "\n";
+  }
+  return solved == args.seeds ? 0 : 1;
 }
 
 }  // namespace flotilla::controller

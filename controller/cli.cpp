@@ -11,6 +11,8 @@
 #include "controller/commands.hpp"
 #include "controller/experiment.hpp"
 #include "controller/plot.hpp"
+#include "controller/checkpoint.hpp"
+#include "controller/rl_program.hpp"
 #include "core/log.hpp"
 
 #ifndef FLOTILLA_VERSION
@@ -65,6 +67,24 @@ int flotilla::controller::cli_main(int argc, char** argv) {
   run->add_option("--log-level", run_options.log_level, "trace, debug, info, warn or error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
 
+  std::string resume_dir;
+  auto* resume = app.add_subcommand("resume", "continue a stopped run from its newest checkpoint, in the same directory");
+  resume->add_option("run_dir", resume_dir, "run directory")->required()->check(CLI::ExistingDirectory);
+  resume->add_flag("-q,--quiet", quiet, "no progress bar or progress lines; warnings and errors only");
+
+  std::string eval_checkpoint;
+  int eval_episodes = 10;
+  bool eval_deterministic = false, eval_json = false;
+  uint64_t eval_seed = 12345;
+  auto* eval = app.add_subcommand("eval", "run a checkpoint's policy for some episodes and report the return");
+  eval->add_option("checkpoint", eval_checkpoint, "checkpoint (.json or .safetensors), or a run directory (newest)")
+      ->required()
+      ->check(CLI::ExistingPath);
+  eval->add_option("--episodes", eval_episodes, "episodes to run")->check(CLI::Range(1, 1000000));
+  eval->add_flag("--deterministic", eval_deterministic, "take the most likely action instead of sampling");
+  eval->add_option("--seed", eval_seed, "env and sampling seed");
+  eval->add_flag("--json", eval_json, "print one JSON object");
+
   ConfigArgs validate_args;
   auto* validate = app.add_subcommand("validate", "check an experiment config without running it");
   add_config_args(validate, validate_args);
@@ -111,6 +131,16 @@ int flotilla::controller::cli_main(int argc, char** argv) {
   bench_env_cmd->add_option("--backend", bench_env_args.backend, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   bench_env_cmd->add_flag("--json", bench_env_args.json, "print one JSON object");
 
+  controller::TrainBenchArgs bench_train_args;
+  auto* bench_train_cmd =
+      bench->add_subcommand("train", "run a config once per seed; steps and wall seconds to its stop condition");
+  bench_train_cmd->add_option("config", bench_train_args.config, "experiment YAML file")->required()->check(CLI::ExistingFile);
+  bench_train_cmd->add_option("overrides", bench_train_args.overrides, "key.path=value overrides");
+  bench_train_cmd->add_option("--seeds", bench_train_args.seeds, "how many seeds")->check(CLI::Range(1, 1000));
+  bench_train_cmd->add_option("--first-seed", bench_train_args.first_seed, "the first seed (then +1, +2, ...)");
+  bench_train_cmd->add_option("--out", bench_train_args.out_dir, "where the runs go (default runs/bench)");
+  bench_train_cmd->add_flag("--json", bench_train_args.json, "print one JSON object");
+
   auto* version = app.add_subcommand("version", "print the version and build facts");
 
   try {
@@ -145,9 +175,37 @@ int flotilla::controller::cli_main(int argc, char** argv) {
       for (const auto& f : files) std::cout << f.string() << '\n';
       return 0;
     }
+    if (*resume) {
+      const std::filesystem::path dir = resume_dir;
+      if (!std::filesystem::exists(dir / "config.yaml"))
+        throw ConfigError(dir.string() + ": not a run directory (no config.yaml)");
+      controller::LoadedExperiment loaded = controller::load_experiment(dir / "config.yaml", {});
+      run_options.resume_dir = dir;
+      if (quiet) run_options.progress = controller::ProgressMode::Quiet;
+      return controller::run_experiment(loaded, run_options);
+    }
+    if (*eval) {
+      std::filesystem::path path = eval_checkpoint;
+      if (std::filesystem::is_directory(path)) {
+        auto newest = controller::latest_checkpoint(path);
+        if (!newest) throw ConfigError(path.string() + ": no checkpoint in checkpoints/");
+        path = *newest;
+      }
+      auto r = controller::evaluate_checkpoint(path, eval_episodes, eval_deterministic, eval_seed);
+      if (eval_json) {
+        std::cout << "{\"checkpoint\":\"" << path.string() << "\",\"episodes\":" << r.episodes
+                  << ",\"mean_return\":" << r.mean_return << ",\"std_return\":" << r.std_return
+                  << ",\"mean_length\":" << r.mean_length << "}\n";
+      } else {
+        std::cout << path.string() << ": " << r.episodes << " episodes, return " << r.mean_return << " +- "
+                  << r.std_return << ", length " << r.mean_length << "\n";
+      }
+      return 0;
+    }
     if (*env_list_cmd) return controller::env_list(env_list_json);
     if (*trace_cmd) return controller::env_trace(trace);
     if (*bench_env_cmd) return controller::bench_env(bench_env_args);
+    if (*bench_train_cmd) return controller::bench_train(bench_train_args);
     if (*version) {
       std::cout << "flotilla " << FLOTILLA_VERSION << "\n"
                 << "cuda kernels: " << (FLOTILLA_WITH_CUDA ? "compiled" : "not compiled") << "\n";

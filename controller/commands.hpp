@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace flotilla::controller {
 
@@ -29,5 +30,17 @@ struct EnvBenchArgs {
 };
 // `flotilla bench env`: env steps per second with random valid actions and auto-reset.
 int bench_env(const EnvBenchArgs& args);
+
+struct TrainBenchArgs {
+  std::string config;
+  std::vector<std::string> overrides;
+  int seeds = 5;
+  int first_seed = 1;
+  std::string out_dir = "runs/bench";
+  bool json = false;
+};
+// `flotilla bench train`: runs a config once per seed and prints, per seed and as a median, the
+// env steps and wall seconds to the stop condition.
+int bench_train(const TrainBenchArgs& args);
 
 }  // namespace flotilla::controller

@@ -154,15 +154,18 @@ Progress::Mode progress_mode(ProgressMode requested) {
 
 int run_experiment(LoadedExperiment& loaded, const RunOptions& options) {
   const Experiment& e = loaded.experiment;
-  const fs::path dir = create_run_dir(e);
-  core::write_file_atomically(dir / "config.yaml", [&](std::ostream& out) { out << loaded.config->resolved_yaml(); });
+  const bool resuming = !options.resume_dir.empty();
+  const fs::path dir = resuming ? options.resume_dir : create_run_dir(e);
+  if (!resuming)
+    core::write_file_atomically(dir / "config.yaml", [&](std::ostream& out) { out << loaded.config->resolved_yaml(); });
 
   auto progress = std::make_shared<Progress>(progress_mode(options.progress), loaded.program->total_steps(),
                                              e.progress_metrics, e.progress_interval_s);
   core::init_logging(options.progress == ProgressMode::Quiet ? "warn" : options.log_level, false);
   core::add_log_sink(std::make_shared<ProgressLogSink>(*progress));
   core::log_to_file(dir / "log.txt");
-  spdlog::info("run directory {}", dir.string());
+  spdlog::info("{} {}", resuming ? "resuming run" : "run directory", dir.string());
+  if (resuming) loaded.program->resume(dir);
 
   core::Metrics metrics;
   auto last = std::make_unique<LastValues>();

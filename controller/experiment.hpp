@@ -28,6 +28,7 @@ enum class ProgressMode { Auto, Bar, Lines, Quiet };
 struct RunOptions {
   ProgressMode progress = ProgressMode::Auto;
   std::string log_level = "info";
+  std::filesystem::path resume_dir;  // continue this run (flotilla resume) instead of starting one
 };
 
 // Runs the experiment to its end; returns the process exit code (0 done, 1 failed, 130 stopped by

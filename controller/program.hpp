@@ -48,6 +48,11 @@ class Program {
   // Steps the run will take, for the progress bar and ETA; 0 when unknown.
   virtual int64_t total_steps() const = 0;
   virtual RunResult run(RunContext& ctx) = 0;
+  // Continues from the run directory's newest checkpoint (flotilla resume); throws when the
+  // program keeps none.
+  virtual void resume(const std::filesystem::path& run_dir) {
+    throw ConfigError(run_dir.string() + ": this program keeps no checkpoints to resume from");
+  }
 };
 
 // Builds a program from the experiment's config, reading (and so validating) its own keys.

@@ -67,8 +67,18 @@ std::string csv_number(double v) {
 
 class CsvSink final : public MetricSink {
  public:
+  // An existing file (a resumed run) keeps its rows and columns.
   explicit CsvSink(std::filesystem::path path) : path_(std::move(path)) {
-    std::ofstream(path_, std::ios::trunc);
+    if (std::filesystem::exists(path_)) {
+      std::istringstream in(read_file(path_));
+      std::string header, cell;
+      std::getline(in, header);
+      std::istringstream cells(header);
+      for (int i = 0; std::getline(cells, cell, ','); ++i)
+        if (i >= 2) columns_.push_back(cell);
+    } else {
+      std::ofstream(path_, std::ios::trunc);
+    }
     out_ = open_for_append(path_);
   }
   void write(int64_t step, double time_s, const Scalars& values) override {

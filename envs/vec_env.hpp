@@ -44,6 +44,11 @@ class VecEnv {
   virtual void set_state(int64_t env, const std::vector<double>& state) = 0;
   virtual std::vector<double> state(int64_t env) const = 0;
 
+  // Everything needed to continue exactly where the batch is (states, step counts, random-stream
+  // positions, current observations), for checkpoints.
+  virtual std::vector<std::pair<std::string, at::Tensor>> save() const = 0;
+  virtual void restore(const std::vector<std::pair<std::string, at::Tensor>>& tensors) = 0;
+
   // Outputs of the last reset() or step(); overwritten by the next call.
   const at::Tensor& obs() const { return obs_; }                  // [N, obs...] float32
   const at::Tensor& reward() const { return reward_; }            // [N] float32

@@ -1,0 +1,43 @@
+#pragma once
+// Algorithms: update rules that consume a Batch of experience and update a Policy, registered by
+// name (`algo.name` in an experiment).
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/batch.hpp"
+#include "core/config.hpp"
+#include "core/metrics.hpp"
+#include "models/policy.hpp"
+
+namespace at {
+class Generator;
+}
+
+namespace flotilla::algorithms {
+
+class Algorithm {
+ public:
+  virtual ~Algorithm() = default;
+  // One update from `batch` (fields obs, action, log_prob, value, advantage, return); `progress`
+  // in [0, 1] is the share of training done (for annealing). Returns the losses/... metrics.
+  virtual core::Scalars update(const core::Batch& batch, double progress, at::Generator& gen) = 0;
+  // Discount and advantage settings the rollout side needs.
+  virtual double gamma() const = 0;
+  virtual double gae_lambda() const = 0;
+  virtual std::string advantage() const = 0;
+  // Optimizer state, for checkpoints.
+  virtual std::vector<std::pair<std::string, at::Tensor>> state() const = 0;
+  virtual void load(const std::vector<std::pair<std::string, at::Tensor>>& tensors) = 0;
+};
+
+using AlgorithmFactory = std::function<std::unique_ptr<Algorithm>(const core::ConfigView& algo, models::Policy& policy)>;
+
+void register_algorithm(const std::string& name, AlgorithmFactory factory);
+std::vector<std::string> algorithm_names();
+// Reads `algo.name` and builds it; an unknown name is a ConfigError with a suggestion.
+std::unique_ptr<Algorithm> make_algorithm(const core::ConfigView& algo, models::Policy& policy);
+
+}  // namespace flotilla::algorithms

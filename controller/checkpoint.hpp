@@ -1,0 +1,32 @@
+#pragma once
+// Checkpoints in a run directory: checkpoints/ckpt-<iteration>.safetensors (tensors: parameters,
+// optimizer, normalizers, env state, RNG) plus ckpt-<iteration>.json (the manifest), each
+// written atomically, the manifest last, so a checkpoint exists only once both are whole. The
+// newest `keep` are kept.
+#include <ATen/core/Tensor.h>
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace flotilla::controller {
+
+using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+
+void save_checkpoint(const std::filesystem::path& run_dir, int64_t iteration, const NamedTensors& tensors,
+                     const std::string& manifest_json, int keep);
+
+struct Checkpoint {
+  std::filesystem::path manifest_path;
+  std::string manifest_json;
+  NamedTensors tensors;
+};
+
+// The newest complete checkpoint of a run, if any.
+std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& run_dir);
+// Loads a checkpoint from its manifest (.json) or tensor (.safetensors) path.
+Checkpoint load_checkpoint(const std::filesystem::path& path);
+
+}  // namespace flotilla::controller

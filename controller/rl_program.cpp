@@ -1,0 +1,355 @@
+#include "controller/rl_program.hpp"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cmath>
+#include <deque>
+#include <optional>
+
+#include "algorithms/advantages.hpp"
+#include "algorithms/algorithm.hpp"
+#include "controller/checkpoint.hpp"
+#include "core/batch.hpp"
+#include "core/error.hpp"
+#include "core/fs.hpp"
+#include "envs/registry.hpp"
+#include "models/normalizer.hpp"
+#include "models/policy.hpp"
+
+namespace flotilla::controller {
+namespace fs = std::filesystem;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+struct TrainConfig {
+  int64_t total_steps = 500'000;
+  int64_t num_steps = 128;  // rollout length per env per iteration
+  int torch_threads = 1;
+  bool norm_obs = false, norm_reward = false;
+  double clip_obs = 10, clip_reward = 10;
+  std::optional<double> stop_mean_return;
+  int stop_window = 20;
+  int checkpoint_every = 0;  // iterations; 0: only at the end
+  int checkpoint_keep = 3;
+};
+
+TrainConfig read_train(const core::ConfigView& root) {
+  TrainConfig c;
+  core::ConfigView train = root.section("train");
+  c.total_steps = train.get<int64_t>("total_steps", c.total_steps, core::at_least<int64_t>(1));
+  c.num_steps = train.get<int64_t>("num_steps", c.num_steps, core::at_least<int64_t>(1));
+  c.torch_threads = train.get<int>("torch_threads", c.torch_threads, core::in_range(1, 256));
+  core::ConfigView norm = root.section("normalize");
+  c.norm_obs = norm.get<bool>("obs", c.norm_obs);
+  c.norm_reward = norm.get<bool>("reward", c.norm_reward);
+  c.clip_obs = norm.get<double>("clip_obs", c.clip_obs, core::greater_than(0.0));
+  c.clip_reward = norm.get<double>("clip_reward", c.clip_reward, core::greater_than(0.0));
+  core::ConfigView stop = root.section("stop");
+  if (stop.has("mean_return")) c.stop_mean_return = stop.get<double>("mean_return", 0.0);
+  c.stop_window = stop.get<int>("window", c.stop_window, core::at_least(1));
+  core::ConfigView ckpt = root.section("checkpoint");
+  c.checkpoint_every = ckpt.get<int>("every", c.checkpoint_every, core::at_least(0));
+  c.checkpoint_keep = ckpt.get<int>("keep", c.checkpoint_keep, core::at_least(1));
+  return c;
+}
+
+// The parts shared by training and evaluation: env batch, policy, observation normalizer.
+struct Agent {
+  std::unique_ptr<envs::VecEnv> env;
+  std::unique_ptr<models::Policy> policy;
+  models::RunningMeanStd obs_rms;
+  bool norm_obs = false;
+  double clip_obs = 10;
+
+  // A copy: the env overwrites its observation buffer on the next step.
+  at::Tensor observe(const at::Tensor& raw, bool update) {
+    if (!norm_obs) return raw.clone();
+    if (update) obs_rms.update(raw);
+    return obs_rms.normalize(raw, clip_obs);
+  }
+  // Actions as the env takes them: continuous ones clipped to the space's bounds.
+  at::Tensor env_action(const at::Tensor& action) const {
+    const envs::Space& s = env->spec().action_space;
+    if (s.kind != envs::Space::Kind::Box) return action;
+    auto low = at::tensor(s.low, at::kDouble).to(at::kFloat), high = at::tensor(s.high, at::kDouble).to(at::kFloat);
+    return at::max(at::min(action, high), low).contiguous();
+  }
+};
+
+Agent make_agent(const core::ConfigView& root, const TrainConfig& t, int64_t seed) {
+  Agent a;
+  a.env = envs::make_env(root.section("env"));
+  at::manual_seed(static_cast<uint64_t>(seed));  // weight initialization
+  a.policy = std::make_unique<models::Policy>(models::PolicyConfig::read(root.section("model")),
+                                              a.env->spec().observation_space, a.env->spec().action_space);
+  a.obs_rms = models::RunningMeanStd(a.env->spec().observation_space.numel());
+  a.norm_obs = t.norm_obs;
+  a.clip_obs = t.clip_obs;
+  return a;
+}
+
+double mean_of(const std::deque<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? NAN : s / static_cast<double>(v.size());
+}
+
+class RlProgram final : public Program {
+ public:
+  RlProgram(core::ConfigView root, const Experiment& e)
+      : experiment_(e), train_(read_train(root)), agent_(make_agent(root, train_, e.seed)) {
+    algo_ = algorithms::make_algorithm(root.section("algo"), *agent_.policy);
+    reward_scaler_ = std::make_unique<models::RewardScaler>(agent_.env->num_envs(), algo_->gamma());
+    gen_ = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(e.seed) + 1);
+    agent_.env->reset(static_cast<uint64_t>(e.seed));
+  }
+
+  int64_t total_steps() const override { return train_.total_steps; }
+
+  void resume(const fs::path& run_dir) override {
+    auto path = latest_checkpoint(run_dir);
+    if (!path) throw ConfigError(run_dir.string() + ": no checkpoint to resume from in checkpoints/");
+    Checkpoint c = load_checkpoint(*path);
+    nlohmann::json m = nlohmann::json::parse(c.manifest_json);
+    NamedTensors policy, rest;
+    for (const auto& [name, t] : c.tensors) {
+      if (name.rfind("policy.", 0) == 0) policy.emplace_back(name.substr(7), t);
+      else rest.emplace_back(name, t);
+    }
+    agent_.policy->load(policy);
+    algo_->load(rest);
+    agent_.env->restore(rest);
+    if (train_.norm_obs) agent_.obs_rms.load(rest, "obs_rms");
+    if (train_.norm_reward) reward_scaler_->load(rest, "reward_scaler");
+    for (const auto& [name, t] : rest)
+      if (name == "rng") gen_.set_state(t);
+    iteration_ = m.at("iteration").get<int64_t>();
+    global_step_ = m.at("global_step").get<int64_t>();
+    elapsed_before_ = m.at("train_time_s").get<double>();
+    window_.clear();
+    for (double r : m.at("recent_returns")) window_.push_back(r);
+    spdlog::info("resuming from {} (iteration {}, step {})", path->string(), iteration_, global_step_);
+  }
+
+  RunResult run(RunContext& ctx) override {
+    if (experiment_.deterministic) at::set_num_threads(1);
+    else at::set_num_threads(train_.torch_threads);
+    const int64_t n = agent_.env->num_envs(), T = train_.num_steps;
+    const int64_t batch = n * T;
+    const int64_t iterations = (train_.total_steps + batch - 1) / batch;
+    const auto start = clock_type::now();
+    auto train_time = [&] { return elapsed_before_ + std::chrono::duration<double>(clock_type::now() - start).count(); };
+    RunResult result;
+    while (iteration_ < iterations) {
+      if (ctx.stop_requested.load()) {
+        result.exit_reason = "interrupted";
+        break;
+      }
+      const auto t0 = clock_type::now();
+      auto [data, finished] = rollout(T);
+      const auto t1 = clock_type::now();
+      core::Scalars stats;
+      try {
+        stats = algo_->update(data, static_cast<double>(iteration_) / iterations, gen_);
+      } catch (const Error& e) {
+        throw Error("iteration " + std::to_string(iteration_ + 1) + ": " + e.what() +
+                    " (the last good checkpoint is kept in checkpoints/)");
+      }
+      const auto t2 = clock_type::now();
+      ++iteration_;
+      global_step_ += batch;
+
+      core::Scalars row;
+      if (!finished.returns.empty()) {
+        row.push_back({"charts/episodic_return", mean_of(finished.returns)});
+        row.push_back({"charts/episodic_length", mean_of(finished.lengths)});
+      }
+      row.push_back({"charts/episodes", static_cast<double>(finished.returns.size())});
+      row.insert(row.end(), stats.begin(), stats.end());
+      const double rollout_s = std::chrono::duration<double>(t1 - t0).count();
+      const double update_s = std::chrono::duration<double>(t2 - t1).count();
+      row.push_back({"perf/sps", global_step_ / std::max(train_time(), 1e-9)});
+      row.push_back({"timing_s/rollout", rollout_s});
+      row.push_back({"timing_s/update", update_s});
+      ctx.metrics.log(global_step_, row);
+      ctx.report_progress(global_step_);
+
+      if (train_.stop_mean_return && static_cast<int>(window_.size()) >= train_.stop_window &&
+          mean_of(window_) >= *train_.stop_mean_return) {
+        result.exit_reason = "stop_condition";
+        result.summary.push_back({"solved_at_step", static_cast<double>(global_step_)});
+        result.summary.push_back({"solved_at_time_s", train_time()});
+        spdlog::info("stop condition met: mean return {:.1f} over the last {} episodes at step {}", mean_of(window_),
+                     train_.stop_window, global_step_);
+        break;
+      }
+      if (train_.checkpoint_every > 0 && iteration_ % train_.checkpoint_every == 0) checkpoint(ctx.dir);
+    }
+    checkpoint(ctx.dir);
+    result.summary.push_back({"iterations", static_cast<double>(iteration_)});
+    result.summary.push_back({"global_step", static_cast<double>(global_step_)});
+    result.summary.push_back({"train_time_s", train_time()});
+    if (!window_.empty()) result.summary.push_back({"recent_mean_return", mean_of(window_)});
+    return result;
+  }
+
+ private:
+  struct Finished {
+    std::deque<double> returns, lengths;
+  };
+
+  std::pair<core::Batch, Finished> rollout(int64_t T) {
+    envs::VecEnv& env = *agent_.env;
+    const int64_t n = env.num_envs();
+    std::vector<at::Tensor> obs(T), action(T), log_prob(T), value(T), reward(T), terminated(T), done(T);
+    std::vector<std::pair<int64_t, at::Tensor>> truncated_rows;  // (t, env indices) that need V(final obs)
+    std::vector<at::Tensor> truncated_obs;
+    Finished finished;
+    at::Tensor current = agent_.observe(env.obs(), true);
+    for (int64_t t = 0; t < T; ++t) {
+      models::ActOutput out = agent_.policy->act(current, false, gen_);
+      env.step(agent_.env_action(out.action));
+      obs[t] = current;
+      action[t] = out.action;
+      log_prob[t] = out.log_prob;
+      value[t] = out.value;
+      terminated[t] = env.terminated().clone();
+      done[t] = env.terminated() | env.truncated();
+      reward[t] = train_.norm_reward ? reward_scaler_->scale(env.reward(), done[t], train_.clip_reward) : env.reward().clone();
+      if (done[t].any().item<bool>()) {
+        at::Tensor idx = done[t].nonzero().squeeze(1);
+        auto rets = env.episode_return().index_select(0, idx), lens = env.episode_length().index_select(0, idx);
+        for (int64_t k = 0; k < idx.size(0); ++k) {
+          finished.returns.push_back(rets[k].item<double>());
+          finished.lengths.push_back(lens[k].item<double>());
+          window_.push_back(rets[k].item<double>());
+          if (static_cast<int>(window_.size()) > train_.stop_window) window_.pop_front();
+        }
+        at::Tensor trunc = (env.truncated() & ~env.terminated()).nonzero().squeeze(1);
+        if (trunc.numel() > 0) {
+          truncated_rows.emplace_back(t, trunc);
+          truncated_obs.push_back(agent_.observe(env.final_obs().index_select(0, trunc), false));
+        }
+      }
+      current = agent_.observe(env.obs(), true);
+    }
+    // V(s_{t+1}): the next row's value, the value after the last step, or V(final obs) where
+    // an episode was truncated (a terminated episode's next value is ignored).
+    at::Tensor values = at::stack(value);
+    at::Tensor next_values = at::cat({values.narrow(0, 1, T - 1), agent_.policy->value(current).unsqueeze(0)});
+    if (!truncated_rows.empty()) {
+      at::Tensor v = agent_.policy->value(at::cat(truncated_obs));
+      int64_t offset = 0;
+      for (const auto& [t, idx] : truncated_rows) {
+        next_values[t].index_put_({idx}, v.narrow(0, offset, idx.size(0)));
+        offset += idx.size(0);
+      }
+    }
+    algorithms::Rollout r{at::stack(reward), values, next_values, at::stack(terminated), at::stack(done)};
+    algorithms::Advantages adv = algorithms::estimate_advantages(algo_->advantage(), r, algo_->gamma(), algo_->gae_lambda());
+    core::Batch b;
+    at::Tensor obs_all = at::stack(obs);
+    b.set("obs", obs_all.reshape({T * n, obs_all.size(2)}));
+    at::Tensor act_all = at::stack(action);
+    b.set("action", act_all.dim() == 2 ? act_all.reshape({T * n}) : act_all.reshape({T * n, act_all.size(2)}));
+    b.set("log_prob", at::stack(log_prob).reshape({T * n}));
+    b.set("value", values.reshape({T * n}));
+    b.set("advantage", adv.advantage.reshape({T * n}));
+    b.set("return", adv.ret.reshape({T * n}));
+    return {b, finished};
+  }
+
+  void checkpoint(const fs::path& dir) {
+    NamedTensors tensors;
+    for (const auto& [name, t] : agent_.policy->named_parameters()) tensors.emplace_back("policy." + name, t.detach());
+    for (auto& t : algo_->state()) tensors.push_back(t);
+    for (auto& t : agent_.env->save()) tensors.push_back(t);
+    if (train_.norm_obs)
+      for (auto& t : agent_.obs_rms.state("obs_rms")) tensors.push_back(t);
+    if (train_.norm_reward)
+      for (auto& t : reward_scaler_->state("reward_scaler")) tensors.push_back(t);
+    tensors.emplace_back("rng", gen_.get_state());
+    nlohmann::ordered_json m;
+    m["iteration"] = iteration_;
+    m["global_step"] = global_step_;
+    m["train_time_s"] = elapsed_before_;
+    m["recent_returns"] = std::vector<double>(window_.begin(), window_.end());
+    m["env"] = agent_.env->spec().id;
+    m["config"] = core::read_file(dir / "config.yaml");
+    m["config_hash"] = std::to_string(std::hash<std::string>{}(m["config"].get<std::string>()));
+    save_checkpoint(dir, iteration_, tensors, m.dump(2), train_.checkpoint_keep);
+  }
+
+  Experiment experiment_;
+  TrainConfig train_;
+  Agent agent_;
+  std::unique_ptr<algorithms::Algorithm> algo_;
+  std::unique_ptr<models::RewardScaler> reward_scaler_;
+  at::Generator gen_;
+  int64_t iteration_ = 0, global_step_ = 0;
+  double elapsed_before_ = 0;  // training seconds before a resume
+  std::deque<double> window_;  // returns of the last stop.window finished episodes
+};
+
+ProgramRegistration rl("rl", [](core::ConfigView root, const Experiment& e) { return make_rl_program(root, e); });
+
+}  // namespace
+
+std::unique_ptr<Program> make_rl_program(core::ConfigView root, const Experiment& experiment) {
+  return std::make_unique<RlProgram>(root, experiment);
+}
+
+EvalResult evaluate_checkpoint(const fs::path& path, int episodes, bool deterministic, uint64_t seed) {
+  Checkpoint c = load_checkpoint(path);
+  nlohmann::json m = nlohmann::json::parse(c.manifest_json);
+  core::Config config(core::ConfigTree::load_string(m.at("config").get<std::string>(), c.manifest_path.string()));
+  core::ConfigView root = config.root();
+  TrainConfig t = read_train(root);
+  core::ConfigView env_section = root.section("env");
+  envs::EnvOptions o;
+  o.num_envs = std::min(episodes, 16);
+  core::ConfigView params = env_section.section("params");
+  Agent a;
+  a.env = envs::make_env(env_section.require<std::string>("id"), o, &params);
+  a.policy = std::make_unique<models::Policy>(models::PolicyConfig::read(root.section("model")),
+                                              a.env->spec().observation_space, a.env->spec().action_space);
+  a.obs_rms = models::RunningMeanStd(a.env->spec().observation_space.numel());
+  a.norm_obs = t.norm_obs;
+  a.clip_obs = t.clip_obs;
+  NamedTensors policy;
+  for (const auto& [name, tensor] : c.tensors)
+    if (name.rfind("policy.", 0) == 0) policy.emplace_back(name.substr(7), tensor);
+  a.policy->load(policy);
+  if (t.norm_obs) a.obs_rms.load(c.tensors, "obs_rms");
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed + 1);
+  a.env->reset(seed);
+  std::vector<double> returns, lengths;
+  // Each env contributes its episodes in order until enough have finished.
+  while (static_cast<int>(returns.size()) < episodes) {
+    models::ActOutput out = a.policy->act(a.observe(a.env->obs(), false), deterministic, gen);
+    a.env->step(a.env_action(out.action));
+    at::Tensor done = a.env->terminated() | a.env->truncated();
+    for (int64_t i = 0; i < a.env->num_envs() && static_cast<int>(returns.size()) < episodes; ++i)
+      if (done[i].item<bool>()) {
+        returns.push_back(a.env->episode_return()[i].item<double>());
+        lengths.push_back(a.env->episode_length()[i].item<double>());
+      }
+  }
+  EvalResult r;
+  r.episodes = episodes;
+  for (size_t i = 0; i < returns.size(); ++i) {
+    r.mean_return += returns[i] / episodes;
+    r.mean_length += lengths[i] / episodes;
+  }
+  for (double x : returns) r.std_return += (x - r.mean_return) * (x - r.mean_return) / episodes;
+  r.std_return = std::sqrt(r.std_return);
+  return r;
+}
+
+}  // namespace flotilla::controller

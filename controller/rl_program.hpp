@@ -1,0 +1,23 @@
+#pragma once
+// The single-process RL program (`program: rl`): a batch of envs, a policy and an algorithm in one
+// process, alternating rollouts and updates until `train.total_steps` or the stop condition.
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "controller/program.hpp"
+
+namespace flotilla::controller {
+
+// Builds the program from an experiment's keys (env, model, algo, train, normalize, stop,
+// checkpoint); throws ConfigError on a bad key.
+std::unique_ptr<Program> make_rl_program(core::ConfigView root, const Experiment& experiment);
+
+struct EvalResult {
+  int episodes = 0;
+  double mean_return = 0, std_return = 0, mean_length = 0;
+};
+// Runs a checkpoint's policy (its own config and normalizer) for `episodes` episodes.
+EvalResult evaluate_checkpoint(const std::filesystem::path& checkpoint, int episodes, bool deterministic, uint64_t seed);
+
+}  // namespace flotilla::controller

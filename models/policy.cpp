@@ -1,0 +1,142 @@
+#include "models/policy.hpp"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "core/error.hpp"
+#include "models/distributions.hpp"
+
+namespace flotilla::models {
+
+PolicyConfig PolicyConfig::read(const core::ConfigView& m) {
+  PolicyConfig c;
+  c.network = m.choice("network", c.network, network_names());
+  c.hidden = m.get<std::vector<int64_t>>("hidden", c.hidden);
+  for (int64_t h : c.hidden)
+    if (h < 1) m.fail("hidden", "expected positive layer sizes, found " + std::to_string(h));
+  c.activation = m.choice("activation", c.activation, {"tanh", "relu"});
+  c.shared_trunk = m.get<bool>("shared_trunk", c.shared_trunk);
+  std::vector<std::string> dists = distribution_names();
+  dists.insert(dists.begin(), "auto");
+  c.distribution = m.choice("distribution", c.distribution, dists);
+  c.init_log_std = m.get<double>("init_log_std", c.init_log_std);
+  return c;
+}
+
+std::vector<std::string> network_names() { return {"mlp"}; }
+
+namespace {
+
+// Linear layers with orthogonal weights (gain as CleanRL uses) and zero biases.
+torch::nn::Linear ortho_linear(int64_t in, int64_t out, double gain) {
+  torch::nn::Linear l(in, out);
+  torch::NoGradGuard no_grad;
+  torch::nn::init::orthogonal_(l->weight, gain);
+  l->bias.zero_();
+  return l;
+}
+
+torch::nn::Sequential mlp(int64_t in, const std::vector<int64_t>& hidden, const std::string& activation) {
+  torch::nn::Sequential s;
+  for (int64_t h : hidden) {
+    s->push_back(ortho_linear(in, h, std::sqrt(2.0)));
+    if (activation == "tanh") s->push_back(torch::nn::Tanh());
+    else s->push_back(torch::nn::ReLU());
+    in = h;
+  }
+  return s;
+}
+
+}  // namespace
+
+struct Policy::Impl : torch::nn::Module {
+  std::unique_ptr<Distribution> dist;
+  torch::nn::Sequential actor_trunk{nullptr}, critic_trunk{nullptr};
+  torch::nn::Linear actor_head{nullptr}, critic_head{nullptr};
+  torch::Tensor log_std;
+  bool shared = false;
+  bool discrete = true;
+
+  Impl(const PolicyConfig& c, const envs::Space& obs, const envs::Space& action) {
+    if (obs.kind != envs::Space::Kind::Box || obs.shape.size() != 1)
+      throw ConfigError("model.network 'mlp' needs flat Box observations, got " + obs.str());
+    if (action.kind == envs::Space::Kind::MultiDiscrete)
+      throw ConfigError("model: MultiDiscrete actions are not supported by the mlp policy yet (" + action.str() + ")");
+    discrete = action.kind == envs::Space::Kind::Discrete;
+    std::string dname = c.distribution == "auto" ? (discrete ? "categorical" : "diag_gaussian") : c.distribution;
+    dist = make_distribution(dname);
+    if (dist->continuous() == discrete)
+      throw ConfigError("model.distribution '" + dname + "' does not fit the action space " + action.str());
+    const int64_t in = obs.shape[0];
+    const int64_t last = c.hidden.empty() ? in : c.hidden.back();
+    const int64_t head = dist->head_size(discrete ? action.n : action.numel());
+    shared = c.shared_trunk;
+    actor_trunk = register_module("actor_trunk", mlp(in, c.hidden, c.activation));
+    if (!shared) critic_trunk = register_module("critic_trunk", mlp(in, c.hidden, c.activation));
+    actor_head = register_module("actor_head", ortho_linear(last, head, 0.01));
+    critic_head = register_module("critic_head", ortho_linear(last, 1, 1.0));
+    if (!discrete) log_std = register_parameter("log_std", torch::full({head}, c.init_log_std));
+  }
+
+  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& obs) {
+    torch::Tensor a = actor_trunk->forward(obs);
+    torch::Tensor v = shared ? a : critic_trunk->forward(obs);
+    return {actor_head->forward(a), critic_head->forward(v).squeeze(-1)};
+  }
+};
+
+Policy::Policy(const PolicyConfig& config, const envs::Space& observation, const envs::Space& action)
+    : impl_(std::make_unique<Impl>(config, observation, action)) {}
+Policy::~Policy() = default;
+Policy::Policy(Policy&&) noexcept = default;
+Policy& Policy::operator=(Policy&&) noexcept = default;
+
+ActOutput Policy::act(const at::Tensor& obs, bool deterministic, at::Generator& gen) {
+  torch::NoGradGuard no_grad;
+  auto [head, value] = impl_->forward(obs);
+  at::Tensor action = deterministic ? impl_->dist->mode(head) : impl_->dist->sample(head, impl_->log_std, gen);
+  return {action, impl_->dist->log_prob(head, impl_->log_std, action), value};
+}
+
+at::Tensor Policy::value(const at::Tensor& obs) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor v = impl_->shared ? impl_->actor_trunk->forward(obs) : impl_->critic_trunk->forward(obs);
+  return impl_->critic_head->forward(v).squeeze(-1);
+}
+
+EvalOutput Policy::evaluate(const at::Tensor& obs, const at::Tensor& action) {
+  auto [head, value] = impl_->forward(obs);
+  return {impl_->dist->log_prob(head, impl_->log_std, action), impl_->dist->entropy(head, impl_->log_std), value};
+}
+
+std::vector<at::Tensor> Policy::parameters() const { return impl_->parameters(); }
+
+std::vector<std::pair<std::string, at::Tensor>> Policy::named_parameters() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& p : impl_->named_parameters()) out.emplace_back(p.key(), p.value());
+  return out;
+}
+
+void Policy::load(const std::vector<std::pair<std::string, at::Tensor>>& values) {
+  torch::NoGradGuard no_grad;
+  auto params = impl_->named_parameters();
+  for (const auto& p : params) {
+    const at::Tensor* found = nullptr;
+    for (const auto& [name, t] : values)
+      if (name == p.key()) found = &t;
+    if (!found) throw FormatError("checkpoint has no tensor for parameter '" + p.key() + "'");
+    if (found->sizes() != p.value().sizes()) {
+      auto str = [](at::IntArrayRef s) {
+        std::string out = "[";
+        for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+        return out + "]";
+      };
+      throw FormatError("checkpoint tensor '" + p.key() + "' has shape " + str(found->sizes()) + ", the model's is " +
+                        str(p.value().sizes()));
+    }
+    p.value().copy_(*found);
+  }
+}
+
+}  // namespace flotilla::models
