@@ -161,8 +161,11 @@ int run_experiment(LoadedExperiment& loaded, const RunOptions& options) {
 
   auto progress = std::make_shared<Progress>(progress_mode(options.progress), loaded.program->total_steps(),
                                              e.progress_metrics, e.progress_interval_s);
-  core::init_logging(options.progress == ProgressMode::Quiet ? "warn" : options.log_level, false);
-  core::add_log_sink(std::make_shared<ProgressLogSink>(*progress));
+  // --quiet silences the terminal only; the run's log file keeps every line.
+  core::init_logging(options.log_level, false);
+  auto terminal = std::make_shared<ProgressLogSink>(*progress);
+  if (options.progress == ProgressMode::Quiet) terminal->set_level(spdlog::level::warn);
+  core::add_log_sink(terminal);
   core::log_to_file(dir / "log.txt");
   spdlog::info("{} {}", resuming ? "resuming run" : "run directory", dir.string());
   if (resuming) loaded.program->resume(dir);

@@ -1,0 +1,131 @@
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+
+#include "algorithms/advantages.hpp"
+#include "algorithms/ppo.hpp"
+#include "core/error.hpp"
+#include "models/distributions.hpp"
+#include "models/normalizer.hpp"
+#include "models/policy.hpp"
+#include "support/torch_doctest.hpp"
+
+using namespace flotilla;
+
+namespace {
+at::Tensor f(std::vector<float> v) { return at::tensor(v, at::kFloat); }
+at::Tensor b(std::vector<uint8_t> v) { return at::tensor(v, at::kByte).to(at::kBool); }
+}  // namespace
+
+TEST_CASE("ppo_clips_ratio_outside_epsilon") {
+  algorithms::PPOConfig c;
+  c.clip_coef = 0.2;
+  c.norm_adv = false;
+  // ratios 1, 1.5, 0.5 with advantages 1, 1, -1: the clipped side wins where it is worse.
+  auto l = algorithms::ppo_losses(c, f({0.0f, std::log(1.5f), std::log(0.5f)}), f({0.5f, 0.7f, 0.9f}), f({1, 2, 0}),
+                                  f({0, 0, 0}), f({0.5f, 0.5f, 0.5f}), f({1, 1, -1}), f({1, 1, 1}));
+  CHECK(l.policy.item<double>() == doctest::Approx((-1.0 - 1.2 + 0.8) / 3).epsilon(1e-6));
+  CHECK(l.clipfrac.item<double>() == doctest::Approx(2.0 / 3));
+  const double kl = (0 + (0.5 - std::log(1.5)) + (-0.5 - std::log(0.5))) / 3;
+  CHECK(l.approx_kl.item<double>() == doctest::Approx(kl).epsilon(1e-6));
+  // Clipped value loss: max of (v - R)^2 and (v_old + clip(v - v_old) - R)^2, halved.
+  CHECK(l.value.item<double>() == doctest::Approx(0.5 * (0.09 + 1 + 1) / 3).epsilon(1e-6));
+  CHECK(l.entropy.item<double>() == doctest::Approx(0.7).epsilon(1e-6));
+  c.clip_vloss = false;
+  auto plain = algorithms::ppo_losses(c, f({0, 0, 0}), f({0, 0, 0}), f({1, 2, 0}), f({0, 0, 0}), f({0.5f, 0.5f, 0.5f}),
+                                      f({1, 1, -1}), f({1, 1, 1}));
+  CHECK(plain.value.item<double>() == doctest::Approx(0.5 * (0 + 1 + 1) / 3).epsilon(1e-6));
+}
+
+TEST_CASE("ppo_normalizes_advantages_per_minibatch") {
+  algorithms::PPOConfig c;
+  c.norm_adv = true;
+  // Equal ratios of 1: the loss is minus the mean normalized advantage, which is 0.
+  auto l = algorithms::ppo_losses(c, f({0, 0, 0, 0}), f({0, 0, 0, 0}), f({0, 0, 0, 0}), f({0, 0, 0, 0}), f({0, 0, 0, 0}),
+                                  f({1, 2, 3, 10}), f({0, 0, 0, 0}));
+  CHECK(std::fabs(l.policy.item<double>()) < 1e-6);
+}
+
+TEST_CASE("gae_bootstraps_truncation_from_final_obs_and_not_termination") {
+  // Column 0 is truncated at t = 1 (V(final obs) = 2), column 1 terminated at t = 1.
+  algorithms::Rollout r;
+  r.reward = at::ones({3, 2});
+  r.value = at::full({3, 2}, 0.5f);
+  r.next_value = at::tensor(std::vector<float>{0.5f, 0.5f, 2.0f, 9.0f, 0.7f, 0.7f}).reshape({3, 2});
+  r.terminated = b({0, 0, 0, 1, 0, 0}).reshape({3, 2});
+  r.done = b({0, 0, 1, 1, 0, 0}).reshape({3, 2});
+  auto a = algorithms::estimate_advantages("gae", r, 0.9, 0.5);
+  const double a2 = 1 + 0.9 * 0.7 - 0.5;
+  CHECK(a.advantage[2][0].item<double>() == doctest::Approx(a2).epsilon(1e-6));
+  CHECK(a.advantage[1][0].item<double>() == doctest::Approx(1 + 0.9 * 2.0 - 0.5).epsilon(1e-6));
+  CHECK(a.advantage[0][0].item<double>() == doctest::Approx(0.95 + 0.45 * 2.3).epsilon(1e-6));
+  CHECK(a.advantage[1][1].item<double>() == doctest::Approx(0.5).epsilon(1e-6));
+  CHECK(a.advantage[0][1].item<double>() == doctest::Approx(0.95 + 0.45 * 0.5).epsilon(1e-6));
+  CHECK(a.ret[0][1].item<double>() == doctest::Approx(0.95 + 0.45 * 0.5 + 0.5).epsilon(1e-6));
+  // lambda = 1, no episode end and next values that are the next rows' values: the value
+  // target is the discounted return bootstrapped from the last next value.
+  r.done.zero_();
+  r.terminated.zero_();
+  r.next_value[1][0] = 0.5f;
+  auto mc = algorithms::estimate_advantages("gae", r, 0.9, 1.0);
+  CHECK(mc.ret[0][0].item<double>() == doctest::Approx(1 + 0.9 * (1 + 0.9 * (1 + 0.9 * 0.7))).epsilon(1e-6));
+  CHECK_THROWS_AS(algorithms::estimate_advantages("gea", r, 0.9, 1.0), ConfigError);
+}
+
+TEST_CASE("categorical_log_prob_entropy_and_sampling") {
+  auto d = models::make_distribution("categorical");
+  at::Tensor logits = at::log(f({0.2f, 0.3f, 0.5f})).unsqueeze(0).repeat({20000, 1});
+  at::Tensor none;
+  CHECK(d->log_prob(logits.narrow(0, 0, 1), none, at::tensor(std::vector<int64_t>{2})).item<double>() ==
+        doctest::Approx(std::log(0.5)).epsilon(1e-6));
+  const double h = -(0.2 * std::log(0.2) + 0.3 * std::log(0.3) + 0.5 * std::log(0.5));
+  CHECK(d->entropy(logits.narrow(0, 0, 1), none).item<double>() == doctest::Approx(h).epsilon(1e-6));
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(3);
+  at::Tensor s = d->sample(logits, none, gen);
+  CHECK(s.min().item<int64_t>() >= 0);
+  CHECK(s.max().item<int64_t>() <= 2);
+  CHECK((s == 2).to(at::kFloat).mean().item<double>() == doctest::Approx(0.5).epsilon(0.05));
+  CHECK((s == 0).to(at::kFloat).mean().item<double>() == doctest::Approx(0.2).epsilon(0.08));
+  CHECK(d->mode(logits.narrow(0, 0, 1)).item<int64_t>() == 2);
+  CHECK_THROWS_AS(models::make_distribution("gaussian"), ConfigError);
+}
+
+TEST_CASE("diag_gaussian_log_prob_matches_the_density") {
+  auto d = models::make_distribution("diag_gaussian");
+  at::Tensor mean = f({0.5f, -1.0f}).unsqueeze(0), log_std = f({0.0f, std::log(2.0f)});
+  at::Tensor a = f({1.5f, -1.0f}).unsqueeze(0);
+  const double expected = (-0.5 * 1.0 - 0.5 * std::log(2 * M_PI)) + (-std::log(2.0) - 0.5 * std::log(2 * M_PI));
+  CHECK(d->log_prob(mean, log_std, a).item<double>() == doctest::Approx(expected).epsilon(1e-6));
+  const double h = (0.5 + 0.5 * std::log(2 * M_PI)) * 2 + std::log(2.0);
+  CHECK(d->entropy(mean, log_std).item<double>() == doctest::Approx(h).epsilon(1e-6));
+}
+
+TEST_CASE("running_mean_std_equals_the_statistics_of_all_batches") {
+  models::RunningMeanStd rms(2);
+  at::Tensor x = at::randn({1000, 2}) * 3 + 1;
+  rms.update(x.narrow(0, 0, 300));
+  rms.update(x.narrow(0, 300, 700));
+  CHECK(rms.mean()[0].item<double>() == doctest::Approx(x.select(1, 0).mean().item<double>()).epsilon(1e-3));
+  CHECK(rms.var()[1].item<double>() == doctest::Approx(x.select(1, 1).var(false).item<double>()).epsilon(1e-3));
+  at::Tensor n = rms.normalize(x, 10);
+  CHECK(n.mean().item<double>() == doctest::Approx(0.0).epsilon(0.01));
+  CHECK(rms.normalize(at::full({1, 2}, 1e9), 5).max().item<double>() == 5.0);
+}
+
+TEST_CASE("policy_loads_its_own_parameters_and_names_a_mismatch") {
+  auto obs = envs::Space::box({-1, -1, -1, -1}, {1, 1, 1, 1});
+  models::PolicyConfig c;
+  at::manual_seed(1);
+  models::Policy a(c, obs, envs::Space::discrete(2));
+  at::manual_seed(2);
+  models::Policy b(c, obs, envs::Space::discrete(2));
+  at::Tensor x = at::randn({5, 4});
+  CHECK_FALSE(at::equal(a.value(x), b.value(x)));
+  b.load(a.named_parameters());
+  CHECK(at::equal(a.value(x), b.value(x)));
+  c.hidden = {32};
+  models::Policy small(c, obs, envs::Space::discrete(2));
+  CHECK_THROWS_AS(small.load(a.named_parameters()), FormatError);
+  c.distribution = "diag_gaussian";
+  CHECK_THROWS_AS(models::Policy(c, obs, envs::Space::discrete(2)), ConfigError);
+}

@@ -1,0 +1,142 @@
+// The RL program from the command line: the shipped configs, resume, eval, a NaN loss, bench train.
+#include <doctest/doctest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <csignal>
+#include <filesystem>
+#include <set>
+
+#include "core/fs.hpp"
+#include "core/metrics.hpp"
+#include "support/cli.hpp"
+#include "support/temp_dir.hpp"
+
+using namespace flotilla;
+namespace fs = std::filesystem;
+
+namespace {
+const std::string kCli = FLOTILLA_TEST_CLI;
+std::string config(const std::string& name) { return std::string(FLOTILLA_SOURCE_DIR) + "/configs/" + name; }
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+nlohmann::json summary_of(const fs::path& dir) { return nlohmann::json::parse(core::read_file(dir / "summary.json")); }
+}  // namespace
+
+TEST_CASE("rl_configs_run_a_short_job_with_every_metric_and_a_checkpoint") {
+  for (const char* name : {"cartpole_ppo.yaml", "acrobot_ppo.yaml", "pendulum_ppo.yaml"}) {
+    CAPTURE(std::string(name));
+    test::TempDir dir;
+    auto r = test::run_cli(kCli, {"run", "-q", config(name), "train.total_steps=4096", "env.num_envs=4", "stop.mean_return=100000", "run.dir=r"},
+                           dir.path(), dir.path());
+    REQUIRE(r.code == 0);
+    auto summary = summary_of(dir.path() / "r");
+    CHECK(summary["exit_reason"] == "completed");
+    CHECK(summary["global_step"].get<double>() >= 4096);
+    auto rows = core::read_metrics_jsonl(dir.path() / "r" / "metrics.jsonl");
+    REQUIRE_FALSE(rows.empty());
+    std::set<std::string> names;
+    for (const auto& row : rows)
+      for (const auto& [k, v] : row.values) names.insert(k);
+    for (const char* m : {"charts/episodic_return", "charts/episodic_length", "charts/episodes", "losses/policy_loss",
+                          "losses/value_loss", "losses/entropy", "losses/approx_kl", "losses/clipfrac",
+                          "losses/explained_variance", "perf/sps", "timing_s/rollout", "timing_s/update",
+                          "charts/learning_rate"})
+      CHECK_MESSAGE(names.count(m), std::string(m));
+    CHECK(fs::exists(dir.path() / "r" / "checkpoints"));
+    auto eval = test::run_cli(kCli, {"eval", "r", "--episodes", "3", "--json"}, dir.path(), dir.path());
+    REQUIRE(eval.code == 0);
+    auto e = nlohmann::json::parse(eval.out);
+    CHECK(e["episodes"] == 3);
+    CHECK(std::isfinite(e["mean_return"].get<double>()));
+  }
+}
+
+TEST_CASE("rl_cartpole_stop_condition_records_when_it_was_solved") {
+  test::TempDir dir;
+  // A reachable threshold so the short test run meets it.
+  auto r = test::run_cli(kCli, {"run", "-q", config("cartpole_ppo.yaml"), "stop.mean_return=30", "stop.window=5", "run.dir=r"},
+                         dir.path(), dir.path());
+  REQUIRE(r.code == 0);
+  auto s = summary_of(dir.path() / "r");
+  CHECK(s["exit_reason"] == "stop_condition");
+  CHECK(s["solved_at_step"].get<double>() > 0);
+  CHECK(s["solved_at_time_s"].get<double>() > 0);
+  CHECK(s["recent_mean_return"].get<double>() >= 30);
+}
+
+TEST_CASE("rl_ctrl_c_then_resume_finishes_the_run_in_the_same_directory") {
+  test::TempDir dir;
+  const std::vector<std::string> args = {"run", config("cartpole_ppo.yaml"), "train.total_steps=3000000", "env.num_envs=4",
+                                         "stop.mean_return=100000", "run.dir=r"};
+  {
+    test::CliProcess p(kCli, args, dir.path(), dir.path());
+    for (int i = 0; i < 500 && !fs::exists(dir.path() / "r" / "metrics.jsonl"); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    p.signal(SIGINT);
+    auto r = p.wait(60);
+    CHECK(r.code == 130);
+  }
+  auto s = summary_of(dir.path() / "r");
+  CHECK(s["exit_reason"] == "interrupted");
+  const double stopped_at = s["global_step"].get<double>();
+  const size_t rows_before = core::read_metrics_jsonl(dir.path() / "r" / "metrics.jsonl").size();
+  // Resume with a nearer end: override by editing nothing; the saved config is the run's.
+  auto resumed = test::CliProcess(kCli, {"resume", "-q", "r"}, dir.path(), dir.path());
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  resumed.signal(SIGINT);
+  auto r2 = resumed.wait(60);
+  CHECK(r2.code == 130);
+  auto s2 = summary_of(dir.path() / "r");
+  CHECK(s2["global_step"].get<double>() > stopped_at);
+  auto rows = core::read_metrics_jsonl(dir.path() / "r" / "metrics.jsonl");
+  CHECK(rows.size() > rows_before);
+  for (size_t i = 1; i < rows.size(); ++i) CHECK(rows[i].step > rows[i - 1].step);  // the run continued, no repeats
+  CHECK(contains(core::read_file(dir.path() / "r" / "log.txt"), "resuming from"));
+}
+
+TEST_CASE("rl_non_finite_loss_stops_with_the_iteration_and_keeps_the_last_checkpoint") {
+  test::TempDir dir;
+  auto r = test::run_cli(kCli, {"run", "-q", config("cartpole_ppo.yaml"), "algo.lr=1e30", "algo.max_grad_norm=0", "algo.anneal_lr=false",
+                                "algo.num_minibatches=1", "algo.update_epochs=1",
+                                "checkpoint.every=1", "stop.mean_return=100000", "train.total_steps=40000", "run.dir=r"},
+                         dir.path(), dir.path());
+  CHECK(r.code == 1);
+  CHECK(contains(r.err, "the PPO loss is not finite (losses/"));
+  auto s = summary_of(dir.path() / "r");
+  CHECK(s["exit_reason"] == "error");
+  CHECK(contains(s["error"].get<std::string>(), "iteration "));
+  CHECK(fs::exists(dir.path() / "r" / "checkpoints" / "ckpt-1.json"));
+}
+
+TEST_CASE("rl_bad_config_values_exit_2_before_running") {
+  test::TempDir dir;
+  auto r = test::run_cli(kCli, {"validate", config("cartpole_ppo.yaml"), "algo.nam=ppo"}, dir.path());
+  CHECK(r.code == 2);
+  CHECK(contains(r.err, "did you mean 'name'?"));
+  auto bad_algo = test::run_cli(kCli, {"validate", config("cartpole_ppo.yaml"), "algo.name=ppp"}, dir.path());
+  CHECK(bad_algo.code == 2);
+  CHECK(contains(bad_algo.err, "did you mean 'ppo'?"));
+  auto gamma = test::run_cli(kCli, {"validate", config("pendulum_ppo.yaml"), "algo.gamma=1.5"}, dir.path());
+  CHECK(gamma.code == 2);
+  CHECK(contains(gamma.err, "algo.gamma: expected a value in [0, 1]"));
+  auto dist = test::run_cli(kCli, {"validate", config("cartpole_ppo.yaml"), "model.distribution=diag_gaussian"}, dir.path());
+  CHECK(dist.code == 2);
+  CHECK(contains(dist.err, "does not fit the action space Discrete(2)"));
+  auto eval = test::run_cli(kCli, {"eval", dir.path().string()}, dir.path());
+  CHECK(eval.code == 2);
+  CHECK(contains(eval.err, "no checkpoint"));
+}
+
+TEST_CASE("rl_bench_train_reports_per_seed_and_median") {
+  test::TempDir dir;
+  auto r = test::run_cli(kCli, {"bench", "train", config("cartpole_ppo.yaml"), "stop.mean_return=30", "stop.window=5",
+                                "--seeds", "2", "--out", "b"},
+                         dir.path(), dir.path());
+  CHECK(r.code == 0);
+  CHECK(contains(r.out, "seed 1: solved at step "));
+  CHECK(contains(r.out, "seed 2: solved at step "));
+  CHECK(contains(r.out, "solved: 2/2"));
+  CHECK(contains(r.out, "median_steps_to_solve: "));
+  CHECK(contains(r.out, "median_seconds_to_solve: "));
+}
