@@ -211,6 +211,7 @@ int run_experiment(LoadedExperiment& loaded, const RunOptions& options) {
   summary["name"] = e.name;
   summary["program"] = e.program;
   summary["exit_reason"] = result.exit_reason;
+  summary["stop_reason"] = result.exit_reason;  // the name training programs document
   if (!error.empty()) summary["error"] = error;
   summary["wall_time_s"] = wall;
   summary["last_step"] = last_values->last_step;

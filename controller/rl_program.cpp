@@ -308,20 +308,12 @@ std::unique_ptr<Program> make_rl_program(core::ConfigView root, const Experiment
 EvalResult evaluate_checkpoint(const fs::path& path, int episodes, bool deterministic, uint64_t seed) {
   Checkpoint c = load_checkpoint(path);
   nlohmann::json m = nlohmann::json::parse(c.manifest_json);
-  core::Config config(core::ConfigTree::load_string(m.at("config").get<std::string>(), c.manifest_path.string()));
+  core::ConfigTree tree = core::ConfigTree::load_string(m.at("config").get<std::string>(), c.manifest_path.string());
+  tree.apply_override("env.num_envs=" + std::to_string(std::min(episodes, 16)));
+  core::Config config(std::move(tree));
   core::ConfigView root = config.root();
   TrainConfig t = read_train(root);
-  core::ConfigView env_section = root.section("env");
-  envs::EnvOptions o;
-  o.num_envs = std::min(episodes, 16);
-  core::ConfigView params = env_section.section("params");
-  Agent a;
-  a.env = envs::make_env(env_section.require<std::string>("id"), o, &params);
-  a.policy = std::make_unique<models::Policy>(models::PolicyConfig::read(root.section("model")),
-                                              a.env->spec().observation_space, a.env->spec().action_space);
-  a.obs_rms = models::RunningMeanStd(a.env->spec().observation_space.numel());
-  a.norm_obs = t.norm_obs;
-  a.clip_obs = t.clip_obs;
+  Agent a = make_agent(root, t, static_cast<int64_t>(seed));
   NamedTensors policy;
   for (const auto& [name, tensor] : c.tensors)
     if (name.rfind("policy.", 0) == 0) policy.emplace_back(name.substr(7), tensor);
@@ -330,13 +322,17 @@ EvalResult evaluate_checkpoint(const fs::path& path, int episodes, bool determin
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed + 1);
   a.env->reset(seed);
   std::vector<double> returns, lengths;
-  // Each env contributes its episodes in order until enough have finished.
+  // Each env runs a fixed share of the episodes, so short episodes are not over-counted.
+  const int64_t n = a.env->num_envs();
+  std::vector<int64_t> quota(n, episodes / n);
+  for (int64_t i = 0; i < episodes % n; ++i) ++quota[i];
   while (static_cast<int>(returns.size()) < episodes) {
     models::ActOutput out = a.policy->act(a.observe(a.env->obs(), false), deterministic, gen);
     a.env->step(a.env_action(out.action));
     at::Tensor done = a.env->terminated() | a.env->truncated();
-    for (int64_t i = 0; i < a.env->num_envs() && static_cast<int>(returns.size()) < episodes; ++i)
-      if (done[i].item<bool>()) {
+    for (int64_t i = 0; i < n; ++i)
+      if (quota[i] > 0 && done[i].item<bool>()) {
+        --quota[i];
         returns.push_back(a.env->episode_return()[i].item<double>());
         lengths.push_back(a.env->episode_length()[i].item<double>());
       }
