@@ -7,10 +7,15 @@
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zmq.hpp>
 
 #include "controller/commands.hpp"
 #include "controller/experiment.hpp"
 #include "core/fs.hpp"
+#include "core/stream.hpp"
 #include "envs/registry.hpp"
 
 namespace flotilla::controller {
@@ -131,6 +136,136 @@ int bench_train(const TrainBenchArgs& args) {
               << "median_seconds_to_solve: " << std::fixed << std::setprecision(2) << median(seconds) << "\n";
   }
   return solved == args.seeds ? 0 : 1;
+}
+
+namespace {
+
+constexpr size_t kBareHeaderBytes = 64;  // about the size of a sample-stream envelope
+
+// The sending side, in the child process.
+int stream_sender(const StreamBenchArgs& a) {
+  zmq::context_t context(1);
+  if (a.mode == "flotilla") {
+    auto sender = core::zmq_sample_sender(context, a.send_to, "bench/0");
+    core::Batch batch;
+    batch.set("data", at::zeros({a.bytes}, at::kByte));
+    for (int64_t i = 0; i < a.count; ++i) sender->send(batch, i);
+    return 0;
+  }
+  zmq::socket_t push(context, zmq::socket_type::push);
+  push.set(zmq::sockopt::sndhwm, 64);
+  push.set(zmq::sockopt::linger, 2000);
+  push.connect(a.send_to);
+  static std::vector<uint8_t> header(kBareHeaderBytes), data;
+  data.assign(static_cast<size_t>(a.bytes), 0);
+  for (int64_t i = 0; i < a.count; ++i) {
+    zmq::message_t h(header.data(), header.size());
+    push.send(h, zmq::send_flags::sndmore);
+    zmq::message_t d(data.data(), data.size(), [](void*, void*) {}, nullptr);  // no copy, as Flotilla's frames
+    push.send(d, zmq::send_flags::none);
+  }
+  return 0;
+}
+
+pid_t spawn_sender(const StreamBenchArgs& a, const std::string& endpoint, const std::string& mode) {
+  std::vector<std::string> args = {"/proc/self/exe", "bench",           "stream",
+                                   "--bytes",        std::to_string(a.bytes), "--count",
+                                   std::to_string(a.count), "--send-to",   endpoint,
+                                   "--mode",         mode};
+  std::vector<char*> argv;
+  for (auto& s : args) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  char exe[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) throw Error("bench stream: cannot find this executable to start the sender");
+  exe[n] = '\0';
+  pid_t pid = 0;
+  if (posix_spawn(&pid, exe, nullptr, nullptr, argv.data(), environ) != 0)
+    throw Error("bench stream: cannot start the sending process");
+  return pid;
+}
+
+struct StreamFigures {
+  double seconds = 0, mb_per_s = 0, messages_per_s = 0;
+};
+
+StreamFigures measure(const StreamBenchArgs& a, const std::string& mode) {
+  zmq::context_t context(1);
+  const std::string bind = a.transport == "ipc" ? "ipc:///tmp/flotilla-bench-" + std::to_string(::getpid()) : "tcp://127.0.0.1:*";
+  using clock = std::chrono::steady_clock;
+  clock::time_point first, last;
+  int64_t got = 0;
+  pid_t child = 0;
+  auto finish_child = [&] {
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) throw Error("bench stream: the sending process failed");
+  };
+  const auto timeout = std::chrono::seconds(60);
+  if (mode == "flotilla") {
+    auto receiver = core::zmq_sample_receiver(context, bind);
+    child = spawn_sender(a, receiver->endpoint(), mode);
+    while (got < a.count) {
+      auto s = receiver->receive(timeout);
+      if (!s) throw TimeoutError("bench stream: no message from the sender for 60 s");
+      if (s->batch["data"].numel() != a.bytes) throw Error("bench stream: a message arrived with the wrong size");
+      last = clock::now();
+      if (got++ == 0) first = last;
+    }
+  } else {
+    zmq::socket_t pull(context, zmq::socket_type::pull);
+    pull.set(zmq::sockopt::rcvhwm, 64);
+    pull.set(zmq::sockopt::rcvtimeo, 60000);
+    pull.bind(bind);
+    child = spawn_sender(a, pull.get(zmq::sockopt::last_endpoint), mode);
+    while (got < a.count) {
+      zmq::message_t h, d;
+      if (!pull.recv(h) || !pull.recv(d)) throw TimeoutError("bench stream: no message from the sender for 60 s");
+      if (static_cast<int64_t>(d.size()) != a.bytes) throw Error("bench stream: a message arrived with the wrong size");
+      last = clock::now();
+      if (got++ == 0) first = last;
+    }
+  }
+  finish_child();
+  StreamFigures f;
+  f.seconds = std::chrono::duration<double>(last - first).count();
+  const double messages = static_cast<double>(a.count - 1);  // timed from the first arrival
+  f.messages_per_s = messages / std::max(f.seconds, 1e-9);
+  f.mb_per_s = f.messages_per_s * static_cast<double>(a.bytes) / 1e6;
+  return f;
+}
+
+}  // namespace
+
+int bench_stream(const StreamBenchArgs& a) {
+  if (!a.send_to.empty()) return stream_sender(a);
+  if (a.count < 2) throw ConfigError("bench stream: --count must be at least 2");
+  // Alternate and keep each side's best of two, so a noisy moment hurts neither more.
+  StreamFigures flot, bare;
+  for (int round = 0; round < 2; ++round) {
+    StreamFigures b = measure(a, "zmq"), f = measure(a, "flotilla");
+    if (b.mb_per_s > bare.mb_per_s) bare = b;
+    if (f.mb_per_s > flot.mb_per_s) flot = f;
+  }
+  const double ratio = flot.mb_per_s / bare.mb_per_s;
+  if (a.json) {
+    nlohmann::ordered_json j = {{"bytes", a.bytes},
+                                {"count", a.count},
+                                {"transport", a.transport},
+                                {"flotilla_mb_per_s", flot.mb_per_s},
+                                {"flotilla_messages_per_s", flot.messages_per_s},
+                                {"zmq_mb_per_s", bare.mb_per_s},
+                                {"zmq_messages_per_s", bare.messages_per_s},
+                                {"ratio", ratio}};
+    std::cout << j.dump() << "\n";
+  } else {
+    std::cout << std::fixed << std::setprecision(1) << "messages: " << a.count << " x " << a.bytes << " bytes over "
+              << a.transport << "\n"
+              << "flotilla sample stream: " << flot.mb_per_s << " MB/s, " << flot.messages_per_s << " messages/s\n"
+              << "bare zeromq push/pull:  " << bare.mb_per_s << " MB/s, " << bare.messages_per_s << " messages/s\n"
+              << std::setprecision(3) << "ratio: " << ratio << "\n";
+  }
+  return 0;
 }
 
 }  // namespace flotilla::controller

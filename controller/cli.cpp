@@ -141,6 +141,17 @@ int flotilla::controller::cli_main(int argc, char** argv) {
   bench_train_cmd->add_option("--out", bench_train_args.out_dir, "where the runs go (default runs/bench)");
   bench_train_cmd->add_flag("--json", bench_train_args.json, "print one JSON object");
 
+  controller::StreamBenchArgs bench_stream_args;
+  auto* bench_stream_cmd = bench->add_subcommand(
+      "stream", "throughput of Flotilla's sample stream between two processes, next to bare ZeroMQ");
+  bench_stream_cmd->add_option("--bytes", bench_stream_args.bytes, "bytes per message")->check(CLI::Range(int64_t{1}, int64_t{1} << 32));
+  bench_stream_cmd->add_option("--count", bench_stream_args.count, "messages")->check(CLI::Range(int64_t{2}, int64_t{1} << 40));
+  bench_stream_cmd->add_option("--transport", bench_stream_args.transport, "tcp (loopback) or ipc")
+      ->check(CLI::IsMember({"tcp", "ipc"}));
+  bench_stream_cmd->add_flag("--json", bench_stream_args.json, "print one JSON object");
+  bench_stream_cmd->add_option("--send-to", bench_stream_args.send_to)->group("");  // the sending child's
+  bench_stream_cmd->add_option("--mode", bench_stream_args.mode)->group("");
+
   auto* version = app.add_subcommand("version", "print the version and build facts");
 
   try {
@@ -206,6 +217,7 @@ int flotilla::controller::cli_main(int argc, char** argv) {
     if (*trace_cmd) return controller::env_trace(trace);
     if (*bench_env_cmd) return controller::bench_env(bench_env_args);
     if (*bench_train_cmd) return controller::bench_train(bench_train_args);
+    if (*bench_stream_cmd) return controller::bench_stream(bench_stream_args);
     if (*version) {
       std::cout << "flotilla " << FLOTILLA_VERSION << "\n"
                 << "cuda kernels: " << (FLOTILLA_WITH_CUDA ? "compiled" : "not compiled") << "\n";

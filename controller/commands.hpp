@@ -43,4 +43,16 @@ struct TrainBenchArgs {
 // env steps and wall seconds to the stop condition.
 int bench_train(const TrainBenchArgs& args);
 
+struct StreamBenchArgs {
+  int64_t bytes = 1 << 20;
+  int64_t count = 1000;
+  std::string transport = "tcp";  // tcp (loopback) or ipc
+  bool json = false;
+  // Internal: set in the sending child process that bench_stream starts.
+  std::string send_to, mode;
+};
+// `flotilla bench stream`: N messages of B bytes from a child process to this one, through
+// Flotilla's sample stream and through a bare ZeroMQ PUSH/PULL pair with the same frames.
+int bench_stream(const StreamBenchArgs& args);
+
 }  // namespace flotilla::controller

@@ -30,4 +30,10 @@ class IoError : public Error {
   using Error::Error;
 };
 
+// A wait ran out of time; the message names what was waited for.
+class TimeoutError : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace flotilla
