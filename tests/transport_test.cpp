@@ -1,0 +1,224 @@
+// Wire format, sample streams and the name service.
+#include <nlohmann/json.hpp>
+
+#include <thread>
+#include <zmq.hpp>
+
+#include "core/error.hpp"
+#include "core/name_service.hpp"
+#include "core/names.hpp"
+#include "core/stream.hpp"
+#include "core/wire.hpp"
+#include "support/cli.hpp"
+#include "support/temp_dir.hpp"
+#include "support/torch_doctest.hpp"
+
+using namespace flotilla;
+using namespace std::chrono_literals;
+
+namespace {
+
+core::Batch sample_batch() {
+  core::Batch b;
+  b.set("obs", at::arange(12, at::kFloat).reshape({3, 4}));
+  b.set("action", at::tensor(std::vector<int64_t>{0, 1, 1}));
+  b.set("done", at::tensor(std::vector<uint8_t>{0, 0, 1}).to(at::kBool));
+  b.set("logits", at::ones({3, 2}).to(at::kBFloat16));
+  b.meta()["env"] = "CartPole-v1";
+  return b;
+}
+
+struct Pair {
+  zmq::context_t context{1};
+  zmq::socket_t out{context, zmq::socket_type::pair}, in{context, zmq::socket_type::pair};
+  explicit Pair(const std::string& name) {
+    in.bind("inproc://" + name);
+    out.connect("inproc://" + name);
+    in.set(zmq::sockopt::rcvtimeo, 2000);
+  }
+};
+
+std::string decode_kind(zmq::socket_t& in) {
+  try {
+    auto m = core::InMessage::receive(in);
+    if (m && m->envelope().isSamples()) m->batch(m->envelope().getSamples().getBatch());
+  } catch (const core::DecodeError& e) {
+    return e.kind();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("wire_round_trips_a_batch_without_copying_tensor_bytes") {
+  Pair p("roundtrip");
+  core::Batch sent = sample_batch();
+  core::OutMessage m("actor/3");
+  auto s = m.envelope().initSamples();
+  s.setPolicyVersion(17);
+  m.put_batch(s.initBatch(), sent);
+  REQUIRE(m.send(p.out));
+  auto got = core::InMessage::receive(p.in);
+  REQUIRE(got.has_value());
+  CHECK(std::string(got->envelope().getSender().cStr()) == "actor/3");
+  REQUIRE(got->envelope().isSamples());
+  CHECK(got->envelope().getSamples().getPolicyVersion() == 17);
+  core::Batch back = got->batch(got->envelope().getSamples().getBatch());
+  CHECK(back.names() == sent.names());
+  for (const auto& n : sent.names()) {
+    CAPTURE(n);
+    CHECK((back[n].scalar_type() == sent[n].scalar_type()));
+    CHECK(at::equal(back[n], sent[n]));
+    // inproc hands ZeroMQ frames over as they are: the same bytes, so neither side copied them.
+    CHECK(back[n].data_ptr() == sent[n].data_ptr());
+  }
+  CHECK(back.meta().at("env") == "CartPole-v1");
+}
+
+TEST_CASE("wire_frames_keep_tensors_alive_after_the_sender_drops_them") {
+  Pair p("lifetime");
+  {
+    core::Batch b;
+    b.set("x", at::full({1000}, 7.0));
+    core::OutMessage m("w");
+    m.put_batch(m.envelope().initSamples().initBatch(), b);
+    m.send(p.out);
+  }  // the batch and the message are gone; the frame still holds the tensor
+  auto got = core::InMessage::receive(p.in);
+  REQUIRE(got.has_value());
+  core::Batch back = got->batch(got->envelope().getSamples().getBatch());
+  CHECK(back["x"].sum().item<double>() == 7000.0);
+}
+
+TEST_CASE("wire_rejects_malformed_messages_by_kind") {
+  Pair p("malformed");
+  p.out.send(zmq::buffer(std::string("not a capnp message")));  // 19 bytes: not whole words
+  CHECK(decode_kind(p.in) == "bad-envelope");
+  std::string words(24, '\xff');
+  p.out.send(zmq::buffer(words));
+  CHECK(decode_kind(p.in) == "bad-envelope");
+  {
+    core::OutMessage m("old");
+    m.envelope().setVersion(99);
+    m.envelope().initHeartbeat();
+    m.send(p.out);
+  }
+  CHECK(decode_kind(p.in) == "bad-version");
+  {
+    // A tensor whose frame is shorter than its shape says.
+    capnp::MallocMessageBuilder b;
+    auto env = b.initRoot<proto::Envelope>();
+    env.setVersion(proto::SCHEMA_VERSION);
+    auto t = env.initSamples().initBatch().initTensors(1)[0];
+    t.setName("x");
+    t.setDtype(proto::DType::F32);
+    t.initShape(1).set(0, 100);
+    t.setFrame(1);
+    auto bytes = capnp::messageToFlatArray(b);
+    p.out.send(zmq::buffer(bytes.asBytes().begin(), bytes.asBytes().size()), zmq::send_flags::sndmore);
+    p.out.send(zmq::buffer(std::string(8, 'x')));
+  }
+  CHECK(decode_kind(p.in) == "bad-tensor");
+}
+
+TEST_CASE("sample_stream_drops_and_counts_bad_messages_and_keeps_serving") {
+  zmq::context_t context(1);
+  auto receiver = core::zmq_sample_receiver(context, "tcp://127.0.0.1:*");
+  CHECK(receiver->endpoint().rfind("tcp://127.0.0.1:", 0) == 0);
+  zmq::socket_t rogue(context, zmq::socket_type::push);
+  rogue.connect(receiver->endpoint());
+  rogue.send(zmq::buffer(std::string("garbage!")));  // 8 bytes, not an envelope
+  {
+    core::OutMessage m("rogue");
+    m.envelope().initHeartbeat();  // a valid message of the wrong type
+    m.send(rogue);
+  }
+  auto sender = core::zmq_sample_sender(context, receiver->endpoint(), "actor/0");
+  sender->send(sample_batch(), 5);
+  auto got = receiver->receive(5s);
+  REQUIRE(got.has_value());
+  CHECK(got->policy_version == 5);
+  CHECK(got->sender == "actor/0");
+  CHECK(at::equal(got->batch["obs"], sample_batch()["obs"]));
+  // PULL interleaves the two senders, so the bad ones may come after the good one.
+  CHECK_FALSE(receiver->receive(300ms).has_value());
+  auto dropped = receiver->dropped();
+  CHECK(dropped["bad-envelope"] == 1);
+  CHECK(dropped["unexpected-type"] == 1);
+}
+
+TEST_CASE("sample_streams_deliver_in_order_over_tcp_and_in_process") {
+  zmq::context_t context(1);
+  auto receiver = core::zmq_sample_receiver(context, "tcp://127.0.0.1:*");
+  std::thread producer([&] {
+    auto sender = core::zmq_sample_sender(context, receiver->endpoint(), "actor/1");
+    for (int v = 0; v < 20; ++v) {
+      core::Batch b;
+      b.set("v", at::full({2}, v, at::kLong));
+      sender->send(b, v);
+    }
+  });
+  for (int v = 0; v < 20; ++v) {
+    auto got = receiver->receive(5s);
+    REQUIRE(got.has_value());
+    CHECK(got->policy_version == v);
+    CHECK(got->batch["v"][1].item<int64_t>() == v);
+  }
+  producer.join();
+
+  auto [send, recv] = core::inprocess_sample_stream(2, "local");
+  send->send(sample_batch(), 1);
+  send->send(sample_batch(), 2);
+  CHECK(recv->receive(1s)->policy_version == 1);
+  CHECK(recv->receive(1s)->policy_version == 2);
+  CHECK_FALSE(recv->receive(10ms).has_value());
+}
+
+TEST_CASE("name_service_ttl_expiry_keepalive_list_and_wait_timeout") {
+  test::TempDir dir;
+  for (int backend = 0; backend < 2; ++backend) {
+    CAPTURE(backend);
+    auto ns = backend == 0 ? core::memory_name_service() : core::directory_name_service(dir.path() / "names");
+    const std::string key = core::names::worker_rpc("exp", "t1", "trainer", 0);
+    CHECK(key == "flotilla/exp/t1/workers/trainer/0/rpc");
+    ns->put(key, "tcp://127.0.0.1:5555");
+    CHECK(ns->get(key).value() == "tcp://127.0.0.1:5555");
+    ns->put(core::names::worker_rpc("exp", "t1", "actor", 0), "a0", 80ms);
+    ns->put(core::names::worker_rpc("exp", "t1", "actor", 1), "a1", 80ms);
+    CHECK(ns->list("flotilla/exp/t1/workers/actor/").size() == 2);
+    std::this_thread::sleep_for(50ms);
+    CHECK(ns->keepalive(core::names::worker_rpc("exp", "t1", "actor", 1)));
+    std::this_thread::sleep_for(50ms);
+    // actor 0 was not renewed and lapsed; actor 1 was.
+    CHECK_FALSE(ns->get(core::names::worker_rpc("exp", "t1", "actor", 0)).has_value());
+    CHECK(ns->get(core::names::worker_rpc("exp", "t1", "actor", 1)).value() == "a1");
+    CHECK_FALSE(ns->keepalive(core::names::worker_rpc("exp", "t1", "actor", 0)));
+    ns->remove(key);
+    CHECK_FALSE(ns->get(key).has_value());
+    try {
+      ns->wait("flotilla/exp/t1/workers/policy/0/rpc", 60ms, "worker policy/0");
+      FAIL("expected a timeout");
+    } catch (const TimeoutError& e) {
+      CHECK(std::string(e.what()).find("'flotilla/exp/t1/workers/policy/0/rpc', which worker policy/0 should have published") !=
+            std::string::npos);
+    }
+    std::thread later([&] {
+      std::this_thread::sleep_for(30ms);
+      ns->put("flotilla/exp/t1/late", "here");
+    });
+    CHECK(ns->wait("flotilla/exp/t1/late", 2000ms, "a test thread") == "here");
+    later.join();
+    CHECK_THROWS_AS(ns->put("../escape", "x"), Error);
+  }
+}
+
+TEST_CASE("cli_bench_stream_reports_both_throughputs_and_their_ratio") {
+  test::TempDir dir;
+  auto r = test::run_cli(FLOTILLA_TEST_CLI, {"bench", "stream", "--bytes", "4096", "--count", "300", "--json"}, dir.path());
+  REQUIRE(r.code == 0);
+  auto j = nlohmann::json::parse(r.out);
+  CHECK(j["bytes"] == 4096);
+  CHECK(j["flotilla_mb_per_s"].get<double>() > 0);
+  CHECK(j["zmq_messages_per_s"].get<double>() > 0);
+  CHECK(j["ratio"].get<double>() > 0);
+}
