@@ -11,6 +11,7 @@
 #include "controller/commands.hpp"
 #include "controller/experiment.hpp"
 #include "controller/plot.hpp"
+#include "actors/worker.hpp"
 #include "controller/checkpoint.hpp"
 #include "controller/rl_program.hpp"
 #include "core/log.hpp"
@@ -152,6 +153,19 @@ int flotilla::controller::cli_main(int argc, char** argv) {
   bench_stream_cmd->add_option("--send-to", bench_stream_args.send_to)->group("");  // the sending child's
   bench_stream_cmd->add_option("--mode", bench_stream_args.mode)->group("");
 
+  actors::WorkerInfo worker_info;
+  int heartbeat_ms = 500;
+  auto* worker = app.add_subcommand("worker", "a worker process (started by the controller, never by hand)");
+  worker->group("");  // not listed in --help
+  worker->add_option("--role", worker_info.role)->required();
+  worker->add_option("--rank", worker_info.rank)->required();
+  worker->add_option("--world-size", worker_info.world_size);
+  worker->add_option("--experiment", worker_info.experiment)->required();
+  worker->add_option("--trial", worker_info.trial)->required();
+  worker->add_option("--name-dir", worker_info.name_dir)->required();
+  worker->add_option("--host", worker_info.host);
+  worker->add_option("--heartbeat-ms", heartbeat_ms);
+
   auto* version = app.add_subcommand("version", "print the version and build facts");
 
   try {
@@ -212,6 +226,10 @@ int flotilla::controller::cli_main(int argc, char** argv) {
                   << r.std_return << ", length " << r.mean_length << "\n";
       }
       return 0;
+    }
+    if (*worker) {
+      worker_info.heartbeat = std::chrono::milliseconds(heartbeat_ms);
+      return actors::run_worker(worker_info);
     }
     if (*env_list_cmd) return controller::env_list(env_list_json);
     if (*trace_cmd) return controller::env_trace(trace);

@@ -52,3 +52,40 @@ controller::ProgramRegistration countdown("countdown", [](core::ConfigView root,
 });
 
 }  // namespace
+
+// ---- a worker role for runtime tests ----
+
+#include <ATen/ATen.h>
+
+#include "actors/worker.hpp"
+
+namespace {
+
+class Echo final : public flotilla::actors::Role {
+ public:
+  explicit Echo(const flotilla::actors::WorkerInfo& info) : info_(info) {}
+  void add_methods(flotilla::actors::MethodTable& m) override {
+    using flotilla::actors::CallResult;
+    using flotilla::core::Batch;
+    m.add("rank", [this](const std::string&, const Batch&) { return CallResult{std::to_string(info_.rank), {}}; });
+    // Doubles x and says how many rows it got, so dispatch and chunking can be checked.
+    m.add("double", [this](const std::string&, const Batch& b) {
+      Batch out;
+      out.set("x", b["x"] * 2);
+      out.set("rank", at::full({b.size()}, info_.rank, at::kLong));
+      return CallResult{std::to_string(b.size()), out};
+    });
+    m.add("fail", [](const std::string& args, const Batch&) -> CallResult {
+      throw flotilla::Error("failing as asked: " + args);
+    });
+  }
+
+ private:
+  flotilla::actors::WorkerInfo info_;
+};
+
+flotilla::actors::RoleRegistration echo("echo", [](const flotilla::actors::WorkerInfo& info) {
+  return std::make_unique<Echo>(info);
+});
+
+}  // namespace

@@ -1,0 +1,185 @@
+#include "controller/cluster.hpp"
+
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <mutex>
+#include <thread>
+#include <zmq.hpp>
+
+#include "core/error.hpp"
+#include "core/name_service.hpp"
+#include "core/names.hpp"
+#include "core/wire.hpp"
+
+extern char** environ;
+
+namespace flotilla::controller {
+namespace fs = std::filesystem;
+using clock_type = std::chrono::steady_clock;
+
+struct Cluster::Monitor {
+  struct Proc {
+    std::string name;
+    pid_t pid;
+    clock_type::time_point last_beat;
+    bool exited = false;
+  };
+  zmq::context_t context{1};
+  zmq::socket_t heartbeats{context, zmq::socket_type::pull};
+  std::vector<Proc> procs;
+  mutable std::mutex mutex;
+  std::string failure;
+  std::chrono::milliseconds timeout;
+  boost::asio::io_context io;
+  boost::asio::steady_timer timer{io};
+  std::thread thread;
+  bool stopping = false;
+
+  // Every 50 ms: take the heartbeats that arrived, reap exited children, look for silence.
+  void tick() {
+    heartbeats.set(zmq::sockopt::rcvtimeo, 0);
+    while (true) {
+      std::optional<core::InMessage> m;
+      try {
+        m = core::InMessage::receive(heartbeats);
+      } catch (const core::DecodeError&) {
+        continue;
+      }
+      if (!m) break;
+      const std::string from = m->envelope().getSender().cStr();
+      std::lock_guard lock(mutex);
+      for (auto& p : procs)
+        if (p.name == from) p.last_beat = clock_type::now();
+    }
+    std::lock_guard lock(mutex);
+    for (auto& p : procs) {
+      int status = 0;
+      if (!p.exited && ::waitpid(p.pid, &status, WNOHANG) == p.pid) {
+        p.exited = true;
+        if (!stopping && failure.empty()) {
+          failure = "worker " + p.name + " (pid " + std::to_string(p.pid) + ") " +
+                    (WIFSIGNALED(status) ? "was killed by signal " + std::to_string(WTERMSIG(status))
+                                         : "exited with code " + std::to_string(WEXITSTATUS(status)));
+        }
+      }
+      if (!p.exited && !stopping && failure.empty() && clock_type::now() - p.last_beat > timeout)
+        failure = "worker " + p.name + " (pid " + std::to_string(p.pid) + ") sent no heartbeat for " +
+                  std::to_string(timeout.count()) + " ms";
+    }
+    timer.expires_after(std::chrono::milliseconds(50));
+    timer.async_wait([this](const boost::system::error_code& ec) {
+      if (!ec) tick();
+    });
+  }
+};
+
+Cluster::Cluster(const fs::path& run_dir, std::string experiment, const std::vector<WorkerSpec>& workers,
+                 ClusterOptions options)
+    : experiment_(std::move(experiment)),
+      trial_(std::to_string(::getpid())),
+      options_(options),
+      name_dir_(run_dir / "names"),
+      monitor_(std::make_unique<Monitor>()) {
+  auto names = core::directory_name_service(name_dir_);
+  monitor_->timeout = options.heartbeat_timeout;
+  monitor_->heartbeats.bind("tcp://127.0.0.1:*");
+  names->put(core::names::controller(experiment_, trial_, "heartbeat"),
+             monitor_->heartbeats.get(zmq::sockopt::last_endpoint));
+
+  for (const auto& spec : workers) {
+    for (int rank = 0; rank < spec.count; ++rank) {
+      std::vector<std::string> args = {options.executable.string(), "worker",
+                                       "--role", spec.role, "--rank", std::to_string(rank),
+                                       "--world-size", std::to_string(spec.count), "--experiment", experiment_,
+                                       "--trial", trial_, "--name-dir", name_dir_.string(),
+                                       "--heartbeat-ms", std::to_string(options.heartbeat.count())};
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      pid_t pid = 0;
+      if (posix_spawn(&pid, options.executable.c_str(), nullptr, nullptr, argv.data(), environ) != 0)
+        throw Error("cannot start worker " + spec.role + "/" + std::to_string(rank) + " from " + options.executable.string());
+      monitor_->procs.push_back({spec.role + "/" + std::to_string(rank), pid, clock_type::now() + options.start_timeout});
+    }
+  }
+  monitor_->tick();
+  monitor_->thread = std::thread([m = monitor_.get()] { m->io.run(); });
+
+  for (const auto& spec : workers) {
+    std::vector<std::string> endpoints;
+    for (int rank = 0; rank < spec.count; ++rank) {
+      const std::string key = core::names::worker_rpc(experiment_, trial_, spec.role, rank);
+      const auto deadline = clock_type::now() + options.start_timeout;
+      while (true) {  // wait for the address, but give up at once if the worker already died
+        check();
+        if (auto v = names->get(key)) {
+          endpoints.push_back(*v);
+          break;
+        }
+        if (clock_type::now() > deadline)
+          throw TimeoutError("worker " + spec.role + "/" + std::to_string(rank) + " did not publish '" + key + "' within " +
+                             std::to_string(options.start_timeout.count()) + " ms");
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    }
+    groups_[spec.role] = std::make_unique<actors::WorkerGroup>(monitor_->context, spec.role, endpoints, options.call_timeout);
+  }
+}
+
+Cluster::~Cluster() {
+  {
+    std::lock_guard lock(monitor_->mutex);
+    monitor_->stopping = true;
+  }
+  for (auto& [role, g] : groups_) {
+    try {
+      auto futures = g->call("stop");
+      for (auto& f : futures) f.wait_for(std::chrono::seconds(2));
+    } catch (const std::exception&) {
+    }
+  }
+  groups_.clear();
+  // Anyone still running after a grace period is ended.
+  const auto deadline = clock_type::now() + std::chrono::seconds(3);
+  for (auto& p : monitor_->procs) {
+    int status = 0;
+    while (!p.exited && clock_type::now() < deadline) {
+      if (::waitpid(p.pid, &status, WNOHANG) == p.pid) p.exited = true;
+      else std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (!p.exited) {
+      ::kill(p.pid, SIGKILL);
+      ::waitpid(p.pid, &status, 0);
+      p.exited = true;
+    }
+  }
+  monitor_->io.stop();
+  if (monitor_->thread.joinable()) monitor_->thread.join();
+}
+
+actors::WorkerGroup& Cluster::group(const std::string& role) {
+  auto it = groups_.find(role);
+  if (it == groups_.end()) throw ConfigError("no worker group '" + role + "' in this run");
+  return *it->second;
+}
+
+void Cluster::check() const {
+  std::lock_guard lock(monitor_->mutex);
+  if (!monitor_->failure.empty()) throw Error(monitor_->failure);
+}
+
+pid_t Cluster::pid(const std::string& role, int rank) const {
+  std::lock_guard lock(monitor_->mutex);
+  for (const auto& p : monitor_->procs)
+    if (p.name == role + "/" + std::to_string(rank)) return p.pid;
+  throw ConfigError("no worker " + role + "/" + std::to_string(rank));
+}
+
+}  // namespace flotilla::controller

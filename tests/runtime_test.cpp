@@ -1,0 +1,150 @@
+// Worker processes, worker-group RPC and the controller's monitoring, on loopback.
+#include <signal.h>
+
+#include <thread>
+#include <zmq.hpp>
+
+#include "controller/cluster.hpp"
+#include "core/error.hpp"
+#include "core/name_service.hpp"
+#include "core/names.hpp"
+#include "support/temp_dir.hpp"
+#include "support/torch_doctest.hpp"
+
+using namespace flotilla;
+using actors::Dispatch;
+
+namespace {
+controller::ClusterOptions options() {
+  controller::ClusterOptions o;
+  o.executable = FLOTILLA_TEST_CLI;
+  o.heartbeat = std::chrono::milliseconds(100);
+  o.heartbeat_timeout = std::chrono::milliseconds(1500);
+  o.call_timeout = std::chrono::milliseconds(10000);
+  return o;
+}
+core::Batch rows(int64_t n) {
+  core::Batch b;
+  b.set("x", at::arange(n, at::kFloat));
+  return b;
+}
+}  // namespace
+
+TEST_CASE("rpc_dispatch_modes_and_uneven_chunks") {
+  test::TempDir dir;
+  controller::Cluster cluster(dir.path(), "rpc", {{"echo", 3}}, options());
+  auto& g = cluster.group("echo");
+  CHECK(g.size() == 3);
+  // One to all: every rank answers; futures come back per rank.
+  auto futures = g.call("rank");
+  REQUIRE(futures.size() == 3);
+  for (int r = 0; r < 3; ++r) CHECK(futures[r].get().result == std::to_string(r));
+  // Rank zero only.
+  CHECK(g.run("rank", "", {}, Dispatch::RankZero).result == "0");
+  // Data-parallel chunks of 7 rows over 3 ranks: 3, 2, 2, concatenated back in order.
+  auto chunked = g.call("double", "", rows(7), Dispatch::DpChunk);
+  std::vector<std::string> sizes;
+  std::vector<actors::CallResult> results;
+  for (auto& f : chunked) results.push_back(f.get());
+  for (auto& r : results) sizes.push_back(r.result);
+  CHECK((sizes == std::vector<std::string>{"3", "2", "2"}));
+  auto again = g.call("double", "", rows(7), Dispatch::DpChunk);
+  auto joined = g.collect(again, "double", Dispatch::DpChunk);
+  CHECK(at::equal(joined.batch["x"], at::arange(7, at::kFloat) * 2));
+  CHECK(at::equal(joined.batch["rank"], at::tensor(std::vector<int64_t>{0, 0, 0, 1, 1, 2, 2})));
+  // Fewer rows than ranks: the last rank gets an empty chunk and still answers.
+  auto tiny = g.run("double", "", rows(2), Dispatch::DpChunk);
+  CHECK(tiny.batch.size() == 2);
+  cluster.check();
+}
+
+TEST_CASE("rpc_exception_comes_back_naming_worker_rank_and_method") {
+  test::TempDir dir;
+  controller::Cluster cluster(dir.path(), "rpc", {{"echo", 2}}, options());
+  try {
+    cluster.group("echo").run("fail", "on purpose");
+    FAIL("expected an error");
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    CHECK(what.find("worker echo/0 (rank 0), method 'fail': failing as asked: on purpose") != std::string::npos);
+  }
+  try {
+    cluster.group("echo").run("nope");
+    FAIL("expected an error");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("no method 'nope' (methods: double, fail, ping, rank, stop)") != std::string::npos);
+  }
+  cluster.check();  // the workers are still fine
+  CHECK(cluster.group("echo").run("ping").result == "echo/0");
+}
+
+TEST_CASE("worker_drops_a_malformed_message_and_keeps_serving") {
+  test::TempDir dir;
+  controller::Cluster cluster(dir.path(), "rpc", {{"echo", 1}}, options());
+  auto names = core::directory_name_service(dir.path() / "names");
+  auto keys = names->list("flotilla/rpc/");
+  std::string endpoint;
+  for (const auto& k : keys)
+    if (k.find("/workers/echo/0/rpc") != std::string::npos) endpoint = *names->get(k);
+  REQUIRE_FALSE(endpoint.empty());
+  zmq::context_t context(1);
+  zmq::socket_t rogue(context, zmq::socket_type::dealer);
+  rogue.set(zmq::sockopt::linger, 0);
+  rogue.connect(endpoint);
+  rogue.send(zmq::str_buffer("this is not an envelope!"));  // 24 bytes of garbage
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK(cluster.group("echo").run("rank").result == "0");
+  cluster.check();
+}
+
+TEST_CASE("a_killed_worker_is_detected_within_the_heartbeat_timeout") {
+  test::TempDir dir;
+  controller::Cluster cluster(dir.path(), "rpc", {{"echo", 2}}, options());
+  cluster.check();
+  const auto t0 = std::chrono::steady_clock::now();
+  ::kill(cluster.pid("echo", 1), SIGKILL);
+  std::string failure;
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5)) {
+    try {
+      cluster.check();
+    } catch (const Error& e) {
+      failure = e.what();
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  CHECK(failure.find("worker echo/1") != std::string::npos);
+  CHECK(failure.find("killed by signal 9") != std::string::npos);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(1500));
+}
+
+TEST_CASE("a_stopped_worker_is_detected_by_missing_heartbeats") {
+  test::TempDir dir;
+  controller::Cluster cluster(dir.path(), "rpc", {{"echo", 1}}, options());
+  const pid_t pid = cluster.pid("echo", 0);
+  ::kill(pid, SIGSTOP);  // alive but silent
+  std::string failure;
+  const auto t0 = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5) && failure.empty()) {
+    try {
+      cluster.check();
+    } catch (const Error& e) {
+      failure = e.what();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ::kill(pid, SIGCONT);
+  CHECK(failure.find("worker echo/0") != std::string::npos);
+  CHECK(failure.find("sent no heartbeat for 1500 ms") != std::string::npos);
+}
+
+TEST_CASE("no_worker_outlives_the_cluster") {
+  test::TempDir dir;
+  std::vector<pid_t> pids;
+  {
+    controller::Cluster cluster(dir.path(), "rpc", {{"echo", 2}}, options());
+    pids = {cluster.pid("echo", 0), cluster.pid("echo", 1)};
+    for (pid_t p : pids) CHECK(::kill(p, 0) == 0);
+  }
+  for (pid_t p : pids) CHECK(::kill(p, 0) != 0);  // reaped and gone
+}
