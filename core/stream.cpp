@@ -138,3 +138,181 @@ std::pair<std::unique_ptr<SampleSender>, std::unique_ptr<SampleReceiver>> inproc
 }
 
 }  // namespace flotilla::core
+
+namespace flotilla::core {
+namespace {
+
+class ZmqParameterPublisher final : public ParameterPublisher {
+ public:
+  ZmqParameterPublisher(zmq::context_t& context, const std::string& bind, std::string name)
+      : socket_(context, zmq::socket_type::pub), name_(std::move(name)) {
+    socket_.set(zmq::sockopt::sndhwm, 4);
+    socket_.set(zmq::sockopt::linger, 0);
+    socket_.bind(bind);
+    endpoint_ = socket_.get(zmq::sockopt::last_endpoint);
+  }
+  void publish(int64_t version, const Batch& tensors) override {
+    OutMessage m(name_);
+    auto p = m.envelope().initParameters();
+    p.setVersion(version);
+    m.put_batch(p.initBatch(), tensors);
+    m.send(socket_);
+  }
+  std::string endpoint() const override { return endpoint_; }
+
+ private:
+  zmq::socket_t socket_;
+  std::string name_, endpoint_;
+};
+
+class ZmqParameterSubscriber final : public ParameterSubscriber {
+ public:
+  ZmqParameterSubscriber(zmq::context_t& context, const std::string& endpoint) : socket_(context, zmq::socket_type::sub) {
+    socket_.set(zmq::sockopt::subscribe, "");
+    socket_.set(zmq::sockopt::rcvhwm, 4);
+    socket_.set(zmq::sockopt::linger, 0);
+    socket_.connect(endpoint);
+    endpoint_ = endpoint;
+  }
+  std::optional<Parameters> latest(std::chrono::milliseconds timeout) override {
+    std::optional<Parameters> newest;
+    socket_.set(zmq::sockopt::rcvtimeo, static_cast<int>(timeout.count()));
+    while (true) {
+      try {
+        auto m = InMessage::receive(socket_);
+        if (!m) break;
+        if (!m->envelope().isParameters()) throw DecodeError("unexpected-type", "a parameter stream got another message");
+        auto p = m->envelope().getParameters();
+        if (!newest || p.getVersion() >= newest->version) newest = Parameters{p.getVersion(), m->batch(p.getBatch())};
+      } catch (const DecodeError& e) {
+        drops_.record(e, "parameter stream " + endpoint_);
+      }
+      socket_.set(zmq::sockopt::rcvtimeo, 0);  // after the first, take only what is already here
+    }
+    return newest;
+  }
+
+ private:
+  zmq::socket_t socket_;
+  std::string endpoint_;
+  DropCounter drops_;
+};
+
+class ZmqInferenceServer final : public InferenceServer {
+ public:
+  ZmqInferenceServer(zmq::context_t& context, const std::string& bind, std::string name)
+      : socket_(context, zmq::socket_type::router), name_(std::move(name)) {
+    socket_.set(zmq::sockopt::linger, 0);
+    socket_.bind(bind);
+    endpoint_ = socket_.get(zmq::sockopt::last_endpoint);
+  }
+  std::optional<InferenceBatch> gather(int64_t max_rows, std::chrono::milliseconds max_delay,
+                                       std::chrono::milliseconds idle) override {
+    InferenceBatch out;
+    std::vector<Batch> inputs;
+    int64_t rows = 0;
+    auto deadline = std::chrono::steady_clock::now() + idle;
+    while (rows < max_rows) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() < 0) break;
+      socket_.set(zmq::sockopt::rcvtimeo, static_cast<int>(left.count()));
+      std::optional<InMessage> m;
+      try {
+        m = InMessage::receive(socket_, true);
+        if (!m) break;
+        if (!m->envelope().isInferenceRequest())
+          throw DecodeError("unexpected-type", "an inference server got a message that is not a request");
+        auto req = m->envelope().getInferenceRequest();
+        Batch b = m->batch(req.getBatch());
+        const std::string route(static_cast<const char*>(m->route().data()), m->route().size());
+        if (inputs.empty()) deadline = std::chrono::steady_clock::now() + max_delay;  // the first starts the clock
+        out.parts.push_back({route, req.getId(), b.size()});
+        rows += b.size();
+        inputs.push_back(std::move(b));
+      } catch (const DecodeError& e) {
+        drops_.record(e, "inference server " + name_);
+      }
+    }
+    if (inputs.empty()) return std::nullopt;
+    out.inputs = Batch::concat(inputs);
+    return out;
+  }
+  void reply(const InferenceBatch& batch, const Batch& outputs, int64_t version) override {
+    std::vector<int64_t> sizes;
+    for (const auto& p : batch.parts) sizes.push_back(p.rows);
+    auto pieces = outputs.split(sizes);
+    for (size_t i = 0; i < batch.parts.size(); ++i) {
+      OutMessage m(name_);
+      auto r = m.envelope().initInferenceReply();
+      r.setId(batch.parts[i].id);
+      r.setPolicyVersion(version);
+      m.put_batch(r.initBatch(), pieces[i]);
+      zmq::message_t route(batch.parts[i].route.data(), batch.parts[i].route.size());
+      m.send(socket_, &route);
+    }
+  }
+  std::string endpoint() const override { return endpoint_; }
+  std::map<std::string, int64_t> dropped() const override { return drops_.counts(); }
+
+ private:
+  zmq::socket_t socket_;
+  std::string name_, endpoint_;
+  DropCounter drops_;
+};
+
+class ZmqInferenceClient final : public InferenceClient {
+ public:
+  ZmqInferenceClient(zmq::context_t& context, const std::string& endpoint, std::string name)
+      : socket_(context, zmq::socket_type::dealer), endpoint_(endpoint), name_(std::move(name)) {
+    socket_.set(zmq::sockopt::linger, 0);
+    socket_.connect(endpoint);
+  }
+  std::pair<Batch, int64_t> infer(const Batch& inputs, std::chrono::milliseconds timeout) override {
+    const uint64_t id = ++next_id_;
+    OutMessage m(name_);
+    auto req = m.envelope().initInferenceRequest();
+    req.setId(id);
+    m.put_batch(req.initBatch(), inputs);
+    m.send(socket_);
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (true) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) break;
+      socket_.set(zmq::sockopt::rcvtimeo, static_cast<int>(left.count()));
+      try {
+        auto in = InMessage::receive(socket_);
+        if (!in) break;
+        if (!in->envelope().isInferenceReply() || in->envelope().getInferenceReply().getId() != id) continue;  // stale
+        auto r = in->envelope().getInferenceReply();
+        return {in->batch(r.getBatch()), r.getPolicyVersion()};
+      } catch (const DecodeError&) {
+        continue;
+      }
+    }
+    throw TimeoutError(name_ + ": no inference reply from '" + endpoint_ + "' within " + std::to_string(timeout.count()) + " ms");
+  }
+
+ private:
+  zmq::socket_t socket_;
+  std::string endpoint_, name_;
+  uint64_t next_id_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<ParameterPublisher> zmq_parameter_publisher(zmq::context_t& context, const std::string& bind,
+                                                            const std::string& sender_name) {
+  return std::make_unique<ZmqParameterPublisher>(context, bind, sender_name);
+}
+std::unique_ptr<ParameterSubscriber> zmq_parameter_subscriber(zmq::context_t& context, const std::string& endpoint) {
+  return std::make_unique<ZmqParameterSubscriber>(context, endpoint);
+}
+std::unique_ptr<InferenceServer> zmq_inference_server(zmq::context_t& context, const std::string& bind, const std::string& name) {
+  return std::make_unique<ZmqInferenceServer>(context, bind, name);
+}
+std::unique_ptr<InferenceClient> zmq_inference_client(zmq::context_t& context, const std::string& endpoint,
+                                                      const std::string& name) {
+  return std::make_unique<ZmqInferenceClient>(context, endpoint, name);
+}
+
+}  // namespace flotilla::core

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "core/batch.hpp"
 
@@ -52,5 +53,69 @@ std::unique_ptr<SampleSender> zmq_sample_sender(zmq::context_t& context, const s
 // A bounded in-process queue with the same semantics.
 std::pair<std::unique_ptr<SampleSender>, std::unique_ptr<SampleReceiver>> inprocess_sample_stream(
     size_t capacity, const std::string& sender_name = "inprocess");
+
+// ---- parameters: PUB -> SUB, versioned ----
+
+struct Parameters {
+  int64_t version = 0;
+  Batch tensors;  // one row per parameter is not required: each field is a whole parameter
+};
+
+class ParameterPublisher {
+ public:
+  virtual ~ParameterPublisher() = default;
+  virtual void publish(int64_t version, const Batch& tensors) = 0;
+  virtual std::string endpoint() const = 0;
+};
+
+class ParameterSubscriber {
+ public:
+  virtual ~ParameterSubscriber() = default;
+  // The newest parameters that arrived since the last call (older ones are skipped), waiting up
+  // to `timeout` for one; nullopt when none came.
+  virtual std::optional<Parameters> latest(std::chrono::milliseconds timeout) = 0;
+};
+
+std::unique_ptr<ParameterPublisher> zmq_parameter_publisher(zmq::context_t& context, const std::string& bind,
+                                                            const std::string& sender_name);
+std::unique_ptr<ParameterSubscriber> zmq_parameter_subscriber(zmq::context_t& context, const std::string& endpoint);
+
+// ---- inference: DEALER -> ROUTER, batched on the server ----
+
+class InferenceClient {
+ public:
+  virtual ~InferenceClient() = default;
+  // Sends `inputs` and waits for the reply; throws TimeoutError naming the server.
+  virtual std::pair<Batch, int64_t> infer(const Batch& inputs, std::chrono::milliseconds timeout) = 0;
+};
+
+// Requests gathered into one batch, and where each one's rows go back.
+struct InferenceBatch {
+  Batch inputs;
+  struct Part {
+    std::string route;
+    uint64_t id;
+    int64_t rows;
+  };
+  std::vector<Part> parts;
+};
+
+class InferenceServer {
+ public:
+  virtual ~InferenceServer() = default;
+  // Gathers requests until `max_rows` rows are waiting or `max_delay` has passed since the first
+  // (waiting up to `idle` for a first one); nullopt when none came.
+  virtual std::optional<InferenceBatch> gather(int64_t max_rows, std::chrono::milliseconds max_delay,
+                                               std::chrono::milliseconds idle) = 0;
+  // Splits `outputs` (rows in the order of the gathered inputs) back to the requesters.
+  virtual void reply(const InferenceBatch& batch, const Batch& outputs, int64_t policy_version) = 0;
+  virtual std::string endpoint() const = 0;
+  virtual std::map<std::string, int64_t> dropped() const = 0;
+};
+
+std::unique_ptr<InferenceServer> zmq_inference_server(zmq::context_t& context, const std::string& bind,
+                                                      const std::string& name);
+std::unique_ptr<InferenceClient> zmq_inference_client(zmq::context_t& context, const std::string& endpoint,
+                                                      const std::string& name);
 
 }  // namespace flotilla::core

@@ -174,6 +174,90 @@ TEST_CASE("sample_streams_deliver_in_order_over_tcp_and_in_process") {
   CHECK_FALSE(recv->receive(10ms).has_value());
 }
 
+TEST_CASE("parameter_stream_delivers_the_newest_version") {
+  zmq::context_t context(1);
+  auto pub = core::zmq_parameter_publisher(context, "tcp://127.0.0.1:*", "trainer/0");
+  auto sub = core::zmq_parameter_subscriber(context, pub->endpoint());
+  std::this_thread::sleep_for(200ms);  // a SUB socket misses what is published before it joins
+  for (int v = 1; v <= 3; ++v) {
+    core::Batch p;
+    p.set("w", at::full({2, 2}, static_cast<float>(v)));
+    pub->publish(v, p);
+  }
+  std::this_thread::sleep_for(100ms);
+  auto got = sub->latest(1s);
+  REQUIRE(got.has_value());
+  CHECK(got->version == 3);
+  CHECK(got->tensors["w"][1][1].item<float>() == 3.0f);
+  CHECK_FALSE(sub->latest(50ms).has_value());
+}
+
+TEST_CASE("inference_server_batches_requests_and_routes_replies") {
+  zmq::context_t context(1);
+  auto server = core::zmq_inference_server(context, "tcp://127.0.0.1:*", "policy/0");
+  std::vector<std::thread> clients;
+  std::vector<core::Batch> replies(3);
+  std::vector<int64_t> versions(3);
+  for (int c = 0; c < 3; ++c) {
+    clients.emplace_back([&, c] {
+      auto client = core::zmq_inference_client(context, server->endpoint(), "actor/" + std::to_string(c));
+      core::Batch obs;
+      obs.set("obs", at::full({c + 1, 2}, static_cast<float>(c)));
+      auto [out, version] = client->infer(obs, 10s);
+      replies[c] = out;
+      versions[c] = version;
+    });
+  }
+  int64_t rows = 0;
+  size_t parts = 0;
+  while (rows < 6) {  // the three requests, gathered into as few batches as arrive together
+    auto batch = server->gather(6, 500ms, 5s);
+    REQUIRE(batch.has_value());
+    rows += batch->inputs.size();
+    parts += batch->parts.size();
+    core::Batch out;
+    out.set("action", batch->inputs["obs"].select(1, 0) * 10);
+    server->reply(*batch, out, 7);
+  }
+  for (auto& t : clients) t.join();
+  CHECK(parts == 3);
+  for (int c = 0; c < 3; ++c) {
+    CAPTURE(c);
+    CHECK(replies[c].size() == c + 1);
+    CHECK(replies[c]["action"][0].item<float>() == 10.0f * c);
+    CHECK(versions[c] == 7);
+  }
+  // One small request waits no longer than max_delay for company.
+  std::thread lone([&] {
+    auto client = core::zmq_inference_client(context, server->endpoint(), "actor/9");
+    core::Batch obs;
+    obs.set("obs", at::zeros({1, 2}));
+    client->infer(obs, 10s);
+  });
+  auto t0 = std::chrono::steady_clock::now();
+  auto one = server->gather(100, 50ms, 5s);
+  REQUIRE(one.has_value());
+  CHECK(one->inputs.size() == 1);
+  CHECK(std::chrono::steady_clock::now() - t0 < 2s);
+  core::Batch out;
+  out.set("action", at::zeros({1}));
+  server->reply(*one, out, 1);
+  lone.join();
+}
+
+TEST_CASE("inference_client_times_out_naming_the_server") {
+  zmq::context_t context(1);
+  auto client = core::zmq_inference_client(context, "tcp://127.0.0.1:9", "actor/0");
+  core::Batch obs;
+  obs.set("obs", at::zeros({1, 2}));
+  try {
+    client->infer(obs, 100ms);
+    FAIL("expected a timeout");
+  } catch (const TimeoutError& e) {
+    CHECK(std::string(e.what()).find("no inference reply from 'tcp://127.0.0.1:9' within 100 ms") != std::string::npos);
+  }
+}
+
 TEST_CASE("name_service_ttl_expiry_keepalive_list_and_wait_timeout") {
   test::TempDir dir;
   for (int backend = 0; backend < 2; ++backend) {
