@@ -47,4 +47,20 @@ Advantages estimate_advantages(const std::string& name, const Rollout& r, double
   return out;
 }
 
+core::Batch training_batch(const Fragment& f, const std::string& advantage, double gamma, double lambda) {
+  const int64_t T = f.reward.size(0), n = f.reward.size(1);
+  at::Tensor next = at::cat({f.value.narrow(0, 1, T - 1), f.bootstrap_value.unsqueeze(0)});
+  next = at::where(f.truncated & ~f.terminated, f.final_value, next);
+  Rollout r{f.reward, f.value, next, f.terminated, f.terminated | f.truncated};
+  Advantages adv = estimate_advantages(advantage, r, gamma, lambda);
+  core::Batch b;
+  b.set("obs", f.obs.reshape({T * n, -1}));
+  b.set("action", f.action.dim() == 2 ? f.action.reshape({T * n}) : f.action.reshape({T * n, f.action.size(2)}));
+  b.set("log_prob", f.log_prob.reshape({T * n}));
+  b.set("value", f.value.reshape({T * n}));
+  b.set("advantage", adv.advantage.reshape({T * n}));
+  b.set("return", adv.ret.reshape({T * n}));
+  return b;
+}
+
 }  // namespace flotilla::algorithms

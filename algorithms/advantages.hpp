@@ -3,6 +3,8 @@
 // estimation, lambda = 1 gives discounted returns minus values).
 #include <ATen/core/Tensor.h>
 
+#include "core/batch.hpp"
+
 #include <string>
 #include <vector>
 
@@ -22,6 +24,18 @@ struct Advantages {
 };
 
 Advantages estimate_advantages(const std::string& name, const Rollout& r, double gamma, double lambda);
+
+// A rollout fragment, time-major [T, N, ...], as an env batch produced it.
+struct Fragment {
+  at::Tensor obs, action, log_prob, value, reward;  // value: V(s_t) at acting time
+  at::Tensor terminated, truncated;                  // bool
+  at::Tensor final_value;                            // [T, N]: V(final obs) where truncated, else ignored
+  at::Tensor bootstrap_value;                        // [N]: V(obs after the last step)
+};
+
+// The flat [T * N] training batch of a fragment: obs, action, log_prob, value, advantage, return.
+// A truncated step bootstraps from V(final obs), a terminated one from 0.
+core::Batch training_batch(const Fragment& f, const std::string& advantage, double gamma, double lambda);
 std::vector<std::string> advantage_names();
 
 }  // namespace flotilla::algorithms

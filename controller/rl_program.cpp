@@ -206,8 +206,7 @@ class RlProgram final : public Program {
 
   std::pair<core::Batch, Finished> rollout(int64_t T) {
     envs::VecEnv& env = *agent_.env;
-    const int64_t n = env.num_envs();
-    std::vector<at::Tensor> obs(T), action(T), log_prob(T), value(T), reward(T), terminated(T), done(T);
+    std::vector<at::Tensor> obs(T), action(T), log_prob(T), value(T), reward(T), terminated(T), truncated(T), done(T);
     std::vector<std::pair<int64_t, at::Tensor>> truncated_rows;  // (t, env indices) that need V(final obs)
     std::vector<at::Tensor> truncated_obs;
     Finished finished;
@@ -220,6 +219,7 @@ class RlProgram final : public Program {
       log_prob[t] = out.log_prob;
       value[t] = out.value;
       terminated[t] = env.terminated().clone();
+      truncated[t] = env.truncated().clone();
       done[t] = env.terminated() | env.truncated();
       reward[t] = train_.norm_reward ? reward_scaler_->scale(env.reward(), done[t], train_.clip_reward) : env.reward().clone();
       if (done[t].any().item<bool>()) {
@@ -239,29 +239,21 @@ class RlProgram final : public Program {
       }
       current = agent_.observe(env.obs(), true);
     }
-    // V(s_{t+1}): the next row's value, the value after the last step, or V(final obs) where
-    // an episode was truncated (a terminated episode's next value is ignored).
+    // V(final obs) where an episode was truncated; elsewhere unused.
     at::Tensor values = at::stack(value);
-    at::Tensor next_values = at::cat({values.narrow(0, 1, T - 1), agent_.policy->value(current).unsqueeze(0)});
+    at::Tensor final_values = at::zeros_like(values);
     if (!truncated_rows.empty()) {
       at::Tensor v = agent_.policy->value(at::cat(truncated_obs));
       int64_t offset = 0;
       for (const auto& [t, idx] : truncated_rows) {
-        next_values[t].index_put_({idx}, v.narrow(0, offset, idx.size(0)));
+        final_values[t].index_put_({idx}, v.narrow(0, offset, idx.size(0)));
         offset += idx.size(0);
       }
     }
-    algorithms::Rollout r{at::stack(reward), values, next_values, at::stack(terminated), at::stack(done)};
-    algorithms::Advantages adv = algorithms::estimate_advantages(algo_->advantage(), r, algo_->gamma(), algo_->gae_lambda());
-    core::Batch b;
-    at::Tensor obs_all = at::stack(obs);
-    b.set("obs", obs_all.reshape({T * n, obs_all.size(2)}));
-    at::Tensor act_all = at::stack(action);
-    b.set("action", act_all.dim() == 2 ? act_all.reshape({T * n}) : act_all.reshape({T * n, act_all.size(2)}));
-    b.set("log_prob", at::stack(log_prob).reshape({T * n}));
-    b.set("value", values.reshape({T * n}));
-    b.set("advantage", adv.advantage.reshape({T * n}));
-    b.set("return", adv.ret.reshape({T * n}));
+    algorithms::Fragment f{at::stack(obs),        at::stack(action), at::stack(log_prob), values,
+                           at::stack(reward),     at::stack(terminated), at::stack(truncated), final_values,
+                           agent_.policy->value(current)};
+    core::Batch b = algorithms::training_batch(f, algo_->advantage(), algo_->gamma(), algo_->gae_lambda());
     return {b, finished};
   }
 

@@ -139,4 +139,25 @@ void Policy::load(const std::vector<std::pair<std::string, at::Tensor>>& values)
   }
 }
 
+at::Tensor Policy::flat() const {
+  std::vector<at::Tensor> parts;
+  for (const auto& p : impl_->parameters()) parts.push_back(p.detach().reshape({-1}));
+  return at::cat(parts).to(at::kFloat);
+}
+
+void Policy::load_flat(const at::Tensor& flat) {
+  torch::NoGradGuard no_grad;
+  auto params = impl_->parameters();
+  int64_t total = 0;
+  for (const auto& p : params) total += p.numel();
+  if (flat.dim() != 1 || flat.numel() != total)
+    throw FormatError("a flat parameter buffer of " + std::to_string(flat.numel()) + " values does not fit a policy of " +
+                      std::to_string(total));
+  int64_t offset = 0;
+  for (auto& p : params) {
+    p.copy_(flat.narrow(0, offset, p.numel()).view(p.sizes()));
+    offset += p.numel();
+  }
+}
+
 }  // namespace flotilla::models

@@ -59,6 +59,9 @@ class Policy {
   std::vector<std::pair<std::string, at::Tensor>> named_parameters() const;
   // Copies values into the parameters of the same names; throws naming a missing or mis-shaped one.
   void load(const std::vector<std::pair<std::string, at::Tensor>>& values);
+  // All parameters in one flat float32 buffer (named_parameters order), for sending; and back.
+  at::Tensor flat() const;
+  void load_flat(const at::Tensor& flat);
 
  private:
   struct Impl;
