@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <mutex>
 #include <chrono>
 #include <thread>
 #include <zmq.hpp>
@@ -29,10 +30,18 @@ std::string MethodTable::names() const {
   return out;
 }
 
+void register_rl_roles();  // actors/rl_roles.cpp
+
 namespace {
-std::map<std::string, RoleFactory>& roles() {
+std::map<std::string, RoleFactory>& registered() {
   static std::map<std::string, RoleFactory> r;
   return r;
+}
+// Built-in roles join on first use, so static libraries need no registration tricks.
+std::map<std::string, RoleFactory>& roles() {
+  static std::once_flag once;
+  std::call_once(once, [] { register_rl_roles(); });
+  return registered();
 }
 
 double now_s() {
@@ -40,7 +49,7 @@ double now_s() {
 }
 }  // namespace
 
-void register_role(const std::string& name, RoleFactory factory) { roles()[name] = std::move(factory); }
+void register_role(const std::string& name, RoleFactory factory) { registered()[name] = std::move(factory); }
 
 std::vector<std::string> role_names() {
   std::vector<std::string> out;

@@ -92,6 +92,10 @@ Cluster::Cluster(const fs::path& run_dir, std::string experiment, const std::vec
   monitor_->heartbeats.bind("tcp://127.0.0.1:*");
   names->put(core::names::controller(experiment_, trial_, "heartbeat"),
              monitor_->heartbeats.get(zmq::sockopt::last_endpoint));
+  metrics_ = std::make_unique<zmq::socket_t>(monitor_->context, zmq::socket_type::pull);
+  metrics_->set(zmq::sockopt::linger, 0);
+  metrics_->bind("tcp://127.0.0.1:*");
+  names->put(core::names::controller(experiment_, trial_, "metrics"), metrics_->get(zmq::sockopt::last_endpoint));
 
   for (const auto& spec : workers) {
     for (int rank = 0; rank < spec.count; ++rank) {
@@ -160,8 +164,31 @@ Cluster::~Cluster() {
       p.exited = true;
     }
   }
+  metrics_.reset();
   monitor_->io.stop();
   if (monitor_->thread.joinable()) monitor_->thread.join();
+}
+
+std::vector<Cluster::WorkerMetrics> Cluster::metrics(std::chrono::milliseconds wait) {
+  std::vector<WorkerMetrics> out;
+  metrics_->set(zmq::sockopt::rcvtimeo, static_cast<int>(wait.count()));
+  while (true) {
+    std::optional<core::InMessage> m;
+    try {
+      m = core::InMessage::receive(*metrics_);
+    } catch (const core::DecodeError& e) {
+      drops_.record(e, "controller metrics");
+      continue;
+    }
+    if (!m) break;
+    metrics_->set(zmq::sockopt::rcvtimeo, 0);  // after the first, take only what is already here
+    if (!m->envelope().isMetrics()) continue;
+    auto r = m->envelope().getMetrics();
+    WorkerMetrics w{m->envelope().getSender().cStr(), r.getStep(), {}};
+    for (auto v : r.getValues()) w.values.emplace_back(v.getName().cStr(), v.getValue());
+    out.push_back(std::move(w));
+  }
+  return out;
 }
 
 actors::WorkerGroup& Cluster::group(const std::string& role) {

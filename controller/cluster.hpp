@@ -15,6 +15,12 @@
 #include <vector>
 
 #include "actors/worker_group.hpp"
+#include "core/metrics.hpp"
+#include "core/wire.hpp"
+
+namespace zmq {
+class socket_t;
+}
 
 namespace flotilla::controller {
 
@@ -40,6 +46,14 @@ class Cluster {
   Cluster& operator=(const Cluster&) = delete;
 
   actors::WorkerGroup& group(const std::string& role);
+
+  struct WorkerMetrics {
+    std::string worker;
+    int64_t step;
+    core::Scalars values;
+  };
+  // Metrics rows workers pushed since the last call, waiting up to `wait` for the first.
+  std::vector<WorkerMetrics> metrics(std::chrono::milliseconds wait);
   // Throws Error naming the first worker that exited or went silent.
   void check() const;
   pid_t pid(const std::string& role, int rank) const;
@@ -50,6 +64,8 @@ class Cluster {
   ClusterOptions options_;
   std::filesystem::path name_dir_;
   std::unique_ptr<Monitor> monitor_;
+  std::unique_ptr<zmq::socket_t> metrics_;  // used by the controller's own thread only
+  core::DropCounter drops_;
   std::map<std::string, std::unique_ptr<actors::WorkerGroup>> groups_;
 };
 

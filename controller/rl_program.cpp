@@ -289,7 +289,9 @@ class RlProgram final : public Program {
   std::deque<double> window_;  // returns of the last stop.window finished episodes
 };
 
-ProgramRegistration rl("rl", [](core::ConfigView root, const Experiment& e) { return make_rl_program(root, e); });
+ProgramRegistration rl("rl", [](core::ConfigView root, const Experiment& e) {
+  return root.has("workers") ? make_distributed_rl_program(root, e) : make_rl_program(root, e);
+});
 
 }  // namespace
 

@@ -1,0 +1,369 @@
+#include "actors/rl_roles.hpp"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <thread>
+#include <zmq.hpp>
+
+#include "algorithms/advantages.hpp"
+#include "algorithms/algorithm.hpp"
+#include "core/error.hpp"
+#include "core/name_service.hpp"
+#include "core/names.hpp"
+#include "core/stream.hpp"
+#include "core/wire.hpp"
+#include "envs/registry.hpp"
+#include "models/policy.hpp"
+
+namespace flotilla::actors {
+using namespace std::chrono_literals;
+
+RunConfig::RunConfig(const std::string& yaml)
+    : config(std::make_unique<core::Config>(core::ConfigTree::load_string(yaml, "the run's config"))) {}
+
+MetricsPusher::MetricsPusher(zmq::context_t& context, const WorkerInfo& info)
+    : socket_(std::make_unique<zmq::socket_t>(context, zmq::socket_type::push)), name_(info.name()) {
+  auto names = core::directory_name_service(info.name_dir);
+  socket_->set(zmq::sockopt::linger, 1000);
+  socket_->set(zmq::sockopt::sndhwm, 1000);
+  socket_->connect(names->wait(core::names::controller(info.experiment, info.trial, "metrics"), 60s, "the controller"));
+}
+
+MetricsPusher::~MetricsPusher() = default;
+
+void MetricsPusher::push(int64_t step, const core::Scalars& values) {
+  core::OutMessage m(name_);
+  auto metrics = m.envelope().initMetrics();
+  metrics.setStep(step);
+  auto list = metrics.initValues(static_cast<unsigned>(values.size()));
+  for (unsigned i = 0; i < values.size(); ++i) {
+    list[i].setName(values[i].first);
+    list[i].setValue(values[i].second);
+  }
+  m.send(*socket_);
+}
+
+namespace {
+
+// What every RL role builds from the config: the env's spaces and a policy initialized from the
+// run's seed, so every process starts from the same weights.
+std::unique_ptr<models::Policy> make_policy(const core::ConfigView& root) {
+  const envs::EnvSpec& spec = envs::env_spec(root.section("env").require<std::string>("id"));
+  at::manual_seed(static_cast<uint64_t>(root.get<int64_t>("seed", 1)));
+  return std::make_unique<models::Policy>(models::PolicyConfig::read(root.section("model")), spec.observation_space,
+                                          spec.action_space);
+}
+
+core::Batch flat_parameters(const models::Policy& policy) {
+  core::Batch b;
+  b.set("flat", policy.flat());
+  return b;
+}
+
+// A thread that runs `body` until the role is destroyed; an exception is logged and ends the
+// process, so the controller sees the worker die and names it.
+class Loop {
+ public:
+  template <class F>
+  void start(const std::string& who, F body) {
+    thread_ = std::thread([this, who, body] {
+      try {
+        body(stop_);
+      } catch (const std::exception& e) {
+        spdlog::error("{}: {}", who, e.what());
+        spdlog::default_logger()->flush();
+        std::_Exit(1);
+      }
+    });
+  }
+  ~Loop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// ---- trainer: fragments in, PPO updates, parameters out ----
+
+class Trainer final : public Role {
+ public:
+  explicit Trainer(const WorkerInfo& info) : info_(info) {
+    if (info.world_size != 1)
+      throw ConfigError("trainer count " + std::to_string(info.world_size) +
+                        ": data-parallel trainers are not available yet; use count: 1");
+  }
+  void add_methods(MethodTable& m) override {
+    m.add("configure", [this](const std::string& yaml, const core::Batch&) {
+      at::set_num_threads(1);
+      run_ = std::make_unique<RunConfig>(yaml);
+      auto root = run_->root();
+      policy_ = make_policy(root);
+      algo_ = algorithms::make_algorithm(root.section("algo"), *policy_);
+      total_steps_ = root.section("train").get<int64_t>("total_steps", 500000);
+      auto names = core::directory_name_service(info_.name_dir);
+      samples_ = core::zmq_sample_receiver(context_, "tcp://" + info_.host + ":*");
+      params_ = core::zmq_parameter_publisher(context_, "tcp://" + info_.host + ":*", info_.name());
+      names->put(core::names::stream_endpoint(info_.experiment, info_.trial, "samples/trainer/0"), samples_->endpoint());
+      names->put(core::names::stream_endpoint(info_.experiment, info_.trial, "parameters/trainer/0"), params_->endpoint());
+      metrics_ = std::make_unique<MetricsPusher>(context_, info_);
+      return CallResult{"configured", {}};
+    });
+    m.add("publish", [this](const std::string&, const core::Batch&) {
+      params_->publish(version_, flat_parameters(*policy_));
+      return CallResult{std::to_string(version_), {}};
+    });
+    m.add("start", [this](const std::string& args, const core::Batch&) {
+      const int fragments = std::stoi(args.empty() ? "1" : args);
+      loop_.start(info_.name(), [this, fragments](std::atomic<bool>& stop) { train(fragments, stop); });
+      return CallResult{"started", {}};
+    });
+  }
+
+ private:
+  void train(int fragments_per_update, std::atomic<bool>& stop) {
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(12345);
+    int64_t trained = 0;
+    while (!stop.load()) {
+      std::vector<core::Batch> batches;
+      int64_t oldest = version_;
+      auto last_publish = std::chrono::steady_clock::now();
+      while (static_cast<int>(batches.size()) < fragments_per_update && !stop.load()) {
+        auto s = samples_->receive(200ms);
+        // A subscriber that joined late missed the last parameters: send them again now and then.
+        if (std::chrono::steady_clock::now() - last_publish > 1s) {
+          params_->publish(version_, flat_parameters(*policy_));
+          last_publish = std::chrono::steady_clock::now();
+        }
+        if (!s) continue;
+        oldest = std::min(oldest, s->policy_version);
+        batches.push_back(to_training(s->batch));
+      }
+      if (stop.load()) break;
+      core::Batch batch = core::Batch::concat(batches);
+      const auto t0 = std::chrono::steady_clock::now();
+      core::Scalars stats = algo_->update(batch, std::min(1.0, static_cast<double>(trained) / total_steps_), gen);
+      trained += batch.size();
+      ++version_;
+      params_->publish(version_, flat_parameters(*policy_));
+      stats.push_back({"perf/policy_lag", static_cast<double>(version_ - 1 - oldest)});
+      stats.push_back({"timing_s/update", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()});
+      stats.push_back({"trainer/version", static_cast<double>(version_)});
+      metrics_->push(trained, stats);
+    }
+  }
+
+  // A fragment arrives env-major ([N, T, ...]); values of final and bootstrap observations come
+  // from the trainer's current policy.
+  core::Batch to_training(const core::Batch& f) {
+    auto tm = [&](const char* name) { return f[name].transpose(0, 1).contiguous(); };
+    algorithms::Fragment fr;
+    fr.obs = tm("obs");
+    fr.action = tm("action");
+    fr.log_prob = tm("log_prob");
+    fr.value = tm("value");
+    fr.reward = tm("reward");
+    fr.terminated = tm("terminated");
+    fr.truncated = tm("truncated");
+    at::Tensor final_obs = tm("final_obs");
+    const int64_t T = final_obs.size(0), n = final_obs.size(1);
+    fr.final_value = policy_->value(final_obs.reshape({T * n, -1})).reshape({T, n});
+    fr.bootstrap_value = policy_->value(f["bootstrap_obs"]);
+    return algorithms::training_batch(fr, algo_->advantage(), algo_->gamma(), algo_->gae_lambda());
+  }
+
+  WorkerInfo info_;
+  zmq::context_t context_{1};
+  std::unique_ptr<RunConfig> run_;
+  std::unique_ptr<models::Policy> policy_;
+  std::unique_ptr<algorithms::Algorithm> algo_;
+  std::unique_ptr<core::SampleReceiver> samples_;
+  std::unique_ptr<core::ParameterPublisher> params_;
+  std::unique_ptr<MetricsPusher> metrics_;
+  int64_t version_ = 0, total_steps_ = 0;
+  Loop loop_;  // last: joined before the sockets above go away
+};
+
+// ---- policy worker: batched inference for many actors, parameters from the trainer ----
+
+class PolicyWorker final : public Role {
+ public:
+  explicit PolicyWorker(const WorkerInfo& info) : info_(info) {}
+  void add_methods(MethodTable& m) override {
+    m.add("configure", [this](const std::string& yaml, const core::Batch&) {
+      at::set_num_threads(1);
+      run_ = std::make_unique<RunConfig>(yaml);
+      auto root = run_->root();
+      policy_ = make_policy(root);
+      auto d = root.section("distributed");
+      max_batch_ = d.get<int64_t>("max_batch", 256, core::at_least<int64_t>(1));
+      max_delay_ = std::chrono::milliseconds(d.get<int64_t>("max_delay_ms", 2, core::at_least<int64_t>(0)));
+      auto names = core::directory_name_service(info_.name_dir);
+      params_ = core::zmq_parameter_subscriber(
+          context_, names->wait(core::names::stream_endpoint(info_.experiment, info_.trial, "parameters/trainer/0"), 60s,
+                                "trainer/0"));
+      server_ = core::zmq_inference_server(context_, "tcp://" + info_.host + ":*", info_.name());
+      names->put(core::names::stream_endpoint(info_.experiment, info_.trial, "inference/" + info_.name()),
+                 server_->endpoint());
+      return CallResult{"configured", {}};
+    });
+    m.add("start", [this](const std::string&, const core::Batch&) {
+      loop_.start(info_.name(), [this](std::atomic<bool>& stop) { serve(stop); });
+      return CallResult{"started", {}};
+    });
+  }
+
+ private:
+  void serve(std::atomic<bool>& stop) {
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1000 + info_.rank);
+    int64_t version = -1;
+    while (!stop.load()) {
+      if (auto p = params_->latest(version < 0 ? 200ms : 0ms)) {
+        policy_->load_flat(p->tensors["flat"]);
+        version = p->version;
+      }
+      if (version < 0) continue;  // no parameters yet: actors wait
+      auto batch = server_->gather(max_batch_, max_delay_, 100ms);
+      if (!batch) continue;
+      models::ActOutput out = policy_->act(batch->inputs["obs"], false, gen);
+      core::Batch reply;
+      reply.set("action", out.action);
+      reply.set("log_prob", out.log_prob);
+      reply.set("value", out.value);
+      server_->reply(*batch, reply, version);
+    }
+  }
+
+  WorkerInfo info_;
+  zmq::context_t context_{1};
+  std::unique_ptr<RunConfig> run_;
+  std::unique_ptr<models::Policy> policy_;
+  std::unique_ptr<core::ParameterSubscriber> params_;
+  std::unique_ptr<core::InferenceServer> server_;
+  int64_t max_batch_ = 256;
+  std::chrono::milliseconds max_delay_{2};
+  Loop loop_;
+};
+
+// ---- env actor: steps an env batch, asks a policy worker for actions, ships fragments ----
+
+class EnvActor final : public Role {
+ public:
+  explicit EnvActor(const WorkerInfo& info) : info_(info) {}
+  void add_methods(MethodTable& m) override {
+    m.add("configure", [this](const std::string& yaml, const core::Batch&) {
+      at::set_num_threads(1);
+      run_ = std::make_unique<RunConfig>(yaml);
+      auto root = run_->root();
+      env_ = envs::make_env(root.section("env"));
+      env_->reset(static_cast<uint64_t>(root.get<int64_t>("seed", 1)) * 1000 + static_cast<uint64_t>(info_.rank) + 1);
+      fragment_steps_ = root.section("train").get<int64_t>("num_steps", 128, core::at_least<int64_t>(1));
+      int policy_workers = 1;
+      for (auto w : root.list("workers"))
+        if (w.get<std::string>("role", "") == "policy_worker") policy_workers = w.get<int>("count", 1);
+      auto names = core::directory_name_service(info_.name_dir);
+      const std::string policy = "policy_worker/" + std::to_string(info_.rank % policy_workers);
+      inference_ = core::zmq_inference_client(
+          context_, names->wait(core::names::stream_endpoint(info_.experiment, info_.trial, "inference/" + policy), 60s, policy),
+          info_.name());
+      samples_ = core::zmq_sample_sender(
+          context_, names->wait(core::names::stream_endpoint(info_.experiment, info_.trial, "samples/trainer/0"), 60s, "trainer/0"),
+          info_.name());
+      metrics_ = std::make_unique<MetricsPusher>(context_, info_);
+      return CallResult{"configured", {}};
+    });
+    m.add("start", [this](const std::string&, const core::Batch&) {
+      loop_.start(info_.name(), [this](std::atomic<bool>& stop) { act(stop); });
+      return CallResult{"started", {}};
+    });
+  }
+
+ private:
+  void act(std::atomic<bool>& stop) {
+    envs::VecEnv& env = *env_;
+    const envs::Space& space = env.spec().action_space;
+    at::Tensor low, high;
+    if (space.kind == envs::Space::Kind::Box) {
+      low = at::tensor(space.low, at::kDouble).to(at::kFloat);
+      high = at::tensor(space.high, at::kDouble).to(at::kFloat);
+    }
+    const int64_t T = fragment_steps_;
+    int64_t steps = 0;
+    double wait_s = 0;
+    const auto started = std::chrono::steady_clock::now();
+    while (!stop.load()) {
+      std::vector<at::Tensor> obs, action, log_prob, value, reward, terminated, truncated, final_obs;
+      core::Scalars episodes;
+      int64_t oldest = INT64_MAX;
+      for (int64_t t = 0; t < T && !stop.load(); ++t) {
+        core::Batch request;
+        request.set("obs", env.obs().clone());
+        const auto w0 = std::chrono::steady_clock::now();
+        auto [reply, version] = inference_->infer(request, 60s);
+        wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
+        oldest = std::min(oldest, version);
+        at::Tensor a = reply["action"].clone();
+        env.step(low.defined() ? at::max(at::min(a, high), low).contiguous() : a);
+        obs.push_back(request["obs"]);
+        action.push_back(a);
+        log_prob.push_back(reply["log_prob"].clone());
+        value.push_back(reply["value"].clone());
+        reward.push_back(env.reward().clone());
+        terminated.push_back(env.terminated().clone());
+        truncated.push_back(env.truncated().clone());
+        final_obs.push_back(env.final_obs().clone());
+        at::Tensor done = env.terminated() | env.truncated();
+        for (int64_t i = 0; i < env.num_envs(); ++i)
+          if (done[i].item<bool>()) {
+            episodes.push_back({"episode/return", env.episode_return()[i].item<double>()});
+            episodes.push_back({"episode/length", env.episode_length()[i].item<double>()});
+          }
+      }
+      if (stop.load()) break;
+      // Env-major, so the bootstrap observation ([N, ...]) shares the batch's first dimension.
+      core::Batch fragment;
+      auto em = [](std::vector<at::Tensor>& v) { return at::stack(v, 1); };
+      fragment.set("obs", em(obs));
+      fragment.set("action", em(action));
+      fragment.set("log_prob", em(log_prob));
+      fragment.set("value", em(value));
+      fragment.set("reward", em(reward));
+      fragment.set("terminated", em(terminated));
+      fragment.set("truncated", em(truncated));
+      fragment.set("final_obs", em(final_obs));
+      fragment.set("bootstrap_obs", env.obs().clone());
+      samples_->send(fragment, oldest);
+      steps += T * env.num_envs();
+      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      episodes.push_back({"env_steps", static_cast<double>(T * env.num_envs())});
+      episodes.push_back({"perf/actor_wait_share", wait_s / std::max(elapsed, 1e-9)});
+      metrics_->push(steps, episodes);
+    }
+  }
+
+  WorkerInfo info_;
+  zmq::context_t context_{1};
+  std::unique_ptr<RunConfig> run_;
+  std::unique_ptr<envs::VecEnv> env_;
+  std::unique_ptr<core::InferenceClient> inference_;
+  std::unique_ptr<core::SampleSender> samples_;
+  std::unique_ptr<MetricsPusher> metrics_;
+  int64_t fragment_steps_ = 128;
+  Loop loop_;
+};
+
+}  // namespace
+
+void register_rl_roles() {
+  register_role("trainer", [](const WorkerInfo& i) { return std::make_unique<Trainer>(i); });
+  register_role("policy_worker", [](const WorkerInfo& i) { return std::make_unique<PolicyWorker>(i); });
+  register_role("env_actor", [](const WorkerInfo& i) { return std::make_unique<EnvActor>(i); });
+}
+
+}  // namespace flotilla::actors

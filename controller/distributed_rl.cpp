@@ -1,0 +1,163 @@
+// The distributed RL program: `program: rl` with a `workers:` list. The controller starts env
+// actors, policy workers and a trainer as processes, wires them through the name service, and
+// turns the metrics they push into the run's rows and its stop condition.
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <deque>
+#include <map>
+
+#include "algorithms/algorithm.hpp"
+#include "controller/cluster.hpp"
+#include "controller/rl_program.hpp"
+#include "core/error.hpp"
+#include "core/fs.hpp"
+#include "envs/registry.hpp"
+#include "models/policy.hpp"
+
+namespace flotilla::controller {
+namespace {
+
+const std::vector<std::string> kRoles = {"env_actor", "policy_worker", "trainer"};
+
+class DistributedRl final : public Program {
+ public:
+  DistributedRl(core::ConfigView root, const Experiment& e) : experiment_(e) {
+    for (auto w : root.list("workers")) {
+      WorkerSpec spec{w.choice("role", "env_actor", kRoles), w.get<int>("count", 1, core::in_range(1, 1024))};
+      counts_[spec.role] += spec.count;
+      specs_.push_back(spec);
+    }
+    for (const auto& r : kRoles)
+      if (!counts_.count(r))
+        root.fail("workers", "a distributed RL run needs env_actor, policy_worker and trainer workers; '" + r + "' is missing");
+    // Every section is read here as well, so a bad key stops the run before any process starts.
+    core::ConfigView env = root.section("env");
+    const envs::EnvSpec& spec = envs::env_spec(env.require<std::string>("id"));
+    env.get<int64_t>("num_envs", 8, core::at_least<int64_t>(1));
+    env.get<int>("threads", 1, core::in_range(1, 256));
+    env.choice("backend", "cpu", {"cpu", "cuda"});
+    env.get<int>("max_episode_steps", 0, core::at_least(0));
+    env.section("params");
+    models::Policy probe(models::PolicyConfig::read(root.section("model")), spec.observation_space, spec.action_space);
+    algorithms::make_algorithm(root.section("algo"), probe);
+    core::ConfigView train = root.section("train");
+    total_steps_ = train.get<int64_t>("total_steps", 500000, core::at_least<int64_t>(1));
+    train.get<int64_t>("num_steps", 128, core::at_least<int64_t>(1));
+    train.get<int>("torch_threads", 1, core::in_range(1, 256));
+    core::ConfigView norm = root.section("normalize");
+    if (norm.get<bool>("obs", false) || norm.get<bool>("reward", false))
+      norm.fail("obs", "observation and reward normalization are not available in distributed runs yet");
+    norm.get<double>("clip_obs", 10.0);
+    norm.get<double>("clip_reward", 10.0);
+    core::ConfigView stop = root.section("stop");
+    if (stop.has("mean_return")) stop_mean_return_ = stop.get<double>("mean_return", 0.0);
+    window_size_ = stop.get<int>("window", 20, core::at_least(1));
+    core::ConfigView ckpt = root.section("checkpoint");
+    ckpt.get<int>("every", 0, core::at_least(0));
+    ckpt.get<int>("keep", 3, core::at_least(1));
+    core::ConfigView d = root.section("distributed");
+    d.get<int64_t>("max_batch", 256, core::at_least<int64_t>(1));
+    d.get<int64_t>("max_delay_ms", 2, core::at_least<int64_t>(0));
+    heartbeat_timeout_ms_ = d.get<int64_t>("heartbeat_timeout_ms", 10000, core::at_least<int64_t>(100));
+  }
+
+  int64_t total_steps() const override { return total_steps_; }
+
+  RunResult run(RunContext& ctx) override {
+    const std::string config = core::read_file(ctx.dir / "config.yaml");
+    ClusterOptions options;
+    options.heartbeat_timeout = std::chrono::milliseconds(heartbeat_timeout_ms_);
+    spdlog::info("starting workers: {} env_actor, {} policy_worker, {} trainer", counts_["env_actor"],
+                 counts_["policy_worker"], counts_["trainer"]);
+    Cluster cluster(ctx.dir, experiment_.name, specs_, options);
+    for (const char* role : {"trainer", "policy_worker", "env_actor"}) cluster.group(role).run("configure", config);
+    cluster.group("trainer").run("publish");
+    cluster.group("trainer").run("start", std::to_string(counts_["env_actor"]));
+    cluster.group("policy_worker").run("start");
+    cluster.group("env_actor").run("start");
+    spdlog::info("workers running");
+
+    RunResult result;
+    const auto start = std::chrono::steady_clock::now();
+    auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+    int64_t env_steps = 0;
+    std::deque<double> window;
+    std::vector<double> returns, lengths;
+    std::map<std::string, double> wait_share;
+    while (true) {
+      cluster.check();
+      if (ctx.stop_requested.load()) {
+        result.exit_reason = "interrupted";
+        break;
+      }
+      for (auto& m : cluster.metrics(std::chrono::milliseconds(100))) {
+        if (m.worker.rfind("env_actor/", 0) == 0) {
+          for (const auto& [name, v] : m.values) {
+            if (name == "env_steps") env_steps += static_cast<int64_t>(v);
+            else if (name == "episode/return") {
+              returns.push_back(v);
+              window.push_back(v);
+              if (static_cast<int>(window.size()) > window_size_) window.pop_front();
+            } else if (name == "episode/length") lengths.push_back(v);
+            else if (name == "perf/actor_wait_share") wait_share[m.worker] = v;
+          }
+        } else if (m.worker.rfind("trainer/", 0) == 0) {
+          core::Scalars row;
+          if (!returns.empty()) {
+            row.push_back({"charts/episodic_return", mean(returns)});
+            row.push_back({"charts/episodic_length", mean(lengths)});
+          }
+          row.push_back({"charts/episodes", static_cast<double>(returns.size())});
+          returns.clear();
+          lengths.clear();
+          for (const auto& [name, v] : m.values)
+            if (name != "trainer/version") row.push_back({name, v});
+          row.push_back({"perf/sps", env_steps / std::max(elapsed(), 1e-9)});
+          double share = 0;
+          for (const auto& [w, v] : wait_share) share += v / wait_share.size();
+          row.push_back({"perf/actor_wait_share", share});
+          ctx.metrics.log(env_steps, row);
+          ctx.report_progress(env_steps);
+        }
+      }
+      if (stop_mean_return_ && static_cast<int>(window.size()) >= window_size_ && mean(window) >= *stop_mean_return_) {
+        result.exit_reason = "stop_condition";
+        result.summary.push_back({"solved_at_step", static_cast<double>(env_steps)});
+        result.summary.push_back({"solved_at_time_s", elapsed()});
+        spdlog::info("stop condition met: mean return {:.1f} over the last {} episodes at step {}", mean(window),
+                     window_size_, env_steps);
+        break;
+      }
+      if (env_steps >= total_steps_) break;
+    }
+    result.summary.push_back({"global_step", static_cast<double>(env_steps)});
+    result.summary.push_back({"train_time_s", elapsed()});
+    if (!window.empty()) result.summary.push_back({"recent_mean_return", mean(window)});
+    return result;
+  }
+
+ private:
+  template <class C>
+  static double mean(const C& v) {
+    double s = 0;
+    for (double x : v) s += x;
+    return v.empty() ? NAN : s / static_cast<double>(v.size());
+  }
+
+  Experiment experiment_;
+  std::vector<WorkerSpec> specs_;
+  std::map<std::string, int> counts_;
+  int64_t total_steps_ = 0;
+  std::optional<double> stop_mean_return_;
+  int window_size_ = 20;
+  int64_t heartbeat_timeout_ms_ = 10000;
+};
+
+}  // namespace
+
+std::unique_ptr<Program> make_distributed_rl_program(core::ConfigView root, const Experiment& experiment) {
+  return std::make_unique<DistributedRl>(root, experiment);
+}
+
+}  // namespace flotilla::controller
