@@ -58,9 +58,10 @@ std::vector<std::string> role_names() {
 }
 
 int run_worker(const WorkerInfo& info) {
-  // Die with the controller: a local worker must never outlive the process that started it.
-  const pid_t parent = ::getppid();
+  // Die with the controller: a local worker must never outlive the process that started it. The
+  // controller may already be gone by the time this line runs, so compare with the pid it gave.
   ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+  const pid_t parent = info.controller_pid > 0 ? info.controller_pid : ::getppid();
   if (::getppid() != parent) return 1;
 
   auto it = roles().find(info.role);

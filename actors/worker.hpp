@@ -21,6 +21,7 @@ struct WorkerInfo {
   std::string name_dir;               // the directory name service shared with the controller
   std::string host = "127.0.0.1";     // the address to bind
   std::chrono::milliseconds heartbeat{500};
+  int controller_pid = 0;             // the process that started this worker; 0: not checked
   std::string name() const { return role + "/" + std::to_string(rank); }
 };
 

@@ -165,6 +165,7 @@ int flotilla::controller::cli_main(int argc, char** argv) {
   worker->add_option("--name-dir", worker_info.name_dir)->required();
   worker->add_option("--host", worker_info.host);
   worker->add_option("--heartbeat-ms", heartbeat_ms);
+  worker->add_option("--controller-pid", worker_info.controller_pid);
 
   auto* version = app.add_subcommand("version", "print the version and build facts");
 

@@ -42,6 +42,29 @@ struct Cluster::Monitor {
   std::thread thread;
   bool stopping = false;
 
+  // Runs even when the Cluster's constructor throws: the loop stops and every worker still
+  // running is ended (SIGTERM, then SIGKILL after a grace period) and reaped.
+  ~Monitor() {
+    io.stop();
+    if (thread.joinable()) thread.join();
+    std::lock_guard lock(mutex);
+    const auto deadline = clock_type::now() + std::chrono::seconds(3);
+    for (auto& p : procs)
+      if (!p.exited) ::kill(p.pid, SIGTERM);
+    for (auto& p : procs) {
+      int status = 0;
+      while (!p.exited && clock_type::now() < deadline) {
+        if (::waitpid(p.pid, &status, WNOHANG) == p.pid) p.exited = true;
+        else std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      if (!p.exited) {
+        ::kill(p.pid, SIGKILL);
+        ::waitpid(p.pid, &status, 0);
+        p.exited = true;
+      }
+    }
+  }
+
   // Every 50 ms: take the heartbeats that arrived, reap exited children, look for silence.
   void tick() {
     heartbeats.set(zmq::sockopt::rcvtimeo, 0);
@@ -85,7 +108,7 @@ Cluster::Cluster(const fs::path& run_dir, std::string experiment, const std::vec
     : experiment_(std::move(experiment)),
       trial_(std::to_string(::getpid())),
       options_(options),
-      name_dir_(run_dir / "names"),
+      name_dir_(fs::absolute(run_dir / "names")),
       monitor_(std::make_unique<Monitor>()) {
   auto names = core::directory_name_service(name_dir_);
   monitor_->timeout = options.heartbeat_timeout;
@@ -103,7 +126,8 @@ Cluster::Cluster(const fs::path& run_dir, std::string experiment, const std::vec
                                        "--role", spec.role, "--rank", std::to_string(rank),
                                        "--world-size", std::to_string(spec.count), "--experiment", experiment_,
                                        "--trial", trial_, "--name-dir", name_dir_.string(),
-                                       "--heartbeat-ms", std::to_string(options.heartbeat.count())};
+                                       "--heartbeat-ms", std::to_string(options.heartbeat.count()),
+                                       "--controller-pid", std::to_string(::getpid())};
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);
@@ -150,23 +174,23 @@ Cluster::~Cluster() {
     }
   }
   groups_.clear();
-  // Anyone still running after a grace period is ended.
-  const auto deadline = clock_type::now() + std::chrono::seconds(3);
-  for (auto& p : monitor_->procs) {
-    int status = 0;
-    while (!p.exited && clock_type::now() < deadline) {
-      if (::waitpid(p.pid, &status, WNOHANG) == p.pid) p.exited = true;
-      else std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    if (!p.exited) {
-      ::kill(p.pid, SIGKILL);
-      ::waitpid(p.pid, &status, 0);
-      p.exited = true;
+  // Give the workers a moment to leave on their own; the monitor ends the rest.
+  const auto deadline = clock_type::now() + std::chrono::seconds(2);
+  {
+    std::unique_lock lock(monitor_->mutex);
+    for (auto& p : monitor_->procs) {
+      int status = 0;
+      while (!p.exited && clock_type::now() < deadline) {
+        if (::waitpid(p.pid, &status, WNOHANG) == p.pid) p.exited = true;
+        else {
+          lock.unlock();
+          std::this_thread::sleep_for(std::chrono::milliseconds(10));
+          lock.lock();
+        }
+      }
     }
   }
   metrics_.reset();
-  monitor_->io.stop();
-  if (monitor_->thread.joinable()) monitor_->thread.join();
 }
 
 std::vector<Cluster::WorkerMetrics> Cluster::metrics(std::chrono::milliseconds wait) {
@@ -189,6 +213,22 @@ std::vector<Cluster::WorkerMetrics> Cluster::metrics(std::chrono::milliseconds w
     out.push_back(std::move(w));
   }
   return out;
+}
+
+actors::CallResult Cluster::run(const std::string& role, const std::string& method, const std::string& args,
+                                const core::Batch& batch, actors::Dispatch dispatch) {
+  actors::WorkerGroup& g = group(role);
+  auto futures = g.call(method, args, batch, dispatch);
+  const auto deadline = clock_type::now() + options_.call_timeout;
+  for (size_t r = 0; r < futures.size(); ++r) {
+    while (futures[r].wait_for(std::chrono::milliseconds(50)) != std::future_status::ready) {
+      check();
+      if (clock_type::now() > deadline)
+        throw TimeoutError("no reply from worker " + role + "/" + std::to_string(r) + " to '" + method + "' within " +
+                           std::to_string(options_.call_timeout.count()) + " ms");
+    }
+  }
+  return g.collect(futures, method, dispatch);
 }
 
 actors::WorkerGroup& Cluster::group(const std::string& role) {

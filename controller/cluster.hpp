@@ -46,6 +46,10 @@ class Cluster {
   Cluster& operator=(const Cluster&) = delete;
 
   actors::WorkerGroup& group(const std::string& role);
+  // group(role).run(...), watching the workers while it waits: a worker that dies during the call
+  // is reported at once, naming it, instead of after the call's timeout.
+  actors::CallResult run(const std::string& role, const std::string& method, const std::string& args = "",
+                         const core::Batch& batch = {}, actors::Dispatch dispatch = actors::Dispatch::OneToAll);
 
   struct WorkerMetrics {
     std::string worker;

@@ -71,11 +71,11 @@ class DistributedRl final : public Program {
     spdlog::info("starting workers: {} env_actor, {} policy_worker, {} trainer", counts_["env_actor"],
                  counts_["policy_worker"], counts_["trainer"]);
     Cluster cluster(ctx.dir, experiment_.name, specs_, options);
-    for (const char* role : {"trainer", "policy_worker", "env_actor"}) cluster.group(role).run("configure", config);
-    cluster.group("trainer").run("publish");
-    cluster.group("trainer").run("start", std::to_string(counts_["env_actor"]));
-    cluster.group("policy_worker").run("start");
-    cluster.group("env_actor").run("start");
+    for (const char* role : {"trainer", "policy_worker", "env_actor"}) cluster.run(role, "configure", config);
+    cluster.run("trainer", "publish");
+    cluster.run("trainer", "start", std::to_string(counts_["env_actor"]));
+    cluster.run("policy_worker", "start");
+    cluster.run("env_actor", "start");
     spdlog::info("workers running");
 
     RunResult result;

@@ -1,0 +1,146 @@
+// Distributed PPO from the command line: a short end-to-end job, a killed worker, Ctrl-C, and a
+// killed controller; no worker process may be left behind in any of them.
+#include <doctest/doctest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <set>
+
+#include "core/fs.hpp"
+#include "core/metrics.hpp"
+#include "support/cli.hpp"
+#include "support/temp_dir.hpp"
+
+using namespace flotilla;
+namespace fs = std::filesystem;
+
+namespace {
+const std::string kCli = FLOTILLA_TEST_CLI;
+const std::string kConfig = std::string(FLOTILLA_SOURCE_DIR) + "/configs/cartpole_ppo_distributed.yaml";
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+// Pids of worker processes whose command line mentions `marker` (their run's name directory).
+std::vector<pid_t> workers_of(const std::string& marker) {
+  std::vector<pid_t> out;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string cmd;
+    try {
+      cmd = core::read_file(e.path() / "cmdline");
+    } catch (...) {
+      continue;
+    }
+    for (char& c : cmd)
+      if (c == '\0') c = ' ';
+    if (contains(cmd, " worker ") && contains(cmd, marker)) {
+      std::string state;
+      try {
+        state = core::read_file(e.path() / "stat");
+      } catch (...) {
+        continue;
+      }
+      if (state.find(") Z") == std::string::npos) out.push_back(std::stoi(name));  // zombies are not running
+    }
+  }
+  return out;
+}
+
+bool wait_until(const std::function<bool()>& pred, double seconds) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return pred();
+}
+}  // namespace
+
+TEST_CASE("distributed_ppo_runs_a_short_job_end_to_end") {
+  test::TempDir dir;
+  auto r = test::run_cli(kCli, {"run", "-q", kConfig, "train.total_steps=6000", "stop.mean_return=100000", "run.dir=r"},
+                         dir.path(), dir.path());
+  REQUIRE(r.code == 0);
+  auto s = nlohmann::json::parse(core::read_file(dir.path() / "r" / "summary.json"));
+  CHECK(s["exit_reason"] == "completed");
+  CHECK(s["global_step"].get<double>() >= 6000);
+  std::set<std::string> names;
+  for (const auto& row : core::read_metrics_jsonl(dir.path() / "r" / "metrics.jsonl"))
+    for (const auto& [k, v] : row.values) names.insert(k);
+  for (const char* m : {"charts/episodic_return", "losses/policy_loss", "losses/value_loss", "perf/policy_lag", "perf/sps",
+                        "perf/actor_wait_share", "timing_s/update"})
+    CHECK_MESSAGE(names.count(m), std::string(m));
+  CHECK(workers_of((dir.path() / "r").string()).empty());
+}
+
+TEST_CASE("distributed_run_fails_naming_a_killed_worker_and_leaves_no_workers") {
+  test::TempDir dir;
+  const std::string run = (dir.path() / "r").string();
+  test::CliProcess p(kCli, {"run", "-q", kConfig, "train.total_steps=100000000", "stop.mean_return=100000", "run.dir=r"},
+                     dir.path(), dir.path());
+  REQUIRE(wait_until([&] { return fs::exists(dir.path() / "r" / "metrics.jsonl"); }, 60));
+  auto pids = workers_of(run);
+  REQUIRE(pids.size() == 4);
+  std::string victim;
+  for (pid_t pid : pids) {
+    std::string cmd = core::read_file("/proc/" + std::to_string(pid) + "/cmdline");
+    for (char& c : cmd)
+      if (c == '\0') c = ' ';
+    if (contains(cmd, "--role policy_worker")) {
+      ::kill(pid, SIGKILL);
+      victim = "policy_worker/0";
+    }
+  }
+  REQUIRE_FALSE(victim.empty());
+  auto r = p.wait(60);
+  CAPTURE(r.err);
+  CHECK(r.code == 1);
+  CHECK(contains(r.err, "worker policy_worker/0"));
+  CHECK(contains(r.err, "killed by signal 9"));
+  CHECK(wait_until([&] { return workers_of(run).empty(); }, 10));
+}
+
+TEST_CASE("distributed_ctrl_c_stops_every_worker") {
+  test::TempDir dir;
+  const std::string run = (dir.path() / "r").string();
+  test::CliProcess p(kCli, {"run", "-q", kConfig, "train.total_steps=100000000", "stop.mean_return=100000", "run.dir=r"},
+                     dir.path(), dir.path());
+  REQUIRE(wait_until([&] { return fs::exists(dir.path() / "r" / "metrics.jsonl"); }, 60));
+  p.signal(SIGINT);
+  auto r = p.wait(60);
+  CHECK(r.code == 130);
+  auto s = nlohmann::json::parse(core::read_file(dir.path() / "r" / "summary.json"));
+  CHECK(s["exit_reason"] == "interrupted");
+  CHECK(wait_until([&] { return workers_of(run).empty(); }, 10));
+}
+
+TEST_CASE("workers_exit_when_the_controller_is_killed") {
+  test::TempDir dir;
+  const std::string run = (dir.path() / "r").string();
+  test::CliProcess p(kCli, {"run", "-q", kConfig, "train.total_steps=100000000", "stop.mean_return=100000", "run.dir=r"},
+                     dir.path(), dir.path());
+  REQUIRE(wait_until([&] { return workers_of(run).size() == 4; }, 60));
+  p.signal(SIGKILL);
+  p.wait(10);
+  const bool gone = wait_until([&] { return workers_of(run).empty(); }, 10);
+  std::string left;
+  for (pid_t pid : workers_of(run)) left += core::read_file("/proc/" + std::to_string(pid) + "/stat") + "\n";
+  CAPTURE(left);
+  CHECK(gone);
+}
+
+TEST_CASE("distributed_config_errors_stop_before_any_worker_starts") {
+  test::TempDir dir;
+  auto r = test::run_cli(kCli, {"validate", kConfig, "workers=[{role: env_actor, count: 1}]"}, dir.path());
+  CHECK(r.code == 2);
+  CHECK(contains(r.err, "'policy_worker' is missing"));
+  auto bad_role = test::run_cli(kCli, {"validate", kConfig, "workers=[{role: env_actr, count: 1}]"}, dir.path());
+  CHECK(bad_role.code == 2);
+  CHECK(contains(bad_role.err, "did you mean 'env_actor'?"));
+  auto norm = test::run_cli(kCli, {"validate", kConfig, "normalize.obs=true"}, dir.path());
+  CHECK(norm.code == 2);
+  CHECK(contains(norm.err, "not available in distributed runs yet"));
+}
