@@ -143,7 +143,7 @@ class Trainer final : public Role {
         }
         if (!s) continue;
         oldest = std::min(oldest, s->policy_version);
-        batches.push_back(to_training(s->batch));
+        batches.push_back(algo_->prepare(s->batch, *policy_));
       }
       if (stop.load()) break;
       core::Batch batch = core::Batch::concat(batches);
@@ -157,25 +157,6 @@ class Trainer final : public Role {
       stats.push_back({"trainer/version", static_cast<double>(version_)});
       metrics_->push(trained, stats);
     }
-  }
-
-  // A fragment arrives env-major ([N, T, ...]); values of final and bootstrap observations come
-  // from the trainer's current policy.
-  core::Batch to_training(const core::Batch& f) {
-    auto tm = [&](const char* name) { return f[name].transpose(0, 1).contiguous(); };
-    algorithms::Fragment fr;
-    fr.obs = tm("obs");
-    fr.action = tm("action");
-    fr.log_prob = tm("log_prob");
-    fr.value = tm("value");
-    fr.reward = tm("reward");
-    fr.terminated = tm("terminated");
-    fr.truncated = tm("truncated");
-    at::Tensor final_obs = tm("final_obs");
-    const int64_t T = final_obs.size(0), n = final_obs.size(1);
-    fr.final_value = policy_->value(final_obs.reshape({T * n, -1})).reshape({T, n});
-    fr.bootstrap_value = policy_->value(f["bootstrap_obs"]);
-    return algorithms::training_batch(fr, algo_->advantage(), algo_->gamma(), algo_->gae_lambda());
   }
 
   WorkerInfo info_;

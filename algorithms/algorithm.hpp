@@ -28,6 +28,14 @@ class Algorithm {
   virtual double gamma() const = 0;
   virtual double gae_lambda() const = 0;
   virtual std::string advantage() const = 0;
+  // Turns one rollout fragment into what update() takes (several prepared fragments are
+  // concatenated along dim 0). A fragment is env-major: obs, action, log_prob, value, reward,
+  // terminated, truncated, final_obs as [N, T, ...] and bootstrap_obs as [N, ...]. The default
+  // computes values with `policy` and GAE, giving a flat training batch.
+  virtual core::Batch prepare(const core::Batch& fragment, models::Policy& policy) const;
+  // Whether update() takes the flat GAE batch of the single-process loop (false: fragments only,
+  // for distributed runs).
+  virtual bool takes_gae_batches() const { return true; }
   // Optimizer state, for checkpoints.
   virtual std::vector<std::pair<std::string, at::Tensor>> state() const = 0;
   virtual void load(const std::vector<std::pair<std::string, at::Tensor>>& tensors) = 0;

@@ -58,6 +58,12 @@ PPOLosses ppo_losses(const PPOConfig& c, const at::Tensor& log_prob, const at::T
 
 namespace {
 
+}  // namespace
+
+std::unique_ptr<Algorithm> make_ppo(const core::ConfigView& algo, models::Policy& policy);
+
+namespace {
+
 class PPO final : public Algorithm {
  public:
   PPO(PPOConfig c, models::Policy& policy)
@@ -156,29 +162,8 @@ class PPO final : public Algorithm {
 
 }  // namespace
 
-// ---- registry ----
-
-namespace {
-std::map<std::string, AlgorithmFactory>& registry() {
-  static std::map<std::string, AlgorithmFactory> r = {
-      {"ppo", [](const core::ConfigView& a, models::Policy& p) -> std::unique_ptr<Algorithm> {
-         return std::make_unique<PPO>(PPOConfig::read(a), p);
-       }}};
-  return r;
-}
-}  // namespace
-
-void register_algorithm(const std::string& name, AlgorithmFactory factory) { registry()[name] = std::move(factory); }
-
-std::vector<std::string> algorithm_names() {
-  std::vector<std::string> out;
-  for (const auto& [k, v] : registry()) out.push_back(k);
-  return out;
-}
-
-std::unique_ptr<Algorithm> make_algorithm(const core::ConfigView& algo, models::Policy& policy) {
-  const std::string name = algo.choice("name", "ppo", algorithm_names());
-  return registry().at(name)(algo, policy);
+std::unique_ptr<Algorithm> make_ppo(const core::ConfigView& algo, models::Policy& policy) {
+  return std::make_unique<PPO>(PPOConfig::read(algo), policy);
 }
 
 }  // namespace flotilla::algorithms

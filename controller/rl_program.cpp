@@ -105,6 +105,8 @@ class RlProgram final : public Program {
   RlProgram(core::ConfigView root, const Experiment& e)
       : experiment_(e), train_(read_train(root)), agent_(make_agent(root, train_, e.seed)) {
     algo_ = algorithms::make_algorithm(root.section("algo"), *agent_.policy);
+    if (!algo_->takes_gae_batches())
+      root.section("algo").fail("name", "this algorithm trains on fragments from distributed actors; add a workers: list");
     reward_scaler_ = std::make_unique<models::RewardScaler>(agent_.env->num_envs(), algo_->gamma());
     gen_ = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(e.seed) + 1);
     agent_.env->reset(static_cast<uint64_t>(e.seed));

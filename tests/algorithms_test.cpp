@@ -5,6 +5,7 @@
 #include "algorithms/advantages.hpp"
 #include "algorithms/ppo.hpp"
 #include "core/error.hpp"
+#include "kernels/vtrace.hpp"
 #include "models/distributions.hpp"
 #include "models/normalizer.hpp"
 #include "models/policy.hpp"
@@ -128,4 +129,39 @@ TEST_CASE("policy_loads_its_own_parameters_and_names_a_mismatch") {
   CHECK_THROWS_AS(small.load(a.named_parameters()), FormatError);
   c.distribution = "diag_gaussian";
   CHECK_THROWS_AS(models::Policy(c, obs, envs::Space::discrete(2)), ConfigError);
+}
+
+TEST_CASE("vtrace_on_policy_equals_discounted_returns_and_clips_off_policy_weights") {
+  // One env, 3 steps, no episode end; on-policy (log rho = 0) V-trace gives the n-step return
+  // bootstrapped from the last next value, like GAE with lambda = 1.
+  std::vector<float> reward{1, 2, 3}, value{0.5f, 0.4f, 0.3f}, next{0.4f, 0.3f, 0.2f}, log_rho{0, 0, 0};
+  bool term[3] = {false, false, false}, done[3] = {false, false, false};
+  std::vector<float> vs(3), adv(3);
+  kernels::VtraceArgs a;
+  a.steps = 3;
+  a.envs = 1;
+  a.reward = reward.data();
+  a.value = value.data();
+  a.next_value = next.data();
+  a.log_rho = log_rho.data();
+  a.terminated = term;
+  a.done = done;
+  a.gamma = 0.9f;
+  a.vs = vs.data();
+  a.pg_advantage = adv.data();
+  kernels::vtrace_cpu(a);
+  CHECK(vs[2] == doctest::Approx(3 + 0.9 * 0.2));
+  CHECK(vs[1] == doctest::Approx(2 + 0.9 * (3 + 0.9 * 0.2)));
+  CHECK(vs[0] == doctest::Approx(1 + 0.9 * (2 + 0.9 * (3 + 0.9 * 0.2))));
+  CHECK(adv[0] == doctest::Approx(1 + 0.9 * vs[1] - 0.5));
+  // A terminal step cuts the bootstrap; a huge importance weight is clipped to rho_bar = 1.
+  term[1] = done[1] = true;
+  log_rho = {5.0f, 0, 0};
+  kernels::vtrace_cpu(a);
+  CHECK(vs[1] == doctest::Approx(2.0));
+  CHECK(vs[0] == doctest::Approx(0.5 + (1 + 0.9 * 0.4 - 0.5) + 0.9 * (vs[1] - 0.4)));
+  // A small weight scales the correction down.
+  log_rho = {std::log(0.5f), 0, 0};
+  kernels::vtrace_cpu(a);
+  CHECK(vs[0] == doctest::Approx(0.5 + 0.5 * (1 + 0.9 * 0.4 - 0.5) + 0.9 * 0.5 * (vs[1] - 0.4)));
 }

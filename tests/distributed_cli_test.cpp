@@ -76,6 +76,23 @@ TEST_CASE("distributed_ppo_runs_a_short_job_end_to_end") {
   CHECK(workers_of((dir.path() / "r").string()).empty());
 }
 
+TEST_CASE("impala_runs_a_short_job_and_logs_the_policy_lag") {
+  test::TempDir dir;
+  const std::string impala = std::string(FLOTILLA_SOURCE_DIR) + "/configs/cartpole_impala.yaml";
+  auto r = test::run_cli(kCli, {"run", "-q", impala, "train.total_steps=5000", "stop.mean_return=100000", "run.dir=r"},
+                         dir.path(), dir.path());
+  REQUIRE(r.code == 0);
+  std::set<std::string> names;
+  for (const auto& row : core::read_metrics_jsonl(dir.path() / "r" / "metrics.jsonl"))
+    for (const auto& [k, v] : row.values) names.insert(k);
+  for (const char* m : {"perf/policy_lag", "losses/policy_loss", "losses/mean_importance_ratio", "charts/episodic_return"})
+    CHECK_MESSAGE(names.count(m), std::string(m));
+  // IMPALA needs distributed actors: without workers the config is refused before running.
+  auto single = test::run_cli(kCli, {"validate", impala, "workers=null"}, dir.path());
+  CHECK(single.code == 2);
+  CHECK(contains(single.err, "trains on fragments from distributed actors"));
+}
+
 TEST_CASE("distributed_run_fails_naming_a_killed_worker_and_leaves_no_workers") {
   test::TempDir dir;
   const std::string run = (dir.path() / "r").string();
