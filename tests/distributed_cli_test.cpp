@@ -98,9 +98,8 @@ TEST_CASE("distributed_run_fails_naming_a_killed_worker_and_leaves_no_workers") 
   const std::string run = (dir.path() / "r").string();
   test::CliProcess p(kCli, {"run", "-q", kConfig, "train.total_steps=100000000", "stop.mean_return=100000", "run.dir=r"},
                      dir.path(), dir.path());
-  REQUIRE(wait_until([&] { return fs::exists(dir.path() / "r" / "metrics.jsonl"); }, 60));
+  REQUIRE(wait_until([&] { return workers_of(run).size() == 4; }, 60));
   auto pids = workers_of(run);
-  REQUIRE(pids.size() == 4);
   std::string victim;
   for (pid_t pid : pids) {
     std::string cmd = core::read_file("/proc/" + std::to_string(pid) + "/cmdline");
