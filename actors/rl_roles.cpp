@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <filesystem>
 #include <thread>
 #include <zmq.hpp>
 
@@ -58,6 +59,19 @@ std::unique_ptr<models::Policy> make_policy(const core::ConfigView& root) {
                                           spec.action_space);
 }
 
+// Where a worker's stream listens: TCP on the worker's host, or an IPC socket in the run
+// directory when `distributed.transport: ipc` (one machine only).
+std::string bind_endpoint(const WorkerInfo& info, const core::ConfigView& root, const std::string& stream) {
+  if (root.section("distributed").get<std::string>("transport", "tcp") != "ipc") return "tcp://" + info.host + ":*";
+  std::filesystem::path dir = std::filesystem::path(info.name_dir).parent_path() / "sockets";
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / (info.role + "-" + std::to_string(info.rank) + "-" + stream)).string();
+  if (path.size() > 100)
+    throw ConfigError("distributed.transport ipc: the socket path '" + path +
+                      "' is too long for a Unix socket; use a shorter run directory or tcp");
+  return "ipc://" + path;
+}
+
 core::Batch flat_parameters(const models::Policy& policy) {
   core::Batch b;
   b.set("flat", policy.flat());
@@ -108,8 +122,8 @@ class Trainer final : public Role {
       algo_ = algorithms::make_algorithm(root.section("algo"), *policy_);
       total_steps_ = root.section("train").get<int64_t>("total_steps", 500000);
       auto names = core::directory_name_service(info_.name_dir);
-      samples_ = core::zmq_sample_receiver(context_, "tcp://" + info_.host + ":*");
-      params_ = core::zmq_parameter_publisher(context_, "tcp://" + info_.host + ":*", info_.name());
+      samples_ = core::zmq_sample_receiver(context_, bind_endpoint(info_, root, "samples"));
+      params_ = core::zmq_parameter_publisher(context_, bind_endpoint(info_, root, "parameters"), info_.name());
       names->put(core::names::stream_endpoint(info_.experiment, info_.trial, "samples/trainer/0"), samples_->endpoint());
       names->put(core::names::stream_endpoint(info_.experiment, info_.trial, "parameters/trainer/0"), params_->endpoint());
       metrics_ = std::make_unique<MetricsPusher>(context_, info_);
@@ -189,7 +203,7 @@ class PolicyWorker final : public Role {
       params_ = core::zmq_parameter_subscriber(
           context_, names->wait(core::names::stream_endpoint(info_.experiment, info_.trial, "parameters/trainer/0"), 60s,
                                 "trainer/0"));
-      server_ = core::zmq_inference_server(context_, "tcp://" + info_.host + ":*", info_.name());
+      server_ = core::zmq_inference_server(context_, bind_endpoint(info_, root, "inference"), info_.name());
       names->put(core::names::stream_endpoint(info_.experiment, info_.trial, "inference/" + info_.name()),
                  server_->endpoint());
       return CallResult{"configured", {}};
@@ -245,14 +259,23 @@ class EnvActor final : public Role {
       env_ = envs::make_env(root.section("env"));
       env_->reset(static_cast<uint64_t>(root.get<int64_t>("seed", 1)) * 1000 + static_cast<uint64_t>(info_.rank) + 1);
       fragment_steps_ = root.section("train").get<int64_t>("num_steps", 128, core::at_least<int64_t>(1));
-      int policy_workers = 1;
-      for (auto w : root.list("workers"))
-        if (w.get<std::string>("role", "") == "policy_worker") policy_workers = w.get<int>("count", 1);
       auto names = core::directory_name_service(info_.name_dir);
-      const std::string policy = "policy_worker/" + std::to_string(info_.rank % policy_workers);
-      inference_ = core::zmq_inference_client(
-          context_, names->wait(core::names::stream_endpoint(info_.experiment, info_.trial, "inference/" + policy), 60s, policy),
-          info_.name());
+      if (root.section("distributed").get<bool>("inline_policy", false)) {
+        // Inline: this actor runs the policy itself, with parameters straight from the trainer.
+        policy_ = make_policy(root);
+        params_ = core::zmq_parameter_subscriber(
+            context_, names->wait(core::names::stream_endpoint(info_.experiment, info_.trial, "parameters/trainer/0"), 60s,
+                                  "trainer/0"));
+      } else {
+        int policy_workers = 1;
+        for (auto w : root.list("workers"))
+          if (w.get<std::string>("role", "") == "policy_worker") policy_workers = w.get<int>("count", 1);
+        const std::string policy = "policy_worker/" + std::to_string(info_.rank % policy_workers);
+        inference_ = core::zmq_inference_client(
+            context_,
+            names->wait(core::names::stream_endpoint(info_.experiment, info_.trial, "inference/" + policy), 60s, policy),
+            info_.name());
+      }
       samples_ = core::zmq_sample_sender(
           context_, names->wait(core::names::stream_endpoint(info_.experiment, info_.trial, "samples/trainer/0"), 60s, "trainer/0"),
           info_.name());
@@ -286,7 +309,7 @@ class EnvActor final : public Role {
         core::Batch request;
         request.set("obs", env.obs().clone());
         const auto w0 = std::chrono::steady_clock::now();
-        auto [reply, version] = inference_->infer(request, 60s);
+        auto [reply, version] = policy_ ? act_inline(request, stop) : inference_->infer(request, 60s);
         wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
         oldest = std::min(oldest, version);
         at::Tensor a = reply["action"].clone();
@@ -328,10 +351,31 @@ class EnvActor final : public Role {
     }
   }
 
+  // The policy step in this process: the newest parameters first (waiting for the first ones).
+  std::pair<core::Batch, int64_t> act_inline(const core::Batch& request, std::atomic<bool>& stop) {
+    while (true) {
+      if (auto p = params_->latest(version_ < 0 ? 200ms : 0ms)) {
+        policy_->load_flat(p->tensors["flat"]);
+        version_ = p->version;
+      }
+      if (version_ >= 0 || stop.load()) break;
+    }
+    models::ActOutput out = policy_->act(request["obs"], false, gen_);
+    core::Batch reply;
+    reply.set("action", out.action);
+    reply.set("log_prob", out.log_prob);
+    reply.set("value", out.value);
+    return {reply, version_};
+  }
+
   WorkerInfo info_;
   zmq::context_t context_{1};
   std::unique_ptr<RunConfig> run_;
   std::unique_ptr<envs::VecEnv> env_;
+  std::unique_ptr<models::Policy> policy_;  // inline mode only
+  std::unique_ptr<core::ParameterSubscriber> params_;
+  at::Generator gen_ = at::make_generator<at::CPUGeneratorImpl>(777);
+  int64_t version_ = -1;
   std::unique_ptr<core::InferenceClient> inference_;
   std::unique_ptr<core::SampleSender> samples_;
   std::unique_ptr<MetricsPusher> metrics_;

@@ -28,9 +28,17 @@ class DistributedRl final : public Program {
       counts_[spec.role] += spec.count;
       specs_.push_back(spec);
     }
-    for (const auto& r : kRoles)
+    core::ConfigView d = root.section("distributed");
+    inline_policy_ = d.get<bool>("inline_policy", false);
+    for (const auto& r : kRoles) {
+      if (r == "policy_worker" && inline_policy_) {
+        if (counts_.count(r))
+          root.fail("workers", "policy_worker workers are not used with distributed.inline_policy: true (actors act themselves)");
+        continue;
+      }
       if (!counts_.count(r))
         root.fail("workers", "a distributed RL run needs env_actor, policy_worker and trainer workers; '" + r + "' is missing");
+    }
     // Every section is read here as well, so a bad key stops the run before any process starts.
     core::ConfigView env = root.section("env");
     const envs::EnvSpec& spec = envs::env_spec(env.require<std::string>("id"));
@@ -56,8 +64,8 @@ class DistributedRl final : public Program {
     core::ConfigView ckpt = root.section("checkpoint");
     ckpt.get<int>("every", 0, core::at_least(0));
     ckpt.get<int>("keep", 3, core::at_least(1));
-    core::ConfigView d = root.section("distributed");
     d.get<int64_t>("max_batch", 256, core::at_least<int64_t>(1));
+    d.choice("transport", "tcp", {"tcp", "ipc"});
     d.get<int64_t>("max_delay_ms", 2, core::at_least<int64_t>(0));
     heartbeat_timeout_ms_ = d.get<int64_t>("heartbeat_timeout_ms", 10000, core::at_least<int64_t>(100));
   }
@@ -71,10 +79,12 @@ class DistributedRl final : public Program {
     spdlog::info("starting workers: {} env_actor, {} policy_worker, {} trainer", counts_["env_actor"],
                  counts_["policy_worker"], counts_["trainer"]);
     Cluster cluster(ctx.dir, experiment_.name, specs_, options);
-    for (const char* role : {"trainer", "policy_worker", "env_actor"}) cluster.run(role, "configure", config);
+    cluster.run("trainer", "configure", config);
+    if (!inline_policy_) cluster.run("policy_worker", "configure", config);
+    cluster.run("env_actor", "configure", config);
     cluster.run("trainer", "publish");
     cluster.run("trainer", "start", std::to_string(counts_["env_actor"]));
-    cluster.run("policy_worker", "start");
+    if (!inline_policy_) cluster.run("policy_worker", "start");
     cluster.run("env_actor", "start");
     spdlog::info("workers running");
 
@@ -152,6 +162,7 @@ class DistributedRl final : public Program {
   std::optional<double> stop_mean_return_;
   int window_size_ = 20;
   int64_t heartbeat_timeout_ms_ = 10000;
+  bool inline_policy_ = false;
 };
 
 }  // namespace

@@ -76,6 +76,28 @@ TEST_CASE("distributed_ppo_runs_a_short_job_end_to_end") {
   CHECK(workers_of((dir.path() / "r").string()).empty());
 }
 
+TEST_CASE("distributed_ppo_runs_inline_and_over_ipc") {
+  test::TempDir dir;
+  // Inline: actors run the policy themselves; no policy worker.
+  auto inline_run = test::run_cli(kCli, {"run", "-q", kConfig, "distributed.inline_policy=true",
+                                         "workers=[{role: env_actor, count: 2}, {role: trainer, count: 1}]",
+                                         "train.total_steps=4000", "stop.mean_return=100000", "run.dir=a"},
+                                  dir.path(), dir.path());
+  CHECK(inline_run.code == 0);
+  CHECK(workers_of((dir.path() / "a").string()).empty());
+  // IPC sockets in the run directory instead of TCP.
+  auto ipc = test::run_cli(kCli, {"run", "-q", kConfig, "distributed.transport=ipc", "train.total_steps=4000",
+                                  "stop.mean_return=100000", "run.dir=b"},
+                           dir.path(), dir.path());
+  CHECK(ipc.code == 0);
+  bool sockets = false;
+  for (const auto& e : fs::directory_iterator(dir.path() / "b" / "sockets")) sockets |= e.is_socket();
+  CHECK(sockets);
+  auto both = test::run_cli(kCli, {"validate", kConfig, "distributed.inline_policy=true"}, dir.path());
+  CHECK(both.code == 2);
+  CHECK(contains(both.err, "not used with distributed.inline_policy"));
+}
+
 TEST_CASE("impala_runs_a_short_job_and_logs_the_policy_lag") {
   test::TempDir dir;
   const std::string impala = std::string(FLOTILLA_SOURCE_DIR) + "/configs/cartpole_impala.yaml";
