@@ -121,6 +121,7 @@ class Trainer final : public Role {
       policy_ = make_policy(root);
       algo_ = algorithms::make_algorithm(root.section("algo"), *policy_);
       total_steps_ = root.section("train").get<int64_t>("total_steps", 500000);
+      max_staleness_ = root.section("distributed").get<int64_t>("max_staleness", algo_->takes_gae_batches() ? 1 : 1000000);
       auto names = core::directory_name_service(info_.name_dir);
       samples_ = core::zmq_sample_receiver(context_, bind_endpoint(info_, root, "samples"));
       params_ = core::zmq_parameter_publisher(context_, bind_endpoint(info_, root, "parameters"), info_.name());
@@ -156,6 +157,11 @@ class Trainer final : public Role {
           last_publish = std::chrono::steady_clock::now();
         }
         if (!s) continue;
+        // On-policy updates must not learn from fragments made by parameters too old.
+        if (version_ - s->policy_version > max_staleness_) {
+          ++stale_;
+          continue;
+        }
         oldest = std::min(oldest, s->policy_version);
         batches.push_back(algo_->prepare(s->batch, *policy_));
       }
@@ -167,6 +173,7 @@ class Trainer final : public Role {
       ++version_;
       params_->publish(version_, flat_parameters(*policy_));
       stats.push_back({"perf/policy_lag", static_cast<double>(version_ - 1 - oldest)});
+      stats.push_back({"perf/stale_fragments_dropped", static_cast<double>(stale_)});
       stats.push_back({"timing_s/update", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()});
       stats.push_back({"trainer/version", static_cast<double>(version_)});
       metrics_->push(trained, stats);
@@ -181,7 +188,7 @@ class Trainer final : public Role {
   std::unique_ptr<core::SampleReceiver> samples_;
   std::unique_ptr<core::ParameterPublisher> params_;
   std::unique_ptr<MetricsPusher> metrics_;
-  int64_t version_ = 0, total_steps_ = 0;
+  int64_t version_ = 0, total_steps_ = 0, max_staleness_ = 1, stale_ = 0;
   Loop loop_;  // last: joined before the sockets above go away
 };
 
@@ -343,6 +350,14 @@ class EnvActor final : public Role {
       fragment.set("final_obs", em(final_obs));
       fragment.set("bootstrap_obs", env.obs().clone());
       samples_->send(fragment, oldest);
+      // An inline actor outruns the trainer; it waits for parameters newer than those it used,
+      // so its next fragment is on-policy for the next update.
+      if (policy_)
+        while (version_ <= oldest && !stop.load())
+          if (auto p = params_->latest(200ms)) {
+            policy_->load_flat(p->tensors["flat"]);
+            version_ = p->version;
+          }
       steps += T * env.num_envs();
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
       episodes.push_back({"env_steps", static_cast<double>(T * env.num_envs())});

@@ -48,7 +48,7 @@ class DistributedRl final : public Program {
     env.get<int>("max_episode_steps", 0, core::at_least(0));
     env.section("params");
     models::Policy probe(models::PolicyConfig::read(root.section("model")), spec.observation_space, spec.action_space);
-    algorithms::make_algorithm(root.section("algo"), probe);
+    const bool on_policy = algorithms::make_algorithm(root.section("algo"), probe)->takes_gae_batches();
     core::ConfigView train = root.section("train");
     total_steps_ = train.get<int64_t>("total_steps", 500000, core::at_least<int64_t>(1));
     train.get<int64_t>("num_steps", 128, core::at_least<int64_t>(1));
@@ -66,6 +66,8 @@ class DistributedRl final : public Program {
     ckpt.get<int>("keep", 3, core::at_least(1));
     d.get<int64_t>("max_batch", 256, core::at_least<int64_t>(1));
     d.choice("transport", "tcp", {"tcp", "ipc"});
+    // How many versions old a fragment may be: 1 for on-policy PPO, unbounded for IMPALA.
+    d.get<int64_t>("max_staleness", on_policy ? 1 : 1000000, core::at_least<int64_t>(0));
     d.get<int64_t>("max_delay_ms", 2, core::at_least<int64_t>(0));
     heartbeat_timeout_ms_ = d.get<int64_t>("heartbeat_timeout_ms", 10000, core::at_least<int64_t>(100));
   }
