@@ -10,6 +10,7 @@
 #include <thread>
 #include <zmq.hpp>
 
+#include "actors/collective.hpp"
 #include "algorithms/advantages.hpp"
 #include "algorithms/algorithm.hpp"
 #include "core/error.hpp"
@@ -83,11 +84,12 @@ core::Batch flat_parameters(const models::Policy& policy) {
 class Loop {
  public:
   template <class F>
-  void start(const std::string& who, F body) {
-    thread_ = std::thread([this, who, body] {
+  void start(const std::string& who, const Role& role, F body) {
+    thread_ = std::thread([this, who, body, &role] {
       try {
         body(stop_);
       } catch (const std::exception& e) {
+        if (stop_.load() || role.stopping()) return;  // peers leaving during shutdown, not a failure
         spdlog::error("{}: {}", who, e.what());
         spdlog::default_logger()->flush();
         std::_Exit(1);
@@ -108,11 +110,7 @@ class Loop {
 
 class Trainer final : public Role {
  public:
-  explicit Trainer(const WorkerInfo& info) : info_(info) {
-    if (info.world_size != 1)
-      throw ConfigError("trainer count " + std::to_string(info.world_size) +
-                        ": data-parallel trainers are not available yet; use count: 1");
-  }
+  explicit Trainer(const WorkerInfo& info) : info_(info) {}
   void add_methods(MethodTable& m) override {
     m.add("configure", [this](const std::string& yaml, const core::Batch&) {
       at::set_num_threads(1);
@@ -124,19 +122,32 @@ class Trainer final : public Role {
       max_staleness_ = root.section("distributed").get<int64_t>("max_staleness", algo_->takes_gae_batches() ? 1 : 1000000);
       auto names = core::directory_name_service(info_.name_dir);
       samples_ = core::zmq_sample_receiver(context_, bind_endpoint(info_, root, "samples"));
-      params_ = core::zmq_parameter_publisher(context_, bind_endpoint(info_, root, "parameters"), info_.name());
-      names->put(core::names::stream_endpoint(info_.experiment, info_.trial, "samples/trainer/0"), samples_->endpoint());
-      names->put(core::names::stream_endpoint(info_.experiment, info_.trial, "parameters/trainer/0"), params_->endpoint());
+      names->put(core::names::stream_endpoint(info_.experiment, info_.trial, "samples/" + info_.name()), samples_->endpoint());
+      if (info_.rank == 0) {  // every rank holds the same parameters; rank 0 publishes them
+        params_ = core::zmq_parameter_publisher(context_, bind_endpoint(info_, root, "parameters"), info_.name());
+        names->put(core::names::stream_endpoint(info_.experiment, info_.trial, "parameters/trainer/0"), params_->endpoint());
+      }
+      if (info_.world_size > 1) {
+        // Data-parallel ranks average their gradients with a Gloo all-reduce before each step.
+        collective_ = std::make_unique<Collective>(std::filesystem::path(info_.name_dir).parent_path() / "trainer.c10d",
+                                                   info_.rank, info_.world_size);
+        algo_->set_gradient_hook([this](const std::vector<at::Tensor>& grads) { collective_->allreduce_mean(grads); });
+      }
       metrics_ = std::make_unique<MetricsPusher>(context_, info_);
       return CallResult{"configured", {}};
     });
     m.add("publish", [this](const std::string&, const core::Batch&) {
-      params_->publish(version_, flat_parameters(*policy_));
+      if (params_) params_->publish(version_, flat_parameters(*policy_));
       return CallResult{std::to_string(version_), {}};
     });
     m.add("start", [this](const std::string& args, const core::Batch&) {
-      const int fragments = std::stoi(args.empty() ? "1" : args);
-      loop_.start(info_.name(), [this, fragments](std::atomic<bool>& stop) { train(fragments, stop); });
+      // Actor a ships to trainer a % K: this rank waits for one fragment from each of its actors.
+      const int actors = std::stoi(args.empty() ? "1" : args);
+      int fragments = 0;
+      for (int a = 0; a < actors; ++a) fragments += a % info_.world_size == info_.rank;
+      if (fragments == 0)
+        throw ConfigError("trainer " + info_.name() + " would get no fragments: use at least as many env actors as trainers");
+      loop_.start(info_.name(), *this, [this, fragments](std::atomic<bool>& stop) { train(fragments, stop); });
       return CallResult{"started", {}};
     });
   }
@@ -152,7 +163,7 @@ class Trainer final : public Role {
       while (static_cast<int>(batches.size()) < fragments_per_update && !stop.load()) {
         auto s = samples_->receive(200ms);
         // A subscriber that joined late missed the last parameters: send them again now and then.
-        if (std::chrono::steady_clock::now() - last_publish > 1s) {
+        if (params_ && std::chrono::steady_clock::now() - last_publish > 1s) {
           params_->publish(version_, flat_parameters(*policy_));
           last_publish = std::chrono::steady_clock::now();
         }
@@ -171,12 +182,12 @@ class Trainer final : public Role {
       core::Scalars stats = algo_->update(batch, std::min(1.0, static_cast<double>(trained) / total_steps_), gen);
       trained += batch.size();
       ++version_;
-      params_->publish(version_, flat_parameters(*policy_));
+      if (params_) params_->publish(version_, flat_parameters(*policy_));
       stats.push_back({"perf/policy_lag", static_cast<double>(version_ - 1 - oldest)});
       stats.push_back({"perf/stale_fragments_dropped", static_cast<double>(stale_)});
       stats.push_back({"timing_s/update", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()});
       stats.push_back({"trainer/version", static_cast<double>(version_)});
-      metrics_->push(trained, stats);
+      if (info_.rank == 0) metrics_->push(trained * info_.world_size, stats);
     }
   }
 
@@ -188,6 +199,7 @@ class Trainer final : public Role {
   std::unique_ptr<core::SampleReceiver> samples_;
   std::unique_ptr<core::ParameterPublisher> params_;
   std::unique_ptr<MetricsPusher> metrics_;
+  std::unique_ptr<Collective> collective_;
   int64_t version_ = 0, total_steps_ = 0, max_staleness_ = 1, stale_ = 0;
   Loop loop_;  // last: joined before the sockets above go away
 };
@@ -216,7 +228,7 @@ class PolicyWorker final : public Role {
       return CallResult{"configured", {}};
     });
     m.add("start", [this](const std::string&, const core::Batch&) {
-      loop_.start(info_.name(), [this](std::atomic<bool>& stop) { serve(stop); });
+      loop_.start(info_.name(), *this, [this](std::atomic<bool>& stop) { serve(stop); });
       return CallResult{"started", {}};
     });
   }
@@ -283,14 +295,18 @@ class EnvActor final : public Role {
             names->wait(core::names::stream_endpoint(info_.experiment, info_.trial, "inference/" + policy), 60s, policy),
             info_.name());
       }
+      int trainers = 1;
+      for (auto w : root.list("workers"))
+        if (w.get<std::string>("role", "") == "trainer") trainers = w.get<int>("count", 1);
+      const std::string trainer = "trainer/" + std::to_string(info_.rank % trainers);
       samples_ = core::zmq_sample_sender(
-          context_, names->wait(core::names::stream_endpoint(info_.experiment, info_.trial, "samples/trainer/0"), 60s, "trainer/0"),
+          context_, names->wait(core::names::stream_endpoint(info_.experiment, info_.trial, "samples/" + trainer), 60s, trainer),
           info_.name());
       metrics_ = std::make_unique<MetricsPusher>(context_, info_);
       return CallResult{"configured", {}};
     });
     m.add("start", [this](const std::string&, const core::Batch&) {
-      loop_.start(info_.name(), [this](std::atomic<bool>& stop) { act(stop); });
+      loop_.start(info_.name(), *this, [this](std::atomic<bool>& stop) { act(stop); });
       return CallResult{"started", {}};
     });
   }

@@ -74,6 +74,7 @@ int run_worker(const WorkerInfo& info) {
     stopping = true;
     return CallResult{"stopping", {}};
   });
+  role->attach_stop_flag(&stopping);
   role->add_methods(methods);
 
   auto names = core::directory_name_service(info.name_dir);

@@ -3,6 +3,7 @@
 // methods over RPC. A role (trainer, env actor, ...) is registered by name and adds its methods;
 // the runtime answers calls on a ZeroMQ ROUTER socket, publishes its address in the name service,
 // sends heartbeats to the controller and exits on `stop` or when the controller is gone.
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <map>
@@ -49,6 +50,13 @@ class Role {
  public:
   virtual ~Role() = default;
   virtual void add_methods(MethodTable& methods) = 0;
+  // Set by the runtime: true once the worker was asked to stop, so background loops can tell a
+  // failure from the shutdown of their peers.
+  void attach_stop_flag(const std::atomic<bool>* stopping) { stopping_ = stopping; }
+  bool stopping() const { return stopping_ && stopping_->load(); }
+
+ private:
+  const std::atomic<bool>* stopping_ = nullptr;
 };
 using RoleFactory = std::function<std::unique_ptr<Role>(const WorkerInfo& info)>;
 

@@ -29,6 +29,14 @@ core::Batch Algorithm::prepare(const core::Batch& f, models::Policy& policy) con
   return training_batch(fr, advantage(), gamma(), gae_lambda());
 }
 
+void Algorithm::sync_gradients(const std::vector<at::Tensor>& params) const {
+  if (!gradient_hook_) return;
+  std::vector<at::Tensor> grads;
+  for (const auto& p : params)
+    if (p.grad().defined()) grads.push_back(p.grad());
+  gradient_hook_(grads);
+}
+
 namespace {
 std::map<std::string, AlgorithmFactory>& registry() {
   static std::map<std::string, AlgorithmFactory> r = {{"ppo", make_ppo}, {"impala", make_impala}};

@@ -36,9 +36,19 @@ class Algorithm {
   // Whether update() takes the flat GAE batch of the single-process loop (false: fragments only,
   // for distributed runs).
   virtual bool takes_gae_batches() const { return true; }
+  // Called with the gradients after each backward pass and before they are clipped and applied:
+  // data-parallel trainers average them over ranks here.
+  void set_gradient_hook(std::function<void(const std::vector<at::Tensor>&)> hook) { gradient_hook_ = std::move(hook); }
   // Optimizer state, for checkpoints.
   virtual std::vector<std::pair<std::string, at::Tensor>> state() const = 0;
   virtual void load(const std::vector<std::pair<std::string, at::Tensor>>& tensors) = 0;
+
+ protected:
+  // Runs the gradient hook, if any, over the gradients of `params`.
+  void sync_gradients(const std::vector<at::Tensor>& params) const;
+
+ private:
+  std::function<void(const std::vector<at::Tensor>&)> gradient_hook_;
 };
 
 using AlgorithmFactory = std::function<std::unique_ptr<Algorithm>(const core::ConfigView& algo, models::Policy& policy)>;

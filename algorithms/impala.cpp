@@ -97,6 +97,7 @@ class Impala final : public Algorithm {
                   ", losses/value_loss = " + std::to_string(v_loss.item<double>()) + ")");
     optimizer_.zero_grad();
     loss.backward();
+    sync_gradients(policy_.parameters());
     if (c_.max_grad_norm > 0) torch::nn::utils::clip_grad_norm_(policy_.parameters(), c_.max_grad_norm);
     optimizer_.step();
     return {{"losses/policy_loss", pg_loss.item<double>()},

@@ -101,6 +101,7 @@ class PPO final : public Algorithm {
         }
         optimizer_.zero_grad();
         loss.backward();
+        sync_gradients(policy_.parameters());
         if (c_.max_grad_norm > 0) torch::nn::utils::clip_grad_norm_(policy_.parameters(), c_.max_grad_norm);
         optimizer_.step();
         kl += l.approx_kl.item<double>();

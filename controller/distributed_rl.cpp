@@ -49,6 +49,12 @@ class DistributedRl final : public Program {
     env.section("params");
     models::Policy probe(models::PolicyConfig::read(root.section("model")), spec.observation_space, spec.action_space);
     const bool on_policy = algorithms::make_algorithm(root.section("algo"), probe)->takes_gae_batches();
+    if (counts_["trainer"] > 1 && root.section("algo").has("target_kl") &&
+        root.section("algo").get<double>("target_kl", 0.0) > 0)
+      root.section("algo").fail("target_kl", "an early stop on KL would let data-parallel trainers take different numbers of "
+                                             "steps; set it to 0 with more than one trainer");
+    if (counts_["trainer"] > counts_["env_actor"])
+      root.fail("workers", "more trainers than env actors: every trainer needs at least one actor's fragments");
     core::ConfigView train = root.section("train");
     total_steps_ = train.get<int64_t>("total_steps", 500000, core::at_least<int64_t>(1));
     train.get<int64_t>("num_steps", 128, core::at_least<int64_t>(1));

@@ -98,6 +98,23 @@ TEST_CASE("distributed_ppo_runs_inline_and_over_ipc") {
   CHECK(contains(both.err, "not used with distributed.inline_policy"));
 }
 
+TEST_CASE("distributed_ppo_trains_with_two_data_parallel_trainers") {
+  test::TempDir dir;
+  auto r = test::run_cli(kCli, {"run", "-q", kConfig,
+                                "workers=[{role: env_actor, count: 2}, {role: policy_worker, count: 1}, {role: trainer, count: 2}]",
+                                "train.total_steps=4000", "stop.mean_return=100000", "run.dir=r"},
+                         dir.path(), dir.path());
+  CHECK(r.code == 0);
+  CHECK_FALSE(contains(r.err, "error"));
+  CHECK(core::read_metrics_jsonl(dir.path() / "r" / "metrics.jsonl").size() >= 1);
+  CHECK(workers_of((dir.path() / "r").string()).empty());
+  auto more = test::run_cli(kCli, {"validate", kConfig,
+                                   "workers=[{role: env_actor, count: 1}, {role: policy_worker, count: 1}, {role: trainer, count: 2}]"},
+                            dir.path());
+  CHECK(more.code == 2);
+  CHECK(contains(more.err, "more trainers than env actors"));
+}
+
 TEST_CASE("impala_runs_a_short_job_and_logs_the_policy_lag") {
   test::TempDir dir;
   const std::string impala = std::string(FLOTILLA_SOURCE_DIR) + "/configs/cartpole_impala.yaml";

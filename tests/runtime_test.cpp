@@ -4,6 +4,7 @@
 #include <thread>
 #include <zmq.hpp>
 
+#include "actors/collective.hpp"
 #include "controller/cluster.hpp"
 #include "core/error.hpp"
 #include "core/name_service.hpp"
@@ -147,4 +148,22 @@ TEST_CASE("no_worker_outlives_the_cluster") {
     for (pid_t p : pids) CHECK(::kill(p, 0) == 0);
   }
   for (pid_t p : pids) CHECK(::kill(p, 0) != 0);  // reaped and gone
+}
+
+TEST_CASE("gloo_allreduce_mean_averages_over_ranks") {
+  test::TempDir dir;
+  std::vector<at::Tensor> results(2);
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < 2; ++r) {
+    ranks.emplace_back([&, r] {
+      actors::Collective c(dir.path() / "store", r, 2);
+      at::Tensor a = at::full({3}, static_cast<float>(r + 1)), b = at::full({2, 2}, static_cast<float>(10 * r));
+      c.allreduce_mean({a, b});
+      results[r] = at::cat({a, b.reshape({-1})});
+    });
+  }
+  for (auto& t : ranks) t.join();
+  CHECK(at::allclose(results[0], results[1]));
+  CHECK(results[0][0].item<float>() == 1.5f);
+  CHECK(results[0][3].item<float>() == 5.0f);
 }
