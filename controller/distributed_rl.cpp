@@ -110,6 +110,11 @@ class DistributedRl final : public Program {
         break;
       }
       for (auto& m : cluster.metrics(std::chrono::milliseconds(100))) {
+        // Every worker's own figures, under its name (episode returns are aggregated below).
+        core::Scalars own;
+        for (const auto& [name, v] : m.values)
+          if (name.rfind("episode/", 0) != 0) own.push_back({"workers/" + m.worker + "/" + name, v});
+        if (!own.empty()) ctx.metrics.log(env_steps, own);
         if (m.worker.rfind("env_actor/", 0) == 0) {
           for (const auto& [name, v] : m.values) {
             if (name == "env_steps") env_steps += static_cast<int64_t>(v);
