@@ -275,8 +275,13 @@ class EnvActor final : public Role {
       at::set_num_threads(1);
       run_ = std::make_unique<RunConfig>(yaml);
       auto root = run_->root();
-      env_ = envs::make_env(root.section("env"));
-      env_->reset(static_cast<uint64_t>(root.get<int64_t>("seed", 1)) * 1000 + static_cast<uint64_t>(info_.rank) + 1);
+      // An env ring: while one batch waits for its actions, the next one steps.
+      const int ring = root.section("distributed").get<int>("env_ring", 1, core::in_range(1, 8));
+      for (int k = 0; k < ring; ++k) {
+        envs_.push_back(envs::make_env(root.section("env")));
+        envs_.back()->reset(static_cast<uint64_t>(root.get<int64_t>("seed", 1)) * 100000 +
+                            static_cast<uint64_t>(info_.rank) * 100 + static_cast<uint64_t>(k) + 1);
+      }
       fragment_steps_ = root.section("train").get<int64_t>("num_steps", 128, core::at_least<int64_t>(1));
       auto names = core::directory_name_service(info_.name_dir);
       if (root.section("distributed").get<bool>("inline_policy", false)) {
@@ -312,60 +317,85 @@ class EnvActor final : public Role {
   }
 
  private:
+  struct Track {  // one env batch's part of the fragment being collected
+    std::vector<at::Tensor> obs, action, log_prob, value, reward, terminated, truncated, final_obs;
+    uint64_t pending = 0;  // the inference request in flight for this batch
+    core::Batch request;
+  };
+
   void act(std::atomic<bool>& stop) {
-    envs::VecEnv& env = *env_;
-    const envs::Space& space = env.spec().action_space;
+    const envs::Space& space = envs_.front()->spec().action_space;
     at::Tensor low, high;
     if (space.kind == envs::Space::Kind::Box) {
       low = at::tensor(space.low, at::kDouble).to(at::kFloat);
       high = at::tensor(space.high, at::kDouble).to(at::kFloat);
     }
     const int64_t T = fragment_steps_;
+    const size_t ring = envs_.size();
+    std::vector<Track> tracks(ring);
+    auto ask = [&](size_t k) {
+      tracks[k].request = core::Batch();
+      tracks[k].request.set("obs", envs_[k]->obs().clone());
+      if (!policy_) tracks[k].pending = inference_->submit(tracks[k].request);
+    };
+    for (size_t k = 0; k < ring; ++k) ask(k);
     int64_t steps = 0;
     double wait_s = 0;
     const auto started = std::chrono::steady_clock::now();
     while (!stop.load()) {
-      std::vector<at::Tensor> obs, action, log_prob, value, reward, terminated, truncated, final_obs;
       core::Scalars episodes;
       int64_t oldest = INT64_MAX;
       for (int64_t t = 0; t < T && !stop.load(); ++t) {
-        core::Batch request;
-        request.set("obs", env.obs().clone());
-        const auto w0 = std::chrono::steady_clock::now();
-        auto [reply, version] = policy_ ? act_inline(request, stop) : inference_->infer(request, 60s);
-        wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
-        oldest = std::min(oldest, version);
-        at::Tensor a = reply["action"].clone();
-        env.step(low.defined() ? at::max(at::min(a, high), low).contiguous() : a);
-        obs.push_back(request["obs"]);
-        action.push_back(a);
-        log_prob.push_back(reply["log_prob"].clone());
-        value.push_back(reply["value"].clone());
-        reward.push_back(env.reward().clone());
-        terminated.push_back(env.terminated().clone());
-        truncated.push_back(env.truncated().clone());
-        final_obs.push_back(env.final_obs().clone());
-        at::Tensor done = env.terminated() | env.truncated();
-        for (int64_t i = 0; i < env.num_envs(); ++i)
-          if (done[i].item<bool>()) {
-            episodes.push_back({"episode/return", env.episode_return()[i].item<double>()});
-            episodes.push_back({"episode/length", env.episode_length()[i].item<double>()});
-          }
+        for (size_t k = 0; k < ring && !stop.load(); ++k) {
+          envs::VecEnv& env = *envs_[k];
+          Track& tr = tracks[k];
+          const auto w0 = std::chrono::steady_clock::now();
+          auto [reply, version] = policy_ ? act_inline(tr.request, stop) : inference_->wait(tr.pending, 60s);
+          wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
+          oldest = std::min(oldest, version);
+          at::Tensor a = reply["action"].clone();
+          env.step(low.defined() ? at::max(at::min(a, high), low).contiguous() : a);
+          tr.obs.push_back(tr.request["obs"]);
+          tr.action.push_back(a);
+          tr.log_prob.push_back(reply["log_prob"].clone());
+          tr.value.push_back(reply["value"].clone());
+          tr.reward.push_back(env.reward().clone());
+          tr.terminated.push_back(env.terminated().clone());
+          tr.truncated.push_back(env.truncated().clone());
+          tr.final_obs.push_back(env.final_obs().clone());
+          ask(k);  // the next request goes out before the other batches step
+          at::Tensor done = env.terminated() | env.truncated();
+          for (int64_t i = 0; i < env.num_envs(); ++i)
+            if (done[i].item<bool>()) {
+              episodes.push_back({"episode/return", env.episode_return()[i].item<double>()});
+              episodes.push_back({"episode/length", env.episode_length()[i].item<double>()});
+            }
+        }
       }
       if (stop.load()) break;
-      // Env-major, so the bootstrap observation ([N, ...]) shares the batch's first dimension.
-      core::Batch fragment;
-      auto em = [](std::vector<at::Tensor>& v) { return at::stack(v, 1); };
-      fragment.set("obs", em(obs));
-      fragment.set("action", em(action));
-      fragment.set("log_prob", em(log_prob));
-      fragment.set("value", em(value));
-      fragment.set("reward", em(reward));
-      fragment.set("terminated", em(terminated));
-      fragment.set("truncated", em(truncated));
-      fragment.set("final_obs", em(final_obs));
-      fragment.set("bootstrap_obs", env.obs().clone());
-      samples_->send(fragment, oldest);
+      // Env-major, so the bootstrap observation ([N, ...]) shares the batch's first dimension;
+      // the ring's batches are rows of one fragment.
+      std::vector<core::Batch> parts;
+      for (size_t k = 0; k < ring; ++k) {
+        Track& tr = tracks[k];
+        auto em = [](std::vector<at::Tensor>& v) {
+          at::Tensor x = at::stack(v, 1);
+          v.clear();
+          return x;
+        };
+        core::Batch f;
+        f.set("obs", em(tr.obs));
+        f.set("action", em(tr.action));
+        f.set("log_prob", em(tr.log_prob));
+        f.set("value", em(tr.value));
+        f.set("reward", em(tr.reward));
+        f.set("terminated", em(tr.terminated));
+        f.set("truncated", em(tr.truncated));
+        f.set("final_obs", em(tr.final_obs));
+        f.set("bootstrap_obs", envs_[k]->obs().clone());
+        parts.push_back(std::move(f));
+      }
+      samples_->send(core::Batch::concat(parts), oldest);
       // An inline actor outruns the trainer; it waits for parameters newer than those it used,
       // so its next fragment is on-policy for the next update.
       if (policy_)
@@ -374,9 +404,11 @@ class EnvActor final : public Role {
             policy_->load_flat(p->tensors["flat"]);
             version_ = p->version;
           }
-      steps += T * env.num_envs();
+      int64_t fragment_steps = 0;
+      for (const auto& e : envs_) fragment_steps += T * e->num_envs();
+      steps += fragment_steps;
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-      episodes.push_back({"env_steps", static_cast<double>(T * env.num_envs())});
+      episodes.push_back({"env_steps", static_cast<double>(fragment_steps)});
       episodes.push_back({"perf/actor_wait_share", wait_s / std::max(elapsed, 1e-9)});
       metrics_->push(steps, episodes);
     }
@@ -402,7 +434,7 @@ class EnvActor final : public Role {
   WorkerInfo info_;
   zmq::context_t context_{1};
   std::unique_ptr<RunConfig> run_;
-  std::unique_ptr<envs::VecEnv> env_;
+  std::vector<std::unique_ptr<envs::VecEnv>> envs_;
   std::unique_ptr<models::Policy> policy_;  // inline mode only
   std::unique_ptr<core::ParameterSubscriber> params_;
   at::Generator gen_ = at::make_generator<at::CPUGeneratorImpl>(777);

@@ -72,6 +72,7 @@ class DistributedRl final : public Program {
     ckpt.get<int>("keep", 3, core::at_least(1));
     d.get<int64_t>("max_batch", 256, core::at_least<int64_t>(1));
     d.choice("transport", "tcp", {"tcp", "ipc"});
+    d.get<int>("env_ring", 1, core::in_range(1, 8));
     // How many versions old a fragment may be: 1 for on-policy PPO, unbounded for IMPALA.
     d.get<int64_t>("max_staleness", on_policy ? 1 : 1000000, core::at_least<int64_t>(0));
     d.get<int64_t>("max_delay_ms", 2, core::at_least<int64_t>(0));

@@ -267,13 +267,22 @@ class ZmqInferenceClient final : public InferenceClient {
     socket_.set(zmq::sockopt::linger, 0);
     socket_.connect(endpoint);
   }
-  std::pair<Batch, int64_t> infer(const Batch& inputs, std::chrono::milliseconds timeout) override {
+  uint64_t submit(const Batch& inputs) override {
     const uint64_t id = ++next_id_;
     OutMessage m(name_);
     auto req = m.envelope().initInferenceRequest();
     req.setId(id);
     m.put_batch(req.initBatch(), inputs);
     m.send(socket_);
+    return id;
+  }
+
+  std::pair<Batch, int64_t> wait(uint64_t id, std::chrono::milliseconds timeout) override {
+    if (auto it = early_.find(id); it != early_.end()) {  // arrived while waiting for another
+      auto reply = std::move(it->second);
+      early_.erase(it);
+      return reply;
+    }
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (true) {
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
@@ -282,9 +291,11 @@ class ZmqInferenceClient final : public InferenceClient {
       try {
         auto in = InMessage::receive(socket_);
         if (!in) break;
-        if (!in->envelope().isInferenceReply() || in->envelope().getInferenceReply().getId() != id) continue;  // stale
+        if (!in->envelope().isInferenceReply()) continue;
         auto r = in->envelope().getInferenceReply();
-        return {in->batch(r.getBatch()), r.getPolicyVersion()};
+        std::pair<Batch, int64_t> reply{in->batch(r.getBatch()), r.getPolicyVersion()};
+        if (r.getId() == id) return reply;
+        if (r.getId() > id - std::min<uint64_t>(id, 1024)) early_[r.getId()] = std::move(reply);
       } catch (const DecodeError&) {
         continue;
       }
@@ -296,6 +307,7 @@ class ZmqInferenceClient final : public InferenceClient {
   zmq::socket_t socket_;
   std::string endpoint_, name_;
   uint64_t next_id_ = 0;
+  std::map<uint64_t, std::pair<Batch, int64_t>> early_;
 };
 
 }  // namespace

@@ -85,8 +85,13 @@ std::unique_ptr<ParameterSubscriber> zmq_parameter_subscriber(zmq::context_t& co
 class InferenceClient {
  public:
   virtual ~InferenceClient() = default;
-  // Sends `inputs` and waits for the reply; throws TimeoutError naming the server.
-  virtual std::pair<Batch, int64_t> infer(const Batch& inputs, std::chrono::milliseconds timeout) = 0;
+  // Sends `inputs` and returns at once with the request's id.
+  virtual uint64_t submit(const Batch& inputs) = 0;
+  // The reply to request `id` and its policy version; throws TimeoutError naming the server.
+  virtual std::pair<Batch, int64_t> wait(uint64_t id, std::chrono::milliseconds timeout) = 0;
+  std::pair<Batch, int64_t> infer(const Batch& inputs, std::chrono::milliseconds timeout) {
+    return wait(submit(inputs), timeout);
+  }
 };
 
 // Requests gathered into one batch, and where each one's rows go back.

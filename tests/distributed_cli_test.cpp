@@ -94,6 +94,17 @@ TEST_CASE("distributed_ppo_runs_inline_and_over_ipc") {
   bool sockets = false;
   for (const auto& e : fs::directory_iterator(dir.path() / "b" / "sockets")) sockets |= e.is_socket();
   CHECK(sockets);
+  // An env ring of two batches per actor.
+  auto ring = test::run_cli(kCli, {"run", "-q", kConfig, "distributed.env_ring=2", "env.num_envs=4", "train.total_steps=4000",
+                                   "stop.mean_return=100000", "run.dir=c"},
+                            dir.path(), dir.path());
+  CHECK(ring.code == 0);
+  auto rows = core::read_metrics_jsonl(dir.path() / "c" / "metrics.jsonl");
+  double actor_steps = 0;
+  for (const auto& row : rows)
+    for (const auto& [k, v] : row.values)
+      if (k == "workers/env_actor/0/env_steps") actor_steps = v;
+  CHECK(actor_steps == 2 * 4 * 64);  // a fragment: 2 batches x 4 envs x 64 steps
   auto both = test::run_cli(kCli, {"validate", kConfig, "distributed.inline_policy=true"}, dir.path());
   CHECK(both.code == 2);
   CHECK(contains(both.err, "not used with distributed.inline_policy"));
