@@ -51,6 +51,14 @@ void MetricsPusher::push(int64_t step, const core::Scalars& values) {
 
 namespace {
 
+// The libtorch threads the workers list gives this role (`threads:`, default 1).
+void set_threads(const core::ConfigView& root, const std::string& role) {
+  int threads = 1;
+  for (auto w : root.list("workers"))
+    if (w.get<std::string>("role", "") == role) threads = w.get<int>("threads", 1);
+  at::set_num_threads(threads);
+}
+
 // What every RL role builds from the config: the env's spaces and a policy initialized from the
 // run's seed, so every process starts from the same weights.
 std::unique_ptr<models::Policy> make_policy(const core::ConfigView& root) {
@@ -113,9 +121,9 @@ class Trainer final : public Role {
   explicit Trainer(const WorkerInfo& info) : info_(info) {}
   void add_methods(MethodTable& m) override {
     m.add("configure", [this](const std::string& yaml, const core::Batch&) {
-      at::set_num_threads(1);
       run_ = std::make_unique<RunConfig>(yaml);
       auto root = run_->root();
+      set_threads(root, "trainer");
       policy_ = make_policy(root);
       algo_ = algorithms::make_algorithm(root.section("algo"), *policy_);
       total_steps_ = root.section("train").get<int64_t>("total_steps", 500000);
@@ -211,9 +219,9 @@ class PolicyWorker final : public Role {
   explicit PolicyWorker(const WorkerInfo& info) : info_(info) {}
   void add_methods(MethodTable& m) override {
     m.add("configure", [this](const std::string& yaml, const core::Batch&) {
-      at::set_num_threads(1);
       run_ = std::make_unique<RunConfig>(yaml);
       auto root = run_->root();
+      set_threads(root, "policy_worker");
       policy_ = make_policy(root);
       auto d = root.section("distributed");
       max_batch_ = d.get<int64_t>("max_batch", 256, core::at_least<int64_t>(1));
@@ -272,9 +280,9 @@ class EnvActor final : public Role {
   explicit EnvActor(const WorkerInfo& info) : info_(info) {}
   void add_methods(MethodTable& m) override {
     m.add("configure", [this](const std::string& yaml, const core::Batch&) {
-      at::set_num_threads(1);
       run_ = std::make_unique<RunConfig>(yaml);
       auto root = run_->root();
+      set_threads(root, "env_actor");
       // An env ring: while one batch waits for its actions, the next one steps.
       const int ring = root.section("distributed").get<int>("env_ring", 1, core::in_range(1, 8));
       for (int k = 0; k < ring; ++k) {

@@ -25,6 +25,8 @@ class DistributedRl final : public Program {
   DistributedRl(core::ConfigView root, const Experiment& e) : experiment_(e) {
     for (auto w : root.list("workers")) {
       WorkerSpec spec{w.choice("role", "env_actor", kRoles), w.get<int>("count", 1, core::in_range(1, 1024))};
+      w.get<int>("threads", 1, core::in_range(1, 256));  // libtorch threads in each of these workers
+      w.choice("placement", "local", {"local"});          // where they run; clusters come with Slurm support
       counts_[spec.role] += spec.count;
       specs_.push_back(spec);
     }
