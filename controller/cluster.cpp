@@ -30,6 +30,7 @@ struct Cluster::Monitor {
     pid_t pid;
     clock_type::time_point last_beat;
     bool exited = false;
+    bool beating = false;  // a first heartbeat arrived
   };
   zmq::context_t context{1};
   zmq::socket_t heartbeats{context, zmq::socket_type::pull};
@@ -79,7 +80,10 @@ struct Cluster::Monitor {
       const std::string from = m->envelope().getSender().cStr();
       std::lock_guard lock(mutex);
       for (auto& p : procs)
-        if (p.name == from) p.last_beat = clock_type::now();
+        if (p.name == from) {
+          p.last_beat = clock_type::now();
+          p.beating = true;
+        }
     }
     std::lock_guard lock(mutex);
     for (auto& p : procs) {
@@ -158,6 +162,21 @@ Cluster::Cluster(const fs::path& run_dir, std::string experiment, const std::vec
       }
     }
     groups_[spec.role] = std::make_unique<actors::WorkerGroup>(monitor_->context, spec.role, endpoints, options.call_timeout);
+  }
+  // Watching starts once every worker's heartbeats are flowing; until then silence is start-up.
+  const auto deadline = clock_type::now() + options.start_timeout;
+  while (true) {
+    check();
+    std::string waiting;
+    {
+      std::lock_guard lock(monitor_->mutex);
+      for (const auto& p : monitor_->procs)
+        if (!p.beating) waiting = p.name;
+    }
+    if (waiting.empty()) break;
+    if (clock_type::now() > deadline)
+      throw TimeoutError("worker " + waiting + " sent no heartbeat within " + std::to_string(options.start_timeout.count()) + " ms of starting");
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
 }
 
