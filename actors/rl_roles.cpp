@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <deque>
 #include <filesystem>
 #include <thread>
 #include <zmq.hpp>
@@ -308,12 +309,17 @@ class EnvActor final : public Role {
             names->wait(core::names::stream_endpoint(info_.experiment, info_.trial, "inference/" + policy), 60s, policy),
             info_.name());
       }
-      int trainers = 1;
-      for (auto w : root.list("workers"))
-        if (w.get<std::string>("role", "") == "trainer") trainers = w.get<int>("count", 1);
-      const std::string trainer = "trainer/" + std::to_string(info_.rank % trainers);
+      // Fragments go to a buffer when the run has one, else straight to a trainer.
+      int trainers = 1, buffers = 0;
+      for (auto w : root.list("workers")) {
+        const std::string role = w.get<std::string>("role", "");
+        if (role == "trainer") trainers = w.get<int>("count", 1);
+        if (role == "buffer") buffers = w.get<int>("count", 1);
+      }
+      const std::string target = buffers > 0 ? "buffer/" + std::to_string(info_.rank % buffers)
+                                             : "trainer/" + std::to_string(info_.rank % trainers);
       samples_ = core::zmq_sample_sender(
-          context_, names->wait(core::names::stream_endpoint(info_.experiment, info_.trial, "samples/" + trainer), 60s, trainer),
+          context_, names->wait(core::names::stream_endpoint(info_.experiment, info_.trial, "samples/" + target), 60s, target),
           info_.name());
       metrics_ = std::make_unique<MetricsPusher>(context_, info_);
       return CallResult{"configured", {}};
@@ -454,12 +460,93 @@ class EnvActor final : public Role {
   Loop loop_;
 };
 
+// ---- buffer: a FIFO between actors and trainers ----
+
+// Holds up to `distributed.buffer_capacity` fragments (the oldest are dropped, and counted, when
+// the trainers fall behind) and forwards them in arrival order, actor a's to trainer a mod K.
+class Buffer final : public Role {
+ public:
+  explicit Buffer(const WorkerInfo& info) : info_(info) {}
+  void add_methods(MethodTable& m) override {
+    m.add("configure", [this](const std::string& yaml, const core::Batch&) {
+      run_ = std::make_unique<RunConfig>(yaml);
+      auto root = run_->root();
+      capacity_ = root.section("distributed").get<int64_t>("buffer_capacity", 64, core::at_least<int64_t>(1));
+      int trainers = 1;
+      for (auto w : root.list("workers"))
+        if (w.get<std::string>("role", "") == "trainer") trainers = w.get<int>("count", 1);
+      auto names = core::directory_name_service(info_.name_dir);
+      for (int t = 0; t < trainers; ++t) {
+        const std::string trainer = "trainer/" + std::to_string(t);
+        trainers_.push_back(core::zmq_sample_sender(
+            context_, names->wait(core::names::stream_endpoint(info_.experiment, info_.trial, "samples/" + trainer), 60s, trainer),
+            info_.name(), 200ms));
+      }
+      receiver_ = core::zmq_sample_receiver(context_, bind_endpoint(info_, root, "samples"));
+      names->put(core::names::stream_endpoint(info_.experiment, info_.trial, "samples/" + info_.name()), receiver_->endpoint());
+      metrics_ = std::make_unique<MetricsPusher>(context_, info_);
+      return CallResult{"configured", {}};
+    });
+    m.add("start", [this](const std::string&, const core::Batch&) {
+      loop_.start(info_.name(), *this, [this](std::atomic<bool>& stop) { serve(stop); });
+      return CallResult{"started", {}};
+    });
+  }
+
+ private:
+  void serve(std::atomic<bool>& stop) {
+    std::deque<core::Samples> queue;
+    int64_t received = 0, forwarded = 0, dropped = 0, reported = 0;
+    auto last_report = std::chrono::steady_clock::now();
+    while (!stop.load()) {
+      if (auto s = receiver_->receive(queue.empty() ? 200ms : 0ms)) {
+        ++received;
+        queue.push_back(std::move(*s));
+        if (static_cast<int64_t>(queue.size()) > capacity_) {
+          queue.pop_front();
+          ++dropped;
+        }
+      }
+      if (!queue.empty()) {
+        const core::Samples& front = queue.front();
+        const size_t slash = front.sender.find('/');
+        const int actor = slash == std::string::npos ? 0 : std::stoi(front.sender.substr(slash + 1));
+        try {
+          trainers_[actor % trainers_.size()]->send(front.batch, front.policy_version);
+          queue.pop_front();
+          ++forwarded;
+        } catch (const TimeoutError&) {
+          // The trainer is busy: keep the fragment and keep receiving.
+        }
+      }
+      if (forwarded > reported && (reported == 0 || std::chrono::steady_clock::now() - last_report > 1s)) {
+        reported = forwarded;
+        metrics_->push(forwarded, {{"received", static_cast<double>(received)},
+                                   {"forwarded", static_cast<double>(forwarded)},
+                                   {"dropped_oldest", static_cast<double>(dropped)},
+                                   {"queued", static_cast<double>(queue.size())}});
+        last_report = std::chrono::steady_clock::now();
+      }
+    }
+  }
+
+  WorkerInfo info_;
+  zmq::context_t context_{1};
+  std::unique_ptr<RunConfig> run_;
+  std::vector<std::unique_ptr<core::SampleSender>> trainers_;
+  std::unique_ptr<core::SampleReceiver> receiver_;
+  std::unique_ptr<MetricsPusher> metrics_;
+  int64_t capacity_ = 64;
+  Loop loop_;
+};
+
 }  // namespace
 
 void register_rl_roles() {
   register_role("trainer", [](const WorkerInfo& i) { return std::make_unique<Trainer>(i); });
   register_role("policy_worker", [](const WorkerInfo& i) { return std::make_unique<PolicyWorker>(i); });
   register_role("env_actor", [](const WorkerInfo& i) { return std::make_unique<EnvActor>(i); });
+  register_role("buffer", [](const WorkerInfo& i) { return std::make_unique<Buffer>(i); });
 }
 
 }  // namespace flotilla::actors

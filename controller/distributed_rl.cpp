@@ -18,7 +18,7 @@
 namespace flotilla::controller {
 namespace {
 
-const std::vector<std::string> kRoles = {"env_actor", "policy_worker", "trainer"};
+const std::vector<std::string> kRoles = {"env_actor", "policy_worker", "trainer", "buffer"};
 
 class DistributedRl final : public Program {
  public:
@@ -38,7 +38,7 @@ class DistributedRl final : public Program {
           root.fail("workers", "policy_worker workers are not used with distributed.inline_policy: true (actors act themselves)");
         continue;
       }
-      if (!counts_.count(r))
+      if (!counts_.count(r) && r != "buffer")
         root.fail("workers", "a distributed RL run needs env_actor, policy_worker and trainer workers; '" + r + "' is missing");
     }
     // Every section is read here as well, so a bad key stops the run before any process starts.
@@ -75,6 +75,7 @@ class DistributedRl final : public Program {
     d.get<int64_t>("max_batch", 256, core::at_least<int64_t>(1));
     d.choice("transport", "tcp", {"tcp", "ipc"});
     d.get<int>("env_ring", 1, core::in_range(1, 8));
+    d.get<int64_t>("buffer_capacity", 64, core::at_least<int64_t>(1));
     // How many versions old a fragment may be: 1 for on-policy PPO, unbounded for IMPALA.
     d.get<int64_t>("max_staleness", on_policy ? 1 : 1000000, core::at_least<int64_t>(0));
     d.get<int64_t>("max_delay_ms", 2, core::at_least<int64_t>(0));
@@ -87,14 +88,17 @@ class DistributedRl final : public Program {
     const std::string config = core::read_file(ctx.dir / "config.yaml");
     ClusterOptions options;
     options.heartbeat_timeout = std::chrono::milliseconds(heartbeat_timeout_ms_);
-    spdlog::info("starting workers: {} env_actor, {} policy_worker, {} trainer", counts_["env_actor"],
-                 counts_["policy_worker"], counts_["trainer"]);
+    auto n = [&](const char* role) { return counts_.count(role) ? counts_.at(role) : 0; };
+    spdlog::info("starting workers: {} env_actor, {} policy_worker, {} trainer, {} buffer", n("env_actor"),
+                 n("policy_worker"), n("trainer"), n("buffer"));
     Cluster cluster(ctx.dir, experiment_.name, specs_, options);
     cluster.run("trainer", "configure", config);
+    if (counts_.count("buffer")) cluster.run("buffer", "configure", config);
     if (!inline_policy_) cluster.run("policy_worker", "configure", config);
     cluster.run("env_actor", "configure", config);
     cluster.run("trainer", "publish");
     cluster.run("trainer", "start", std::to_string(counts_["env_actor"]));
+    if (counts_.count("buffer")) cluster.run("buffer", "start");
     if (!inline_policy_) cluster.run("policy_worker", "start");
     cluster.run("env_actor", "start");
     spdlog::info("workers running");

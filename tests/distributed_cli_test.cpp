@@ -127,6 +127,22 @@ TEST_CASE("distributed_ppo_trains_with_two_data_parallel_trainers") {
   CHECK(contains(more.err, "more trainers than env actors"));
 }
 
+TEST_CASE("distributed_ppo_runs_through_a_fifo_buffer") {
+  test::TempDir dir;
+  auto r = test::run_cli(kCli, {"run", "-q", kConfig,
+                                "workers=[{role: env_actor, count: 2}, {role: policy_worker, count: 1}, {role: trainer, count: 1}, "
+                                "{role: buffer, count: 1}]",
+                                "train.total_steps=8000", "stop.mean_return=100000", "run.dir=r"},
+                         dir.path(), dir.path());
+  REQUIRE(r.code == 0);
+  double forwarded = 0;
+  for (const auto& row : core::read_metrics_jsonl(dir.path() / "r" / "metrics.jsonl"))
+    for (const auto& [k, v] : row.values)
+      if (k == "workers/buffer/0/forwarded") forwarded = std::max(forwarded, v);
+  CHECK(forwarded >= 1);  // fragments went through the buffer to the trainer
+  CHECK(workers_of((dir.path() / "r").string()).empty());
+}
+
 TEST_CASE("impala_runs_a_short_job_and_logs_the_policy_lag") {
   test::TempDir dir;
   const std::string impala = std::string(FLOTILLA_SOURCE_DIR) + "/configs/cartpole_impala.yaml";
