@@ -7,6 +7,8 @@
 
 #include <atomic>
 #include <deque>
+#include <functional>
+#include <random>
 #include <filesystem>
 #include <thread>
 #include <zmq.hpp>
@@ -109,11 +111,34 @@ class Loop {
     stop_ = true;
     if (thread_.joinable()) thread_.join();
   }
+  // A paused loop finishes its current step and waits; bodies call wait_if_paused() between steps.
+  void pause(bool paused) { paused_ = paused; }
+  bool paused() const { return paused_.load(); }
+  bool running() const { return thread_.joinable(); }
+  void wait_if_paused() {
+    while (paused_.load() && !stop_.load()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
 
  private:
-  std::atomic<bool> stop_{false};
+  std::atomic<bool> stop_{false}, paused_{false};
   std::thread thread_;
 };
+
+// pause / resume / poll, the same for every RL role.
+void add_lifecycle(MethodTable& m, Loop& loop, const std::function<std::string()>& counters) {
+  m.add("pause", [&loop](const std::string&, const core::Batch&) {
+    loop.pause(true);
+    return CallResult{"paused", {}};
+  });
+  m.add("resume", [&loop](const std::string&, const core::Batch&) {
+    loop.pause(false);
+    return CallResult{"running", {}};
+  });
+  m.add("poll", [&loop, counters](const std::string&, const core::Batch&) {
+    const std::string state = !loop.running() ? "configured" : loop.paused() ? "paused" : "running";
+    return CallResult{"{state: " + state + ", " + counters() + "}", {}};
+  });
+}
 
 // ---- trainer: fragments in, PPO updates, parameters out ----
 
@@ -145,6 +170,7 @@ class Trainer final : public Role {
       metrics_ = std::make_unique<MetricsPusher>(context_, info_);
       return CallResult{"configured", {}};
     });
+    add_lifecycle(m, loop_, [this] { return "version: " + std::to_string(version_); });
     m.add("publish", [this](const std::string&, const core::Batch&) {
       if (params_) params_->publish(version_, flat_parameters(*policy_));
       return CallResult{std::to_string(version_), {}};
@@ -166,6 +192,7 @@ class Trainer final : public Role {
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(12345);
     int64_t trained = 0;
     while (!stop.load()) {
+      loop_.wait_if_paused();
       std::vector<core::Batch> batches;
       int64_t oldest = version_;
       auto last_publish = std::chrono::steady_clock::now();
@@ -240,6 +267,7 @@ class PolicyWorker final : public Role {
       loop_.start(info_.name(), *this, [this](std::atomic<bool>& stop) { serve(stop); });
       return CallResult{"started", {}};
     });
+    add_lifecycle(m, loop_, [this] { return "served: " + std::to_string(served_); });
   }
 
  private:
@@ -260,6 +288,8 @@ class PolicyWorker final : public Role {
       reply.set("log_prob", out.log_prob);
       reply.set("value", out.value);
       server_->reply(*batch, reply, version);
+      served_ += batch->inputs.size();
+      loop_.wait_if_paused();
     }
   }
 
@@ -271,6 +301,7 @@ class PolicyWorker final : public Role {
   std::unique_ptr<core::InferenceServer> server_;
   int64_t max_batch_ = 256;
   std::chrono::milliseconds max_delay_{2};
+  std::atomic<int64_t> served_{0};
   Loop loop_;
 };
 
@@ -328,6 +359,7 @@ class EnvActor final : public Role {
       loop_.start(info_.name(), *this, [this](std::atomic<bool>& stop) { act(stop); });
       return CallResult{"started", {}};
     });
+    add_lifecycle(m, loop_, [this] { return "env_steps: " + std::to_string(steps_done_.load()); });
   }
 
  private:
@@ -421,6 +453,8 @@ class EnvActor final : public Role {
       int64_t fragment_steps = 0;
       for (const auto& e : envs_) fragment_steps += T * e->num_envs();
       steps += fragment_steps;
+      steps_done_ = steps;
+      loop_.wait_if_paused();
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
       episodes.push_back({"env_steps", static_cast<double>(fragment_steps)});
       episodes.push_back({"perf/actor_wait_share", wait_s / std::max(elapsed, 1e-9)});
@@ -457,6 +491,7 @@ class EnvActor final : public Role {
   std::unique_ptr<core::SampleSender> samples_;
   std::unique_ptr<MetricsPusher> metrics_;
   int64_t fragment_steps_ = 128;
+  std::atomic<int64_t> steps_done_{0};
   Loop loop_;
 };
 
@@ -472,6 +507,7 @@ class Buffer final : public Role {
       run_ = std::make_unique<RunConfig>(yaml);
       auto root = run_->root();
       capacity_ = root.section("distributed").get<int64_t>("buffer_capacity", 64, core::at_least<int64_t>(1));
+      replay_ = root.section("distributed").get<std::string>("buffer_mode", "fifo") == "replay";
       int trainers = 1;
       for (auto w : root.list("workers"))
         if (w.get<std::string>("role", "") == "trainer") trainers = w.get<int>("count", 1);
@@ -491,10 +527,12 @@ class Buffer final : public Role {
       loop_.start(info_.name(), *this, [this](std::atomic<bool>& stop) { serve(stop); });
       return CallResult{"started", {}};
     });
+    add_lifecycle(m, loop_, [this] { return "forwarded: " + std::to_string(forwarded_.load()); });
   }
 
  private:
   void serve(std::atomic<bool>& stop) {
+    std::mt19937_64 rng(1234 + info_.rank);
     std::deque<core::Samples> queue;
     int64_t received = 0, forwarded = 0, dropped = 0, reported = 0;
     auto last_report = std::chrono::steady_clock::now();
@@ -508,17 +546,22 @@ class Buffer final : public Role {
         }
       }
       if (!queue.empty()) {
-        const core::Samples& front = queue.front();
-        const size_t slash = front.sender.find('/');
-        const int actor = slash == std::string::npos ? 0 : std::stoi(front.sender.substr(slash + 1));
+        // FIFO forwards (and removes) the oldest fragment; replay forwards a uniformly drawn one
+        // and keeps it, for off-policy learners (IMPALA corrects with V-trace).
+        const size_t pick = replay_ ? rng() % queue.size() : 0;
+        const core::Samples& s = queue[pick];
+        const size_t slash = s.sender.find('/');
+        const int actor = slash == std::string::npos ? 0 : std::stoi(s.sender.substr(slash + 1));
         try {
-          trainers_[actor % trainers_.size()]->send(front.batch, front.policy_version);
-          queue.pop_front();
+          trainers_[actor % trainers_.size()]->send(s.batch, s.policy_version);
+          if (!replay_) queue.pop_front();
           ++forwarded;
+          forwarded_ = forwarded;
         } catch (const TimeoutError&) {
           // The trainer is busy: keep the fragment and keep receiving.
         }
       }
+      loop_.wait_if_paused();
       if (forwarded > reported && (reported == 0 || std::chrono::steady_clock::now() - last_report > 1s)) {
         reported = forwarded;
         metrics_->push(forwarded, {{"received", static_cast<double>(received)},
@@ -537,6 +580,8 @@ class Buffer final : public Role {
   std::unique_ptr<core::SampleReceiver> receiver_;
   std::unique_ptr<MetricsPusher> metrics_;
   int64_t capacity_ = 64;
+  bool replay_ = false;
+  std::atomic<int64_t> forwarded_{0};
   Loop loop_;
 };
 

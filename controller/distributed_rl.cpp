@@ -76,6 +76,9 @@ class DistributedRl final : public Program {
     d.choice("transport", "tcp", {"tcp", "ipc"});
     d.get<int>("env_ring", 1, core::in_range(1, 8));
     d.get<int64_t>("buffer_capacity", 64, core::at_least<int64_t>(1));
+    if (d.choice("buffer_mode", "fifo", {"fifo", "replay"}) == "replay" && on_policy)
+      d.fail("buffer_mode", "replay feeds old fragments again; it suits off-policy algorithms such as impala, not '" +
+                                root.section("algo").get<std::string>("name", "ppo") + "'");
     // How many versions old a fragment may be: 1 for on-policy PPO, unbounded for IMPALA.
     d.get<int64_t>("max_staleness", on_policy ? 1 : 1000000, core::at_least<int64_t>(0));
     d.get<int64_t>("max_delay_ms", 2, core::at_least<int64_t>(0));

@@ -154,6 +154,17 @@ TEST_CASE("impala_runs_a_short_job_and_logs_the_policy_lag") {
     for (const auto& [k, v] : row.values) names.insert(k);
   for (const char* m : {"perf/policy_lag", "losses/policy_loss", "losses/mean_importance_ratio", "charts/episodic_return"})
     CHECK_MESSAGE(names.count(m), std::string(m));
+  // A replay buffer feeds IMPALA old fragments again; PPO refuses one.
+  auto replay = test::run_cli(kCli, {"run", "-q", impala,
+                                     "workers=[{role: env_actor, count: 2}, {role: policy_worker, count: 1}, {role: trainer, count: 1}, "
+                                     "{role: buffer, count: 1}]",
+                                     "distributed.buffer_mode=replay", "train.total_steps=5000", "stop.mean_return=100000",
+                                     "run.dir=replay"},
+                              dir.path(), dir.path());
+  CHECK(replay.code == 0);
+  auto ppo_replay = test::run_cli(kCli, {"validate", kConfig, "distributed.buffer_mode=replay"}, dir.path());
+  CHECK(ppo_replay.code == 2);
+  CHECK(contains(ppo_replay.err, "suits off-policy algorithms"));
   // IMPALA needs distributed actors: without workers the config is refused before running.
   auto single = test::run_cli(kCli, {"validate", impala, "workers=null"}, dir.path());
   CHECK(single.code == 2);

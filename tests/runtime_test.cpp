@@ -2,10 +2,12 @@
 #include <signal.h>
 
 #include <thread>
+#include <yaml-cpp/yaml.h>
 #include <zmq.hpp>
 
 #include "actors/collective.hpp"
 #include "controller/cluster.hpp"
+#include "controller/experiment.hpp"
 #include "core/error.hpp"
 #include "core/name_service.hpp"
 #include "core/names.hpp"
@@ -166,4 +168,37 @@ TEST_CASE("gloo_allreduce_mean_averages_over_ranks") {
   CHECK(at::allclose(results[0], results[1]));
   CHECK(results[0][0].item<float>() == 1.5f);
   CHECK(results[0][3].item<float>() == 5.0f);
+}
+
+TEST_CASE("rl_workers_pause_resume_and_report_through_poll") {
+  test::TempDir dir;
+  auto loaded = controller::load_experiment(std::string(FLOTILLA_SOURCE_DIR) + "/configs/cartpole_ppo_distributed.yaml",
+                                            {"workers=[{role: env_actor, count: 1}, {role: policy_worker, count: 1}, "
+                                             "{role: trainer, count: 1}]"});
+  const std::string config = loaded.config->resolved_yaml();
+  controller::Cluster cluster(dir.path(), "life", {{"trainer", 1}, {"policy_worker", 1}, {"env_actor", 1}}, options());
+  for (const char* role : {"trainer", "policy_worker", "env_actor"}) cluster.run(role, "configure", config);
+  CHECK(cluster.run("env_actor", "poll").result.find("state: configured") != std::string::npos);
+  cluster.run("trainer", "publish");
+  cluster.run("trainer", "start", "1");
+  cluster.run("policy_worker", "start");
+  cluster.run("env_actor", "start");
+  auto steps = [&] {
+    YAML::Node n = YAML::Load(cluster.run("env_actor", "poll").result);
+    return n["env_steps"].as<int64_t>();
+  };
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (steps() == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(steps() > 0);
+  CHECK(cluster.run("env_actor", "pause").result == "paused");
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the fragment under way finishes
+  const int64_t paused_at = steps();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  CHECK(steps() == paused_at);
+  CHECK(cluster.run("env_actor", "poll").result.find("state: paused") != std::string::npos);
+  cluster.run("env_actor", "resume");
+  const auto again = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (steps() == paused_at && std::chrono::steady_clock::now() < again) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(steps() > paused_at);
+  cluster.check();
 }
