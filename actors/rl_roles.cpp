@@ -54,12 +54,19 @@ void MetricsPusher::push(int64_t step, const core::Scalars& values) {
 
 namespace {
 
-// The libtorch threads the workers list gives this role (`threads:`, default 1).
-void set_threads(const core::ConfigView& root, const std::string& role) {
+// A role's entry in the run's `workers:` list: how many ranks (0: none) and their threads.
+struct RoleEntry {
+  int count = 0;
   int threads = 1;
+};
+RoleEntry role_entry(const core::ConfigView& root, const std::string& role) {
   for (auto w : root.list("workers"))
-    if (w.get<std::string>("role", "") == role) threads = w.get<int>("threads", 1);
-  at::set_num_threads(threads);
+    if (w.get<std::string>("role", "") == role) return {w.get<int>("count", 1), w.get<int>("threads", 1)};
+  return {};
+}
+
+void set_threads(const core::ConfigView& root, const std::string& role) {
+  at::set_num_threads(role_entry(root, role).threads);
 }
 
 // What every RL role builds from the config: the env's spaces and a policy initialized from the
@@ -331,9 +338,7 @@ class EnvActor final : public Role {
             context_, names->wait(core::names::stream_endpoint(info_.experiment, info_.trial, "parameters/trainer/0"), 60s,
                                   "trainer/0"));
       } else {
-        int policy_workers = 1;
-        for (auto w : root.list("workers"))
-          if (w.get<std::string>("role", "") == "policy_worker") policy_workers = w.get<int>("count", 1);
+        const int policy_workers = std::max(1, role_entry(root, "policy_worker").count);
         const std::string policy = "policy_worker/" + std::to_string(info_.rank % policy_workers);
         inference_ = core::zmq_inference_client(
             context_,
@@ -341,12 +346,7 @@ class EnvActor final : public Role {
             info_.name());
       }
       // Fragments go to a buffer when the run has one, else straight to a trainer.
-      int trainers = 1, buffers = 0;
-      for (auto w : root.list("workers")) {
-        const std::string role = w.get<std::string>("role", "");
-        if (role == "trainer") trainers = w.get<int>("count", 1);
-        if (role == "buffer") buffers = w.get<int>("count", 1);
-      }
+      const int trainers = std::max(1, role_entry(root, "trainer").count), buffers = role_entry(root, "buffer").count;
       const std::string target = buffers > 0 ? "buffer/" + std::to_string(info_.rank % buffers)
                                              : "trainer/" + std::to_string(info_.rank % trainers);
       samples_ = core::zmq_sample_sender(
@@ -370,12 +370,6 @@ class EnvActor final : public Role {
   };
 
   void act(std::atomic<bool>& stop) {
-    const envs::Space& space = envs_.front()->spec().action_space;
-    at::Tensor low, high;
-    if (space.kind == envs::Space::Kind::Box) {
-      low = at::tensor(space.low, at::kDouble).to(at::kFloat);
-      high = at::tensor(space.high, at::kDouble).to(at::kFloat);
-    }
     const int64_t T = fragment_steps_;
     const size_t ring = envs_.size();
     std::vector<Track> tracks(ring);
@@ -400,7 +394,7 @@ class EnvActor final : public Role {
           wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
           oldest = std::min(oldest, version);
           at::Tensor a = reply["action"].clone();
-          env.step(low.defined() ? at::max(at::min(a, high), low).contiguous() : a);
+          env.step(env.clip_actions(a));
           tr.obs.push_back(tr.request["obs"]);
           tr.action.push_back(a);
           tr.log_prob.push_back(reply["log_prob"].clone());
@@ -410,12 +404,15 @@ class EnvActor final : public Role {
           tr.truncated.push_back(env.truncated().clone());
           tr.final_obs.push_back(env.final_obs().clone());
           ask(k);  // the next request goes out before the other batches step
-          at::Tensor done = env.terminated() | env.truncated();
-          for (int64_t i = 0; i < env.num_envs(); ++i)
-            if (done[i].item<bool>()) {
-              episodes.push_back({"episode/return", env.episode_return()[i].item<double>()});
-              episodes.push_back({"episode/length", env.episode_length()[i].item<double>()});
+          at::Tensor ended = (env.terminated() | env.truncated()).nonzero().squeeze(1);
+          if (ended.numel() > 0) {
+            at::Tensor returns = env.episode_return().index_select(0, ended).to(at::kDouble);
+            at::Tensor lengths = env.episode_length().index_select(0, ended).to(at::kDouble);
+            for (int64_t i = 0; i < ended.numel(); ++i) {
+              episodes.push_back({"episode/return", returns[i].item<double>()});
+              episodes.push_back({"episode/length", lengths[i].item<double>()});
             }
+          }
         }
       }
       if (stop.load()) break;
@@ -508,9 +505,7 @@ class Buffer final : public Role {
       auto root = run_->root();
       capacity_ = root.section("distributed").get<int64_t>("buffer_capacity", 64, core::at_least<int64_t>(1));
       replay_ = root.section("distributed").get<std::string>("buffer_mode", "fifo") == "replay";
-      int trainers = 1;
-      for (auto w : root.list("workers"))
-        if (w.get<std::string>("role", "") == "trainer") trainers = w.get<int>("count", 1);
+      const int trainers = std::max(1, role_entry(root, "trainer").count);
       auto names = core::directory_name_service(info_.name_dir);
       for (int t = 0; t < trainers; ++t) {
         const std::string trainer = "trainer/" + std::to_string(t);

@@ -73,13 +73,6 @@ struct Agent {
     if (update) obs_rms.update(raw);
     return obs_rms.normalize(raw, clip_obs);
   }
-  // Actions as the env takes them: continuous ones clipped to the space's bounds.
-  at::Tensor env_action(const at::Tensor& action) const {
-    const envs::Space& s = env->spec().action_space;
-    if (s.kind != envs::Space::Kind::Box) return action;
-    auto low = at::tensor(s.low, at::kDouble).to(at::kFloat), high = at::tensor(s.high, at::kDouble).to(at::kFloat);
-    return at::max(at::min(action, high), low).contiguous();
-  }
 };
 
 Agent make_agent(const core::ConfigView& root, const TrainConfig& t, int64_t seed) {
@@ -215,7 +208,7 @@ class RlProgram final : public Program {
     at::Tensor current = agent_.observe(env.obs(), true);
     for (int64_t t = 0; t < T; ++t) {
       models::ActOutput out = agent_.policy->act(current, false, gen_);
-      env.step(agent_.env_action(out.action));
+      env.step(env.clip_actions(out.action));
       obs[t] = current;
       action[t] = out.action;
       log_prob[t] = out.log_prob;
@@ -324,7 +317,7 @@ EvalResult evaluate_checkpoint(const fs::path& path, int episodes, bool determin
   for (int64_t i = 0; i < episodes % n; ++i) ++quota[i];
   while (static_cast<int>(returns.size()) < episodes) {
     models::ActOutput out = a.policy->act(a.observe(a.env->obs(), false), deterministic, gen);
-    a.env->step(a.env_action(out.action));
+    a.env->step(a.env->clip_actions(out.action));
     at::Tensor done = a.env->terminated() | a.env->truncated();
     for (int64_t i = 0; i < n; ++i)
       if (quota[i] > 0 && done[i].item<bool>()) {

@@ -24,6 +24,16 @@ VecEnv::VecEnv(EnvSpec spec, int64_t num_envs, int64_t capacity, int32_t max_epi
   terminated_ = rows(at::zeros({capacity}, f32.dtype(at::kBool)));
   truncated_ = rows(at::zeros({capacity}, f32.dtype(at::kBool)));
   episode_length_ = rows(at::zeros({capacity}, f32.dtype(at::kInt)));
+  const Space& a = spec_.action_space;
+  if (a.kind == Space::Kind::Box) {
+    action_low_ = at::tensor(a.low, at::kDouble).to(f32);
+    action_high_ = at::tensor(a.high, at::kDouble).to(f32);
+  }
+}
+
+at::Tensor VecEnv::clip_actions(const at::Tensor& actions) const {
+  if (!action_low_.defined()) return actions;
+  return at::max(at::min(actions, action_high_), action_low_).contiguous();
 }
 
 void VecEnv::step(const at::Tensor& actions) { step_checked(check_actions(actions)); }

@@ -39,6 +39,9 @@ class VecEnv {
   // Steps every env with `actions` ([N] int64 for Discrete, [N, k] int64 for MultiDiscrete,
   // [N, k] float32 for Box). Throws naming the env index and value of an invalid action.
   void step(const at::Tensor& actions);
+  // Box actions clipped to the space's bounds, as Gymnasium's ClipAction does (a policy's
+  // Gaussian samples are unbounded); other actions are returned as they are.
+  at::Tensor clip_actions(const at::Tensor& actions) const;
 
   // Sets env i's physical state (spec().state_layout order) and recomputes its observation.
   virtual void set_state(int64_t env, const std::vector<double>& state) = 0;
@@ -66,6 +69,7 @@ class VecEnv {
   int64_t num_envs_;
   int32_t max_episode_steps_;
   at::Tensor obs_, reward_, terminated_, truncated_, final_obs_, episode_return_, episode_length_;
+  at::Tensor action_low_, action_high_;  // Box spaces only
 
  private:
   at::Tensor check_actions(const at::Tensor& actions) const;

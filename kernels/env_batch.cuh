@@ -24,20 +24,19 @@ __global__ void env_reset_kernel(typename E::Params p, EnvBuffers b) {
   reset_one<E>(p, b, i);
 }
 
-// Launches on `stream`; returns the CUDA error of the launch (cudaSuccess when queued).
+constexpr int kEnvThreads = 256;
+inline unsigned env_blocks(int64_t envs) { return static_cast<unsigned>((envs + kEnvThreads - 1) / kEnvThreads); }
+
+// Launch on `stream`; return the CUDA error of the launch (cudaSuccess when queued).
 template <class E>
 cudaError_t cuda_env_step(const typename E::Params& p, const EnvBuffers& b, cudaStream_t stream) {
-  constexpr int kThreads = 256;
-  const auto blocks = static_cast<unsigned>((b.num_envs + kThreads - 1) / kThreads);
-  env_step_kernel<E><<<blocks, kThreads, 0, stream>>>(p, b);
+  env_step_kernel<E><<<env_blocks(b.num_envs), kEnvThreads, 0, stream>>>(p, b);
   return cudaGetLastError();
 }
 
 template <class E>
 cudaError_t cuda_env_reset(const typename E::Params& p, const EnvBuffers& b, cudaStream_t stream) {
-  constexpr int kThreads = 256;
-  const auto blocks = static_cast<unsigned>((b.num_envs + kThreads - 1) / kThreads);
-  env_reset_kernel<E><<<blocks, kThreads, 0, stream>>>(p, b);
+  env_reset_kernel<E><<<env_blocks(b.num_envs), kEnvThreads, 0, stream>>>(p, b);
   return cudaGetLastError();
 }
 

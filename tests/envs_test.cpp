@@ -371,3 +371,15 @@ TEST_CASE("env_params_come_from_the_experiment_config") {
   core::Config wrong(core::ConfigTree::load_string("env: {id: CartPol-v1}\n", "y.yaml"));
   CHECK(error_of([&] { envs::make_env(wrong.root().section("env")); }).find("y.yaml:1:11: env.id") != std::string::npos);
 }
+
+TEST_CASE("clip_actions_bounds_box_actions_and_leaves_discrete_ones") {
+  EnvOptions o;
+  o.num_envs = 2;
+  auto pend = make_env("Pendulum-v1", o);
+  at::Tensor clipped = pend->clip_actions(box({5.0f, -0.5f}));
+  CHECK(clipped[0][0].item<float>() == 2.0f);
+  CHECK(clipped[1][0].item<float>() == -0.5f);
+  auto cart = make_env("CartPole-v1", o);
+  at::Tensor a = discrete({1, 0});
+  CHECK(at::equal(cart->clip_actions(a), a));
+}
