@@ -16,6 +16,7 @@
 #include "controller/experiment.hpp"
 #include "core/fs.hpp"
 #include "core/stream.hpp"
+#include "envs/multi_agent.hpp"
 #include "envs/registry.hpp"
 
 namespace flotilla::controller {
@@ -43,6 +44,21 @@ std::vector<at::Tensor> random_actions(const envs::Space& space, int64_t num_env
   return out;
 }
 
+// `count` batches of random actions, each agent's inside its own space: [N, A] or [N, A, k].
+std::vector<at::Tensor> random_agent_actions(const envs::MultiAgentSpec& spec, int64_t num_envs, int count) {
+  std::vector<at::Tensor> out;
+  for (int i = 0; i < count; ++i) {
+    std::vector<at::Tensor> cols;
+    for (const auto& agent : spec.agents) {
+      at::Tensor a = random_actions(agent.action, num_envs, 1)[0];
+      if (!spec.discrete()) a = at::constant_pad_nd(a, {0, spec.action_dim() - a.size(1)});
+      cols.push_back(a.unsqueeze(1));
+    }
+    out.push_back(at::cat(cols, 1).contiguous());
+  }
+  return out;
+}
+
 }  // namespace
 
 int bench_env(const EnvBenchArgs& args) {
@@ -50,13 +66,28 @@ int bench_env(const EnvBenchArgs& args) {
   options.num_envs = args.num_envs;
   options.threads = args.threads;
   options.backend = args.backend;
-  auto env = envs::make_env(args.env, options);
-  auto actions = random_actions(env->spec().action_space, args.num_envs, 16);
-  env->reset(1);
+  // Multi-agent envs are timed natively ([N, A] actions); agent steps = env steps x agents.
+  std::function<void(const at::Tensor&)> step;
+  std::vector<at::Tensor> actions;
+  int agents = 1;
+  std::unique_ptr<envs::VecEnv> env;
+  std::unique_ptr<envs::MultiAgentVecEnv> ma_env;
+  if (envs::is_multi_agent(args.env)) {
+    ma_env = envs::make_multi_agent_env(args.env, options);
+    actions = random_agent_actions(ma_env->spec(), args.num_envs, 16);
+    agents = ma_env->num_agents();
+    ma_env->reset(1);
+    step = [&](const at::Tensor& a) { ma_env->step(a); };
+  } else {
+    env = envs::make_env(args.env, options);
+    actions = random_actions(env->spec().action_space, args.num_envs, 16);
+    env->reset(1);
+    step = [&](const at::Tensor& a) { env->step(a); };
+  }
   using clock = std::chrono::steady_clock;
   auto run = [&](int64_t steps) {
     const auto t0 = clock::now();
-    for (int64_t s = 0; s < steps; ++s) env->step(actions[s % actions.size()]);
+    for (int64_t s = 0; s < steps; ++s) step(actions[s % actions.size()]);
     return std::chrono::duration<double>(clock::now() - t0).count();
   };
   // Warm up (caches, thread wake-up), then size the measured run to about a second.
@@ -68,12 +99,18 @@ int bench_env(const EnvBenchArgs& args) {
     nlohmann::ordered_json j = {{"env", args.env},         {"num_envs", args.num_envs}, {"threads", args.threads},
                                 {"backend", args.backend}, {"batch_steps", steps},     {"seconds", seconds},
                                 {"steps_per_second", sps}};
+    if (ma_env) {
+      j["agents"] = agents;
+      j["agent_steps_per_second"] = sps * agents;
+    }
     std::cout << j.dump() << "\n";
   } else {
     std::cout << "env: " << args.env << "  num_envs: " << args.num_envs << "  threads: " << args.threads
               << "  backend: " << args.backend << "\n"
               << "env steps: " << steps * args.num_envs << " in " << seconds << " s (" << steps << " batch steps)\n"
               << "steps_per_second: " << static_cast<int64_t>(sps) << "\n";
+    if (ma_env)
+      std::cout << "agents: " << agents << "  agent_steps_per_second: " << static_cast<int64_t>(sps * agents) << "\n";
   }
   return 0;
 }

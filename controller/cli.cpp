@@ -114,8 +114,11 @@ int flotilla::controller::cli_main(int argc, char** argv) {
   trace_cmd->add_option("--env", trace.env, "environment id")->required();
   trace_cmd->add_option("--seed", trace.seed, "reset seed");
   trace_cmd->add_option("--init-state", trace.init_state,
-                        "JSON array: the physical state right after reset, in Gymnasium's env.unwrapped.state order");
-  auto* actions_opt = trace_cmd->add_option("--actions", trace.actions, "JSON array of actions, one per step");
+                        "the state right after reset: a JSON array in Gymnasium's env.unwrapped.state order, or for "
+                        "MPE {\"agents\":[{\"p_pos\":[x,y],\"p_vel\":[x,y]},...],\"landmarks\":[{\"p_pos\":[x,y]},...]}");
+  trace_cmd->add_option("--param", trace.params, "env parameter key=value, e.g. N=4 (repeatable)");
+  auto* actions_opt = trace_cmd->add_option(
+      "--actions", trace.actions, "JSON array of actions, one per step (multi-agent: a list of per-agent actions)");
   trace_cmd->add_option("--actions-file", trace.actions_file, "file with a JSON array of actions (or one per line)")
       ->check(CLI::ExistingFile)
       ->excludes(actions_opt);

@@ -16,6 +16,7 @@ struct TraceArgs {
   std::string init_state;    // JSON array, or "" to keep the reset state
   std::string actions;       // JSON array of actions
   std::string actions_file;  // a file holding the same (or one action per line)
+  std::vector<std::string> params;  // key=value env params (multi-agent scenarios' constructor arguments)
 };
 // `flotilla env trace`: steps one env and prints one JSON object per line.
 int env_trace(const TraceArgs& args);

@@ -9,6 +9,7 @@
 #include "controller/commands.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "envs/multi_agent.hpp"
 #include "envs/registry.hpp"
 
 namespace flotilla::controller {
@@ -87,35 +88,138 @@ at::Tensor action_tensor(const envs::Space& space, const nlohmann::json& a, int6
   return at::tensor(v, at::kFloat).reshape({1, -1});
 }
 
+// The experiment-style params section from --param key=value pairs.
+core::Config params_config(const std::vector<std::string>& pairs) {
+  std::string yaml;
+  for (const auto& kv : pairs) {
+    const size_t eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) throw ConfigError("--param takes key=value, got '" + kv + "'");
+    yaml += kv.substr(0, eq) + ": " + kv.substr(eq + 1) + "\n";
+  }
+  return core::Config(core::ConfigTree::load_string(yaml.empty() ? "{}" : yaml, "--param"));
+}
+
+// One step's actions for every agent as a [1, A] or [1, A, k] tensor.
+at::Tensor agent_actions(const envs::MultiAgentSpec& spec, const nlohmann::json& a, int64_t t) {
+  const std::string where = "actions for step " + std::to_string(t);
+  if (!a.is_array() || a.size() != spec.agents.size())
+    throw ConfigError(where + ": expected a list of " + std::to_string(spec.agents.size()) + " per-agent actions, got " +
+                      a.dump());
+  if (spec.discrete()) {
+    std::vector<int64_t> v;
+    for (const auto& x : a) {
+      if (!x.is_number_integer()) throw ConfigError(where + ": expected integers, got " + a.dump());
+      v.push_back(x.get<int64_t>());
+    }
+    return at::tensor(v, at::kLong).reshape({1, -1});
+  }
+  const int64_t k = spec.action_dim();
+  std::vector<float> v(spec.agents.size() * k, 0.0f);
+  for (size_t i = 0; i < a.size(); ++i) {
+    const int64_t width = spec.agents[i].action.numel();
+    if (!a[i].is_array() || static_cast<int64_t>(a[i].size()) != width)
+      throw ConfigError(where + ": agent '" + spec.agents[i].name + "' takes " + std::to_string(width) + " numbers (" +
+                        spec.agents[i].action.str() + "), got " + a[i].dump());
+    for (int64_t j = 0; j < width; ++j) {
+      if (!a[i][j].is_number()) throw ConfigError(where + ": expected numbers, got " + a[i].dump());
+      v[i * k + j] = a[i][j].get<float>();
+    }
+  }
+  return at::tensor(v, at::kFloat).reshape({1, static_cast<int64_t>(spec.agents.size()), k});
+}
+
+int multi_agent_trace(const TraceArgs& args) {
+  core::Config params = params_config(args.params);
+  core::ConfigView view = params.root();
+  auto env = envs::make_multi_agent_env(args.env, envs::EnvOptions{}, &view);
+  params.check_unknown_keys();
+  const envs::MultiAgentSpec& spec = env->spec();
+  env->reset(args.seed);
+  if (!args.init_state.empty()) env->set_state_json(0, args.init_state);
+  auto agents_json = [&](const at::Tensor& obs, bool with_reward) {
+    std::string out = "{";
+    for (int a = 0; a < env->num_agents(); ++a) {
+      out += (a ? ",\"" : "\"") + spec.agents[a].name + "\":{\"obs\":" +
+             f32_list(obs[0][a].contiguous().data_ptr<float>(), spec.agents[a].observation.numel());
+      if (with_reward) out += ",\"reward\":" + f32(env->reward()[0][a].item<float>());
+      out += "}";
+    }
+    return out + "}";
+  };
+  std::vector<nlohmann::json> actions = read_actions(args);
+  std::cout << "{\"t\":0,\"agents\":" << agents_json(env->obs(), false) << "}\n";
+  for (size_t t = 1; t <= actions.size(); ++t) {
+    try {
+      env->step(agent_actions(spec, actions[t - 1], static_cast<int64_t>(t)));
+    } catch (const ConfigError&) {
+      throw;
+    } catch (const Error& e) {
+      throw ConfigError("step " + std::to_string(t) + ": " + e.what());
+    }
+    const bool terminated = env->terminated()[0].item<bool>(), truncated = env->truncated()[0].item<bool>();
+    const at::Tensor& obs = terminated || truncated ? env->final_obs() : env->obs();
+    std::cout << "{\"t\":" << t << ",\"actions\":" << actions[t - 1].dump() << ",\"agents\":" << agents_json(obs, true)
+              << ",\"terminated\":" << (terminated ? "true" : "false") << ",\"truncated\":" << (truncated ? "true" : "false")
+              << "}\n";
+    if (terminated || truncated) {
+      if (t < actions.size())
+        std::cerr << "env trace: the episode ended at step " << t << "; " << actions.size() - t
+                  << " remaining actions were not used\n";
+      break;
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 int env_list(bool json) {
   auto specs = envs::env_specs();
   if (json) {
     nlohmann::ordered_json out = nlohmann::ordered_json::array();
-    for (const auto& s : specs)
-      out.push_back({{"id", s.id},
-                     {"observation_space", s.observation_space.str()},
-                     {"action_space", s.action_space.str()},
-                     {"max_episode_steps", s.max_episode_steps},
-                     {"state", s.state_layout},
-                     {"summary", s.summary}});
+    for (const auto& s : specs) {
+      nlohmann::ordered_json e = {{"id", s.id},
+                                  {"observation_space", s.observation_space.str()},
+                                  {"action_space", s.action_space.str()},
+                                  {"max_episode_steps", s.max_episode_steps},
+                                  {"state", s.state_layout},
+                                  {"summary", s.summary}};
+      if (envs::is_multi_agent(s.id)) {
+        const envs::MultiAgentSpec& m = envs::multi_agent_spec(s.id);
+        e["agents"] = nlohmann::ordered_json::array();
+        for (const auto& a : m.agents)
+          e["agents"].push_back({{"name", a.name}, {"observation_space", a.observation.str()}, {"action_space", a.action.str()}});
+        e["global_state_space"] = m.state.str();
+        e.erase("state");
+      }
+      out.push_back(e);
+    }
     std::cout << out.dump(2) << "\n";
     return 0;
   }
   size_t w = 2;
   for (const auto& s : specs) w = std::max(w, s.id.size());
+  const std::string pad(w + 2, ' ');
   for (const auto& s : specs) {
-    std::cout << std::left << std::setw(static_cast<int>(w) + 2) << s.id << s.summary << "\n"
-              << std::string(w + 2, ' ') << "observations " << s.observation_space.str() << "\n"
-              << std::string(w + 2, ' ') << "actions      " << s.action_space.str() << "\n"
-              << std::string(w + 2, ' ') << "max steps    " << s.max_episode_steps << "\n";
+    std::cout << std::left << std::setw(static_cast<int>(w) + 2) << s.id << s.summary << "\n";
+    if (envs::is_multi_agent(s.id)) {
+      const envs::MultiAgentSpec& m = envs::multi_agent_spec(s.id);
+      for (const auto& a : m.agents)
+        std::cout << pad << "agent " << a.name << ": observations " << a.observation.str() << ", actions " << a.action.str()
+                  << "\n";
+      std::cout << pad << "global state " << m.state.str() << "\n";
+    } else {
+      std::cout << pad << "observations " << s.observation_space.str() << "\n" << pad << "actions      " << s.action_space.str() << "\n";
+    }
+    std::cout << pad << "max steps    " << s.max_episode_steps << "\n";
   }
   return 0;
 }
 
 int env_trace(const TraceArgs& args) {
   const envs::EnvSpec& spec = envs::env_spec(args.env);
+  if (envs::is_multi_agent(args.env)) return multi_agent_trace(args);
+  if (!args.params.empty()) throw ConfigError("--param is for multi-agent envs; " + spec.id + " takes none");
   auto env = envs::make_env(args.env, envs::EnvOptions{});
   env->reset(args.seed);
   if (!args.init_state.empty()) {

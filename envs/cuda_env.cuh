@@ -6,6 +6,7 @@
 #include "core/error.hpp"
 #include "envs/batched_env_hooks.hpp"
 #include "kernels/env_batch.cuh"
+#include "kernels/multi_agent_batch.cuh"
 
 namespace flotilla::envs {
 
@@ -26,6 +27,16 @@ template <class E>
 void install_cuda_env() {
   CudaHooks<E>::step = &CudaEnvLaunch<E>::step;
   CudaHooks<E>::reset = &CudaEnvLaunch<E>::reset;
+}
+
+template <class E>
+void install_cuda_multi_agent_env() {
+  MultiAgentCudaHooks<E>::step = [](const typename E::Params& p, const kernels::MultiAgentBuffers& b) {
+    CudaEnvLaunch<E>::check(kernels::cuda_ma_env_step<E>(p, b, nullptr), "multi-agent env step");
+  };
+  MultiAgentCudaHooks<E>::reset = [](const typename E::Params& p, const kernels::MultiAgentBuffers& b) {
+    CudaEnvLaunch<E>::check(kernels::cuda_ma_env_reset<E>(p, b, nullptr), "multi-agent env reset");
+  };
 }
 
 }  // namespace flotilla::envs

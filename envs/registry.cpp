@@ -8,6 +8,7 @@
 namespace flotilla::envs {
 
 void register_classic_envs();  // envs/classic/classic.cpp
+void register_mpe_envs();      // envs/mpe/mpe.cpp
 
 namespace {
 
@@ -24,7 +25,10 @@ std::map<std::string, Entry>& entries() {
 // Built-in envs join on first use, so static libraries need no registration tricks.
 std::map<std::string, Entry>& registry() {
   static std::once_flag once;
-  std::call_once(once, [] { register_classic_envs(); });
+  std::call_once(once, [] {
+    register_classic_envs();
+    register_mpe_envs();
+  });
   return entries();
 }
 
@@ -68,13 +72,17 @@ std::unique_ptr<VecEnv> make_env(const core::ConfigView& env) {
   } catch (const ConfigError& e) {
     env.fail("id", e.what());
   }
+  core::ConfigView params = env.section("params");
+  return make_env(id, read_env_options(env), &params);
+}
+
+EnvOptions read_env_options(const core::ConfigView& env) {
   EnvOptions o;
   o.num_envs = env.get<int64_t>("num_envs", 8, core::at_least<int64_t>(1));
   o.threads = env.get<int>("threads", 1, core::in_range(1, 256));
   o.backend = env.choice("backend", "cpu", {"cpu", "cuda"});
   o.max_episode_steps = env.get<int>("max_episode_steps", 0, core::at_least(0));
-  core::ConfigView params = env.section("params");
-  return make_env(id, o, &params);
+  return o;
 }
 
 }  // namespace flotilla::envs

@@ -31,5 +31,7 @@ std::unique_ptr<VecEnv> make_env(const std::string& id, const EnvOptions& option
                                  const core::ConfigView* params = nullptr);
 // From an experiment's `env:` section: id, num_envs, threads, backend, max_episode_steps, params.
 std::unique_ptr<VecEnv> make_env(const core::ConfigView& env);
+// num_envs, threads, backend and max_episode_steps from an experiment's `env:` section.
+EnvOptions read_env_options(const core::ConfigView& env);
 
 }  // namespace flotilla::envs

@@ -24,6 +24,7 @@ VecEnv::VecEnv(EnvSpec spec, int64_t num_envs, int64_t capacity, int32_t max_epi
   terminated_ = rows(at::zeros({capacity}, f32.dtype(at::kBool)));
   truncated_ = rows(at::zeros({capacity}, f32.dtype(at::kBool)));
   episode_length_ = rows(at::zeros({capacity}, f32.dtype(at::kInt)));
+  if (spec_.has_outcome) episode_won_ = rows(at::zeros({capacity}, f32));
   const Space& a = spec_.action_space;
   if (a.kind == Space::Kind::Box) {
     action_low_ = at::tensor(a.low, at::kDouble).to(f32);

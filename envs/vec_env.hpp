@@ -13,6 +13,20 @@
 
 namespace flotilla::envs {
 
+// The parts of an observation row of a multi-agent env seen as agent rows (envs/multi_agent.hpp);
+// all zero for single-agent envs, whose whole row is the observation.
+struct ObsLayout {
+  int64_t obs_dim = 0;     // [0, obs_dim): the agent's own observation
+  int64_t agents = 0;      // [obs_dim, obs_dim + agents): the agent's one-hot id
+  int64_t state_dim = 0;   // then the global state
+  int64_t mask_dim = 0;    // then the action mask, 1 where available (0: no mask)
+  bool multi_agent() const { return agents > 0; }
+  int64_t actor_dim() const { return obs_dim + agents; }          // what a decentralized policy reads
+  int64_t critic_offset() const { return obs_dim; }               // agent id + global state
+  int64_t critic_dim() const { return agents + state_dim; }
+  int64_t mask_offset() const { return obs_dim + agents + state_dim; }
+};
+
 struct EnvSpec {
   std::string id;        // Gymnasium's id, e.g. "CartPole-v1"
   std::string summary;   // one line for `flotilla env list`
@@ -20,6 +34,8 @@ struct EnvSpec {
   Space action_space;
   int32_t max_episode_steps = 0;
   std::vector<std::string> state_layout;  // the physical state, in Gymnasium's env.unwrapped.state order
+  ObsLayout layout{};        // multi-agent envs as agent rows only
+  bool has_outcome = false;  // episodes are won or lost: episode_won() is filled
 };
 
 class VecEnv {
@@ -60,6 +76,7 @@ class VecEnv {
   const at::Tensor& final_obs() const { return final_obs_; }      // [N, obs...], where an episode ended
   const at::Tensor& episode_return() const { return episode_return_; }  // [N] float32, where an episode ended
   const at::Tensor& episode_length() const { return episode_length_; }  // [N] int32, where an episode ended
+  const at::Tensor& episode_won() const { return episode_won_; }  // [N] float32 1/0 where an episode ended (has_outcome)
 
  protected:
   // Called with actions already checked: right dtype, shape, range, no NaN, contiguous.
@@ -68,7 +85,7 @@ class VecEnv {
   EnvSpec spec_;
   int64_t num_envs_;
   int32_t max_episode_steps_;
-  at::Tensor obs_, reward_, terminated_, truncated_, final_obs_, episode_return_, episode_length_;
+  at::Tensor obs_, reward_, terminated_, truncated_, final_obs_, episode_return_, episode_length_, episode_won_;
   at::Tensor action_low_, action_high_;  // Box spaces only
 
  private:

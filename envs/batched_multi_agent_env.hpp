@@ -1,0 +1,143 @@
+#pragma once
+// BatchedMultiAgentEnv<E>: batching, threads, auto-reset, statistics and seeding for any
+// multi-agent env type E written as kernels/multi_agent_batch.hpp describes. Include it only
+// where an env is registered.
+#include <ATen/ATen.h>
+
+#include <memory>
+
+#include "core/error.hpp"
+#include "core/slice_pool.hpp"
+#include "envs/batched_env_hooks.hpp"
+#include "envs/multi_agent.hpp"
+#include "kernels/multi_agent_batch.hpp"
+
+namespace flotilla::envs {
+
+template <class E>
+class BatchedMultiAgentEnv final : public MultiAgentVecEnv {
+ public:
+  BatchedMultiAgentEnv(const MultiAgentSpec& spec, typename E::Params params, const EnvOptions& options)
+      : MultiAgentVecEnv(spec, options.num_envs,
+                         options.max_episode_steps > 0 ? options.max_episode_steps : spec.max_episode_steps),
+        capacity_(options.num_envs),
+        params_(params),
+        cuda_(options.backend == "cuda") {
+    if (options.backend != "cpu" && options.backend != "cuda")
+      throw ConfigError(spec_.id + ": backend must be 'cpu' or 'cuda', got '" + options.backend + "'");
+    if (cuda_ && (!MultiAgentCudaHooks<E>::step || !at::hasCUDA()))
+      throw ConfigError(spec_.id + ": backend 'cuda' needs a build with CUDA, a GPU and a libtorch built with CUDA; "
+                                   "this machine or build lacks one (use backend 'cpu')");
+    allocate(capacity_);
+    auto opts = obs_.options();
+    state_ = at::zeros({E::state_vars(params_), capacity_}, opts.dtype(at::kDouble));
+    return_so_far_ = at::zeros({capacity_, num_agents()}, opts.dtype(at::kDouble));
+    elapsed_ = at::zeros({capacity_}, opts.dtype(at::kInt));
+    episode_ = at::zeros({capacity_}, opts.dtype(at::kInt));
+    if (!cuda_) pool_ = std::make_unique<core::SlicePool>(options.threads);
+  }
+
+  std::string backend() const override { return cuda_ ? "cuda" : "cpu"; }
+
+  void reset(uint64_t seed) override {
+    seed_ = seed;
+    kernels::MultiAgentBuffers b = buffers(nullptr);
+    terminated_.zero_();
+    truncated_.zero_();
+    reward_.zero_();
+    agent_done_.zero_();
+    if (cuda_) return MultiAgentCudaHooks<E>::reset(params_, b);
+    pool_->run(capacity_, [&](int64_t begin, int64_t end) { kernels::ma_cpu_reset_range<E>(params_, b, begin, end); });
+  }
+
+  void set_state_json(int64_t env, const std::string& json) override {
+    if (env < 0 || env >= num_envs_)
+      throw Error(spec_.id + ": env index " + std::to_string(env) + " is outside 0 to " + std::to_string(num_envs_ - 1));
+    at::Tensor host = state_.cpu().contiguous();
+    E::set_state_json(params_, kernels::StateRef{host.data_ptr<double>() + env, capacity_}, json);
+    state_.copy_(host);
+    // Observations from the new state, computed on the CPU for this one env.
+    at::Tensor obs = obs_.cpu().contiguous(), avail = avail_.cpu().contiguous(), gs = global_state_.cpu().contiguous();
+    kernels::MultiAgentBuffers b = buffers(nullptr);
+    b.state = host.data_ptr<double>();
+    b.obs = obs.data_ptr<float>();
+    b.avail = avail.data_ptr<bool>();
+    b.global_state = gs.data_ptr<float>();
+    kernels::ma_observe<E>(params_, b, env);
+    obs_.copy_(obs);
+    avail_.copy_(avail);
+    global_state_.copy_(gs);
+  }
+
+  std::vector<std::pair<std::string, at::Tensor>> save() const override {
+    return {{"env.state", state_.cpu()},       {"env.return_so_far", return_so_far_.cpu()},
+            {"env.elapsed", elapsed_.cpu()},   {"env.episode", episode_.cpu()},
+            {"env.obs", obs_.cpu()},           {"env.avail", avail_.cpu()},
+            {"env.global_state", global_state_.cpu()},
+            {"env.seed", at::full({1}, static_cast<int64_t>(seed_), at::kLong)}};
+  }
+
+  void restore(const std::vector<std::pair<std::string, at::Tensor>>& tensors) override {
+    auto get = [&](const std::string& name, const at::Tensor& like) -> at::Tensor {
+      for (const auto& [n, t] : tensors)
+        if (n == name) {
+          if (t.sizes() != like.sizes() || t.scalar_type() != like.scalar_type())
+            throw FormatError(spec_.id + ": saved '" + name + "' does not fit this batch (another num_envs?)");
+          return t;
+        }
+      throw FormatError(spec_.id + ": the checkpoint has no '" + name + "'");
+    };
+    const std::vector<std::pair<const char*, at::Tensor*>> parts = {
+        {"env.state", &state_},  {"env.return_so_far", &return_so_far_}, {"env.elapsed", &elapsed_},
+        {"env.episode", &episode_}, {"env.obs", &obs_}, {"env.avail", &avail_}, {"env.global_state", &global_state_}};
+    for (const auto& [name, t] : parts) t->copy_(get(name, *t));
+    seed_ = static_cast<uint64_t>(get("env.seed", at::zeros({1}, at::kLong)).template item<int64_t>());
+  }
+
+ protected:
+  void step_checked(const at::Tensor& actions) override {
+    kernels::MultiAgentBuffers b = buffers(actions.data_ptr());
+    if (cuda_) return MultiAgentCudaHooks<E>::step(params_, b);
+    pool_->run(num_envs_, [&](int64_t begin, int64_t end) { kernels::ma_cpu_step_range<E>(params_, b, begin, end); });
+  }
+
+ private:
+  kernels::MultiAgentBuffers buffers(const void* actions) const {
+    kernels::MultiAgentBuffers b;
+    b.num_envs = capacity_;
+    b.agents = num_agents();
+    b.obs_dim = static_cast<int32_t>(spec_.obs_dim());
+    b.state_dim = static_cast<int32_t>(spec_.state.numel());
+    b.avail_dim = static_cast<int32_t>(spec_.avail_dim());
+    b.action_dim = static_cast<int32_t>(spec_.action_dim());
+    b.state = state_.data_ptr<double>();
+    b.obs = obs_.data_ptr<float>();
+    b.final_obs = final_obs_.data_ptr<float>();
+    b.global_state = global_state_.data_ptr<float>();
+    b.final_global_state = final_state_.data_ptr<float>();
+    b.avail = avail_.data_ptr<bool>();
+    b.reward = reward_.data_ptr<float>();
+    b.agent_done = agent_done_.data_ptr<bool>();
+    b.terminated = terminated_.data_ptr<bool>();
+    b.truncated = truncated_.data_ptr<bool>();
+    b.won = won_.data_ptr<float>();
+    b.return_so_far = return_so_far_.data_ptr<double>();
+    b.elapsed = elapsed_.data_ptr<int32_t>();
+    b.episode = reinterpret_cast<uint32_t*>(episode_.data_ptr<int32_t>());
+    b.episode_return = episode_return_.data_ptr<float>();
+    b.episode_length = episode_length_.data_ptr<int32_t>();
+    b.actions = actions;
+    b.seed = seed_;
+    b.max_episode_steps = max_episode_steps_;
+    return b;
+  }
+
+  int64_t capacity_;
+  typename E::Params params_;
+  bool cuda_;
+  uint64_t seed_ = 0;
+  at::Tensor state_, return_so_far_, elapsed_, episode_;
+  std::unique_ptr<core::SlicePool> pool_;
+};
+
+}  // namespace flotilla::envs

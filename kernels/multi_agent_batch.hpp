@@ -1,0 +1,121 @@
+#pragma once
+// The per-environment half of a batched multi-agent step, the many-agent twin of env_batch.hpp:
+// step env i with one action per agent, write every agent's reward, done flag, observation and
+// available actions and the env's global state, and on an episode's end keep what a learner
+// needs and reset in place. Sizes (agents, observation widths) are set when the batch is built,
+// so the CPU loop runs env by env rather than in SIMD blocks; the same functions run one CUDA
+// thread per env (multi_agent_batch.cuh).
+//
+// Layout, env-major (checked once, in envs/multi_agent.cpp):
+//   obs [N, A, O]   avail [N, A, K]   reward, agent_done, episode_return [N, A]
+//   global_state [N, S]   terminated, truncated, episode_length, won [N]
+// Agent a of env i is row i * A + a of any [N, A, ...] buffer.
+//
+// A multi-agent environment type E provides (see envs/mpe/ and envs/smax/):
+//   Params with `int32_t agents`; state variables are E::state_vars(params) doubles per env;
+//   reset(p, StateRef, EnvRng&);
+//   step(p, StateRef, AgentActions, float* reward[A], bool* agent_done[A], bool& terminated, float& won);
+//   observe(p, StateRef, agent, float* obs)      (the agent's own width; the rest stays zero);
+//   global_state(p, StateRef, float* state);     available(p, StateRef, agent, bool* avail[K]).
+#include <cstdint>
+
+#include "kernels/env_batch.hpp"
+
+namespace flotilla::kernels {
+
+// The actions of one env's agents: int64 [A] (discrete) or float [A, dim] (continuous).
+struct AgentActions {
+  const void* p;
+  int32_t dim;  // 0: discrete
+  FLOTILLA_HD int64_t discrete(int agent) const { return static_cast<const int64_t*>(p)[agent]; }
+  FLOTILLA_HD float continuous(int agent, int k) const { return static_cast<const float*>(p)[agent * dim + k]; }
+};
+
+struct MultiAgentBuffers {
+  int64_t num_envs = 0;
+  int32_t agents = 0, obs_dim = 0, state_dim = 0, avail_dim = 0, action_dim = 0;  // action_dim 0: discrete
+  double* state = nullptr;               // [state_vars, N] physical state, struct of arrays
+  float* obs = nullptr;                  // [N, A, O]
+  float* final_obs = nullptr;            // [N, A, O], where an episode ended
+  float* global_state = nullptr;         // [N, S]
+  float* final_global_state = nullptr;   // [N, S], where an episode ended
+  bool* avail = nullptr;                 // [N, A, K]
+  float* reward = nullptr;               // [N, A]
+  bool* agent_done = nullptr;            // [N, A]
+  bool* terminated = nullptr;            // [N]
+  bool* truncated = nullptr;             // [N]
+  float* won = nullptr;                  // [N] 1 for a won episode, 0 otherwise (envs with an outcome)
+  double* return_so_far = nullptr;       // [N, A]
+  int32_t* elapsed = nullptr;            // [N]
+  uint32_t* episode = nullptr;           // [N]
+  float* episode_return = nullptr;       // [N, A] of the episode that just ended
+  int32_t* episode_length = nullptr;     // [N]
+  const void* actions = nullptr;         // int64 [N, A] or float [N, A, action_dim]
+  uint64_t seed = 0;
+  int32_t max_episode_steps = 0;
+};
+
+template <class E>
+FLOTILLA_HD void ma_observe(const typename E::Params& p, const MultiAgentBuffers& b, int64_t i) {
+  StateRef s{b.state + i, b.num_envs};
+  for (int a = 0; a < b.agents; ++a) {
+    const int64_t row = i * b.agents + a;
+    E::observe(p, s, a, b.obs + row * b.obs_dim);
+    E::available(p, s, a, b.avail + row * b.avail_dim);
+  }
+  E::global_state(p, s, b.global_state + i * b.state_dim);
+}
+
+template <class E>
+FLOTILLA_HD void ma_reset_one(const typename E::Params& p, const MultiAgentBuffers& b, int64_t i) {
+  EnvRng rng(b.seed, static_cast<uint64_t>(i), b.episode[i]);
+  E::reset(p, StateRef{b.state + i, b.num_envs}, rng);
+  b.elapsed[i] = 0;
+  for (int a = 0; a < b.agents; ++a) b.return_so_far[i * b.agents + a] = 0.0;
+  ma_observe<E>(p, b, i);
+}
+
+// Steps env i; if its episode ended, keeps the final observations, state and statistics and
+// starts the next episode.
+template <class E>
+FLOTILLA_HD void ma_step_one(const typename E::Params& p, const MultiAgentBuffers& b, int64_t i) {
+  const int64_t first = i * b.agents;
+  const int64_t per_env = b.action_dim == 0 ? b.agents : b.agents * b.action_dim;
+  const void* actions = b.action_dim == 0 ? static_cast<const void*>(static_cast<const int64_t*>(b.actions) + i * per_env)
+                                          : static_cast<const void*>(static_cast<const float*>(b.actions) + i * per_env);
+  bool terminated = false;
+  float won = 0.0f;
+  E::step(p, StateRef{b.state + i, b.num_envs}, AgentActions{actions, b.action_dim}, b.reward + first,
+          b.agent_done + first, terminated, won);
+  const int32_t t = b.elapsed[i] + 1;
+  b.elapsed[i] = t;
+  b.terminated[i] = terminated;
+  b.truncated[i] = t >= b.max_episode_steps;
+  b.won[i] = won;
+  for (int a = 0; a < b.agents; ++a) b.return_so_far[first + a] += b.reward[first + a];
+  ma_observe<E>(p, b, i);
+  if (!(terminated || t >= b.max_episode_steps)) return;
+  for (int64_t k = 0; k < b.agents * b.obs_dim; ++k) b.final_obs[first * b.obs_dim + k] = b.obs[first * b.obs_dim + k];
+  for (int k = 0; k < b.state_dim; ++k) b.final_global_state[i * b.state_dim + k] = b.global_state[i * b.state_dim + k];
+  for (int a = 0; a < b.agents; ++a) b.episode_return[first + a] = static_cast<float>(b.return_so_far[first + a]);
+  b.episode_length[i] = t;
+  b.episode[i] += 1;
+  ma_reset_one<E>(p, b, i);
+}
+
+#if !defined(__CUDACC__)
+template <class E>
+void ma_cpu_step_range(const typename E::Params& p, const MultiAgentBuffers& b, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) ma_step_one<E>(p, b, i);
+}
+
+template <class E>
+void ma_cpu_reset_range(const typename E::Params& p, const MultiAgentBuffers& b, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    b.episode[i] = 0;
+    ma_reset_one<E>(p, b, i);
+  }
+}
+#endif
+
+}  // namespace flotilla::kernels
