@@ -72,10 +72,9 @@ void set_threads(const core::ConfigView& root, const std::string& role) {
 // What every RL role builds from the config: the env's spaces and a policy initialized from the
 // run's seed, so every process starts from the same weights.
 std::unique_ptr<models::Policy> make_policy(const core::ConfigView& root) {
-  const envs::EnvSpec& spec = envs::env_spec(root.section("env").require<std::string>("id"));
+  const envs::EnvSpec spec = envs::env_spec(root.section("env"));
   at::manual_seed(static_cast<uint64_t>(root.get<int64_t>("seed", 1)));
-  return std::make_unique<models::Policy>(models::PolicyConfig::read(root.section("model")), spec.observation_space,
-                                          spec.action_space);
+  return models::make_policy(root, spec);
 }
 
 // Where a worker's stream listens: TCP on the worker's host, or an IPC socket in the run

@@ -39,7 +39,10 @@ void Algorithm::sync_gradients(const std::vector<at::Tensor>& params) const {
 
 namespace {
 std::map<std::string, AlgorithmFactory>& registry() {
-  static std::map<std::string, AlgorithmFactory> r = {{"ppo", make_ppo}, {"impala", make_impala}};
+  // IPPO and MAPPO are PPO on agent rows: the policy holds the difference (local or global critic,
+  // value normalization; see models::PolicyConfig).
+  static std::map<std::string, AlgorithmFactory> r = {
+      {"ppo", make_ppo}, {"ippo", make_ppo}, {"mappo", make_ppo}, {"impala", make_impala}};
   return r;
 }
 }  // namespace

@@ -119,6 +119,7 @@ class Impala final : public Algorithm {
 }  // namespace
 
 std::unique_ptr<Algorithm> make_impala(const core::ConfigView& algo, models::Policy& policy) {
+  if (policy.value_norm()) throw ConfigError("algo 'impala' does not support model.value_norm (V-trace uses raw values)");
   return std::make_unique<Impala>(ImpalaConfig::read(algo), policy);
 }
 

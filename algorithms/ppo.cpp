@@ -79,6 +79,9 @@ class PPO final : public Algorithm {
     const at::Tensor &obs = batch["obs"], &action = batch["action"], &log_prob_old = batch["log_prob"];
     const at::Tensor &value_old = batch["value"], &advantage = batch["advantage"], &ret = batch["return"];
     const int64_t n = batch.size();
+    // With value normalization the critic learns returns in running-statistics units.
+    policy_.update_value_norm(ret);
+    const at::Tensor value_old_n = policy_.normalize_value(value_old), ret_n = policy_.normalize_value(ret);
     const int64_t mb = std::max<int64_t>(1, n / c_.num_minibatches);
     double kl = 0, clipfrac = 0, pg = 0, vl = 0, ent = 0;
     int64_t count = 0;
@@ -89,7 +92,7 @@ class PPO final : public Algorithm {
         at::Tensor idx = perm.narrow(0, start, mb);
         models::EvalOutput e = policy_.evaluate(obs.index_select(0, idx), action.index_select(0, idx));
         PPOLosses l = ppo_losses(c_, e.log_prob, e.entropy, e.value, log_prob_old.index_select(0, idx),
-                                 value_old.index_select(0, idx), advantage.index_select(0, idx), ret.index_select(0, idx));
+                                 value_old_n.index_select(0, idx), advantage.index_select(0, idx), ret_n.index_select(0, idx));
         at::Tensor loss = l.policy - c_.ent_coef * l.entropy + c_.vf_coef * l.value;
         const double loss_value = loss.item<double>();
         if (!std::isfinite(loss_value)) {

@@ -34,6 +34,7 @@ struct TrainConfig {
   bool norm_obs = false, norm_reward = false;
   double clip_obs = 10, clip_reward = 10;
   std::optional<double> stop_mean_return;
+  std::optional<double> stop_win_rate;  // envs with an outcome
   int stop_window = 20;
   int checkpoint_every = 0;  // iterations; 0: only at the end
   int checkpoint_keep = 3;
@@ -52,6 +53,7 @@ TrainConfig read_train(const core::ConfigView& root) {
   c.clip_reward = norm.get<double>("clip_reward", c.clip_reward, core::greater_than(0.0));
   core::ConfigView stop = root.section("stop");
   if (stop.has("mean_return")) c.stop_mean_return = stop.get<double>("mean_return", 0.0);
+  if (stop.has("win_rate")) c.stop_win_rate = stop.get<double>("win_rate", 1.0, core::in_range(0.0, 1.0));
   c.stop_window = stop.get<int>("window", c.stop_window, core::at_least(1));
   core::ConfigView ckpt = root.section("checkpoint");
   c.checkpoint_every = ckpt.get<int>("every", c.checkpoint_every, core::at_least(0));
@@ -79,9 +81,13 @@ Agent make_agent(const core::ConfigView& root, const TrainConfig& t, int64_t see
   Agent a;
   a.env = envs::make_env(root.section("env"));
   at::manual_seed(static_cast<uint64_t>(seed));  // weight initialization
-  a.policy = std::make_unique<models::Policy>(models::PolicyConfig::read(root.section("model")),
-                                              a.env->spec().observation_space, a.env->spec().action_space);
+  a.policy = models::make_policy(root, a.env->spec());
   a.obs_rms = models::RunningMeanStd(a.env->spec().observation_space.numel());
+  const envs::ObsLayout& l = a.env->spec().layout;
+  if (l.multi_agent()) {  // agent ids and action masks pass through the normalizer unchanged
+    a.obs_rms.set_passthrough(l.obs_dim, l.agents);
+    a.obs_rms.set_passthrough(l.mask_offset(), l.mask_dim);
+  }
   a.norm_obs = t.norm_obs;
   a.clip_obs = t.clip_obs;
   return a;
@@ -103,6 +109,8 @@ class RlProgram final : public Program {
     reward_scaler_ = std::make_unique<models::RewardScaler>(agent_.env->num_envs(), algo_->gamma());
     gen_ = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(e.seed) + 1);
     agent_.env->reset(static_cast<uint64_t>(e.seed));
+    if (train_.stop_win_rate && !agent_.env->spec().has_outcome)
+      root.section("stop").fail("win_rate", agent_.env->spec().id + " has no win or loss; stop on mean_return instead");
   }
 
   int64_t total_steps() const override { return train_.total_steps; }
@@ -136,7 +144,8 @@ class RlProgram final : public Program {
     if (experiment_.deterministic) at::set_num_threads(1);
     else at::set_num_threads(train_.torch_threads);
     const int64_t n = agent_.env->num_envs(), T = train_.num_steps;
-    const int64_t batch = n * T;
+    // Steps count env steps: a multi-agent env's agent rows are A rows per env.
+    const int64_t batch = n * T / std::max<int64_t>(1, agent_.env->spec().layout.agents);
     const int64_t iterations = (train_.total_steps + batch - 1) / batch;
     const auto start = clock_type::now();
     auto train_time = [&] { return elapsed_before_ + std::chrono::duration<double>(clock_type::now() - start).count(); };
@@ -165,6 +174,7 @@ class RlProgram final : public Program {
         row.push_back({"charts/episodic_return", mean_of(finished.returns)});
         row.push_back({"charts/episodic_length", mean_of(finished.lengths)});
       }
+      if (!finished.wins.empty()) row.push_back({"charts/win_rate", mean_of(finished.wins)});
       row.push_back({"charts/episodes", static_cast<double>(finished.returns.size())});
       row.insert(row.end(), stats.begin(), stats.end());
       const double rollout_s = std::chrono::duration<double>(t1 - t0).count();
@@ -175,13 +185,19 @@ class RlProgram final : public Program {
       ctx.metrics.log(global_step_, row);
       ctx.report_progress(global_step_);
 
-      if (train_.stop_mean_return && static_cast<int>(window_.size()) >= train_.stop_window &&
-          mean_of(window_) >= *train_.stop_mean_return) {
+      const bool full = static_cast<int>(window_.size()) >= train_.stop_window;
+      const bool by_return = train_.stop_mean_return && full && mean_of(window_) >= *train_.stop_mean_return;
+      const bool by_wins = train_.stop_win_rate && full && mean_of(win_window_) >= *train_.stop_win_rate;
+      if (by_return || by_wins) {
         result.exit_reason = "stop_condition";
         result.summary.push_back({"solved_at_step", static_cast<double>(global_step_)});
         result.summary.push_back({"solved_at_time_s", train_time()});
-        spdlog::info("stop condition met: mean return {:.1f} over the last {} episodes at step {}", mean_of(window_),
-                     train_.stop_window, global_step_);
+        if (by_wins)
+          spdlog::info("stop condition met: win rate {:.2f} over the last {} episodes at step {}", mean_of(win_window_),
+                       train_.stop_window, global_step_);
+        else
+          spdlog::info("stop condition met: mean return {:.1f} over the last {} episodes at step {}", mean_of(window_),
+                       train_.stop_window, global_step_);
         break;
       }
       if (train_.checkpoint_every > 0 && iteration_ % train_.checkpoint_every == 0) checkpoint(ctx.dir);
@@ -191,12 +207,13 @@ class RlProgram final : public Program {
     result.summary.push_back({"global_step", static_cast<double>(global_step_)});
     result.summary.push_back({"train_time_s", train_time()});
     if (!window_.empty()) result.summary.push_back({"recent_mean_return", mean_of(window_)});
+    if (!win_window_.empty()) result.summary.push_back({"recent_win_rate", mean_of(win_window_)});
     return result;
   }
 
  private:
   struct Finished {
-    std::deque<double> returns, lengths;
+    std::deque<double> returns, lengths, wins;
   };
 
   std::pair<core::Batch, Finished> rollout(int64_t T) {
@@ -219,12 +236,19 @@ class RlProgram final : public Program {
       reward[t] = train_.norm_reward ? reward_scaler_->scale(env.reward(), done[t], train_.clip_reward) : env.reward().clone();
       if (done[t].any().item<bool>()) {
         at::Tensor idx = done[t].nonzero().squeeze(1);
-        auto rets = env.episode_return().index_select(0, idx), lens = env.episode_length().index_select(0, idx);
+        at::Tensor rets = env.episode_return().index_select(0, idx).to(at::kDouble).contiguous();
+        at::Tensor lens = env.episode_length().index_select(0, idx).to(at::kDouble).contiguous();
+        at::Tensor wins = env.spec().has_outcome ? env.episode_won().index_select(0, idx).to(at::kDouble).contiguous()
+                                                 : at::Tensor();
         for (int64_t k = 0; k < idx.size(0); ++k) {
-          finished.returns.push_back(rets[k].item<double>());
-          finished.lengths.push_back(lens[k].item<double>());
-          window_.push_back(rets[k].item<double>());
+          finished.returns.push_back(rets.data_ptr<double>()[k]);
+          finished.lengths.push_back(lens.data_ptr<double>()[k]);
+          window_.push_back(rets.data_ptr<double>()[k]);
           if (static_cast<int>(window_.size()) > train_.stop_window) window_.pop_front();
+          if (!wins.defined()) continue;
+          finished.wins.push_back(wins.data_ptr<double>()[k]);
+          win_window_.push_back(wins.data_ptr<double>()[k]);
+          if (static_cast<int>(win_window_.size()) > train_.stop_window) win_window_.pop_front();
         }
         at::Tensor trunc = (env.truncated() & ~env.terminated()).nonzero().squeeze(1);
         if (trunc.numel() > 0) {
@@ -281,7 +305,8 @@ class RlProgram final : public Program {
   at::Generator gen_;
   int64_t iteration_ = 0, global_step_ = 0;
   double elapsed_before_ = 0;  // training seconds before a resume
-  std::deque<double> window_;  // returns of the last stop.window finished episodes
+  std::deque<double> window_;      // returns of the last stop.window finished episodes
+  std::deque<double> win_window_;  // and whether they were won (envs with an outcome)
 };
 
 ProgramRegistration rl("rl", [](core::ConfigView root, const Experiment& e) {

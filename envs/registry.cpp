@@ -76,6 +76,20 @@ std::unique_ptr<VecEnv> make_env(const core::ConfigView& env) {
   return make_env(id, read_env_options(env), &params);
 }
 
+EnvSpec env_spec(const core::ConfigView& env) {
+  const std::string id = env.require<std::string>("id");
+  try {
+    env_spec(id);
+  } catch (const ConfigError& e) {
+    env.fail("id", e.what());
+  }
+  EnvOptions one = read_env_options(env);
+  one.num_envs = 1;
+  one.threads = 1;
+  core::ConfigView params = env.section("params");
+  return make_env(id, one, &params)->spec();
+}
+
 EnvOptions read_env_options(const core::ConfigView& env) {
   EnvOptions o;
   o.num_envs = env.get<int64_t>("num_envs", 8, core::at_least<int64_t>(1));

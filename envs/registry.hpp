@@ -31,6 +31,9 @@ std::unique_ptr<VecEnv> make_env(const std::string& id, const EnvOptions& option
                                  const core::ConfigView* params = nullptr);
 // From an experiment's `env:` section: id, num_envs, threads, backend, max_episode_steps, params.
 std::unique_ptr<VecEnv> make_env(const core::ConfigView& env);
+// The spec of the env an experiment's `env:` section describes, with its params (a multi-agent
+// scenario's sizes depend on them).
+EnvSpec env_spec(const core::ConfigView& env);
 // num_envs, threads, backend and max_episode_steps from an experiment's `env:` section.
 EnvOptions read_env_options(const core::ConfigView& env);
 

@@ -29,8 +29,15 @@ void RunningMeanStd::update(const at::Tensor& batch) {
 }
 
 at::Tensor RunningMeanStd::normalize(const at::Tensor& x, double clip) const {
-  at::Tensor y = (x.to(at::kDouble) - mean_) / (var_ + 1e-8).sqrt();
-  return y.clamp(-clip, clip).to(x.scalar_type());
+  at::Tensor y = ((x.to(at::kDouble) - mean_) / (var_ + 1e-8).sqrt()).clamp(-clip, clip);
+  if (passthrough_.defined()) y = at::where(passthrough_, x.to(at::kDouble), y);
+  return y.to(x.scalar_type());
+}
+
+void RunningMeanStd::set_passthrough(int64_t first, int64_t count) {
+  if (count <= 0) return;
+  if (!passthrough_.defined()) passthrough_ = at::zeros({mean_.size(0)}, at::kBool);
+  passthrough_.narrow(0, first, count).fill_(true);
 }
 
 std::vector<std::pair<std::string, at::Tensor>> RunningMeanStd::state(const std::string& prefix) const {

@@ -14,7 +14,9 @@ class RunningMeanStd {
   explicit RunningMeanStd(int64_t dim = 1);
   void update(const at::Tensor& batch);  // [B, dim] or [B]
   // (x - mean) / sqrt(var + eps), clipped to [-clip, clip].
+  // Columns listed here are returned as they are (one-hot ids, action masks).
   at::Tensor normalize(const at::Tensor& x, double clip) const;
+  void set_passthrough(int64_t first, int64_t count);
   const at::Tensor& mean() const { return mean_; }
   const at::Tensor& var() const { return var_; }
   double count() const { return count_; }
@@ -24,6 +26,7 @@ class RunningMeanStd {
 
  private:
   at::Tensor mean_, var_;  // float64
+  at::Tensor passthrough_;  // bool [dim], or undefined
   double count_ = 1e-4;
 };
 

@@ -9,8 +9,9 @@
 
 namespace flotilla::models {
 
-PolicyConfig PolicyConfig::read(const core::ConfigView& m) {
+PolicyConfig PolicyConfig::read(const core::ConfigView& m, const std::string& algo) {
   PolicyConfig c;
+  const bool mappo = algo == "mappo";
   c.network = m.choice("network", c.network, network_names());
   c.hidden = m.get<std::vector<int64_t>>("hidden", c.hidden);
   for (int64_t h : c.hidden)
@@ -21,10 +22,23 @@ PolicyConfig PolicyConfig::read(const core::ConfigView& m) {
   dists.insert(dists.begin(), "auto");
   c.distribution = m.choice("distribution", c.distribution, dists);
   c.init_log_std = m.get<double>("init_log_std", c.init_log_std);
+  c.critic = m.choice("critic", mappo ? "global" : "local", {"local", "global"});
+  if (algo == "ippo" && c.critic == "global")
+    m.fail("critic", "IPPO trains independent critics on each agent's own observation; use algo.name: mappo for a "
+                     "centralized critic");
+  c.value_norm = m.get<bool>("value_norm", mappo);
+  if (c.value_norm && c.shared_trunk)
+    m.fail("value_norm", "value normalization needs separate actor and critic trunks (shared_trunk: false)");
   return c;
 }
 
 std::vector<std::string> network_names() { return {"mlp"}; }
+
+std::unique_ptr<Policy> make_policy(const core::ConfigView& root, const envs::EnvSpec& spec) {
+  const std::string algo = root.section("algo").get<std::string>("name", "ppo");
+  PolicyConfig c = PolicyConfig::read(root.section("model"), algo);
+  return std::make_unique<Policy>(c, spec.observation_space, spec.action_space, spec.layout);
+}
 
 namespace {
 
@@ -55,10 +69,13 @@ struct Policy::Impl : torch::nn::Module {
   torch::nn::Sequential actor_trunk{nullptr}, critic_trunk{nullptr};
   torch::nn::Linear actor_head{nullptr}, critic_head{nullptr};
   torch::Tensor log_std;
+  torch::Tensor vn_mean, vn_var, vn_count;  // value normalizer statistics (not trained)
   bool shared = false;
   bool discrete = true;
+  bool global_critic = false;
+  envs::ObsLayout layout;
 
-  Impl(const PolicyConfig& c, const envs::Space& obs, const envs::Space& action) {
+  Impl(const PolicyConfig& c, const envs::Space& obs, const envs::Space& action, const envs::ObsLayout& l) : layout(l) {
     if (obs.kind != envs::Space::Kind::Box || obs.shape.size() != 1)
       throw ConfigError("model.network 'mlp' needs flat Box observations, got " + obs.str());
     if (action.kind == envs::Space::Kind::MultiDiscrete)
@@ -68,26 +85,54 @@ struct Policy::Impl : torch::nn::Module {
     dist = make_distribution(dname);
     if (dist->continuous() == discrete)
       throw ConfigError("model.distribution '" + dname + "' does not fit the action space " + action.str());
-    const int64_t in = obs.shape[0];
-    const int64_t last = c.hidden.empty() ? in : c.hidden.back();
+    global_critic = c.critic == "global";
+    if (global_critic && !layout.multi_agent())
+      throw ConfigError("model.critic 'global' reads a multi-agent env's global state; this env has none");
+    if (global_critic && c.shared_trunk)
+      throw ConfigError("model.critic 'global' needs separate actor and critic trunks (shared_trunk: false)");
+    const int64_t in = layout.multi_agent() ? layout.actor_dim() : obs.shape[0];
+    const int64_t critic_in = global_critic ? layout.critic_dim() : in;
     const int64_t head = dist->head_size(discrete ? action.n : action.numel());
     shared = c.shared_trunk;
     actor_trunk = register_module("actor_trunk", mlp(in, c.hidden, c.activation));
-    if (!shared) critic_trunk = register_module("critic_trunk", mlp(in, c.hidden, c.activation));
-    actor_head = register_module("actor_head", ortho_linear(last, head, 0.01));
-    critic_head = register_module("critic_head", ortho_linear(last, 1, 1.0));
+    if (!shared) critic_trunk = register_module("critic_trunk", mlp(critic_in, c.hidden, c.activation));
+    actor_head = register_module("actor_head", ortho_linear(c.hidden.empty() ? in : c.hidden.back(), head, 0.01));
+    critic_head = register_module("critic_head", ortho_linear(c.hidden.empty() ? critic_in : c.hidden.back(), 1, 1.0));
     if (!discrete) log_std = register_parameter("log_std", torch::full({head}, c.init_log_std));
+    if (c.value_norm) {
+      // Parameters without gradients, so they travel with the weights to actors and checkpoints.
+      vn_mean = register_parameter("value_norm_mean", torch::zeros({1}), false);
+      vn_var = register_parameter("value_norm_var", torch::ones({1}), false);
+      vn_count = register_parameter("value_norm_count", torch::full({1}, 1e-4), false);
+    }
+  }
+
+  torch::Tensor actor_input(const torch::Tensor& obs) const {
+    return layout.multi_agent() ? obs.narrow(-1, 0, layout.actor_dim()) : obs;
+  }
+  torch::Tensor critic_features(const torch::Tensor& obs, const torch::Tensor& actor_features) {
+    if (shared) return actor_features;
+    return critic_trunk->forward(global_critic ? obs.narrow(-1, layout.critic_offset(), layout.critic_dim()) : actor_input(obs));
+  }
+  // The critic's prediction in return units.
+  torch::Tensor denormalize(const torch::Tensor& v) const {
+    return vn_mean.defined() ? v * (vn_var + 1e-5).sqrt() + vn_mean : v;
   }
 
   std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& obs) {
-    torch::Tensor a = actor_trunk->forward(obs);
-    torch::Tensor v = shared ? a : critic_trunk->forward(obs);
-    return {actor_head->forward(a), critic_head->forward(v).squeeze(-1)};
+    torch::Tensor a = actor_trunk->forward(actor_input(obs));
+    torch::Tensor logits = actor_head->forward(a);
+    if (layout.mask_dim > 0) {  // unavailable actions get (practically) zero probability
+      torch::Tensor mask = obs.narrow(-1, layout.mask_offset(), layout.mask_dim);
+      logits = logits.masked_fill(mask < 0.5, -1e8);
+    }
+    return {logits, critic_head->forward(critic_features(obs, a)).squeeze(-1)};
   }
 };
 
-Policy::Policy(const PolicyConfig& config, const envs::Space& observation, const envs::Space& action)
-    : impl_(std::make_unique<Impl>(config, observation, action)) {}
+Policy::Policy(const PolicyConfig& config, const envs::Space& observation, const envs::Space& action,
+               const envs::ObsLayout& layout)
+    : impl_(std::make_unique<Impl>(config, observation, action, layout)) {}
 Policy::~Policy() = default;
 Policy::Policy(Policy&&) noexcept = default;
 Policy& Policy::operator=(Policy&&) noexcept = default;
@@ -96,13 +141,35 @@ ActOutput Policy::act(const at::Tensor& obs, bool deterministic, at::Generator& 
   torch::NoGradGuard no_grad;
   auto [head, value] = impl_->forward(obs);
   at::Tensor action = deterministic ? impl_->dist->mode(head) : impl_->dist->sample(head, impl_->log_std, gen);
-  return {action, impl_->dist->log_prob(head, impl_->log_std, action), value};
+  return {action, impl_->dist->log_prob(head, impl_->log_std, action), impl_->denormalize(value)};
 }
 
 at::Tensor Policy::value(const at::Tensor& obs) {
   torch::NoGradGuard no_grad;
-  torch::Tensor v = impl_->shared ? impl_->actor_trunk->forward(obs) : impl_->critic_trunk->forward(obs);
-  return impl_->critic_head->forward(v).squeeze(-1);
+  torch::Tensor a = impl_->shared ? impl_->actor_trunk->forward(impl_->actor_input(obs)) : torch::Tensor();
+  return impl_->denormalize(impl_->critic_head->forward(impl_->critic_features(obs, a)).squeeze(-1));
+}
+
+bool Policy::value_norm() const { return impl_->vn_mean.defined(); }
+
+void Policy::update_value_norm(const at::Tensor& returns) {
+  if (!value_norm()) return;
+  torch::NoGradGuard no_grad;
+  // Chan et al.'s parallel update of the running mean and variance.
+  torch::Tensor x = returns.reshape({-1}).to(torch::kFloat);
+  const double n = static_cast<double>(x.numel());
+  if (n == 0) return;
+  torch::Tensor delta = x.mean() - impl_->vn_mean;
+  torch::Tensor total = impl_->vn_count + n;
+  torch::Tensor m2 = impl_->vn_var * impl_->vn_count + x.var(false) * n + delta * delta * impl_->vn_count * n / total;
+  impl_->vn_mean.add_(delta * n / total);
+  impl_->vn_var.copy_(m2 / total);
+  impl_->vn_count.copy_(total);
+}
+
+at::Tensor Policy::normalize_value(const at::Tensor& values) const {
+  if (!value_norm()) return values;
+  return (values - impl_->vn_mean.detach()) / (impl_->vn_var.detach() + 1e-5).sqrt();
 }
 
 EvalOutput Policy::evaluate(const at::Tensor& obs, const at::Tensor& action) {

@@ -11,6 +11,7 @@
 
 #include "core/config.hpp"
 #include "envs/space.hpp"
+#include "envs/vec_env.hpp"
 
 namespace at {
 class Generator;
@@ -25,8 +26,14 @@ struct PolicyConfig {
   bool shared_trunk = false;        // one trunk for actor and critic, or one each
   std::string distribution = "auto";  // auto: categorical for Discrete, diag_gaussian for Box
   double init_log_std = 0.0;
+  // Multi-agent envs (agent rows): the critic reads the agent's own observation ("local", IPPO)
+  // or the global state ("global", MAPPO's centralized critic). Both read the agent's id.
+  std::string critic = "local";
+  // Value normalization (MAPPO): the critic predicts returns normalized by running statistics.
+  bool value_norm = false;
 
-  static PolicyConfig read(const core::ConfigView& model);
+  // `algo` is the algorithm's name; MAPPO defaults to a global critic with value normalization.
+  static PolicyConfig read(const core::ConfigView& model, const std::string& algo = "ppo");
 };
 
 struct ActOutput {
@@ -44,7 +51,9 @@ struct EvalOutput {
 class Policy {
  public:
   // Weights are initialized orthogonally from libtorch's default generator (seed it first).
-  Policy(const PolicyConfig& config, const envs::Space& observation, const envs::Space& action);
+  // `layout` splits the observation rows of a multi-agent env (actor, critic, action mask).
+  Policy(const PolicyConfig& config, const envs::Space& observation, const envs::Space& action,
+         const envs::ObsLayout& layout = {});
   ~Policy();
   Policy(Policy&&) noexcept;
   Policy& operator=(Policy&&) noexcept;
@@ -52,8 +61,15 @@ class Policy {
   // Samples (or, deterministic, takes the mode of) an action for each row, without gradients.
   ActOutput act(const at::Tensor& obs, bool deterministic, at::Generator& gen);
   at::Tensor value(const at::Tensor& obs);  // without gradients
-  // Log-probability and entropy of given actions and the value, with gradients.
+  // Log-probability and entropy of given actions and the value, with gradients. With value
+  // normalization the value is the critic's normalized prediction (see normalize_value()).
   EvalOutput evaluate(const at::Tensor& obs, const at::Tensor& action);
+
+  bool value_norm() const;
+  // Updates the value normalizer's statistics with a batch of returns.
+  void update_value_norm(const at::Tensor& returns);
+  // Returns in the critic's normalized units (the identity without value normalization).
+  at::Tensor normalize_value(const at::Tensor& values) const;
 
   std::vector<at::Tensor> parameters() const;
   std::vector<std::pair<std::string, at::Tensor>> named_parameters() const;
@@ -69,5 +85,8 @@ class Policy {
 };
 
 std::vector<std::string> network_names();
+
+// The policy an experiment describes (model:, algo.name, seed) for an env with `spec`.
+std::unique_ptr<Policy> make_policy(const core::ConfigView& root, const envs::EnvSpec& spec);
 
 }  // namespace flotilla::models

@@ -236,8 +236,11 @@ void Mpe::set_state_json(const Params& p, StateRef s, const std::string& text) {
     for (int i = 0; i < count; ++i) {
       const std::string where = std::string(key) + "[" + std::to_string(i) + "]";
       if (!list[i].is_object()) throw ConfigError("--init-state: " + where + " must be an object");
+      const int e = first + i;
+      vel(s, e, 0) = vel(s, e, 1) = 0.0;  // what an entry leaves out is as after a reset
+      if (agents)
+        for (int c = 0; c < p.dim_c; ++c) comm(p, s, e, c) = 0.0;
       for (const auto& [k, value] : list[i].items()) {
-        const int e = first + i;
         if (k == "p_pos") read_pair(value, where + ".p_pos", pos(s, e, 0), pos(s, e, 1));
         else if (k == "p_vel" && agents) read_pair(value, where + ".p_vel", vel(s, e, 0), vel(s, e, 1));
         else if (k == "c" && agents) {

@@ -478,7 +478,8 @@ struct Mpe {
     return k;
   }
 
-  // Host only (envs/mpe/mpe.cpp): positions, velocities, messages and goals from JSON.
+  // Host only (envs/mpe/mpe.cpp): positions, velocities, messages and goals from JSON; an entity
+  // listed without p_vel or c gets zeros, as after a reset; entities not listed keep their state.
   static void set_state_json(const Params& p, StateRef s, const std::string& json);
 };
 
