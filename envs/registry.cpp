@@ -9,6 +9,7 @@ namespace flotilla::envs {
 
 void register_classic_envs();  // envs/classic/classic.cpp
 void register_mpe_envs();      // envs/mpe/mpe.cpp
+void register_smax_envs();     // envs/smax/smax.cpp
 
 namespace {
 
@@ -28,6 +29,7 @@ std::map<std::string, Entry>& registry() {
   std::call_once(once, [] {
     register_classic_envs();
     register_mpe_envs();
+    register_smax_envs();
   });
   return entries();
 }
