@@ -403,14 +403,13 @@ class EnvActor final : public Role {
           tr.truncated.push_back(env.truncated().clone());
           tr.final_obs.push_back(env.final_obs().clone());
           ask(k);  // the next request goes out before the other batches step
-          at::Tensor ended = (env.terminated() | env.truncated()).nonzero().squeeze(1);
-          if (ended.numel() > 0) {
-            at::Tensor returns = env.episode_return().index_select(0, ended).to(at::kDouble);
-            at::Tensor lengths = env.episode_length().index_select(0, ended).to(at::kDouble);
-            for (int64_t i = 0; i < ended.numel(); ++i) {
-              episodes.push_back({"episode/return", returns[i].item<double>()});
-              episodes.push_back({"episode/length", lengths[i].item<double>()});
-            }
+          envs::FinishedEpisodes ended = envs::finished_episodes(
+              env.terminated() | env.truncated(), env.episode_return(), env.episode_length(), env.episode_won(),
+              env.spec().layout.agents);
+          for (size_t i = 0; i < ended.returns.size(); ++i) {
+            episodes.push_back({"episode/return", ended.returns[i]});
+            episodes.push_back({"episode/length", ended.lengths[i]});
+            if (i < ended.wins.size()) episodes.push_back({"episode/won", ended.wins[i]});
           }
         }
       }
@@ -447,7 +446,8 @@ class EnvActor final : public Role {
             version_ = p->version;
           }
       int64_t fragment_steps = 0;
-      for (const auto& e : envs_) fragment_steps += T * e->num_envs();
+      // Env steps: a multi-agent env's agent rows move all its agents at once.
+      for (const auto& e : envs_) fragment_steps += T * e->num_envs() / std::max<int64_t>(1, e->spec().layout.agents);
       steps += fragment_steps;
       steps_done_ = steps;
       loop_.wait_if_paused();

@@ -9,6 +9,7 @@
 
 #include "algorithms/algorithm.hpp"
 #include "controller/cluster.hpp"
+#include "controller/episodes.hpp"
 #include "controller/rl_program.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
@@ -43,14 +44,14 @@ class DistributedRl final : public Program {
     }
     // Every section is read here as well, so a bad key stops the run before any process starts.
     core::ConfigView env = root.section("env");
-    const envs::EnvSpec& spec = envs::env_spec(env.require<std::string>("id"));
+    const envs::EnvSpec spec = envs::env_spec(env);  // with its params (a scenario's sizes)
     env.get<int64_t>("num_envs", 8, core::at_least<int64_t>(1));
     env.get<int>("threads", 1, core::in_range(1, 256));
     env.choice("backend", "cpu", {"cpu", "cuda"});
     env.get<int>("max_episode_steps", 0, core::at_least(0));
     env.section("params");
-    models::Policy probe(models::PolicyConfig::read(root.section("model")), spec.observation_space, spec.action_space);
-    const bool on_policy = algorithms::make_algorithm(root.section("algo"), probe)->takes_gae_batches();
+    std::unique_ptr<models::Policy> probe = models::make_policy(root, spec);
+    const bool on_policy = algorithms::make_algorithm(root.section("algo"), *probe)->takes_gae_batches();
     if (counts_["trainer"] > 1 && root.section("algo").has("target_kl") &&
         root.section("algo").get<double>("target_kl", 0.0) > 0)
       root.section("algo").fail("target_kl", "an early stop on KL would let data-parallel trainers take different numbers of "
@@ -66,9 +67,7 @@ class DistributedRl final : public Program {
       norm.fail("obs", "observation and reward normalization are not available in distributed runs yet");
     norm.get<double>("clip_obs", 10.0);
     norm.get<double>("clip_reward", 10.0);
-    core::ConfigView stop = root.section("stop");
-    if (stop.has("mean_return")) stop_mean_return_ = stop.get<double>("mean_return", 0.0);
-    window_size_ = stop.get<int>("window", 20, core::at_least(1));
+    stop_ = StopRule::read(root, spec.has_outcome, spec.id);
     core::ConfigView ckpt = root.section("checkpoint");
     ckpt.get<int>("every", 0, core::at_least(0));
     ckpt.get<int>("keep", 3, core::at_least(1));
@@ -110,8 +109,8 @@ class DistributedRl final : public Program {
     const auto start = std::chrono::steady_clock::now();
     auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
     int64_t env_steps = 0;
-    std::deque<double> window;
-    std::vector<double> returns, lengths;
+    EpisodeWindow window(stop_.window);
+    FinishedEpisodes finished;  // since the last trainer row
     std::map<std::string, double> wait_share;
     while (true) {
       cluster.check();
@@ -129,21 +128,24 @@ class DistributedRl final : public Program {
           for (const auto& [name, v] : m.values) {
             if (name == "env_steps") env_steps += static_cast<int64_t>(v);
             else if (name == "episode/return") {
-              returns.push_back(v);
-              window.push_back(v);
-              if (static_cast<int>(window.size()) > window_size_) window.pop_front();
-            } else if (name == "episode/length") lengths.push_back(v);
+              finished.returns.push_back(v);
+              window.add({{v}, {}, {}});
+            } else if (name == "episode/length") finished.lengths.push_back(v);
+            else if (name == "episode/won") {
+              finished.wins.push_back(v);
+              window.add({{}, {}, {v}});
+            }
             else if (name == "perf/actor_wait_share") wait_share[m.worker] = v;
           }
         } else if (m.worker.rfind("trainer/", 0) == 0) {
           core::Scalars row;
-          if (!returns.empty()) {
-            row.push_back({"charts/episodic_return", mean(returns)});
-            row.push_back({"charts/episodic_length", mean(lengths)});
+          if (!finished.returns.empty()) {
+            row.push_back({"charts/episodic_return", mean_of(finished.returns)});
+            row.push_back({"charts/episodic_length", mean_of(finished.lengths)});
           }
-          row.push_back({"charts/episodes", static_cast<double>(returns.size())});
-          returns.clear();
-          lengths.clear();
+          if (!finished.wins.empty()) row.push_back({"charts/win_rate", mean_of(finished.wins)});
+          row.push_back({"charts/episodes", static_cast<double>(finished.returns.size())});
+          finished = {};
           for (const auto& [name, v] : m.values)
             if (name != "trainer/version") row.push_back({name, v});
           row.push_back({"perf/sps", env_steps / std::max(elapsed(), 1e-9)});
@@ -154,36 +156,28 @@ class DistributedRl final : public Program {
           ctx.report_progress(env_steps);
         }
       }
-      if (stop_mean_return_ && static_cast<int>(window.size()) >= window_size_ && mean(window) >= *stop_mean_return_) {
+      if (const std::string met = stop_.met(window, env_steps); !met.empty()) {
         result.exit_reason = "stop_condition";
         result.summary.push_back({"solved_at_step", static_cast<double>(env_steps)});
         result.summary.push_back({"solved_at_time_s", elapsed()});
-        spdlog::info("stop condition met: mean return {:.1f} over the last {} episodes at step {}", mean(window),
-                     window_size_, env_steps);
+        spdlog::info("{}", met);
         break;
       }
       if (env_steps >= total_steps_) break;
     }
     result.summary.push_back({"global_step", static_cast<double>(env_steps)});
     result.summary.push_back({"train_time_s", elapsed()});
-    if (!window.empty()) result.summary.push_back({"recent_mean_return", mean(window)});
+    if (!window.returns().empty()) result.summary.push_back({"recent_mean_return", window.mean_return()});
+    if (window.has_wins()) result.summary.push_back({"recent_win_rate", window.win_rate()});
     return result;
   }
 
  private:
-  template <class C>
-  static double mean(const C& v) {
-    double s = 0;
-    for (double x : v) s += x;
-    return v.empty() ? NAN : s / static_cast<double>(v.size());
-  }
-
   Experiment experiment_;
   std::vector<WorkerSpec> specs_;
   std::map<std::string, int> counts_;
   int64_t total_steps_ = 0;
-  std::optional<double> stop_mean_return_;
-  int window_size_ = 20;
+  StopRule stop_;
   int64_t heartbeat_timeout_ms_ = 10000;
   bool inline_policy_ = false;
 };

@@ -13,7 +13,9 @@
 
 #include "algorithms/advantages.hpp"
 #include "algorithms/algorithm.hpp"
+#include "algorithms/q_learning.hpp"
 #include "controller/checkpoint.hpp"
+#include "controller/episodes.hpp"
 #include "core/batch.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
@@ -33,9 +35,6 @@ struct TrainConfig {
   int torch_threads = 1;
   bool norm_obs = false, norm_reward = false;
   double clip_obs = 10, clip_reward = 10;
-  std::optional<double> stop_mean_return;
-  std::optional<double> stop_win_rate;  // envs with an outcome
-  int stop_window = 20;
   int checkpoint_every = 0;  // iterations; 0: only at the end
   int checkpoint_keep = 3;
 };
@@ -51,10 +50,6 @@ TrainConfig read_train(const core::ConfigView& root) {
   c.norm_reward = norm.get<bool>("reward", c.norm_reward);
   c.clip_obs = norm.get<double>("clip_obs", c.clip_obs, core::greater_than(0.0));
   c.clip_reward = norm.get<double>("clip_reward", c.clip_reward, core::greater_than(0.0));
-  core::ConfigView stop = root.section("stop");
-  if (stop.has("mean_return")) c.stop_mean_return = stop.get<double>("mean_return", 0.0);
-  if (stop.has("win_rate")) c.stop_win_rate = stop.get<double>("win_rate", 1.0, core::in_range(0.0, 1.0));
-  c.stop_window = stop.get<int>("window", c.stop_window, core::at_least(1));
   core::ConfigView ckpt = root.section("checkpoint");
   c.checkpoint_every = ckpt.get<int>("every", c.checkpoint_every, core::at_least(0));
   c.checkpoint_keep = ckpt.get<int>("keep", c.checkpoint_keep, core::at_least(1));
@@ -93,24 +88,20 @@ Agent make_agent(const core::ConfigView& root, const TrainConfig& t, int64_t see
   return a;
 }
 
-double mean_of(const std::deque<double>& v) {
-  double s = 0;
-  for (double x : v) s += x;
-  return v.empty() ? NAN : s / static_cast<double>(v.size());
-}
-
 class RlProgram final : public Program {
  public:
   RlProgram(core::ConfigView root, const Experiment& e)
-      : experiment_(e), train_(read_train(root)), agent_(make_agent(root, train_, e.seed)) {
+      : experiment_(e),
+        train_(read_train(root)),
+        agent_(make_agent(root, train_, e.seed)),
+        stop_(StopRule::read(root, agent_.env->spec().has_outcome, agent_.env->spec().id)),
+        window_(stop_.window) {
     algo_ = algorithms::make_algorithm(root.section("algo"), *agent_.policy);
     if (!algo_->takes_gae_batches())
       root.section("algo").fail("name", "this algorithm trains on fragments from distributed actors; add a workers: list");
     reward_scaler_ = std::make_unique<models::RewardScaler>(agent_.env->num_envs(), algo_->gamma());
     gen_ = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(e.seed) + 1);
     agent_.env->reset(static_cast<uint64_t>(e.seed));
-    if (train_.stop_win_rate && !agent_.env->spec().has_outcome)
-      root.section("stop").fail("win_rate", agent_.env->spec().id + " has no win or loss; stop on mean_return instead");
   }
 
   int64_t total_steps() const override { return train_.total_steps; }
@@ -135,8 +126,7 @@ class RlProgram final : public Program {
     iteration_ = m.at("iteration").get<int64_t>();
     global_step_ = m.at("global_step").get<int64_t>();
     elapsed_before_ = m.at("train_time_s").get<double>();
-    window_.clear();
-    for (double r : m.at("recent_returns")) window_.push_back(r);
+    window_.restore(m.at("recent_returns").get<std::vector<double>>(), m.value("recent_wins", std::vector<double>{}));
     spdlog::info("resuming from {} (iteration {}, step {})", path->string(), iteration_, global_step_);
   }
 
@@ -185,19 +175,11 @@ class RlProgram final : public Program {
       ctx.metrics.log(global_step_, row);
       ctx.report_progress(global_step_);
 
-      const bool full = static_cast<int>(window_.size()) >= train_.stop_window;
-      const bool by_return = train_.stop_mean_return && full && mean_of(window_) >= *train_.stop_mean_return;
-      const bool by_wins = train_.stop_win_rate && full && mean_of(win_window_) >= *train_.stop_win_rate;
-      if (by_return || by_wins) {
+      if (const std::string met = stop_.met(window_, global_step_); !met.empty()) {
         result.exit_reason = "stop_condition";
         result.summary.push_back({"solved_at_step", static_cast<double>(global_step_)});
         result.summary.push_back({"solved_at_time_s", train_time()});
-        if (by_wins)
-          spdlog::info("stop condition met: win rate {:.2f} over the last {} episodes at step {}", mean_of(win_window_),
-                       train_.stop_window, global_step_);
-        else
-          spdlog::info("stop condition met: mean return {:.1f} over the last {} episodes at step {}", mean_of(window_),
-                       train_.stop_window, global_step_);
+        spdlog::info("{}", met);
         break;
       }
       if (train_.checkpoint_every > 0 && iteration_ % train_.checkpoint_every == 0) checkpoint(ctx.dir);
@@ -206,22 +188,18 @@ class RlProgram final : public Program {
     result.summary.push_back({"iterations", static_cast<double>(iteration_)});
     result.summary.push_back({"global_step", static_cast<double>(global_step_)});
     result.summary.push_back({"train_time_s", train_time()});
-    if (!window_.empty()) result.summary.push_back({"recent_mean_return", mean_of(window_)});
-    if (!win_window_.empty()) result.summary.push_back({"recent_win_rate", mean_of(win_window_)});
+    if (!window_.returns().empty()) result.summary.push_back({"recent_mean_return", window_.mean_return()});
+    if (window_.has_wins()) result.summary.push_back({"recent_win_rate", window_.win_rate()});
     return result;
   }
 
  private:
-  struct Finished {
-    std::deque<double> returns, lengths, wins;
-  };
-
-  std::pair<core::Batch, Finished> rollout(int64_t T) {
+  std::pair<core::Batch, FinishedEpisodes> rollout(int64_t T) {
     envs::VecEnv& env = *agent_.env;
     std::vector<at::Tensor> obs(T), action(T), log_prob(T), value(T), reward(T), terminated(T), truncated(T), done(T);
     std::vector<std::pair<int64_t, at::Tensor>> truncated_rows;  // (t, env indices) that need V(final obs)
     std::vector<at::Tensor> truncated_obs;
-    Finished finished;
+    FinishedEpisodes finished;
     at::Tensor current = agent_.observe(env.obs(), true);
     for (int64_t t = 0; t < T; ++t) {
       models::ActOutput out = agent_.policy->act(current, false, gen_);
@@ -235,21 +213,10 @@ class RlProgram final : public Program {
       done[t] = env.terminated() | env.truncated();
       reward[t] = train_.norm_reward ? reward_scaler_->scale(env.reward(), done[t], train_.clip_reward) : env.reward().clone();
       if (done[t].any().item<bool>()) {
-        at::Tensor idx = done[t].nonzero().squeeze(1);
-        at::Tensor rets = env.episode_return().index_select(0, idx).to(at::kDouble).contiguous();
-        at::Tensor lens = env.episode_length().index_select(0, idx).to(at::kDouble).contiguous();
-        at::Tensor wins = env.spec().has_outcome ? env.episode_won().index_select(0, idx).to(at::kDouble).contiguous()
-                                                 : at::Tensor();
-        for (int64_t k = 0; k < idx.size(0); ++k) {
-          finished.returns.push_back(rets.data_ptr<double>()[k]);
-          finished.lengths.push_back(lens.data_ptr<double>()[k]);
-          window_.push_back(rets.data_ptr<double>()[k]);
-          if (static_cast<int>(window_.size()) > train_.stop_window) window_.pop_front();
-          if (!wins.defined()) continue;
-          finished.wins.push_back(wins.data_ptr<double>()[k]);
-          win_window_.push_back(wins.data_ptr<double>()[k]);
-          if (static_cast<int>(win_window_.size()) > train_.stop_window) win_window_.pop_front();
-        }
+        FinishedEpisodes ended = envs::finished_episodes(done[t], env.episode_return(), env.episode_length(),
+                                                   env.episode_won(), env.spec().layout.agents);
+        window_.add(ended);
+        finished.append(ended);
         at::Tensor trunc = (env.truncated() & ~env.terminated()).nonzero().squeeze(1);
         if (trunc.numel() > 0) {
           truncated_rows.emplace_back(t, trunc);
@@ -290,7 +257,8 @@ class RlProgram final : public Program {
     m["iteration"] = iteration_;
     m["global_step"] = global_step_;
     m["train_time_s"] = elapsed_before_;
-    m["recent_returns"] = std::vector<double>(window_.begin(), window_.end());
+    m["recent_returns"] = window_.returns();
+    m["recent_wins"] = window_.wins();
     m["env"] = agent_.env->spec().id;
     m["config"] = core::read_file(dir / "config.yaml");
     m["config_hash"] = std::to_string(std::hash<std::string>{}(m["config"].get<std::string>()));
@@ -305,11 +273,20 @@ class RlProgram final : public Program {
   at::Generator gen_;
   int64_t iteration_ = 0, global_step_ = 0;
   double elapsed_before_ = 0;  // training seconds before a resume
-  std::deque<double> window_;      // returns of the last stop.window finished episodes
-  std::deque<double> win_window_;  // and whether they were won (envs with an outcome)
+  StopRule stop_;
+  EpisodeWindow window_;  // the last stop.window finished episodes
 };
 
 ProgramRegistration rl("rl", [](core::ConfigView root, const Experiment& e) {
+  std::vector<std::string> names = algorithms::algorithm_names();
+  for (const std::string& q : algorithms::q_learner_names()) names.push_back(q);
+  const std::string algo = root.section("algo").choice("name", "ppo", names);
+  for (const std::string& q : algorithms::q_learner_names())
+    if (algo == q) {
+      if (root.has("workers"))
+        root.fail("workers", "'" + algo + "' runs in one process (its replay and learner are local); remove workers:");
+      return make_q_program(root, e);
+    }
   return root.has("workers") ? make_distributed_rl_program(root, e) : make_rl_program(root, e);
 });
 

@@ -13,6 +13,9 @@ namespace flotilla::controller {
 // checkpoint); throws ConfigError on a bad key.
 std::unique_ptr<Program> make_rl_program(core::ConfigView root, const Experiment& experiment);
 
+// IQL, VDN and QMIX: epsilon-greedy agents, episode replay, one process (q_program.cpp).
+std::unique_ptr<Program> make_q_program(core::ConfigView root, const Experiment& experiment);
+
 // The same program across processes, for experiments with a `workers:` list (distributed_rl.cpp).
 std::unique_ptr<Program> make_distributed_rl_program(core::ConfigView root, const Experiment& experiment);
 

@@ -116,6 +116,7 @@ class BatchedMultiAgentEnv final : public MultiAgentVecEnv {
     b.global_state = global_state_.data_ptr<float>();
     b.final_global_state = final_state_.data_ptr<float>();
     b.avail = avail_.data_ptr<bool>();
+    b.final_avail = final_avail_.data_ptr<bool>();
     b.reward = reward_.data_ptr<float>();
     b.agent_done = agent_done_.data_ptr<bool>();
     b.terminated = terminated_.data_ptr<bool>();

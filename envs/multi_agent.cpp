@@ -81,6 +81,7 @@ void MultiAgentVecEnv::allocate(int64_t capacity) {
   obs_ = rows(at::zeros({capacity, A, O}, f32));
   final_obs_ = rows(at::zeros({capacity, A, O}, f32));
   avail_ = rows(at::zeros({capacity, A, K}, f32.dtype(at::kBool)));
+  final_avail_ = rows(at::zeros({capacity, A, K}, f32.dtype(at::kBool)));
   global_state_ = rows(at::zeros({capacity, S}, f32));
   final_state_ = rows(at::zeros({capacity, S}, f32));
   reward_ = rows(at::zeros({capacity, A}, f32));
@@ -95,6 +96,7 @@ void MultiAgentVecEnv::allocate(int64_t capacity) {
   l.check(obs_, "obs", true, {O});
   l.check(final_obs_, "final_obs", true, {O});
   l.check(avail_, "avail_actions", true, {K});
+  l.check(final_avail_, "final_avail_actions", true, {K});
   l.check(reward_, "reward", true, {});
   l.check(agent_done_, "agent_done", true, {});
   l.check(episode_return_, "episode_return", true, {});

@@ -85,6 +85,7 @@ class MultiAgentVecEnv {
   const at::Tensor& truncated() const { return truncated_; }            // [N] bool, time limit
   const at::Tensor& final_obs() const { return final_obs_; }            // [N, A, O], where an episode ended
   const at::Tensor& final_global_state() const { return final_state_; } // [N, S], where an episode ended
+  const at::Tensor& final_avail_actions() const { return final_avail_; } // [N, A, K], where an episode ended
   const at::Tensor& episode_return() const { return episode_return_; }  // [N, A], where an episode ended
   const at::Tensor& episode_length() const { return episode_length_; }  // [N] int32, where an episode ended
   const at::Tensor& won() const { return won_; }                        // [N] float32 1/0, where an episode ended
@@ -97,7 +98,7 @@ class MultiAgentVecEnv {
   MultiAgentSpec spec_;
   int64_t num_envs_;
   int32_t max_episode_steps_;
-  at::Tensor obs_, avail_, global_state_, reward_, agent_done_, terminated_, truncated_, final_obs_, final_state_,
+  at::Tensor obs_, avail_, final_avail_, global_state_, reward_, agent_done_, terminated_, truncated_, final_obs_, final_state_,
       episode_return_, episode_length_, won_;
 
  private:

@@ -32,6 +32,35 @@ VecEnv::VecEnv(EnvSpec spec, int64_t num_envs, int64_t capacity, int32_t max_epi
   }
 }
 
+void FinishedEpisodes::append(const FinishedEpisodes& more) {
+  returns.insert(returns.end(), more.returns.begin(), more.returns.end());
+  lengths.insert(lengths.end(), more.lengths.begin(), more.lengths.end());
+  wins.insert(wins.end(), more.wins.begin(), more.wins.end());
+}
+
+FinishedEpisodes finished_episodes(const at::Tensor& done, const at::Tensor& episode_return, const at::Tensor& episode_length,
+                                   const at::Tensor& won, int64_t agents) {
+  FinishedEpisodes out;
+  at::Tensor d = done, ret = episode_return, len = episode_length, w = won;
+  if (agents > 1) {  // one entry per env: its first row's flags, its agents' mean return
+    const int64_t envs = d.size(0) / agents;
+    d = d.view({envs, agents}).select(1, 0);
+    ret = ret.reshape({envs, agents}).to(at::kDouble).mean(1);
+    len = len.view({envs, agents}).select(1, 0);
+    if (w.defined()) w = w.view({envs, agents}).select(1, 0);
+  }
+  if (!d.any().item<bool>()) return out;
+  at::Tensor idx = d.nonzero().squeeze(1);
+  auto values = [&](const at::Tensor& t) {
+    at::Tensor v = t.index_select(0, idx).to(at::kDouble).contiguous();
+    return std::vector<double>(v.data_ptr<double>(), v.data_ptr<double>() + v.numel());
+  };
+  out.returns = values(ret);
+  out.lengths = values(len);
+  if (w.defined()) out.wins = values(w);
+  return out;
+}
+
 at::Tensor VecEnv::clip_actions(const at::Tensor& actions) const {
   if (!action_low_.defined()) return actions;
   return at::max(at::min(actions, action_high_), action_low_).contiguous();

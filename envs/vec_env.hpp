@@ -38,6 +38,17 @@ struct EnvSpec {
   bool has_outcome = false;  // episodes are won or lost: episode_won() is filled
 };
 
+// Episodes that ended at one step, for statistics.
+struct FinishedEpisodes {
+  std::vector<double> returns, lengths, wins;  // wins only for envs with an outcome
+  void append(const FinishedEpisodes& more);
+};
+
+// Episodes that ended where `done` [N] is set. `agents` > 1 means the N rows are env-major agent
+// rows (a multi-agent env's): an env's episode counts once, with its agents' mean return.
+FinishedEpisodes finished_episodes(const at::Tensor& done, const at::Tensor& episode_return,
+                                   const at::Tensor& episode_length, const at::Tensor& won, int64_t agents);
+
 class VecEnv {
  public:
   // Output tensors get `capacity` >= num_envs rows; the public ones are views of the first num_envs.

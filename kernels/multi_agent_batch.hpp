@@ -7,7 +7,7 @@
 // thread per env (multi_agent_batch.cuh).
 //
 // Layout, env-major (checked once, in envs/multi_agent.cpp):
-//   obs [N, A, O]   avail [N, A, K]   reward, agent_done, episode_return [N, A]
+//   obs, final_obs [N, A, O]   avail, final_avail [N, A, K]   reward, agent_done, episode_return [N, A]
 //   global_state [N, S]   terminated, truncated, episode_length, won [N]
 // Agent a of env i is row i * A + a of any [N, A, ...] buffer.
 //
@@ -40,6 +40,7 @@ struct MultiAgentBuffers {
   float* global_state = nullptr;         // [N, S]
   float* final_global_state = nullptr;   // [N, S], where an episode ended
   bool* avail = nullptr;                 // [N, A, K]
+  bool* final_avail = nullptr;           // [N, A, K], where an episode ended
   float* reward = nullptr;               // [N, A]
   bool* agent_done = nullptr;            // [N, A]
   bool* terminated = nullptr;            // [N]
@@ -97,6 +98,7 @@ FLOTILLA_HD void ma_step_one(const typename E::Params& p, const MultiAgentBuffer
   if (!(terminated || t >= b.max_episode_steps)) return;
   for (int64_t k = 0; k < b.agents * b.obs_dim; ++k) b.final_obs[first * b.obs_dim + k] = b.obs[first * b.obs_dim + k];
   for (int k = 0; k < b.state_dim; ++k) b.final_global_state[i * b.state_dim + k] = b.global_state[i * b.state_dim + k];
+  for (int64_t k = 0; k < b.agents * b.avail_dim; ++k) b.final_avail[first * b.avail_dim + k] = b.avail[first * b.avail_dim + k];
   for (int a = 0; a < b.agents; ++a) b.episode_return[first + a] = static_cast<float>(b.return_so_far[first + a]);
   b.episode_length[i] = t;
   b.episode[i] += 1;

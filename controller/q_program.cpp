@@ -1,0 +1,199 @@
+// The value-based multi-agent loop (`program: rl` with algo.name iql, vdn or qmix): epsilon-greedy
+// agents step a batch of multi-agent envs, whole episodes go to an episode replay, and the learner
+// trains on sampled episodes after every `train.num_steps` env steps.
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+
+#include "algorithms/episode_replay.hpp"
+#include "algorithms/q_learning.hpp"
+#include "controller/checkpoint.hpp"
+#include "controller/episodes.hpp"
+#include "controller/rl_program.hpp"
+#include "core/error.hpp"
+#include "core/fs.hpp"
+#include "envs/multi_agent.hpp"
+
+namespace flotilla::controller {
+namespace fs = std::filesystem;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+algorithms::EpisodeShape shape_of(const envs::MultiAgentVecEnv& env) {
+  const envs::MultiAgentSpec& s = env.spec();
+  if (!s.discrete())
+    throw ConfigError(s.id + ": IQL, VDN and QMIX choose among discrete actions; this env's actions are continuous "
+                             "(set env.params.continuous_actions: false, or use ippo or mappo)");
+  return {env.max_episode_steps(), env.num_agents(), s.obs_dim(), s.state.numel(), s.avail_dim()};
+}
+
+class QProgram final : public Program {
+ public:
+  QProgram(core::ConfigView root, const Experiment& e)
+      : experiment_(e),
+        env_(envs::make_multi_agent_env(root.section("env"))),
+        config_(algorithms::QConfig::read(root.section("algo"))),
+        shape_(shape_of(*env_)),
+        replay_(shape_, config_.buffer_size),
+        recorder_(shape_, env_->num_envs()),
+        stop_(StopRule::read(root, env_->spec().has_outcome, env_->spec().id)),
+        window_(stop_.window) {
+    core::ConfigView train = root.section("train");
+    total_steps_ = train.get<int64_t>("total_steps", 1'000'000, core::at_least<int64_t>(1));
+    num_steps_ = train.get<int64_t>("num_steps", shape_.max_steps, core::at_least<int64_t>(1));
+    torch_threads_ = train.get<int>("torch_threads", 1, core::in_range(1, 256));
+    core::ConfigView ckpt = root.section("checkpoint");
+    checkpoint_every_ = ckpt.get<int>("every", 0, core::at_least(0));
+    checkpoint_keep_ = ckpt.get<int>("keep", 3, core::at_least(1));
+    at::manual_seed(static_cast<uint64_t>(e.seed));  // weight initialization
+    learner_ = std::make_unique<algorithms::QLearner>(config_, shape_);
+    gen_ = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(e.seed) + 1);
+    env_->reset(static_cast<uint64_t>(e.seed));
+    recorder_.begin(env_->obs(), env_->global_state(), env_->avail_actions());
+    last_action_ = at::full({env_->num_envs(), env_->num_agents()}, -1, at::kLong);
+  }
+
+  int64_t total_steps() const override { return total_steps_; }
+
+  void resume(const fs::path& run_dir) override {
+    auto path = latest_checkpoint(run_dir);
+    if (!path) throw ConfigError(run_dir.string() + ": no checkpoint to resume from in checkpoints/");
+    Checkpoint c = load_checkpoint(*path);
+    nlohmann::json m = nlohmann::json::parse(c.manifest_json);
+    learner_->load(c.tensors);
+    for (const auto& [name, t] : c.tensors)
+      if (name == "rng") gen_.set_state(t);
+    global_step_ = m.at("global_step").get<int64_t>();
+    iteration_ = m.at("iteration").get<int64_t>();
+    elapsed_before_ = m.at("train_time_s").get<double>();
+    window_.restore(m.at("recent_returns").get<std::vector<double>>(), m.value("recent_wins", std::vector<double>{}));
+    // The replay buffer is not in checkpoints: it refills from the resumed policy.
+    spdlog::info("resuming from {} (step {}); the episode replay starts empty", path->string(), global_step_);
+  }
+
+  RunResult run(RunContext& ctx) override {
+    at::set_num_threads(experiment_.deterministic ? 1 : torch_threads_);
+    const auto start = clock_type::now();
+    auto train_time = [&] { return elapsed_before_ + std::chrono::duration<double>(clock_type::now() - start).count(); };
+    const int64_t n = env_->num_envs();
+    RunResult result;
+    while (global_step_ < total_steps_) {
+      if (ctx.stop_requested.load()) {
+        result.exit_reason = "interrupted";
+        break;
+      }
+      const auto t0 = clock_type::now();
+      FinishedEpisodes finished;
+      const double epsilon = config_.epsilon(global_step_);
+      for (int64_t s = 0; s < num_steps_; ++s) {
+        at::Tensor action = learner_->act(env_->obs(), env_->avail_actions(), last_action_, epsilon, gen_);
+        env_->step(action);
+        const at::Tensor done = env_->terminated() | env_->truncated();
+        core::Batch ended = recorder_.step(action, env_->reward(), env_->terminated(), done, env_->obs(),
+                                           env_->global_state(), env_->avail_actions(), env_->final_obs(),
+                                           env_->final_global_state(), env_->final_avail_actions());
+        last_action_ = at::where(done.unsqueeze(1), at::full_like(action, -1), action);
+        if (!ended.empty()) {
+          replay_.add(ended);
+          // An episode's return: its agents' mean.
+          FinishedEpisodes e = envs::finished_episodes(done, env_->episode_return().mean(1), env_->episode_length(),
+                                                       env_->spec().has_outcome ? env_->won() : at::Tensor(), 1);
+          window_.add(e);
+          finished.append(e);
+        }
+      }
+      global_step_ += n * num_steps_;
+      ++iteration_;
+      const auto t1 = clock_type::now();
+      core::Scalars losses;
+      if (replay_.size() >= std::max(config_.batch_size, config_.learning_starts)) {
+        std::map<std::string, double> sum;
+        for (int u = 0; u < config_.updates_per_iteration; ++u) {
+          core::Scalars l;
+          try {
+            l = learner_->update(replay_.sample(config_.batch_size, gen_));
+          } catch (const Error& err) {
+            throw Error("step " + std::to_string(global_step_) + ": " + err.what() +
+                        " (the last good checkpoint is kept in checkpoints/)");
+          }
+          for (const auto& [k, v] : l) sum[k] += v / config_.updates_per_iteration;
+        }
+        losses.assign(sum.begin(), sum.end());
+      }
+      const auto t2 = clock_type::now();
+
+      core::Scalars row;
+      if (!finished.returns.empty()) {
+        row.push_back({"charts/episodic_return", mean_of(finished.returns)});
+        row.push_back({"charts/episodic_length", mean_of(finished.lengths)});
+      }
+      if (!finished.wins.empty()) row.push_back({"charts/win_rate", mean_of(finished.wins)});
+      row.push_back({"charts/episodes", static_cast<double>(finished.returns.size())});
+      row.push_back({"charts/epsilon", epsilon});
+      row.push_back({"charts/replay_episodes", static_cast<double>(replay_.size())});
+      row.insert(row.end(), losses.begin(), losses.end());
+      row.push_back({"perf/sps", global_step_ / std::max(train_time(), 1e-9)});
+      row.push_back({"timing_s/rollout", std::chrono::duration<double>(t1 - t0).count()});
+      row.push_back({"timing_s/update", std::chrono::duration<double>(t2 - t1).count()});
+      ctx.metrics.log(global_step_, row);
+      ctx.report_progress(global_step_);
+      if (const std::string met = stop_.met(window_, global_step_); !met.empty()) {
+        result.exit_reason = "stop_condition";
+        result.summary.push_back({"solved_at_step", static_cast<double>(global_step_)});
+        result.summary.push_back({"solved_at_time_s", train_time()});
+        spdlog::info("{}", met);
+        break;
+      }
+      if (checkpoint_every_ > 0 && iteration_ % checkpoint_every_ == 0) checkpoint(ctx.dir, train_time());
+    }
+    checkpoint(ctx.dir, train_time());
+    result.summary.push_back({"global_step", static_cast<double>(global_step_)});
+    result.summary.push_back({"train_time_s", train_time()});
+    if (!window_.returns().empty()) result.summary.push_back({"recent_mean_return", window_.mean_return()});
+    if (window_.has_wins()) result.summary.push_back({"recent_win_rate", window_.win_rate()});
+    return result;
+  }
+
+ private:
+  void checkpoint(const fs::path& dir, double train_time) {
+    NamedTensors tensors = learner_->state();
+    tensors.emplace_back("rng", gen_.get_state());
+    nlohmann::ordered_json m;
+    m["iteration"] = iteration_;
+    m["global_step"] = global_step_;
+    m["train_time_s"] = train_time;
+    m["recent_returns"] = window_.returns();
+    m["recent_wins"] = window_.wins();
+    m["env"] = env_->spec().id;
+    m["config"] = core::read_file(dir / "config.yaml");
+    save_checkpoint(dir, iteration_, tensors, m.dump(2), checkpoint_keep_);
+  }
+
+  Experiment experiment_;
+  std::unique_ptr<envs::MultiAgentVecEnv> env_;
+  algorithms::QConfig config_;
+  algorithms::EpisodeShape shape_;
+  algorithms::EpisodeReplay replay_;
+  algorithms::EpisodeRecorder recorder_;
+  StopRule stop_;
+  EpisodeWindow window_;
+  std::unique_ptr<algorithms::QLearner> learner_;
+  at::Generator gen_;
+  at::Tensor last_action_;
+  int64_t total_steps_ = 0, num_steps_ = 0, global_step_ = 0, iteration_ = 0;
+  int torch_threads_ = 1, checkpoint_every_ = 0, checkpoint_keep_ = 3;
+  double elapsed_before_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Program> make_q_program(core::ConfigView root, const Experiment& experiment) {
+  return std::make_unique<QProgram>(root, experiment);
+}
+
+}  // namespace flotilla::controller
