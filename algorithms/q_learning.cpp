@@ -148,11 +148,15 @@ at::Tensor QLearner::act(const at::Tensor& obs, const at::Tensor& avail, const a
   return torch::where(explore, random, greedy);
 }
 
-core::Scalars QLearner::update(const core::Batch& e) {
+core::Scalars QLearner::update(const core::Batch& batch) {
   Impl& m = *impl_;
-  const torch::Tensor &obs = e["obs"], &state = e["state"], &avail = e["avail"], &action = e["action"];
-  const torch::Tensor &reward = e["reward"], &terminated = e["terminated"], &filled = e["filled"];
-  const int64_t T = action.size(1);
+  // Only the steps up to the longest episode in the batch: short episodes (a quick battle) would
+  // otherwise spend most of the update on padding.
+  const int64_t T = std::max<int64_t>(1, batch["filled"].sum(1).max().item<int64_t>());
+  auto steps = [&](const char* name, int64_t extra) { return batch[name].narrow(1, 0, T + extra); };
+  const torch::Tensor obs = steps("obs", 1), state = steps("state", 1), avail = steps("avail", 1);
+  const torch::Tensor action = steps("action", 0), reward = steps("reward", 0), terminated = steps("terminated", 0),
+                      filled = steps("filled", 0);
   // Last actions: none at t = 0, then the previous step's.
   torch::Tensor last = torch::cat({torch::full({action.size(0), 1, action.size(2)}, -1, torch::kLong), action}, 1);
   torch::Tensor in = m.inputs(obs, last);

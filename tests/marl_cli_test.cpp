@@ -1,0 +1,161 @@
+// Multi-agent runs from the command line: every shipped config, QMIX resume, a distributed MAPPO
+// job, env trace and bench env on multi-agent envs, and the errors a user can run into.
+#include <doctest/doctest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <set>
+#include <sstream>
+#include <csignal>
+#include <thread>
+
+#include "core/fs.hpp"
+#include "core/metrics.hpp"
+#include "support/cli.hpp"
+#include "support/temp_dir.hpp"
+
+using namespace flotilla;
+namespace fs = std::filesystem;
+
+namespace {
+const std::string kCli = FLOTILLA_TEST_CLI;
+std::string config(const std::string& name) { return std::string(FLOTILLA_SOURCE_DIR) + "/configs/" + name; }
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+nlohmann::json summary_of(const fs::path& dir) { return nlohmann::json::parse(core::read_file(dir / "summary.json")); }
+std::set<std::string> metric_names(const fs::path& dir) {
+  std::set<std::string> names;
+  for (const auto& row : core::read_metrics_jsonl(dir / "metrics.jsonl"))
+    for (const auto& [k, v] : row.values) names.insert(k);
+  return names;
+}
+}  // namespace
+
+TEST_CASE("marl_configs_run_a_short_job") {
+  struct Case {
+    const char* file;
+    std::vector<std::string> overrides;
+    std::vector<const char*> metrics;
+  };
+  const std::vector<Case> cases = {
+      {"mpe_spread_mappo.yaml", {"train.total_steps=400", "env.num_envs=4", "train.num_steps=25"},
+       {"charts/episodic_return", "losses/value_loss", "losses/explained_variance"}},
+      {"mpe_tag_ippo.yaml", {"train.total_steps=400", "env.num_envs=4", "train.num_steps=25"},
+       {"charts/episodic_return", "losses/policy_loss"}},
+      {"smax_3m_mappo.yaml", {"train.total_steps=2000", "env.num_envs=8", "train.num_steps=50"},
+       {"charts/win_rate", "charts/episodic_return", "losses/policy_loss"}},
+      {"smax_2s3z_mappo.yaml", {"train.total_steps=2000", "env.num_envs=8", "train.num_steps=50"},
+       {"charts/win_rate", "losses/policy_loss"}},
+      {"smax_3m_qmix.yaml",
+       {"train.total_steps=2000", "env.num_envs=8", "algo.learning_starts=4", "algo.batch_size=4"},
+       {"charts/win_rate", "charts/epsilon", "losses/td_loss", "losses/q_values"}},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(std::string(c.file));
+    test::TempDir dir;
+    auto v = test::run_cli(kCli, {"validate", config(c.file)}, dir.path());
+    CHECK(v.code == 0);
+    std::vector<std::string> args = {"run", "-q", config(c.file), "run.dir=r", "stop.window=100000"};
+    args.insert(args.end(), c.overrides.begin(), c.overrides.end());
+    auto r = test::run_cli(kCli, args, dir.path(), dir.path());
+    REQUIRE_MESSAGE(r.code == 0, r.err);
+    auto s = summary_of(dir.path() / "r");
+    CHECK(s["exit_reason"] == "completed");
+    auto names = metric_names(dir.path() / "r");
+    for (const char* m : c.metrics) CHECK_MESSAGE(names.count(m), std::string(m));
+    CHECK(fs::exists(dir.path() / "r" / "checkpoints"));
+  }
+}
+
+TEST_CASE("qmix_ctrl_c_then_resume_continues_the_run") {
+  test::TempDir dir;
+  auto interrupted_run = [&](const std::vector<std::string>& args) {
+    test::CliProcess p(kCli, args, dir.path(), dir.path());
+    for (int i = 0; i < 500 && !fs::exists(dir.path() / "r" / "metrics.jsonl"); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    p.signal(SIGINT);
+    return p.wait(60);
+  };
+  auto first = interrupted_run({"run", config("smax_3m_qmix.yaml"), "run.dir=r", "train.total_steps=100000000",
+                                "env.num_envs=4", "algo.learning_starts=2", "algo.batch_size=2"});
+  CHECK(first.code == 130);
+  const double stopped_at = summary_of(dir.path() / "r")["global_step"].get<double>();
+  CHECK(stopped_at > 0);
+  const size_t rows_before = core::read_metrics_jsonl(dir.path() / "r" / "metrics.jsonl").size();
+  auto second = interrupted_run({"resume", "-q", "r"});
+  CHECK(second.code == 130);
+  CHECK(summary_of(dir.path() / "r")["global_step"].get<double>() > stopped_at);
+  auto rows = core::read_metrics_jsonl(dir.path() / "r" / "metrics.jsonl");
+  REQUIRE(rows.size() > rows_before);
+  CHECK(rows[rows_before].step > stopped_at);  // the resumed run counts on from the checkpoint
+}
+
+TEST_CASE("mappo_runs_across_processes") {
+  test::TempDir dir;
+  const fs::path cfg = dir.write("spread_distributed.yaml", "defaults: [" + config("mpe_spread_mappo.yaml") + R"(]
+name: spread_distributed
+env: {num_envs: 4}
+workers:
+  - {role: env_actor, count: 2}
+  - {role: policy_worker, count: 1}
+  - {role: trainer, count: 1}
+train: {total_steps: 1000, num_steps: 25}
+)");
+  auto r = test::run_cli(kCli, {"run", "-q", cfg.string(), "run.dir=r"}, dir.path(), dir.path());
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  auto s = summary_of(dir.path() / "r");
+  CHECK(s["global_step"].get<double>() >= 1000);
+  auto names = metric_names(dir.path() / "r");
+  CHECK(names.count("charts/episodic_return"));
+  CHECK(names.count("losses/value_loss"));
+}
+
+TEST_CASE("marl_config_errors_name_the_problem") {
+  test::TempDir dir;
+  auto qmix_workers = test::run_cli(kCli, {"validate", config("smax_3m_qmix.yaml"), "workers=[{role: trainer}]"}, dir.path());
+  CHECK(qmix_workers.code == 2);
+  CHECK(contains(qmix_workers.err, "one process"));
+  auto continuous = test::run_cli(kCli, {"validate", config("smax_3m_qmix.yaml"), "env.id=mpe/simple_spread",
+                                         "env.params={continuous_actions: true}"}, dir.path());
+  CHECK(continuous.code == 2);
+  CHECK(contains(continuous.err, "continuous"));
+  auto mpe_win = test::run_cli(kCli, {"validate", config("mpe_spread_mappo.yaml"), "stop.win_rate=0.5"}, dir.path());
+  CHECK(mpe_win.code == 2);
+  CHECK(contains(mpe_win.err, "no win or loss"));
+  auto typo = test::run_cli(kCli, {"validate", config("smax_3m_qmix.yaml"), "algo.name=qmx"}, dir.path());
+  CHECK(typo.code == 2);
+  CHECK(contains(typo.err, "qmix"));
+  auto bad_param = test::run_cli(kCli, {"validate", config("mpe_spread_mappo.yaml"), "env.params.N=40"}, dir.path());
+  CHECK(bad_param.code == 2);
+  CHECK(contains(bad_param.err, "N must be between 1 and 16"));
+}
+
+TEST_CASE("env_trace_and_bench_work_on_multi_agent_envs") {
+  test::TempDir dir;
+  auto t = test::run_cli(kCli, {"env", "trace", "--env", "mpe/simple_spread", "--param", "N=2", "--init-state",
+                                R"({"agents":[{"p_pos":[0,0]},{"p_pos":[1,0]}],"landmarks":[{"p_pos":[0,1]},{"p_pos":[1,1]}]})",
+                                "--actions", "[[2,0],[0,0]]"},
+                         dir.path());
+  REQUIRE_MESSAGE(t.code == 0, t.err);
+  std::vector<nlohmann::json> lines;
+  std::istringstream in(t.out);
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) lines.push_back(nlohmann::json::parse(line));
+  REQUIRE(lines.size() == 3);
+  CHECK(lines[0]["agents"]["agent_1"]["obs"][2].get<double>() == 1.0);  // own position x
+  CHECK(lines[1]["agents"]["agent_0"]["obs"][0].get<double>() == doctest::Approx(0.5));  // pushed right
+  // Each landmark has an agent under it: no distance penalty, no collision.
+  CHECK(lines[2]["agents"]["agent_1"].contains("reward"));
+  auto bad = test::run_cli(kCli, {"env", "trace", "--env", "mpe/simple_spread", "--actions", "[[7,0,0]]"}, dir.path());
+  CHECK(bad.code == 2);
+  CHECK(contains(bad.err, "agent_0"));
+  auto b = test::run_cli(kCli, {"bench", "env", "--env", "smax/3m", "--num-envs", "64", "--steps", "20", "--json"}, dir.path());
+  REQUIRE(b.code == 0);
+  auto j = nlohmann::json::parse(b.out);
+  CHECK(j["agents"] == 3);
+  CHECK(j["agent_steps_per_second"].get<double>() == doctest::Approx(3 * j["steps_per_second"].get<double>()));
+  auto list = test::run_cli(kCli, {"env", "list"}, dir.path());
+  CHECK(contains(list.out, "agent leadadversary_0: observations Box(-inf, inf, (34,), float32), actions Discrete(20)"));
+  CHECK(contains(list.out, "smax/3s_vs_5z"));
+}
