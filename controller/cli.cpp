@@ -224,10 +224,14 @@ int flotilla::controller::cli_main(int argc, char** argv) {
       if (eval_json) {
         std::cout << "{\"checkpoint\":\"" << path.string() << "\",\"episodes\":" << r.episodes
                   << ",\"mean_return\":" << r.mean_return << ",\"std_return\":" << r.std_return
-                  << ",\"mean_length\":" << r.mean_length << "}\n";
+                  << ",\"mean_length\":" << r.mean_length;
+        if (!std::isnan(r.win_rate)) std::cout << ",\"win_rate\":" << r.win_rate;
+        std::cout << "}\n";
       } else {
         std::cout << path.string() << ": " << r.episodes << " episodes, return " << r.mean_return << " +- "
-                  << r.std_return << ", length " << r.mean_length << "\n";
+                  << r.std_return << ", length " << r.mean_length;
+        if (!std::isnan(r.win_rate)) std::cout << ", win rate " << r.win_rate;
+        std::cout << "\n";
       }
       return 0;
     }

@@ -30,6 +30,33 @@ void EpisodeWindow::restore(const std::vector<double>& returns, const std::vecto
   wins_.assign(wins.begin(), wins.end());
 }
 
+EvalTally::EvalTally(int episodes, int64_t envs) : episodes_(episodes), quota_(envs, episodes / envs) {
+  for (int64_t i = 0; i < episodes % envs; ++i) ++quota_[i];
+}
+
+void EvalTally::add(const at::Tensor& done, const at::Tensor& ret, const at::Tensor& length, const at::Tensor& won) {
+  if (!done.any().item<bool>()) return;
+  at::Tensor d = done.to(at::kBool).contiguous(), r = ret.to(at::kDouble).contiguous(), l = length.to(at::kDouble).contiguous();
+  at::Tensor w = won.defined() ? won.to(at::kDouble).contiguous() : at::Tensor();
+  for (int64_t i = 0; i < d.size(0); ++i) {
+    if (!d.data_ptr<bool>()[i] || quota_[i] == 0) continue;
+    --quota_[i];
+    returns_.push_back(r.data_ptr<double>()[i]);
+    lengths_.push_back(l.data_ptr<double>()[i]);
+    if (w.defined()) wins_.push_back(w.data_ptr<double>()[i]);
+  }
+}
+
+double EvalTally::mean_return() const { return mean_of(returns_); }
+double EvalTally::mean_length() const { return mean_of(lengths_); }
+double EvalTally::win_rate() const { return mean_of(wins_); }
+double EvalTally::std_return() const {
+  const double m = mean_return();
+  double v = 0;
+  for (double x : returns_) v += (x - m) * (x - m) / static_cast<double>(returns_.size());
+  return std::sqrt(v);
+}
+
 StopRule StopRule::read(const core::ConfigView& root, bool has_outcome, const std::string& env_id) {
   StopRule r;
   core::ConfigView stop = root.section("stop");

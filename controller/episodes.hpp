@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include <ATen/core/Tensor.h>
+
 #include "core/config.hpp"
 #include "envs/vec_env.hpp"
 
@@ -30,6 +32,27 @@ class EpisodeWindow {
  private:
   int size_;
   std::deque<double> returns_, wins_;
+};
+
+// Evaluation: exactly `episodes` episodes from N envs, each env running a fixed share, so short
+// episodes are not over-counted.
+class EvalTally {
+ public:
+  EvalTally(int episodes, int64_t envs);
+  // Per env [N]: whether its episode ended, and that episode's return, length and outcome
+  // (`won` undefined for envs without one).
+  void add(const at::Tensor& done, const at::Tensor& ret, const at::Tensor& length, const at::Tensor& won);
+  bool complete() const { return static_cast<int>(returns_.size()) >= episodes_; }
+  int episodes() const { return episodes_; }
+  double mean_return() const;
+  double std_return() const;
+  double mean_length() const;
+  double win_rate() const;  // NaN without outcomes
+
+ private:
+  int episodes_;
+  std::vector<int64_t> quota_;
+  std::vector<double> returns_, lengths_, wins_;
 };
 
 struct StopRule {

@@ -196,4 +196,25 @@ std::unique_ptr<Program> make_q_program(core::ConfigView root, const Experiment&
   return std::make_unique<QProgram>(root, experiment);
 }
 
+EvalResult evaluate_q_checkpoint(core::ConfigView root, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                                 int episodes, uint64_t seed) {
+  auto env = envs::make_multi_agent_env(root.section("env"));
+  const algorithms::QConfig config = algorithms::QConfig::read(root.section("algo"));
+  algorithms::QLearner learner(config, shape_of(*env));
+  learner.load(tensors);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed + 1);
+  env->reset(seed);
+  at::Tensor last = at::full({env->num_envs(), env->num_agents()}, -1, at::kLong);
+  EvalTally tally(episodes, env->num_envs());
+  while (!tally.complete()) {
+    at::Tensor action = learner.act(env->obs(), env->avail_actions(), last, 0.0, gen);  // greedy
+    env->step(action);
+    const at::Tensor done = env->terminated() | env->truncated();
+    last = at::where(done.unsqueeze(1), at::full_like(action, -1), action);
+    tally.add(done, env->episode_return().mean(1), env->episode_length(),
+              env->spec().has_outcome ? env->won() : at::Tensor());
+  }
+  return {tally.episodes(), tally.mean_return(), tally.std_return(), tally.mean_length(), tally.win_rate()};
+}
+
 }  // namespace flotilla::controller

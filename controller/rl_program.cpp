@@ -303,6 +303,9 @@ EvalResult evaluate_checkpoint(const fs::path& path, int episodes, bool determin
   tree.apply_override("env.num_envs=" + std::to_string(std::min(episodes, 16)));
   core::Config config(std::move(tree));
   core::ConfigView root = config.root();
+  const std::string algo = root.section("algo").get<std::string>("name", "ppo");
+  for (const std::string& q : algorithms::q_learner_names())
+    if (algo == q) return evaluate_q_checkpoint(root, c.tensors, episodes, seed);
   TrainConfig t = read_train(root);
   Agent a = make_agent(root, t, static_cast<int64_t>(seed));
   NamedTensors policy;
@@ -312,31 +315,18 @@ EvalResult evaluate_checkpoint(const fs::path& path, int episodes, bool determin
   if (t.norm_obs) a.obs_rms.load(c.tensors, "obs_rms");
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed + 1);
   a.env->reset(seed);
-  std::vector<double> returns, lengths;
-  // Each env runs a fixed share of the episodes, so short episodes are not over-counted.
-  const int64_t n = a.env->num_envs();
-  std::vector<int64_t> quota(n, episodes / n);
-  for (int64_t i = 0; i < episodes % n; ++i) ++quota[i];
-  while (static_cast<int>(returns.size()) < episodes) {
+  // A multi-agent env's agent rows count once per env, with the agents' mean return.
+  const int64_t agents = std::max<int64_t>(1, a.env->spec().layout.agents);
+  const int64_t envs = a.env->num_envs() / agents;
+  EvalTally tally(episodes, envs);
+  while (!tally.complete()) {
     models::ActOutput out = a.policy->act(a.observe(a.env->obs(), false), deterministic, gen);
     a.env->step(a.env->clip_actions(out.action));
-    at::Tensor done = a.env->terminated() | a.env->truncated();
-    for (int64_t i = 0; i < n; ++i)
-      if (quota[i] > 0 && done[i].item<bool>()) {
-        --quota[i];
-        returns.push_back(a.env->episode_return()[i].item<double>());
-        lengths.push_back(a.env->episode_length()[i].item<double>());
-      }
+    at::Tensor done = (a.env->terminated() | a.env->truncated()).view({envs, agents}).select(1, 0);
+    at::Tensor won = a.env->spec().has_outcome ? a.env->episode_won().view({envs, agents}).select(1, 0) : at::Tensor();
+    tally.add(done, a.env->episode_return().view({envs, agents}).mean(1), a.env->episode_length().view({envs, agents}).select(1, 0), won);
   }
-  EvalResult r;
-  r.episodes = episodes;
-  for (size_t i = 0; i < returns.size(); ++i) {
-    r.mean_return += returns[i] / episodes;
-    r.mean_length += lengths[i] / episodes;
-  }
-  for (double x : returns) r.std_return += (x - r.mean_return) * (x - r.mean_return) / episodes;
-  r.std_return = std::sqrt(r.std_return);
-  return r;
+  return {tally.episodes(), tally.mean_return(), tally.std_return(), tally.mean_length(), tally.win_rate()};
 }
 
 }  // namespace flotilla::controller

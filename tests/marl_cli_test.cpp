@@ -64,6 +64,11 @@ TEST_CASE("marl_configs_run_a_short_job") {
     auto names = metric_names(dir.path() / "r");
     for (const char* m : c.metrics) CHECK_MESSAGE(names.count(m), std::string(m));
     CHECK(fs::exists(dir.path() / "r" / "checkpoints"));
+    auto e = test::run_cli(kCli, {"eval", "r", "--episodes", "3", "--json"}, dir.path(), dir.path());
+    REQUIRE_MESSAGE(e.code == 0, e.err);
+    auto j = nlohmann::json::parse(e.out);
+    CHECK(j["episodes"] == 3);
+    CHECK(j.contains("win_rate") == contains(c.file, "smax"));
   }
 }
 
