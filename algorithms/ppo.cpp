@@ -5,6 +5,7 @@
 #include <cmath>
 #include <map>
 
+#include "algorithms/adam_state.hpp"
 #include "algorithms/advantages.hpp"
 #include "core/error.hpp"
 
@@ -128,34 +129,11 @@ class PPO final : public Algorithm {
   }
 
   std::vector<std::pair<std::string, at::Tensor>> state() const override {
-    std::vector<std::pair<std::string, at::Tensor>> out;
-    const auto params = policy_.parameters();
-    auto& states = const_cast<torch::optim::Adam&>(optimizer_).state();
-    for (size_t i = 0; i < params.size(); ++i) {
-      auto it = states.find(c10::guts::to_string(params[i].unsafeGetTensorImpl()));
-      if (it == states.end()) continue;  // no step taken yet
-      auto& s = static_cast<torch::optim::AdamParamState&>(*it->second);
-      const std::string p = "optimizer." + std::to_string(i);
-      out.emplace_back(p + ".exp_avg", s.exp_avg());
-      out.emplace_back(p + ".exp_avg_sq", s.exp_avg_sq());
-      out.emplace_back(p + ".step", at::full({1}, s.step(), at::kLong));
-    }
-    return out;
+    return adam_state(optimizer_, policy_.parameters());
   }
 
   void load(const std::vector<std::pair<std::string, at::Tensor>>& tensors) override {
-    std::map<std::string, at::Tensor> by_name(tensors.begin(), tensors.end());
-    const auto params = policy_.parameters();
-    auto& states = optimizer_.state();
-    for (size_t i = 0; i < params.size(); ++i) {
-      const std::string p = "optimizer." + std::to_string(i);
-      if (!by_name.count(p + ".step")) continue;
-      auto s = std::make_unique<torch::optim::AdamParamState>();
-      s->step(by_name.at(p + ".step").item<int64_t>());
-      s->exp_avg(by_name.at(p + ".exp_avg").clone());
-      s->exp_avg_sq(by_name.at(p + ".exp_avg_sq").clone());
-      states[c10::guts::to_string(params[i].unsafeGetTensorImpl())] = std::move(s);
-    }
+    load_adam_state(optimizer_, policy_.parameters(), {tensors.begin(), tensors.end()});
   }
 
  private:

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <map>
 
+#include "algorithms/adam_state.hpp"
 #include "core/error.hpp"
 
 namespace flotilla::algorithms {
@@ -234,16 +235,7 @@ std::vector<std::pair<std::string, at::Tensor>> QLearner::state() const {
     add("mixer", *m.mixer);
     add("target_mixer", *m.target_mixer);
   }
-  auto& states = m.optimizer->state();
-  for (size_t i = 0; i < m.params.size(); ++i) {
-    auto it = states.find(c10::guts::to_string(m.params[i].unsafeGetTensorImpl()));
-    if (it == states.end()) continue;
-    auto& s = static_cast<torch::optim::AdamParamState&>(*it->second);
-    const std::string p = "optimizer." + std::to_string(i);
-    out.emplace_back(p + ".exp_avg", s.exp_avg());
-    out.emplace_back(p + ".exp_avg_sq", s.exp_avg_sq());
-    out.emplace_back(p + ".step", torch::full({1}, s.step(), torch::kLong));
-  }
+  for (auto& t : adam_state(*m.optimizer, m.params)) out.push_back(std::move(t));
   out.emplace_back("updates", torch::full({1}, m.updates, torch::kLong));
   return out;
 }
@@ -267,16 +259,7 @@ void QLearner::load(const std::vector<std::pair<std::string, at::Tensor>>& tenso
     load_module("mixer", *m.mixer);
     load_module("target_mixer", *m.target_mixer);
   }
-  auto& states = m.optimizer->state();
-  for (size_t i = 0; i < m.params.size(); ++i) {
-    const std::string p = "optimizer." + std::to_string(i);
-    if (!by_name.count(p + ".step")) continue;
-    auto s = std::make_unique<torch::optim::AdamParamState>();
-    s->step(by_name.at(p + ".step").item<int64_t>());
-    s->exp_avg(by_name.at(p + ".exp_avg").clone());
-    s->exp_avg_sq(by_name.at(p + ".exp_avg_sq").clone());
-    states[c10::guts::to_string(m.params[i].unsafeGetTensorImpl())] = std::move(s);
-  }
+  load_adam_state(*m.optimizer, m.params, by_name);
   if (by_name.count("updates")) m.updates = by_name.at("updates").item<int64_t>();
 }
 

@@ -138,13 +138,7 @@ class DistributedRl final : public Program {
             else if (name == "perf/actor_wait_share") wait_share[m.worker] = v;
           }
         } else if (m.worker.rfind("trainer/", 0) == 0) {
-          core::Scalars row;
-          if (!finished.returns.empty()) {
-            row.push_back({"charts/episodic_return", mean_of(finished.returns)});
-            row.push_back({"charts/episodic_length", mean_of(finished.lengths)});
-          }
-          if (!finished.wins.empty()) row.push_back({"charts/win_rate", mean_of(finished.wins)});
-          row.push_back({"charts/episodes", static_cast<double>(finished.returns.size())});
+          core::Scalars row = episode_metrics(finished);
           finished = {};
           for (const auto& [name, v] : m.values)
             if (name != "trainer/version") row.push_back({name, v});
@@ -156,19 +150,12 @@ class DistributedRl final : public Program {
           ctx.report_progress(env_steps);
         }
       }
-      if (const std::string met = stop_.met(window, env_steps); !met.empty()) {
-        result.exit_reason = "stop_condition";
-        result.summary.push_back({"solved_at_step", static_cast<double>(env_steps)});
-        result.summary.push_back({"solved_at_time_s", elapsed()});
-        spdlog::info("{}", met);
-        break;
-      }
+      if (stop_.stops(window, env_steps, elapsed(), result)) break;
       if (env_steps >= total_steps_) break;
     }
     result.summary.push_back({"global_step", static_cast<double>(env_steps)});
     result.summary.push_back({"train_time_s", elapsed()});
-    if (!window.returns().empty()) result.summary.push_back({"recent_mean_return", window.mean_return()});
-    if (window.has_wins()) result.summary.push_back({"recent_win_rate", window.win_rate()});
+    add_window_summary(window, result);
     return result;
   }
 

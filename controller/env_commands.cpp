@@ -2,6 +2,7 @@
 #include <nlohmann/json.hpp>
 
 #include <charconv>
+#include <functional>
 #include <iomanip>
 #include <iostream>
 #include <sstream>
@@ -88,6 +89,27 @@ at::Tensor action_tensor(const envs::Space& space, const nlohmann::json& a, int6
   return at::tensor(v, at::kFloat).reshape({1, -1});
 }
 
+// Steps 1 .. actions.size(): `step(t)` takes step t and prints its line, returning whether the
+// episode ended. An invalid action is the user's input (a ConfigError), not a failure of the run.
+void run_trace(const std::vector<nlohmann::json>& actions, const std::function<bool(size_t)>& step) {
+  for (size_t t = 1; t <= actions.size(); ++t) {
+    bool ended = false;
+    try {
+      ended = step(t);
+    } catch (const ConfigError&) {
+      throw;
+    } catch (const Error& e) {
+      throw ConfigError("step " + std::to_string(t) + ": " + e.what());
+    }
+    if (ended) {
+      if (t < actions.size())
+        std::cerr << "env trace: the episode ended at step " << t << "; " << actions.size() - t
+                  << " remaining actions were not used\n";
+      return;
+    }
+  }
+}
+
 // The experiment-style params section from --param key=value pairs.
 core::Config params_config(const std::vector<std::string>& pairs) {
   std::string yaml;
@@ -148,26 +170,15 @@ int multi_agent_trace(const TraceArgs& args) {
   };
   std::vector<nlohmann::json> actions = read_actions(args);
   std::cout << "{\"t\":0,\"agents\":" << agents_json(env->obs(), false) << "}\n";
-  for (size_t t = 1; t <= actions.size(); ++t) {
-    try {
-      env->step(agent_actions(spec, actions[t - 1], static_cast<int64_t>(t)));
-    } catch (const ConfigError&) {
-      throw;
-    } catch (const Error& e) {
-      throw ConfigError("step " + std::to_string(t) + ": " + e.what());
-    }
+  run_trace(actions, [&](size_t t) {
+    env->step(agent_actions(spec, actions[t - 1], static_cast<int64_t>(t)));
     const bool terminated = env->terminated()[0].item<bool>(), truncated = env->truncated()[0].item<bool>();
     const at::Tensor& obs = terminated || truncated ? env->final_obs() : env->obs();
     std::cout << "{\"t\":" << t << ",\"actions\":" << actions[t - 1].dump() << ",\"agents\":" << agents_json(obs, true)
               << ",\"terminated\":" << (terminated ? "true" : "false") << ",\"truncated\":" << (truncated ? "true" : "false")
               << "}\n";
-    if (terminated || truncated) {
-      if (t < actions.size())
-        std::cerr << "env trace: the episode ended at step " << t << "; " << actions.size() - t
-                  << " remaining actions were not used\n";
-      break;
-    }
-  }
+    return terminated || truncated;
+  });
   return 0;
 }
 
@@ -239,14 +250,8 @@ int env_trace(const TraceArgs& args) {
   std::vector<nlohmann::json> actions = read_actions(args);
   const int64_t obs_dim = env->obs().size(1);
   std::cout << "{\"t\":0,\"obs\":" << f32_list(env->obs().data_ptr<float>(), obs_dim) << "}\n";
-  for (size_t t = 1; t <= actions.size(); ++t) {
-    try {
-      env->step(action_tensor(spec.action_space, actions[t - 1], static_cast<int64_t>(t)));
-    } catch (const ConfigError&) {
-      throw;
-    } catch (const Error& e) {  // an invalid action is the user's input, not a failure of the run
-      throw ConfigError("step " + std::to_string(t) + ": " + e.what());
-    }
+  run_trace(actions, [&](size_t t) {
+    env->step(action_tensor(spec.action_space, actions[t - 1], static_cast<int64_t>(t)));
     const bool terminated = env->terminated()[0].item<bool>(), truncated = env->truncated()[0].item<bool>();
     // On an episode's end the env has already reset; the step's own observation is final_obs.
     const at::Tensor& obs = terminated || truncated ? env->final_obs() : env->obs();
@@ -254,13 +259,8 @@ int env_trace(const TraceArgs& args) {
               << f32_list(obs.data_ptr<float>(), obs_dim) << ",\"reward\":" << f32(env->reward()[0].item<float>())
               << ",\"terminated\":" << (terminated ? "true" : "false") << ",\"truncated\":" << (truncated ? "true" : "false")
               << "}\n";
-    if (terminated || truncated) {
-      if (t < actions.size())
-        std::cerr << "env trace: the episode ended at step " << t << "; " << actions.size() - t
-                  << " remaining actions were not used\n";
-      break;
-    }
-  }
+    return terminated || truncated;
+  });
   return 0;
 }
 

@@ -3,12 +3,25 @@
 #include <cmath>
 #include <cstdio>
 
+#include <spdlog/spdlog.h>
+
 namespace flotilla::controller {
 
 double mean_of(const std::vector<double>& v) {
   double s = 0;
   for (double x : v) s += x;
   return v.empty() ? NAN : s / static_cast<double>(v.size());
+}
+
+core::Scalars episode_metrics(const FinishedEpisodes& e) {
+  core::Scalars row;
+  if (!e.returns.empty()) {
+    row.push_back({"charts/episodic_return", mean_of(e.returns)});
+    row.push_back({"charts/episodic_length", mean_of(e.lengths)});
+  }
+  if (!e.wins.empty()) row.push_back({"charts/win_rate", mean_of(e.wins)});
+  row.push_back({"charts/episodes", static_cast<double>(e.returns.size())});
+  return row;
 }
 
 void EpisodeWindow::add(const FinishedEpisodes& e) {
@@ -83,6 +96,21 @@ std::string StopRule::met(const EpisodeWindow& w, int64_t step) const {
     return line;
   }
   return "";
+}
+
+bool StopRule::stops(const EpisodeWindow& w, int64_t step, double time_s, RunResult& result) const {
+  const std::string line = met(w, step);
+  if (line.empty()) return false;
+  result.exit_reason = "stop_condition";
+  result.summary.push_back({"solved_at_step", static_cast<double>(step)});
+  result.summary.push_back({"solved_at_time_s", time_s});
+  spdlog::info("{}", line);
+  return true;
+}
+
+void add_window_summary(const EpisodeWindow& w, RunResult& result) {
+  if (!w.returns().empty()) result.summary.push_back({"recent_mean_return", w.mean_return()});
+  if (w.has_wins()) result.summary.push_back({"recent_win_rate", w.win_rate()});
 }
 
 }  // namespace flotilla::controller

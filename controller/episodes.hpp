@@ -8,7 +8,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "controller/program.hpp"
 #include "core/config.hpp"
+#include "core/metrics.hpp"
 #include "envs/vec_env.hpp"
 
 namespace flotilla::controller {
@@ -16,6 +18,9 @@ namespace flotilla::controller {
 using envs::FinishedEpisodes;
 
 double mean_of(const std::vector<double>& v);
+
+// charts/episodic_return, charts/episodic_length, charts/win_rate (envs with one), charts/episodes.
+core::Scalars episode_metrics(const FinishedEpisodes& e);
 
 class EpisodeWindow {
  public:
@@ -62,6 +67,12 @@ struct StopRule {
   static StopRule read(const core::ConfigView& root, bool has_outcome, const std::string& env_id);
   // A line for the log when the rule is met, or "" when it is not.
   std::string met(const EpisodeWindow& w, int64_t step) const;
+  // When the rule is met: logs it, marks `result` stopped with solved_at_step and
+  // solved_at_time_s, and returns true.
+  bool stops(const EpisodeWindow& w, int64_t step, double time_s, RunResult& result) const;
 };
+
+// recent_mean_return and recent_win_rate of the window, for summary.json.
+void add_window_summary(const EpisodeWindow& w, RunResult& result);
 
 }  // namespace flotilla::controller

@@ -127,13 +127,7 @@ class QProgram final : public Program {
       }
       const auto t2 = clock_type::now();
 
-      core::Scalars row;
-      if (!finished.returns.empty()) {
-        row.push_back({"charts/episodic_return", mean_of(finished.returns)});
-        row.push_back({"charts/episodic_length", mean_of(finished.lengths)});
-      }
-      if (!finished.wins.empty()) row.push_back({"charts/win_rate", mean_of(finished.wins)});
-      row.push_back({"charts/episodes", static_cast<double>(finished.returns.size())});
+      core::Scalars row = episode_metrics(finished);
       row.push_back({"charts/epsilon", epsilon});
       row.push_back({"charts/replay_episodes", static_cast<double>(replay_.size())});
       row.insert(row.end(), losses.begin(), losses.end());
@@ -142,20 +136,13 @@ class QProgram final : public Program {
       row.push_back({"timing_s/update", std::chrono::duration<double>(t2 - t1).count()});
       ctx.metrics.log(global_step_, row);
       ctx.report_progress(global_step_);
-      if (const std::string met = stop_.met(window_, global_step_); !met.empty()) {
-        result.exit_reason = "stop_condition";
-        result.summary.push_back({"solved_at_step", static_cast<double>(global_step_)});
-        result.summary.push_back({"solved_at_time_s", train_time()});
-        spdlog::info("{}", met);
-        break;
-      }
+      if (stop_.stops(window_, global_step_, train_time(), result)) break;
       if (checkpoint_every_ > 0 && iteration_ % checkpoint_every_ == 0) checkpoint(ctx.dir, train_time());
     }
     checkpoint(ctx.dir, train_time());
     result.summary.push_back({"global_step", static_cast<double>(global_step_)});
     result.summary.push_back({"train_time_s", train_time()});
-    if (!window_.returns().empty()) result.summary.push_back({"recent_mean_return", window_.mean_return()});
-    if (window_.has_wins()) result.summary.push_back({"recent_win_rate", window_.win_rate()});
+    add_window_summary(window_, result);
     return result;
   }
 

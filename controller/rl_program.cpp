@@ -159,13 +159,7 @@ class RlProgram final : public Program {
       ++iteration_;
       global_step_ += batch;
 
-      core::Scalars row;
-      if (!finished.returns.empty()) {
-        row.push_back({"charts/episodic_return", mean_of(finished.returns)});
-        row.push_back({"charts/episodic_length", mean_of(finished.lengths)});
-      }
-      if (!finished.wins.empty()) row.push_back({"charts/win_rate", mean_of(finished.wins)});
-      row.push_back({"charts/episodes", static_cast<double>(finished.returns.size())});
+      core::Scalars row = episode_metrics(finished);
       row.insert(row.end(), stats.begin(), stats.end());
       const double rollout_s = std::chrono::duration<double>(t1 - t0).count();
       const double update_s = std::chrono::duration<double>(t2 - t1).count();
@@ -175,21 +169,14 @@ class RlProgram final : public Program {
       ctx.metrics.log(global_step_, row);
       ctx.report_progress(global_step_);
 
-      if (const std::string met = stop_.met(window_, global_step_); !met.empty()) {
-        result.exit_reason = "stop_condition";
-        result.summary.push_back({"solved_at_step", static_cast<double>(global_step_)});
-        result.summary.push_back({"solved_at_time_s", train_time()});
-        spdlog::info("{}", met);
-        break;
-      }
+      if (stop_.stops(window_, global_step_, train_time(), result)) break;
       if (train_.checkpoint_every > 0 && iteration_ % train_.checkpoint_every == 0) checkpoint(ctx.dir);
     }
     checkpoint(ctx.dir);
     result.summary.push_back({"iterations", static_cast<double>(iteration_)});
     result.summary.push_back({"global_step", static_cast<double>(global_step_)});
     result.summary.push_back({"train_time_s", train_time()});
-    if (!window_.returns().empty()) result.summary.push_back({"recent_mean_return", window_.mean_return()});
-    if (window_.has_wins()) result.summary.push_back({"recent_win_rate", window_.win_rate()});
+    add_window_summary(window_, result);
     return result;
   }
 

@@ -8,8 +8,10 @@
 #include "envs/batched_env.hpp"
 #include "envs/registry.hpp"
 #include "support/torch_doctest.hpp"
+#include "support/error_of.hpp"
 
 using namespace flotilla;
+using test::error_of;
 using envs::EnvOptions;
 using envs::make_env;
 
@@ -23,15 +25,6 @@ std::unique_ptr<envs::VecEnv> one_env(const std::string& id, int32_t max_steps =
 
 at::Tensor discrete(std::vector<int64_t> a) { return at::tensor(a, at::kLong); }
 at::Tensor box(std::vector<float> a) { return at::tensor(a, at::kFloat).reshape({static_cast<int64_t>(a.size()), 1}); }
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
 
 at::Tensor action_from_json(const envs::Space& space, const nlohmann::json& a) {
   if (space.kind == envs::Space::Kind::Discrete) return discrete({a.get<int64_t>()});

@@ -4,8 +4,10 @@
 #include "core/error.hpp"
 #include "envs/multi_agent.hpp"
 #include "support/torch_doctest.hpp"
+#include "support/error_of.hpp"
 
 using namespace flotilla;
+using test::error_of;
 
 namespace {
 
@@ -35,15 +37,6 @@ void check_close(const std::vector<float>& got, const std::vector<double>& want)
     CAPTURE(k);
     CHECK(got[k] == doctest::Approx(want[k]).epsilon(1e-5));
   }
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace
