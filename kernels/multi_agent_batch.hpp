@@ -16,7 +16,8 @@
 //   reset(p, StateRef, EnvRng&);
 //   step(p, StateRef, AgentActions, float* reward[A], bool* agent_done[A], bool& terminated, float& won);
 //   observe(p, StateRef, agent, float* obs)      (the agent's own width; the rest stays zero);
-//   global_state(p, StateRef, float* state);     available(p, StateRef, agent, bool* avail[K]).
+//   global_state(p, StateRef, const float* obs [A, O], O, float* state)  (the agents' observations,
+//   just written, for states built from them);  available(p, StateRef, agent, bool* avail[K]).
 #include <cstdint>
 
 #include "kernels/env_batch.hpp"
@@ -64,7 +65,7 @@ FLOTILLA_HD void ma_observe(const typename E::Params& p, const MultiAgentBuffers
     E::observe(p, s, a, b.obs + row * b.obs_dim);
     E::available(p, s, a, b.avail + row * b.avail_dim);
   }
-  E::global_state(p, s, b.global_state + i * b.state_dim);
+  E::global_state(p, s, b.obs + i * b.agents * b.obs_dim, b.obs_dim, b.global_state + i * b.state_dim);
 }
 
 template <class E>

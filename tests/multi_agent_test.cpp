@@ -65,6 +65,12 @@ TEST_CASE("mpe_scenarios_have_mpe2_agent_names_and_observation_widths") {
     }
     CHECK(spec.state.numel() == total);  // PettingZoo's state(): every observation, concatenated
     CHECK(spec.max_episode_steps == 25);
+    auto env = make(id);
+    env->reset(3);
+    env->step(at::zeros({1, static_cast<int64_t>(w.size())}, at::kLong));
+    std::vector<at::Tensor> parts;
+    for (size_t a = 0; a < w.size(); ++a) parts.push_back(env->obs()[0][a].narrow(0, 0, w[a]));
+    CHECK(at::equal(env->global_state()[0], at::cat(parts)));
   }
   CHECK(envs::multi_agent_spec("mpe/simple_world_comm").agents[0].name == "leadadversary_0");
   CHECK(envs::multi_agent_spec("mpe/simple_world_comm").agents[0].action.n == 20);

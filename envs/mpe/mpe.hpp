@@ -458,12 +458,10 @@ struct Mpe {
   }
 
   // PettingZoo's state(): every agent's observation, in agent order.
-  FLOTILLA_HD static void global_state(const Params& p, StateRef s, float* out) {
+  FLOTILLA_HD static void global_state(const Params& p, StateRef, const float* obs, int obs_stride, float* out) {
     int offset = 0;
-    for (int a = 0; a < p.agents; ++a) {
-      observe(p, s, a, out + offset);
-      offset += p.obs_dim[a];
-    }
+    for (int a = 0; a < p.agents; ++a)
+      for (int k = 0; k < p.obs_dim[a]; ++k) out[offset++] = obs[a * obs_stride + k];
   }
 
   FLOTILLA_HD static void available(const Params& p, StateRef, int a, bool* avail) {

@@ -257,7 +257,7 @@ struct Smax {
 
   // Every unit's health, shield, cooldown and position (relative to the map's centre) and type,
   // then the share of the episode's time limit used.
-  FLOTILLA_HD static void global_state(const Params& p, StateRef s, float* out) {
+  FLOTILLA_HD static void global_state(const Params& p, StateRef s, const float*, int, float* out) {
     Out o{out};
     for (int u = 0; u < units(p); ++u) {
       const UnitStats st = stats(p.type[u]);
