@@ -272,6 +272,14 @@ TEST_CASE("multi_agent_episodes_end_at_max_cycles_with_final_observations_and_re
   CHECK_FALSE(at::equal(env->final_obs(), env->obs()));
 }
 
+TEST_CASE("multi_agent_cuda_backend_without_a_gpu_says_so") {
+  envs::EnvOptions o;
+  o.backend = "cuda";
+  const std::string e = error_of([&] { envs::make_multi_agent_env("mpe/simple_spread", o); });
+  CHECK(e.find("backend 'cuda'") != std::string::npos);
+  CHECK(e.find("use backend 'cpu'") != std::string::npos);
+}
+
 TEST_CASE("multi_agent_batches_do_not_depend_on_threads") {
   auto a = make("mpe/simple_tag", "{}", 37, 1), b = make("mpe/simple_tag", "{}", 37, 3);
   a->reset(9);
