@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <map>
 
 #include "algorithms/episode_replay.hpp"
 #include "algorithms/q_learning.hpp"
