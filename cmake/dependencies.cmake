@@ -10,6 +10,11 @@ find_package(Boost 1.74 REQUIRED)
 find_package(Protobuf REQUIRED)
 find_package(doctest REQUIRED)
 find_package(Threads REQUIRED)
+# Tokenizers: Oniguruma for the pre-tokenizer regexes (as Hugging Face's tokenizers use it) and
+# utf8proc for Unicode normalization (NFC) and UTF-8 checks.
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(ONIGURUMA REQUIRED IMPORTED_TARGET oniguruma)
+pkg_check_modules(UTF8PROC REQUIRED IMPORTED_TARGET libutf8proc)
 
 # Debian's libtorch exports its flags (the C++11 ABI define) through TORCH_CXX_FLAGS only.
 add_library(flotilla_torch INTERFACE)

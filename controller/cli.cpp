@@ -145,6 +145,23 @@ int flotilla::controller::cli_main(int argc, char** argv) {
   bench_train_cmd->add_option("--out", bench_train_args.out_dir, "where the runs go (default runs/bench)");
   bench_train_cmd->add_flag("--json", bench_train_args.json, "print one JSON object");
 
+  controller::TokenizeBenchArgs bench_tok_args;
+  auto* bench_tok_cmd = bench->add_subcommand("tokenize", "tokenizer encoding throughput (MB per second) over a file");
+  bench_tok_cmd->add_option("--tokenizer", bench_tok_args.tokenizer, "tokenizer.json, model directory, encoder.json or bytes")
+      ->required();
+  bench_tok_cmd->add_option("--file", bench_tok_args.file, "UTF-8 text, encoded line by line")->required()->check(CLI::ExistingFile);
+  bench_tok_cmd->add_flag("--json", bench_tok_args.json, "print one JSON object");
+
+  controller::TokenizeArgs tok_args;
+  auto* tok_cmd = app.add_subcommand("tokenize", "encode text to token ids (one JSON array per input line), or decode");
+  tok_cmd->add_option("--tokenizer", tok_args.tokenizer, "tokenizer.json, model directory, encoder.json (GPT-2) or bytes")
+      ->required();
+  auto* tok_text = tok_cmd->add_option("--text", tok_args.text, "text to encode (each line separately)");
+  auto* tok_file = tok_cmd->add_option("--file", tok_args.file, "file to encode, line by line")->check(CLI::ExistingFile);
+  tok_cmd->add_flag("--stdin", tok_args.from_stdin, "read the input from standard input")->excludes(tok_text)->excludes(tok_file);
+  tok_text->excludes(tok_file);
+  tok_cmd->add_flag("--decode", tok_args.decode, "input lines are JSON arrays of ids; print each decoded text as a JSON string");
+
   controller::StreamBenchArgs bench_stream_args;
   auto* bench_stream_cmd = bench->add_subcommand(
       "stream", "throughput of Flotilla's sample stream between two processes, next to bare ZeroMQ");
@@ -242,6 +259,8 @@ int flotilla::controller::cli_main(int argc, char** argv) {
     if (*env_list_cmd) return controller::env_list(env_list_json);
     if (*trace_cmd) return controller::env_trace(trace);
     if (*bench_env_cmd) return controller::bench_env(bench_env_args);
+    if (*bench_tok_cmd) return controller::bench_tokenize(bench_tok_args);
+    if (*tok_cmd) return controller::tokenize(tok_args);
     if (*bench_train_cmd) return controller::bench_train(bench_train_args);
     if (*bench_stream_cmd) return controller::bench_stream(bench_stream_args);
     if (*version) {

@@ -56,4 +56,21 @@ struct StreamBenchArgs {
 // Flotilla's sample stream and through a bare ZeroMQ PUSH/PULL pair with the same frames.
 int bench_stream(const StreamBenchArgs& args);
 
+struct TokenizeArgs {
+  std::string tokenizer;  // tokenizer.json, a model directory, encoder.json (GPT-2) or "bytes"
+  std::string text, file;
+  bool from_stdin = false;
+  bool decode = false;
+};
+// `flotilla tokenize`: one JSON array of ids per input line (or, with --decode, one JSON string
+// per line of ids).
+int tokenize(const TokenizeArgs& args);
+
+struct TokenizeBenchArgs {
+  std::string tokenizer, file;
+  bool json = false;
+};
+// `flotilla bench tokenize`: encoding throughput in MB per second over a file, line by line.
+int bench_tokenize(const TokenizeBenchArgs& args);
+
 }  // namespace flotilla::controller
