@@ -150,6 +150,9 @@ int flotilla::controller::cli_main(int argc, char** argv) {
   bench_tok_cmd->add_option("--tokenizer", bench_tok_args.tokenizer, "tokenizer.json, model directory, encoder.json or bytes")
       ->required();
   bench_tok_cmd->add_option("--file", bench_tok_args.file, "UTF-8 text, encoded line by line")->required()->check(CLI::ExistingFile);
+  bench_tok_cmd->add_option("--reference", bench_tok_args.reference,
+                            "also time the npm reference encoder (qwen3 or gpt2) on the same file")
+      ->check(CLI::IsMember({"qwen3", "gpt2"}));
   bench_tok_cmd->add_flag("--json", bench_tok_args.json, "print one JSON object");
 
   controller::TokenizeArgs tok_args;

@@ -68,6 +68,7 @@ int tokenize(const TokenizeArgs& args);
 
 struct TokenizeBenchArgs {
   std::string tokenizer, file;
+  std::string reference;  // "qwen3" or "gpt2": also time the npm reference encoder on the file
   bool json = false;
 };
 // `flotilla bench tokenize`: encoding throughput in MB per second over a file, line by line.

@@ -106,11 +106,39 @@ int bench_tokenize(const TokenizeBenchArgs& args) {
                               {"bytes", text.size()},          {"rounds", rounds},
                               {"tokens_per_round", tokens / static_cast<size_t>(rounds)},
                               {"seconds", seconds},            {"mb_per_second", mb / seconds}};
-  if (args.json) std::cout << j.dump() << "\n";
-  else
-    std::cout << "tokenizer: " << args.tokenizer << "  file: " << args.file << " (" << text.size() << " bytes, "
-              << tokens / static_cast<size_t>(rounds) << " tokens)\n"
-              << "mb_per_second: " << mb / seconds << "\n";
+  if (!args.reference.empty()) {
+    // The npm reference encoder on the same file, in the same run (tests/reference/bench_tokenize.js).
+    const std::filesystem::path script =
+        std::filesystem::path(FLOTILLA_SOURCE_DIR) / "tests" / "reference" / "bench_tokenize.js";
+    if (!std::filesystem::exists(script))
+      throw ConfigError("--reference needs " + script.string() + " (a source checkout) and scripts/setup --tests");
+    const std::string cmd = "node '" + script.string() + "' '" + args.reference + "' '" + args.file + "' 2>&1";
+    std::string out;
+    if (FILE* p = popen(cmd.c_str(), "r")) {
+      char buf[4096];
+      while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+      if (pclose(p) != 0) throw Error("the reference encoder failed: " + out);
+    }
+    nlohmann::json ref;
+    try {
+      ref = nlohmann::json::parse(out);
+    } catch (const nlohmann::json::exception&) {
+      throw Error("the reference encoder printed no result: " + out);
+    }
+    j["reference"] = ref;
+    j["ratio"] = (mb / seconds) / ref.at("mb_per_second").get<double>();
+  }
+  if (args.json) {
+    std::cout << j.dump() << "\n";
+    return 0;
+  }
+  std::cout << "tokenizer: " << args.tokenizer << "  file: " << args.file << " (" << text.size() << " bytes, "
+            << tokens / static_cast<size_t>(rounds) << " tokens)\n"
+            << "mb_per_second: " << mb / seconds << "\n";
+  if (j.contains("reference"))
+    std::cout << "reference (" << args.reference << ", npm): " << j["reference"]["mb_per_second"].get<double>()
+              << " MB/s, " << j["reference"]["tokens_per_round"] << " tokens\n"
+              << "ratio: " << j["ratio"].get<double>() << "\n";
   return 0;
 }
 

@@ -184,4 +184,12 @@ TEST_CASE("cli_tokenize_encodes_lines_and_decodes_them_back") {
                                    dir.write("t.txt", "some text to encode\n").string(), "--json"}, dir.path());
   REQUIRE(bench.code == 0);
   CHECK(nlohmann::json::parse(bench.out)["mb_per_second"].get<double>() > 0);
+  // With --reference the npm encoder runs on the same file and must count the same tokens.
+  auto both = test::run_cli(cli, {"bench", "tokenize", "--tokenizer", kGpt2.string(), "--file",
+                                  dir.write("u.txt", "Hello, my dog is cute\nsecond line\n").string(), "--reference", "gpt2",
+                                  "--json"}, dir.path());
+  REQUIRE_MESSAGE(both.code == 0, both.err);
+  auto j = nlohmann::json::parse(both.out);
+  CHECK(j["reference"]["tokens_per_round"] == j["tokens_per_round"]);
+  CHECK(j["ratio"].get<double>() > 0);
 }
