@@ -155,6 +155,25 @@ int flotilla::controller::cli_main(int argc, char** argv) {
       ->check(CLI::IsMember({"qwen3", "gpt2"}));
   bench_tok_cmd->add_flag("--json", bench_tok_args.json, "print one JSON object");
 
+  auto* lm = app.add_subcommand("lm", "language models in Hugging Face's layout");
+  lm->require_subcommand(1);
+  controller::LmInitArgs lm_init_args;
+  auto* lm_init_cmd = lm->add_subcommand("init", "write a randomly initialized model (config.json, model.safetensors, tokenizer.json)");
+  lm_init_cmd->add_option("--arch", lm_init_args.arch, "qwen2, qwen3 or llama")->check(CLI::IsMember({"qwen2", "qwen3", "llama"}));
+  lm_init_cmd->add_option("--preset", lm_init_args.preset, "tiny or small")->check(CLI::IsMember({"tiny", "small"}));
+  lm_init_cmd->add_option("--vocab", lm_init_args.vocab, "vocabulary size (at least 259: bytes and 3 specials)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 22));
+  lm_init_cmd->add_option("--out", lm_init_args.out, "the model directory to write")->required();
+  lm_init_cmd->add_option("--dtype", lm_init_args.dtype, "float32, bfloat16 or float16")
+      ->check(CLI::IsMember({"float32", "bfloat16", "float16"}));
+  lm_init_cmd->add_option("--seed", lm_init_args.seed, "seed of the random weights");
+  controller::LmScoreArgs lm_score_args;
+  auto* lm_score_cmd = lm->add_subcommand("score", "log-probability of each token given the ones before it, per line of ids");
+  lm_score_cmd->add_option("--model", lm_score_args.model, "model directory")->required()->check(CLI::ExistingDirectory);
+  lm_score_cmd->add_option("--tokens-file", lm_score_args.tokens_file, "one JSON array of token ids per line")
+      ->required()
+      ->check(CLI::ExistingFile);
+
   controller::TokenizeArgs tok_args;
   auto* tok_cmd = app.add_subcommand("tokenize", "encode text to token ids (one JSON array per input line), or decode");
   tok_cmd->add_option("--tokenizer", tok_args.tokenizer, "tokenizer.json, model directory, encoder.json (GPT-2) or bytes")
@@ -264,6 +283,8 @@ int flotilla::controller::cli_main(int argc, char** argv) {
     if (*bench_env_cmd) return controller::bench_env(bench_env_args);
     if (*bench_tok_cmd) return controller::bench_tokenize(bench_tok_args);
     if (*tok_cmd) return controller::tokenize(tok_args);
+    if (*lm_init_cmd) return controller::lm_init(lm_init_args);
+    if (*lm_score_cmd) return controller::lm_score(lm_score_args);
     if (*bench_train_cmd) return controller::bench_train(bench_train_args);
     if (*bench_stream_cmd) return controller::bench_stream(bench_stream_args);
     if (*version) {

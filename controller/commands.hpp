@@ -56,6 +56,21 @@ struct StreamBenchArgs {
 // Flotilla's sample stream and through a bare ZeroMQ PUSH/PULL pair with the same frames.
 int bench_stream(const StreamBenchArgs& args);
 
+struct LmInitArgs {
+  std::string arch = "qwen3", preset = "tiny", out, dtype = "float32";
+  int64_t vocab = 512;
+  uint64_t seed = 1;
+};
+// `flotilla lm init`: a randomly initialized model directory in Hugging Face's layout.
+int lm_init(const LmInitArgs& args);
+
+struct LmScoreArgs {
+  std::string model, tokens_file;
+};
+// `flotilla lm score`: per line of token ids, the log-probability of each token after the first
+// given those before it (one JSON array per line).
+int lm_score(const LmScoreArgs& args);
+
 struct TokenizeArgs {
   std::string tokenizer;  // tokenizer.json, a model directory, encoder.json (GPT-2) or "bytes"
   std::string text, file;

@@ -1,5 +1,9 @@
-// Language-model commands: `flotilla tokenize` and `flotilla bench tokenize`.
+// Language-model commands: `flotilla lm init`, `flotilla lm score`, `flotilla tokenize` and
+// `flotilla bench tokenize`.
+#include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
+
+#include <charconv>
 
 #include <chrono>
 #include <cstdio>
@@ -11,6 +15,7 @@
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "models/tokenizer.hpp"
+#include "models/transformer.hpp"
 
 namespace flotilla::controller {
 namespace {
@@ -38,7 +43,63 @@ std::vector<std::string> input_lines(const TokenizeArgs& args) {
   return lines;
 }
 
+// The specials a new model's tokenizer carries (ids 256, 257, 258).
+const std::vector<std::string> kSpecials = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
+
 }  // namespace
+
+int lm_init(const LmInitArgs& args) {
+  models::LmConfig c = models::LmConfig::preset(args.arch, args.preset, args.vocab);
+  if (args.vocab < 256 + static_cast<int64_t>(kSpecials.size()))
+    throw ConfigError("--vocab " + std::to_string(args.vocab) + " is too small for the byte-level tokenizer written beside "
+                      "the model (256 bytes + " + std::to_string(kSpecials.size()) + " specials = 259)");
+  at::manual_seed(args.seed);
+  models::CausalLm lm(c);
+  lm.save(args.out, args.dtype);
+  const std::string tok = models::byte_level_tokenizer_json(kSpecials);
+  core::write_file_atomically(std::filesystem::path(args.out) / "tokenizer.json", [&](std::ostream& o) { o << tok; });
+  int64_t params = 0;
+  for (const auto& [name, t] : lm.named_parameters()) params += t.numel();
+  std::cout << args.out << ": " << args.arch << " " << args.preset << ", " << params << " parameters, vocab "
+            << args.vocab << ", " << args.dtype << "\n";
+  return 0;
+}
+
+int lm_score(const LmScoreArgs& args) {
+  models::CausalLm lm = models::CausalLm::load(args.model);
+  const std::string text = core::read_file(args.tokens_file);
+  std::istringstream in(text);
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = args.tokens_file + ":" + std::to_string(n);
+    nlohmann::json ids;
+    try {
+      ids = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception&) {
+      throw ConfigError(where + ": expected a JSON array of token ids, got '" + line + "'");
+    }
+    if (!ids.is_array() || ids.empty()) throw ConfigError(where + ": expected a non-empty JSON array of token ids");
+    std::vector<int64_t> v;
+    for (const auto& x : ids) {
+      if (!x.is_number_integer()) throw ConfigError(where + ": token ids are integers, got " + x.dump());
+      const int64_t id = x.get<int64_t>();
+      if (id < 0 || id >= lm.config().vocab_size)
+        throw ConfigError(where + ": token id " + std::to_string(id) + " is outside the model's vocabulary (0 to " +
+                          std::to_string(lm.config().vocab_size - 1) + ")");
+      v.push_back(id);
+    }
+    at::Tensor lp = lm.token_log_probs(at::tensor(v, at::kLong).unsqueeze(0))[0].contiguous();
+    std::string out = "[";
+    for (int64_t t = 0; t < lp.numel(); ++t) {
+      char buf[32];
+      auto [end, ec] = std::to_chars(buf, buf + sizeof buf, lp.data_ptr<float>()[t]);
+      out += (t ? "," : "") + std::string(buf, end);
+    }
+    std::cout << out << "]\n";
+  }
+  return 0;
+}
 
 int tokenize(const TokenizeArgs& args) {
   auto tok = models::load_tokenizer(args.tokenizer);

@@ -453,6 +453,31 @@ std::unique_ptr<Tokenizer> byte_tokenizer(const std::vector<std::string>& specia
   return std::make_unique<ByteTokenizer>(specials);
 }
 
+std::string byte_level_tokenizer_json(const std::vector<std::string>& specials) {
+  const ByteMap& bm = byte_map();
+  nlohmann::ordered_json vocab = nlohmann::ordered_json::object();
+  for (int b = 0; b < 256; ++b) vocab[bm.to_char[b]] = b;
+  nlohmann::ordered_json added = nlohmann::ordered_json::array();
+  for (size_t k = 0; k < specials.size(); ++k)
+    added.push_back({{"id", 256 + static_cast<int>(k)}, {"content", specials[k]}, {"single_word", false}, {"lstrip", false},
+                     {"rstrip", false}, {"normalized", false}, {"special", true}});
+  const nlohmann::ordered_json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false},
+                                             {"use_regex", false}};
+  nlohmann::ordered_json j = {{"version", "1.0"},
+                              {"truncation", nullptr},
+                              {"padding", nullptr},
+                              {"added_tokens", added},
+                              {"normalizer", nullptr},
+                              {"pre_tokenizer", byte_level},
+                              {"post_processor", byte_level},
+                              {"decoder", byte_level},
+                              {"model",
+                               {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", ""},
+                                {"end_of_word_suffix", ""}, {"fuse_unk", false}, {"byte_fallback", false},
+                                {"ignore_merges", false}, {"vocab", vocab}, {"merges", nlohmann::ordered_json::array()}}}};
+  return j.dump(2) + "\n";
+}
+
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
   if (spec == "bytes") return byte_tokenizer();
   std::filesystem::path p = spec;

@@ -34,6 +34,10 @@ std::unique_ptr<Tokenizer> load_gpt2_tokenizer(const std::filesystem::path& enco
                                                const std::filesystem::path& vocab_bpe);
 // Bytes 0-255 are ids 0-255; `specials` follow.
 std::unique_ptr<Tokenizer> byte_tokenizer(const std::vector<std::string>& specials = {});
+// A Hugging Face tokenizer.json for a byte-level BPE without merges: ids 0-255 are the bytes
+// (in GPT-2's byte-to-character encoding), `specials` follow as added tokens. What `flotilla lm
+// init` writes beside a new model, so tiny models have a standard tokenizer file.
+std::string byte_level_tokenizer_json(const std::vector<std::string>& specials);
 // By file name: tokenizer.json (or a directory holding one), encoder.json (with vocab.bpe beside
 // it), or "bytes" for the byte-level tokenizer.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec);

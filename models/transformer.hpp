@@ -1,0 +1,69 @@
+#pragma once
+// The decoder-only transformer family of Llama, Qwen2 and Qwen3: token embedding, RMSNorm, rotary
+// position embedding, grouped-query attention (optional QK-norm for Qwen3 and q/k/v biases for
+// Qwen2), SwiGLU MLP, tied or separate output head. Model directories use Hugging Face's layout:
+// config.json with HF's keys, model.safetensors (or shards with model.safetensors.index.json)
+// with HF's parameter names, and tokenizer.json. libtorch's nn types stay in transformer.cpp.
+#include <ATen/core/Tensor.h>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace flotilla::models {
+
+struct LmConfig {
+  std::string model_type = "qwen3";  // llama, qwen2 or qwen3
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t num_hidden_layers = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_key_value_heads = 0;
+  int64_t head_dim = 0;
+  int64_t max_position_embeddings = 2048;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 1e6;
+  bool tie_word_embeddings = true;
+  bool attention_bias = false;  // q/k/v biases (Qwen2 always has them)
+  bool qk_norm = false;         // RMSNorm of each head's queries and keys (Qwen3)
+  std::string torch_dtype = "float32";
+
+  // From config.json text; a missing or inconsistent key is a FormatError naming it and `source`.
+  static LmConfig from_json(const std::string& text, const std::string& source);
+  std::string to_json() const;
+  // Presets for `flotilla lm init`: "tiny" or "small".
+  static LmConfig preset(const std::string& arch, const std::string& size, int64_t vocab);
+};
+
+class CausalLm {
+ public:
+  // Random weights (normal, std 0.02) from libtorch's default generator (seed it first).
+  explicit CausalLm(const LmConfig& config);
+  ~CausalLm();
+  CausalLm(CausalLm&&) noexcept;
+  CausalLm& operator=(CausalLm&&) noexcept;
+
+  // Reads config.json and the weights (F32, BF16 or F16; single file or shards). A missing tensor
+  // or one of the wrong shape is a FormatError naming it.
+  static CausalLm load(const std::filesystem::path& dir);
+  // Writes config.json and model.safetensors with HF names, in `dtype` ("float32", "bfloat16" or
+  // "float16").
+  void save(const std::filesystem::path& dir, const std::string& dtype = "float32") const;
+
+  const LmConfig& config() const;
+  // Logits [B, T, V] (float32) for tokens [B, T] (int64) at positions 0 .. T-1.
+  at::Tensor forward(const at::Tensor& tokens);
+  // log p(token t | tokens before t) for t = 1 .. T-1: [B, T-1], without gradients.
+  at::Tensor token_log_probs(const at::Tensor& tokens);
+
+  std::vector<std::pair<std::string, at::Tensor>> named_parameters() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace flotilla::models

@@ -1,0 +1,204 @@
+// The transformer family against an independent plain-Python forward pass
+// (tests/reference/lm_forward.py), Hugging Face checkpoints both ways (F32, BF16, F16, shards),
+// `flotilla lm init` / `lm score`, and the errors a user meets with a bad model directory.
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.hpp"
+#include "core/fs.hpp"
+#include "core/safetensors.hpp"
+#include "models/tokenizer.hpp"
+#include "models/transformer.hpp"
+#include "support/cli.hpp"
+#include "support/temp_dir.hpp"
+#include "support/torch_doctest.hpp"
+
+using namespace flotilla;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kCli = FLOTILLA_TEST_CLI;
+const std::vector<std::vector<int64_t>> kLines = {{7}, {1, 2, 3, 4, 5}, {256, 72, 105, 33, 299, 0, 17, 17, 17, 150, 9, 258}};
+
+// A tiny model with weights large enough that its log-probabilities differ a lot between tokens.
+models::CausalLm spread_model(const std::string& arch, bool tied) {
+  models::LmConfig c = models::LmConfig::preset(arch, "tiny", 300);
+  c.tie_word_embeddings = tied;
+  at::manual_seed(3);
+  models::CausalLm lm(c);
+  at::NoGradGuard no_grad;
+  for (auto& [name, t] : lm.named_parameters()) {
+    if (name.find("norm") != std::string::npos) t.uniform_(0.5, 1.5);
+    else t.mul_(15.0);
+  }
+  return lm;
+}
+
+std::vector<std::vector<double>> json_lines(const std::string& text) {
+  std::vector<std::vector<double>> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) out.push_back(nlohmann::json::parse(line).get<std::vector<double>>());
+  return out;
+}
+
+fs::path tokens_file(const test::TempDir& dir) {
+  std::string text;
+  for (const auto& l : kLines) text += nlohmann::json(l).dump() + "\n";
+  return dir.write("tokens.txt", text);
+}
+
+std::vector<std::vector<double>> reference_scores(const fs::path& model, const fs::path& tokens) {
+  const fs::path out = model / "reference.jsonl";
+  const std::string cmd = "python3 '" + (fs::path(FLOTILLA_SOURCE_DIR) / "tests" / "reference" / "lm_forward.py").string() +
+                          "' '" + model.string() + "' '" + tokens.string() + "' > '" + out.string() + "'";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  return json_lines(core::read_file(out));
+}
+
+std::vector<std::vector<double>> cli_scores(const fs::path& model, const fs::path& tokens, const fs::path& dir) {
+  auto r = test::run_cli(kCli, {"lm", "score", "--model", model.string(), "--tokens-file", tokens.string()}, dir);
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  return json_lines(r.out);
+}
+
+double worst_difference(const std::vector<std::vector<double>>& a, const std::vector<std::vector<double>>& b) {
+  REQUIRE(a.size() == b.size());
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    REQUIRE(a[i].size() == b[i].size());
+    for (size_t t = 0; t < a[i].size(); ++t) worst = std::max(worst, std::fabs(a[i][t] - b[i][t]));
+  }
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("lm_forward_matches_an_independent_implementation_for_every_architecture") {
+  test::TempDir dir;
+  const fs::path tokens = tokens_file(dir);
+  for (const char* arch : {"qwen3", "qwen2", "llama"}) {
+    for (bool tied : {true, false}) {
+      CAPTURE(std::string(arch));
+      CAPTURE(tied);
+      const fs::path model = dir.path() / (std::string(arch) + (tied ? "-tied" : "-untied"));
+      spread_model(arch, tied).save(model);
+      CHECK(fs::exists(model / "config.json"));
+      CHECK(core::load_safetensors(model / "model.safetensors").contains("lm_head.weight") == !tied);
+      const auto ours = cli_scores(model, tokens, dir.path()), ref = reference_scores(model, tokens);
+      REQUIRE(ours.size() == 3);
+      CHECK(ours[0].empty());  // one token: nothing to predict
+      CHECK(ours[2].size() == 11);
+      CHECK(worst_difference(ours, ref) < 1e-4);
+      // The check means something: these log-probabilities are far from uniform.
+      double lo = 0, hi = -1e9;
+      for (double x : ours[2]) lo = std::min(lo, x), hi = std::max(hi, x);
+      CHECK(hi - lo > 3.0);
+    }
+  }
+}
+
+TEST_CASE("lm_checkpoints_round_trip_in_f32_bf16_f16_and_shards") {
+  test::TempDir dir;
+  const fs::path tokens = tokens_file(dir);
+  models::CausalLm lm = spread_model("qwen3", true);
+  const at::Tensor probe = at::tensor(std::vector<int64_t>{1, 2, 3, 4, 5, 6}).unsqueeze(0);
+  lm.save(dir.path() / "f32");
+  models::CausalLm back = models::CausalLm::load(dir.path() / "f32");
+  CHECK(at::equal(back.token_log_probs(probe), lm.token_log_probs(probe)));
+  for (const char* dtype : {"bfloat16", "float16"}) {
+    CAPTURE(std::string(dtype));
+    const fs::path d = dir.path() / dtype;
+    lm.save(d, dtype);
+    const auto header = core::load_safetensors(d / "model.safetensors");
+    CHECK((header.at("model.embed_tokens.weight").scalar_type() ==
+           (std::string(dtype) == "bfloat16" ? at::kBFloat16 : at::kHalf)));
+    CHECK((nlohmann::json::parse(core::read_file(d / "config.json"))["torch_dtype"] == dtype));
+    // The reduced weights load as they are: ours and the reference agree on them.
+    CHECK(worst_difference(cli_scores(d, tokens, dir.path()), reference_scores(d, tokens)) < 1e-4);
+  }
+  // Shards listed by model.safetensors.index.json load to the same model.
+  const fs::path sharded = dir.path() / "sharded";
+  fs::create_directories(sharded);
+  fs::copy_file(dir.path() / "f32" / "config.json", sharded / "config.json");
+  auto all = core::load_safetensors(dir.path() / "f32" / "model.safetensors").tensors;
+  std::vector<std::pair<std::string, at::Tensor>> a(all.begin(), all.begin() + all.size() / 2), b(all.begin() + all.size() / 2, all.end());
+  core::save_safetensors(sharded / "model-00001-of-00002.safetensors", a);
+  core::save_safetensors(sharded / "model-00002-of-00002.safetensors", b);
+  nlohmann::json index = {{"metadata", nlohmann::json::object()}, {"weight_map", nlohmann::json::object()}};
+  for (const auto& [n, t] : a) index["weight_map"][n] = "model-00001-of-00002.safetensors";
+  for (const auto& [n, t] : b) index["weight_map"][n] = "model-00002-of-00002.safetensors";
+  std::ofstream(sharded / "model.safetensors.index.json") << index.dump();
+  CHECK(at::equal(models::CausalLm::load(sharded).token_log_probs(probe), lm.token_log_probs(probe)));
+}
+
+TEST_CASE("lm_bad_model_directories_name_the_problem") {
+  test::TempDir dir;
+  const fs::path good = dir.path() / "good";
+  spread_model("qwen2", true).save(good);
+  auto config = nlohmann::json::parse(core::read_file(good / "config.json"));
+  auto expect = [&](const fs::path& model, const std::string& part) {
+    CAPTURE(part);
+    try {
+      models::CausalLm::load(model);
+      FAIL("a bad model directory loaded");
+    } catch (const Error& e) {
+      CHECK(std::string(e.what()).find(part) != std::string::npos);
+    }
+  };
+  auto variant = [&](const std::string& name, const nlohmann::json& c) {
+    const fs::path d = dir.path() / name;
+    fs::create_directories(d);
+    fs::copy_file(good / "model.safetensors", d / "model.safetensors", fs::copy_options::overwrite_existing);
+    std::ofstream(d / "config.json") << c.dump();
+    return d;
+  };
+  nlohmann::json missing = config;
+  missing.erase("hidden_size");
+  expect(variant("missing", missing), "missing key 'hidden_size'");
+  nlohmann::json gpt2 = config;
+  gpt2["model_type"] = "gpt2";
+  expect(variant("gpt2", gpt2), "model_type 'gpt2' is not supported");
+  nlohmann::json heads = config;
+  heads["num_key_value_heads"] = 3;
+  expect(variant("heads", heads), "not a multiple of num_key_value_heads");
+  nlohmann::json wider = config;
+  wider["intermediate_size"] = 200;
+  expect(variant("wider", wider), "'model.layers.0.mlp.gate_proj.weight' has shape [192, 64], the config implies [200, 64]");
+  // A tensor missing from the checkpoint is named.
+  const fs::path holed = variant("holed", config);
+  auto tensors = core::load_safetensors(holed / "model.safetensors").tensors;
+  std::erase_if(tensors, [](const auto& p) { return p.first == "model.layers.1.self_attn.q_proj.bias"; });
+  core::save_safetensors(holed / "model.safetensors", tensors);
+  expect(holed, "no tensor 'model.layers.1.self_attn.q_proj.bias'");
+  expect(dir.path() / "nowhere", "no config.json");
+  // A token id outside the vocabulary is the user's error, with the line it is on.
+  const fs::path bad_tokens = dir.write("bad.txt", "[1,2]\n[1,300]\n");
+  auto r = test::run_cli(kCli, {"lm", "score", "--model", good.string(), "--tokens-file", bad_tokens.string()}, dir.path());
+  CHECK(r.code == 2);
+  CHECK(r.err.find("bad.txt:2: token id 300 is outside the model's vocabulary") != std::string::npos);
+}
+
+TEST_CASE("lm_init_writes_a_model_directory_with_its_tokenizer") {
+  test::TempDir dir;
+  auto r = test::run_cli(kCli, {"lm", "init", "--arch", "llama", "--preset", "small", "--vocab", "1000", "--out", "m", "--dtype",
+                                "bfloat16"}, dir.path(), dir.path());
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.json"}) CHECK(fs::exists(dir.path() / "m" / f));
+  models::CausalLm lm = models::CausalLm::load(dir.path() / "m");
+  CHECK(lm.config().model_type == "llama");
+  CHECK(lm.config().hidden_size == 256);
+  CHECK(lm.config().vocab_size == 1000);
+  auto tok = models::load_tokenizer((dir.path() / "m").string());
+  const std::vector<int32_t> ids = tok->encode("Hi<|im_end|>");
+  CHECK(ids == std::vector<int32_t>{72, 105, 258});
+  CHECK(tok->decode(ids) == "Hi<|im_end|>");
+  auto small = test::run_cli(kCli, {"lm", "init", "--vocab", "100", "--out", "x"}, dir.path(), dir.path());
+  CHECK(small.code == 2);
+  CHECK(small.err.find("too small") != std::string::npos);
+}
