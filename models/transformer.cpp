@@ -179,6 +179,39 @@ struct AttentionImpl : torch::nn::Module {
     torch::Tensor out = torch::matmul(torch::softmax(scores, -1), v);  // [B, heads, T, head_dim]
     return o_proj->forward(out.transpose(1, 2).reshape({B, T, heads * head_dim}));
   }
+
+  // The cached twin of forward(): x [B, S, H]; cos, sin [B, S, head_dim] at each token's position;
+  // new tokens' keys and values go to `write_slots` (where `valid`); keys come from `read_slots`
+  // [B, L] with `mask` [B, 1, S, L] saying which a query may see.
+  torch::Tensor forward_cached(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                               const torch::Tensor& write_slots, const torch::Tensor& valid, const torch::Tensor& read_slots,
+                               const torch::Tensor& mask, torch::Tensor& k_pool, torch::Tensor& v_pool) {
+    const int64_t B = x.size(0), S = x.size(1), L = read_slots.size(1);
+    torch::Tensor q = q_proj->forward(x).view({B, S, heads, head_dim});
+    torch::Tensor k = k_proj->forward(x).view({B, S, kv_heads, head_dim});
+    torch::Tensor v = v_proj->forward(x).view({B, S, kv_heads, head_dim});
+    if (q_norm) {
+      q = q_norm->forward(q);
+      k = k_norm->forward(k);
+    }
+    const torch::Tensor c = cos.unsqueeze(2), s = sin.unsqueeze(2);  // broadcast over heads
+    q = q * c + rotate_half(q) * s;
+    k = k * c + rotate_half(k) * s;
+    const torch::Tensor rows = valid.reshape({-1}).nonzero().squeeze(1);
+    const torch::Tensor dest = write_slots.reshape({-1}).index_select(0, rows);
+    k_pool.index_copy_(0, dest, k.reshape({B * S, kv_heads, head_dim}).index_select(0, rows));
+    v_pool.index_copy_(0, dest, v.reshape({B * S, kv_heads, head_dim}).index_select(0, rows));
+    torch::Tensor keys = k_pool.index_select(0, read_slots.reshape({-1})).view({B, L, kv_heads, head_dim}).transpose(1, 2);
+    torch::Tensor values = v_pool.index_select(0, read_slots.reshape({-1})).view({B, L, kv_heads, head_dim}).transpose(1, 2);
+    if (kv_heads != heads) {
+      keys = keys.repeat_interleave(heads / kv_heads, 1);
+      values = values.repeat_interleave(heads / kv_heads, 1);
+    }
+    torch::Tensor scores = torch::matmul(q.transpose(1, 2), keys.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim));
+    scores = scores.masked_fill(~mask, -std::numeric_limits<float>::infinity());
+    torch::Tensor out = torch::matmul(torch::softmax(scores, -1), values);  // [B, heads, S, head_dim]
+    return o_proj->forward(out.transpose(1, 2).reshape({B, S, heads * head_dim}));
+  }
 };
 TORCH_MODULE(Attention);
 
@@ -251,26 +284,56 @@ struct CausalLm::Impl : torch::nn::Module {
     }
   }
 
-  // cos and sin of the rotary embedding for positions 0 .. T-1: [T, head_dim].
-  std::pair<torch::Tensor, torch::Tensor> rope(int64_t T) const {
+  // cos and sin of the rotary embedding at `positions` (any shape): [..., head_dim].
+  std::pair<torch::Tensor, torch::Tensor> rope_at(const torch::Tensor& positions) const {
     const int64_t hd = config.head_dim;
     torch::Tensor inv_freq =
         1.0 / torch::pow(config.rope_theta, torch::arange(0, hd, 2, torch::kDouble) / static_cast<double>(hd));
-    torch::Tensor freqs = torch::outer(torch::arange(T, torch::kDouble), inv_freq);
+    torch::Tensor freqs = positions.to(torch::kDouble).unsqueeze(-1) * inv_freq;
     torch::Tensor emb = torch::cat({freqs, freqs}, -1);
     return {emb.cos().to(torch::kFloat), emb.sin().to(torch::kFloat)};
   }
+  std::pair<torch::Tensor, torch::Tensor> rope(int64_t T) const { return rope_at(torch::arange(T, torch::kLong)); }
 
-  torch::Tensor forward(const torch::Tensor& tokens) {
+  void check_tokens(const torch::Tensor& tokens) const {
     if (tokens.dim() != 2 || tokens.scalar_type() != torch::kLong)
       throw Error("the model takes int64 token ids of shape [batch, length]");
     if ((tokens < 0).any().item<bool>() || (tokens >= config.vocab_size).any().item<bool>())
       throw Error("a token id is outside the vocabulary of " + std::to_string(config.vocab_size));
+  }
+
+  torch::Tensor head(const torch::Tensor& x) {
+    torch::Tensor h = model->norm->forward(x);
+    return lm_head ? lm_head->forward(h) : torch::matmul(h, model->embed_tokens->weight.t());
+  }
+
+  torch::Tensor forward(const torch::Tensor& tokens) {
+    check_tokens(tokens);
     auto [cos, sin] = rope(tokens.size(1));
     torch::Tensor x = model->embed_tokens->forward(tokens);
     for (const auto& layer : *model->layers) x = layer->as<LayerImpl>()->forward(x, cos, sin);
-    x = model->norm->forward(x);
-    return lm_head ? lm_head->forward(x) : torch::matmul(x, model->embed_tokens->weight.t());
+    return head(x);
+  }
+
+  torch::Tensor forward_cached(const torch::Tensor& tokens, const torch::Tensor& start, const torch::Tensor& count,
+                               const torch::Tensor& slots, KvCache& cache) {
+    check_tokens(tokens);
+    const int64_t B = tokens.size(0), S = tokens.size(1), L = slots.size(1);
+    const torch::Tensor i = torch::arange(S, torch::kLong).unsqueeze(0);                  // [1, S]
+    const torch::Tensor valid = i < count.unsqueeze(1);                                    // [B, S]
+    const torch::Tensor pos = (start.unsqueeze(1) + i).clamp_max(L - 1);                    // [B, S]
+    const torch::Tensor write_slots = slots.gather(1, pos);                                 // [B, S]
+    const torch::Tensor j = torch::arange(L, torch::kLong).view({1, 1, L});
+    const torch::Tensor mask = ((j <= pos.unsqueeze(2)) & (j < (start + count).view({B, 1, 1}))).unsqueeze(1);
+    auto [cos, sin] = rope_at(pos);
+    torch::Tensor x = model->embed_tokens->forward(tokens);
+    for (size_t l = 0; l < model->layers->size(); ++l) {
+      auto* layer = (*model->layers)[l]->as<LayerImpl>();
+      x = x + layer->self_attn->forward_cached(layer->input_layernorm->forward(x), cos, sin, write_slots, valid, slots,
+                                               mask, cache.k[l], cache.v[l]);
+      x = x + layer->mlp->forward(layer->post_attention_layernorm->forward(x));
+    }
+    return head(x);
   }
 };
 
@@ -289,6 +352,25 @@ at::Tensor CausalLm::token_log_probs(const at::Tensor& tokens) {
   if (T < 2) return torch::zeros({tokens.size(0), 0});
   torch::Tensor logp = torch::log_softmax(forward(tokens).narrow(1, 0, T - 1), -1);
   return logp.gather(2, tokens.narrow(1, 1, T - 1).unsqueeze(2)).squeeze(2);
+}
+
+KvCache CausalLm::make_cache(int64_t num_blocks, int64_t block_size) const {
+  if (num_blocks < 1 || block_size < 1) throw ConfigError("a KV cache needs at least one block of at least one position");
+  const LmConfig& c = impl_->config;
+  KvCache cache;
+  cache.block_size = block_size;
+  cache.num_blocks = num_blocks;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    cache.k.push_back(torch::zeros({num_blocks * block_size, c.num_key_value_heads, c.head_dim}));
+    cache.v.push_back(torch::zeros({num_blocks * block_size, c.num_key_value_heads, c.head_dim}));
+  }
+  return cache;
+}
+
+at::Tensor CausalLm::forward_cached(const at::Tensor& tokens, const at::Tensor& start, const at::Tensor& count,
+                                    const at::Tensor& slots, KvCache& cache) {
+  torch::NoGradGuard no_grad;
+  return impl_->forward_cached(tokens, start, count, slots, cache);
 }
 
 std::vector<std::pair<std::string, at::Tensor>> CausalLm::named_parameters() const {

@@ -38,6 +38,14 @@ struct LmConfig {
   static LmConfig preset(const std::string& arch, const std::string& size, int64_t vocab);
 };
 
+// A paged key/value cache: for every layer, keys and values of num_blocks blocks of block_size
+// positions each, as flat slots (slot = block * block_size + offset). Which slots a sequence uses
+// is its block table's business (models/generation.hpp).
+struct KvCache {
+  int64_t block_size = 16, num_blocks = 0;
+  std::vector<at::Tensor> k, v;  // per layer: [num_blocks * block_size, kv_heads, head_dim]
+};
+
 class CausalLm {
  public:
   // Random weights (normal, std 0.02) from libtorch's default generator (seed it first).
@@ -60,6 +68,15 @@ class CausalLm {
   at::Tensor token_log_probs(const at::Tensor& tokens);
 
   std::vector<std::pair<std::string, at::Tensor>> named_parameters() const;
+
+  KvCache make_cache(int64_t num_blocks, int64_t block_size) const;
+  // One cached step for B sequences, without gradients. Row b appends tokens[b, 0:count[b]] at
+  // positions start[b] .. start[b]+count[b]-1; slots[b, p] is the cache slot of row b's position
+  // p (for every p < start[b]+count[b]). The new keys and values are written to their slots and
+  // each new token attends to its row's positions up to itself. Returns logits [B, S, V] (rows
+  // past count[b] are padding).
+  at::Tensor forward_cached(const at::Tensor& tokens, const at::Tensor& start, const at::Tensor& count,
+                            const at::Tensor& slots, KvCache& cache);
 
  private:
   struct Impl;

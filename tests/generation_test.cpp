@@ -1,0 +1,228 @@
+// The generation engine: cached decoding against full recomputation, reported log-probabilities
+// against a full forward pass, sampling controls, GRPO prompt sharing, continuous batching, stop
+// tokens, abort and resume, and bad requests.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.hpp"
+#include "models/generation.hpp"
+#include "models/transformer.hpp"
+#include "support/torch_doctest.hpp"
+
+using namespace flotilla;
+using models::GenerationRequest;
+
+namespace {
+
+models::CausalLm spread_model(const std::string& arch = "qwen3") {
+  models::LmConfig c = models::LmConfig::preset(arch, "tiny", 300);
+  at::manual_seed(5);
+  models::CausalLm lm(c);
+  at::NoGradGuard no_grad;
+  for (auto& [name, t] : lm.named_parameters()) {
+    if (name.find("norm") != std::string::npos) t.uniform_(0.5, 1.5);
+    else t.mul_(8.0);
+  }
+  return lm;
+}
+
+std::vector<int32_t> prompt_of(int n, int offset) {
+  std::vector<int32_t> p;
+  for (int i = 0; i < n; ++i) p.push_back((offset + 37 * i) % 300);
+  return p;
+}
+
+GenerationRequest request(int64_t id, std::vector<int32_t> prompt, int64_t max_new, double temperature = 1.0, int n = 1) {
+  GenerationRequest r;
+  r.id = id;
+  r.prompt = std::move(prompt);
+  r.sampling.max_new_tokens = max_new;
+  r.sampling.temperature = temperature;
+  r.sampling.seed = static_cast<uint64_t>(100 + id);
+  r.n = n;
+  return r;
+}
+
+// log p of each generated token under a full forward pass of prompt + tokens.
+std::vector<float> full_forward_logprobs(models::CausalLm& lm, const std::vector<int32_t>& prompt,
+                                         const std::vector<int32_t>& tokens) {
+  std::vector<int64_t> all(prompt.begin(), prompt.end());
+  all.insert(all.end(), tokens.begin(), tokens.end());
+  at::Tensor lp = lm.token_log_probs(at::tensor(all, at::kLong).unsqueeze(0))[0];
+  lp = lp.narrow(0, lp.size(0) - static_cast<int64_t>(tokens.size()), static_cast<int64_t>(tokens.size())).contiguous();
+  return std::vector<float>(lp.data_ptr<float>(), lp.data_ptr<float>() + lp.numel());
+}
+
+}  // namespace
+
+TEST_CASE("cached_decoding_gives_the_logits_of_full_recomputation") {
+  for (const char* arch : {"qwen3", "qwen2", "llama"}) {
+    CAPTURE(std::string(arch));
+    models::CausalLm lm = spread_model(arch);
+    const std::vector<int32_t> seq = prompt_of(21, 3);
+    std::vector<int64_t> ids(seq.begin(), seq.end());
+    const at::Tensor full = lm.forward(at::tensor(ids, at::kLong).unsqueeze(0))[0].detach();
+    // Blocks of 4 positions, a prefill chunk of 7 tokens, then one token at a time.
+    models::KvCache cache = lm.make_cache(8, 4);
+    at::Tensor slots = at::arange(32, at::kLong).flip(0).unsqueeze(0);  // blocks in no particular order
+    std::vector<at::Tensor> rows;
+    at::Tensor chunk = lm.forward_cached(at::tensor(std::vector<int64_t>(ids.begin(), ids.begin() + 7), at::kLong).unsqueeze(0),
+                                         at::full({1}, 0, at::kLong), at::full({1}, 7, at::kLong), slots.narrow(1, 0, 7), cache);
+    rows.push_back(chunk[0]);
+    for (int64_t p = 7; p < 21; ++p)
+      rows.push_back(lm.forward_cached(at::full({1, 1}, ids[p], at::kLong), at::full({1}, p, at::kLong),
+                                       at::full({1}, 1, at::kLong), slots.narrow(1, 0, p + 1), cache)[0]);
+    const at::Tensor cached = at::cat(rows, 0);
+    CHECK((cached - full).abs().max().item<double>() < 1e-4);
+  }
+}
+
+TEST_CASE("engine_logprobs_equal_a_full_forward_pass") {
+  models::CausalLm lm = spread_model();
+  models::EngineConfig c;
+  c.block_size = 4;
+  c.num_blocks = 256;
+  c.max_batch = 8;
+  c.prefill_chunk = 5;
+  models::GenerationEngine engine(lm, c);
+  GenerationRequest a = request(1, prompt_of(13, 1), 12);
+  a.sampling.top_k = 20;
+  GenerationRequest b = request(2, prompt_of(3, 7), 9, 0.7);
+  b.sampling.top_p = 0.9;
+  GenerationRequest g = request(3, prompt_of(10, 11), 8, 1.0, 3);  // a group of 3 samples
+  engine.set_policy_version(42);
+  engine.submit(a);
+  engine.submit(b);
+  engine.submit(g);
+  const auto out = engine.run();
+  REQUIRE(out.size() == 5);
+  for (const auto& gen : out) {
+    CAPTURE(gen.request_id);
+    CAPTURE(gen.sample);
+    const auto& prompt = gen.request_id == 1 ? a.prompt : gen.request_id == 2 ? b.prompt : g.prompt;
+    const std::vector<float> ref = full_forward_logprobs(lm, prompt, gen.tokens);
+    REQUIRE(ref.size() == gen.logprobs.size());
+    for (size_t t = 0; t < ref.size(); ++t) CHECK(std::fabs(ref[t] - gen.logprobs[t]) < 1e-4);
+    for (int64_t v : gen.versions) CHECK(v == 42);
+    CHECK(gen.finish_reason == "length");
+  }
+  CHECK(engine.free_blocks() == c.num_blocks);  // every block is back
+}
+
+TEST_CASE("greedy_decoding_follows_the_argmax_and_seeds_repeat_samples") {
+  models::CausalLm lm = spread_model();
+  models::GenerationEngine engine(lm, models::EngineConfig{});
+  const std::vector<int32_t> prompt = prompt_of(6, 2);
+  engine.submit(request(1, prompt, 10, 0.0));
+  const auto greedy = engine.run();
+  REQUIRE(greedy.size() == 1);
+  std::vector<int64_t> seq(prompt.begin(), prompt.end());
+  for (int32_t tok : greedy[0].tokens) {
+    const int64_t best = lm.forward(at::tensor(seq, at::kLong).unsqueeze(0))[0][-1].argmax().item<int64_t>();
+    CHECK(tok == best);
+    seq.push_back(tok);
+  }
+  // The same seed gives the same samples; another seed gives others.
+  auto sample = [&](uint64_t seed) {
+    GenerationRequest r = request(7, prompt, 16);
+    r.sampling.seed = seed;
+    engine.submit(r);
+    return engine.run()[0].tokens;
+  };
+  CHECK(sample(9) == sample(9));
+  CHECK(sample(9) != sample(10));
+}
+
+TEST_CASE("a_group_prefills_its_prompt_once_and_shares_its_blocks") {
+  models::CausalLm lm = spread_model();
+  models::EngineConfig c;
+  c.block_size = 4;
+  c.num_blocks = 64;
+  models::GenerationEngine engine(lm, c);
+  engine.submit(request(1, prompt_of(9, 4), 5, 1.0, 4));
+  const auto out = engine.run();
+  REQUIRE(out.size() == 4);
+  // The first 8 prompt positions are cached once; each of 3 followers shares their 2 full blocks.
+  CHECK(engine.stats().prefill_tokens == 8);
+  CHECK(engine.stats().shared_blocks == 6);
+  for (const auto& g : out) CHECK(g.tokens.size() == 5);
+  CHECK(engine.free_blocks() == c.num_blocks);
+}
+
+TEST_CASE("continuous_batching_refills_finished_slots") {
+  models::CausalLm lm = spread_model();
+  models::EngineConfig c;
+  c.max_batch = 2;
+  models::GenerationEngine engine(lm, c);
+  const std::vector<int64_t> lengths = {3, 12, 4, 5, 2};
+  for (size_t i = 0; i < lengths.size(); ++i) engine.submit(request(static_cast<int64_t>(i), prompt_of(4, static_cast<int>(i)), lengths[i]));
+  std::vector<models::Generation> done;
+  int steps = 0;
+  while (engine.step()) {
+    ++steps;
+    for (auto& g : engine.take_finished()) done.push_back(std::move(g));
+  }
+  REQUIRE(done.size() == 5);
+  for (const auto& g : done) CHECK(static_cast<int64_t>(g.tokens.size()) == lengths[static_cast<size_t>(g.request_id)]);
+  // Two sequences at a time over 26 tokens: about 13 steps; one at a time would take 26.
+  CHECK(steps <= 15);
+  // Request 2 waited for a free slot (0's), started in it and finished while 1 still ran.
+  auto position = [&](int64_t id) {
+    return std::find_if(done.begin(), done.end(), [&](const models::Generation& g) { return g.request_id == id; }) - done.begin();
+  };
+  CHECK(position(0) < position(2));
+  CHECK(position(2) < position(1));
+}
+
+TEST_CASE("stop_tokens_end_generation_and_aborted_requests_resume") {
+  models::CausalLm lm = spread_model();
+  models::GenerationEngine engine(lm, models::EngineConfig{});
+  const std::vector<int32_t> prompt = prompt_of(5, 9);
+  engine.submit(request(1, prompt, 12, 0.0));
+  const std::vector<int32_t> full = engine.run()[0].tokens;
+  REQUIRE(full.size() == 12);
+  GenerationRequest stop = request(2, prompt, 12, 0.0);
+  stop.sampling.stop_tokens = {full[3]};
+  engine.submit(stop);
+  const auto stopped = engine.run()[0];
+  CHECK(stopped.finish_reason == "stop");
+  CHECK(stopped.tokens.size() <= 4);
+  CHECK(stopped.tokens.back() == full[3]);
+  // Abort after a few steps, then resume with the tokens so far: the greedy sequence is the same.
+  engine.submit(request(3, prompt, 12, 0.0));
+  for (int i = 0; i < 5; ++i) engine.step();
+  engine.abort(3);
+  engine.step();
+  const auto aborted = engine.take_finished();
+  REQUIRE(aborted.size() == 1);
+  CHECK(aborted[0].finish_reason == "abort");
+  const std::vector<int32_t> so_far = aborted[0].tokens;
+  REQUIRE(so_far.size() < 12);
+  GenerationRequest resume = request(3, prompt, 12, 0.0);
+  resume.resume = {so_far};
+  engine.submit(resume);
+  const auto rest = engine.run();
+  REQUIRE(rest.size() == 1);
+  std::vector<int32_t> joined = so_far;
+  joined.insert(joined.end(), rest[0].tokens.begin(), rest[0].tokens.end());
+  CHECK(joined == full);
+  CHECK(rest[0].finish_reason == "length");
+}
+
+TEST_CASE("bad_generation_requests_name_the_problem") {
+  models::CausalLm lm = spread_model();
+  models::EngineConfig c;
+  c.num_blocks = 4;
+  c.block_size = 4;
+  c.max_batch = 2;
+  models::GenerationEngine engine(lm, c);
+  CHECK_THROWS_AS(engine.submit(request(1, {}, 4)), ConfigError);
+  CHECK_THROWS_AS(engine.submit(request(2, {1, 300}, 4)), ConfigError);
+  CHECK_THROWS_AS(engine.submit(request(3, {1, 2}, 4, 1.0, 3)), ConfigError);  // more samples than the batch
+  CHECK_THROWS_AS(engine.submit(request(4, prompt_of(10, 0), 20)), ConfigError);  // more blocks than exist
+  GenerationRequest p = request(5, {1, 2}, 4);
+  p.sampling.top_p = 0;
+  CHECK_THROWS_AS(engine.submit(p), ConfigError);
+}
