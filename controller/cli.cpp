@@ -174,6 +174,28 @@ int flotilla::controller::cli_main(int argc, char** argv) {
       ->required()
       ->check(CLI::ExistingFile);
 
+  controller::GenerateArgs gen_args;
+  auto* gen_cmd = app.add_subcommand("generate", "sample continuations of a prompt with the generation engine (JSON lines)");
+  gen_cmd->add_option("--model", gen_args.model, "model directory (config.json, model.safetensors, tokenizer.json)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  gen_cmd->add_option("--prompt", gen_args.prompt, "prompt text")->required();
+  gen_cmd->add_option("--n", gen_args.n, "samples of the prompt")->check(CLI::Range(1, 4096));
+  gen_cmd->add_option("--max-tokens", gen_args.max_tokens, "new tokens at most")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  gen_cmd->add_option("--temperature", gen_args.temperature, "0: greedy")->check(CLI::Range(0.0, 100.0));
+  gen_cmd->add_option("--top-p", gen_args.top_p, "nucleus sampling mass")->check(CLI::Range(1e-9, 1.0));
+  gen_cmd->add_option("--top-k", gen_args.top_k, "0: no limit")->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
+  gen_cmd->add_option("--seed", gen_args.seed, "seed (sample k uses seed + k)");
+
+  controller::GenerateBenchArgs bench_gen_args;
+  auto* bench_gen_cmd = bench->add_subcommand(
+      "generate", "generation tokens per second: the engine next to recomputing the full sequence per token");
+  bench_gen_cmd->add_option("--model", bench_gen_args.model, "model directory")->required()->check(CLI::ExistingDirectory);
+  bench_gen_cmd->add_option("--batch", bench_gen_args.batch, "sequences")->check(CLI::Range(int64_t{1}, int64_t{4096}));
+  bench_gen_cmd->add_option("--prompt-len", bench_gen_args.prompt_len, "prompt tokens")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  bench_gen_cmd->add_option("--gen-len", bench_gen_args.gen_len, "generated tokens")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  bench_gen_cmd->add_flag("--json", bench_gen_args.json, "print one JSON object");
+
   controller::TokenizeArgs tok_args;
   auto* tok_cmd = app.add_subcommand("tokenize", "encode text to token ids (one JSON array per input line), or decode");
   tok_cmd->add_option("--tokenizer", tok_args.tokenizer, "tokenizer.json, model directory, encoder.json (GPT-2) or bytes")
@@ -284,6 +306,8 @@ int flotilla::controller::cli_main(int argc, char** argv) {
     if (*bench_tok_cmd) return controller::bench_tokenize(bench_tok_args);
     if (*tok_cmd) return controller::tokenize(tok_args);
     if (*lm_init_cmd) return controller::lm_init(lm_init_args);
+    if (*gen_cmd) return controller::generate(gen_args);
+    if (*bench_gen_cmd) return controller::bench_generate(bench_gen_args);
     if (*lm_score_cmd) return controller::lm_score(lm_score_args);
     if (*bench_train_cmd) return controller::bench_train(bench_train_args);
     if (*bench_stream_cmd) return controller::bench_stream(bench_stream_args);

@@ -71,6 +71,25 @@ struct LmScoreArgs {
 // given those before it (one JSON array per line).
 int lm_score(const LmScoreArgs& args);
 
+struct GenerateArgs {
+  std::string model, prompt;
+  int n = 1;
+  int64_t max_tokens = 64, top_k = 0;
+  double temperature = 1.0, top_p = 1.0;
+  uint64_t seed = 0;
+};
+// `flotilla generate`: n samples of a prompt through the generation engine, one JSON line each.
+int generate(const GenerateArgs& args);
+
+struct GenerateBenchArgs {
+  std::string model;
+  int64_t batch = 8, prompt_len = 64, gen_len = 64;
+  uint64_t seed = 1;
+  bool json = false;
+};
+// `flotilla bench generate`: engine tokens per second next to a full-recompute loop, and the ratio.
+int bench_generate(const GenerateBenchArgs& args);
+
 struct TokenizeArgs {
   std::string tokenizer;  // tokenizer.json, a model directory, encoder.json (GPT-2) or "bytes"
   std::string text, file;

@@ -202,3 +202,30 @@ TEST_CASE("lm_init_writes_a_model_directory_with_its_tokenizer") {
   CHECK(small.code == 2);
   CHECK(small.err.find("too small") != std::string::npos);
 }
+
+TEST_CASE("cli_generate_and_bench_generate") {
+  test::TempDir dir;
+  REQUIRE(test::run_cli(kCli, {"lm", "init", "--out", "m", "--vocab", "300"}, dir.path(), dir.path()).code == 0);
+  auto g = test::run_cli(kCli, {"generate", "--model", "m", "--prompt", "Hello", "--n", "3", "--max-tokens", "5", "--seed", "4"},
+                         dir.path(), dir.path());
+  REQUIRE_MESSAGE(g.code == 0, g.err);
+  std::istringstream lines(g.out);
+  int samples = 0;
+  for (std::string line; std::getline(lines, line); ++samples) {
+    auto j = nlohmann::json::parse(line);
+    CHECK(j["sample"] == samples);
+    CHECK(j["tokens"].size() == j["logprobs"].size());
+    CHECK(j["tokens"].size() <= 5);
+    for (double lp : j["logprobs"]) CHECK(lp <= 0.0);
+  }
+  CHECK(samples == 3);
+  auto again = test::run_cli(kCli, {"generate", "--model", "m", "--prompt", "Hello", "--n", "3", "--max-tokens", "5", "--seed", "4"},
+                             dir.path(), dir.path());
+  CHECK(again.out == g.out);  // a seed repeats the samples
+  auto b = test::run_cli(kCli, {"bench", "generate", "--model", "m", "--batch", "2", "--prompt-len", "8", "--gen-len", "6", "--json"},
+                         dir.path(), dir.path());
+  REQUIRE_MESSAGE(b.code == 0, b.err);
+  auto j = nlohmann::json::parse(b.out);
+  CHECK(j["engine_tokens_per_second"].get<double>() > 0);
+  CHECK(j["recompute_tokens_per_second"].get<double>() > 0);
+}
