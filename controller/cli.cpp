@@ -167,6 +167,8 @@ int flotilla::controller::cli_main(int argc, char** argv) {
   lm_init_cmd->add_option("--dtype", lm_init_args.dtype, "float32, bfloat16 or float16")
       ->check(CLI::IsMember({"float32", "bfloat16", "float16"}));
   lm_init_cmd->add_option("--seed", lm_init_args.seed, "seed of the random weights");
+  lm_init_cmd->add_option("--head", lm_init_args.head, "lm (next-token logits), value (critic) or reward")
+      ->check(CLI::IsMember({"lm", "value", "reward"}));
   controller::LmScoreArgs lm_score_args;
   auto* lm_score_cmd = lm->add_subcommand("score", "log-probability of each token given the ones before it, per line of ids");
   lm_score_cmd->add_option("--model", lm_score_args.model, "model directory")->required()->check(CLI::ExistingDirectory);

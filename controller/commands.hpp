@@ -57,7 +57,7 @@ struct StreamBenchArgs {
 int bench_stream(const StreamBenchArgs& args);
 
 struct LmInitArgs {
-  std::string arch = "qwen3", preset = "tiny", out, dtype = "float32";
+  std::string arch = "qwen3", preset = "tiny", out, dtype = "float32", head = "lm";
   int64_t vocab = 512;
   uint64_t seed = 1;
 };

@@ -52,6 +52,7 @@ const std::vector<std::string> kSpecials = {"<|endoftext|>", "<|im_start|>", "<|
 
 int lm_init(const LmInitArgs& args) {
   models::LmConfig c = models::LmConfig::preset(args.arch, args.preset, args.vocab);
+  c.head = args.head;
   if (args.vocab < 256 + static_cast<int64_t>(kSpecials.size()))
     throw ConfigError("--vocab " + std::to_string(args.vocab) + " is too small for the byte-level tokenizer written beside "
                       "the model (256 bytes + " + std::to_string(kSpecials.size()) + " specials = 259)");
@@ -69,6 +70,8 @@ int lm_init(const LmInitArgs& args) {
 
 int lm_score(const LmScoreArgs& args) {
   models::CausalLm lm = models::CausalLm::load(args.model);
+  if (lm.config().head != "lm")
+    throw ConfigError(args.model + " has a " + lm.config().head + " head; lm score needs a language-model head");
   const std::string text = core::read_file(args.tokens_file);
   std::istringstream in(text);
   std::string line;

@@ -67,11 +67,26 @@ LmConfig LmConfig::from_json(const std::string& text, const std::string& source)
   c.attention_bias = c.model_type == "qwen2" ? true : j.value("attention_bias", false);
   c.qk_norm = c.model_type == "qwen3";
   c.torch_dtype = j.value("torch_dtype", std::string("float32"));
+  std::string arch;
+  if (j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty() &&
+      j["architectures"][0].is_string())
+    arch = j["architectures"][0].get<std::string>();
+  auto ends_with = [&](const std::string& suffix) {
+    return arch.size() >= suffix.size() && arch.compare(arch.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  if (ends_with("ForSequenceClassification")) c.head = "reward";
+  else if (ends_with("ForTokenClassification")) c.head = "value";
+  else if (!arch.empty() && !ends_with("ForCausalLM"))
+    fail("architecture '" + arch + "' is not supported (*ForCausalLM, *ForTokenClassification or *ForSequenceClassification)");
+  if (c.head != "lm" && j.value("num_labels", 1) != 1) fail("a value or reward head has one label, not " + j["num_labels"].dump());
   return c;
 }
 
 std::string LmConfig::to_json() const {
-  const char* arch = model_type == "llama" ? "LlamaForCausalLM" : model_type == "qwen2" ? "Qwen2ForCausalLM" : "Qwen3ForCausalLM";
+  const std::string family = model_type == "llama" ? "Llama" : model_type == "qwen2" ? "Qwen2" : "Qwen3";
+  const std::string arch = family + (head == "reward" ? "ForSequenceClassification"
+                                     : head == "value" ? "ForTokenClassification"
+                                                       : "ForCausalLM");
   nlohmann::ordered_json j = {{"architectures", {arch}},
                               {"model_type", model_type},
                               {"vocab_size", vocab_size},
@@ -88,6 +103,7 @@ std::string LmConfig::to_json() const {
                               {"attention_bias", attention_bias},
                               {"hidden_act", "silu"},
                               {"torch_dtype", torch_dtype}};
+  if (head != "lm") j["num_labels"] = 1;
   return j.dump(2) + "\n";
 }
 
@@ -270,11 +286,14 @@ torch::ScalarType dtype_of(const std::string& name) {
 struct CausalLm::Impl : torch::nn::Module {
   LmConfig config;
   Body model{nullptr};
-  torch::nn::Linear lm_head{nullptr};
+  torch::nn::Linear lm_head{nullptr}, score{nullptr};
 
   explicit Impl(const LmConfig& c) : config(c) {
+    if (c.head != "lm" && c.head != "value" && c.head != "reward")
+      throw ConfigError("head '" + c.head + "' is not one of lm, value, reward");
     model = register_module("model", Body(c));
-    if (!c.tie_word_embeddings) lm_head = register_module("lm_head", linear(c.hidden_size, c.vocab_size, false));
+    if (c.head != "lm") score = register_module("score", linear(c.hidden_size, 1, false));
+    else if (!c.tie_word_embeddings) lm_head = register_module("lm_head", linear(c.hidden_size, c.vocab_size, false));
     torch::NoGradGuard no_grad;
     for (auto& p : named_parameters()) {
       const std::string& name = p.key();
@@ -304,7 +323,17 @@ struct CausalLm::Impl : torch::nn::Module {
 
   torch::Tensor head(const torch::Tensor& x) {
     torch::Tensor h = model->norm->forward(x);
+    if (score) throw Error("this model has a " + config.head + " head, not next-token logits");
     return lm_head ? lm_head->forward(h) : torch::matmul(h, model->embed_tokens->weight.t());
+  }
+
+  torch::Tensor scores(const torch::Tensor& tokens) {
+    if (!score) throw Error("this model has a language-model head, not a value or reward head");
+    check_tokens(tokens);
+    auto [cos, sin] = rope(tokens.size(1));
+    torch::Tensor x = model->embed_tokens->forward(tokens);
+    for (const auto& layer : *model->layers) x = layer->as<LayerImpl>()->forward(x, cos, sin);
+    return score->forward(model->norm->forward(x)).squeeze(-1);
   }
 
   torch::Tensor forward(const torch::Tensor& tokens) {
@@ -371,6 +400,16 @@ at::Tensor CausalLm::forward_cached(const at::Tensor& tokens, const at::Tensor& 
                                     const at::Tensor& slots, KvCache& cache) {
   torch::NoGradGuard no_grad;
   return impl_->forward_cached(tokens, start, count, slots, cache);
+}
+
+at::Tensor CausalLm::scores(const at::Tensor& tokens) { return impl_->scores(tokens); }
+
+at::Tensor CausalLm::rewards(const at::Tensor& tokens, const at::Tensor& last) {
+  if (impl_->config.head != "reward") throw Error("rewards() needs a reward head; this model's head is " + impl_->config.head);
+  if (last.dim() != 1 || last.size(0) != tokens.size(0) || (last < 0).any().item<bool>() ||
+      (last >= tokens.size(1)).any().item<bool>())
+    throw Error("rewards(): `last` must hold one index in [0, length) per row");
+  return impl_->scores(tokens).gather(1, last.unsqueeze(1)).squeeze(1);
 }
 
 std::vector<std::pair<std::string, at::Tensor>> CausalLm::named_parameters() const {

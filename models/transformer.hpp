@@ -30,6 +30,10 @@ struct LmConfig {
   bool attention_bias = false;  // q/k/v biases (Qwen2 always has them)
   bool qk_norm = false;         // RMSNorm of each head's queries and keys (Qwen3)
   std::string torch_dtype = "float32";
+  // The output head: "lm" (next-token logits, *ForCausalLM), "value" (a scalar per position, a
+  // critic; *ForTokenClassification with one label) or "reward" (a scalar read at a sequence's
+  // last token; *ForSequenceClassification with one label). The scalar heads are HF's `score`.
+  std::string head = "lm";
 
   // From config.json text; a missing or inconsistent key is a FormatError naming it and `source`.
   static LmConfig from_json(const std::string& text, const std::string& source);
@@ -66,6 +70,10 @@ class CausalLm {
   at::Tensor forward(const at::Tensor& tokens);
   // log p(token t | tokens before t) for t = 1 .. T-1: [B, T-1], without gradients.
   at::Tensor token_log_probs(const at::Tensor& tokens);
+  // Value and reward heads: the head's scalar at every position [B, T] (with gradients).
+  at::Tensor scores(const at::Tensor& tokens);
+  // Reward head: the scalar at each row's last real token, `last` [B] (index of that token).
+  at::Tensor rewards(const at::Tensor& tokens, const at::Tensor& last);
 
   std::vector<std::pair<std::string, at::Tensor>> named_parameters() const;
 

@@ -229,3 +229,36 @@ TEST_CASE("cli_generate_and_bench_generate") {
   CHECK(j["engine_tokens_per_second"].get<double>() > 0);
   CHECK(j["recompute_tokens_per_second"].get<double>() > 0);
 }
+
+TEST_CASE("value_and_reward_heads_save_load_and_score_causally") {
+  test::TempDir dir;
+  for (const char* head : {"value", "reward"}) {
+    CAPTURE(std::string(head));
+    auto r = test::run_cli(kCli, {"lm", "init", "--head", head, "--vocab", "300", "--out", head}, dir.path(), dir.path());
+    REQUIRE_MESSAGE(r.code == 0, r.err);
+    auto config = nlohmann::json::parse(core::read_file(dir.path() / head / "config.json"));
+    CHECK((config["architectures"][0] == (std::string(head) == "reward" ? "Qwen3ForSequenceClassification" : "Qwen3ForTokenClassification")));
+    CHECK(config["num_labels"] == 1);
+    const auto file = core::load_safetensors(dir.path() / head / "model.safetensors");
+    CHECK((file.at("score.weight").sizes() == at::IntArrayRef({1, 64})));
+    CHECK_FALSE(file.contains("lm_head.weight"));
+    models::CausalLm lm = models::CausalLm::load(dir.path() / head);
+    CHECK(lm.config().head == head);
+    at::Tensor a = at::tensor(std::vector<int64_t>{5, 6, 7, 8, 9}).unsqueeze(0);
+    at::Tensor b = at::tensor(std::vector<int64_t>{5, 6, 7, 100, 200}).unsqueeze(0);
+    at::Tensor sa = lm.scores(a).detach(), sb = lm.scores(b).detach();
+    CHECK((sa.sizes() == at::IntArrayRef({1, 5})));
+    CHECK(at::allclose(sa.narrow(1, 0, 3), sb.narrow(1, 0, 3)));  // a position sees only what came before
+    CHECK_FALSE(at::allclose(sa.narrow(1, 3, 2), sb.narrow(1, 3, 2)));
+    if (std::string(head) == "reward") {
+      at::Tensor two = at::cat({a, b}, 0);
+      at::Tensor r2 = lm.rewards(two, at::tensor(std::vector<int64_t>{4, 2})).detach();
+      CHECK(r2[0].item<float>() == doctest::Approx(sa[0][4].item<float>()).epsilon(1e-5));
+      CHECK(r2[1].item<float>() == doctest::Approx(sb[0][2].item<float>()).epsilon(1e-5));
+    }
+    const fs::path tokens = dir.write("t.txt", "[1,2,3]\n");
+    auto score = test::run_cli(kCli, {"lm", "score", "--model", head, "--tokens-file", tokens.string()}, dir.path(), dir.path());
+    CHECK(score.code == 2);
+    CHECK(score.err.find("needs a language-model head") != std::string::npos);
+  }
+}
