@@ -193,18 +193,21 @@ struct GenerationEngine::Impl {
     for (auto& s : active)
       if (s->aborted) finish(*s, "abort");
     std::erase_if(active, [](const std::unique_ptr<Seq>& s) { return s->blocks.empty(); });
-    // One prefill chunk for the first sequence still prefilling.
-    for (auto& s : active) {
+    // Prefill up to prefill_chunk prompt tokens this step, sequence by sequence (the last one
+    // may stop mid-prompt and continue next step).
+    int64_t budget = config.prefill_chunk;
+    for (size_t k = 0; k < active.size() && budget > 0; ++k) {
+      auto& s = active[k];
       if (!s->prefilling()) continue;
-      const int64_t n = std::min<int64_t>(config.prefill_chunk, static_cast<int64_t>(s->tokens.size()) - 1 - s->cached);
+      const int64_t n = std::min<int64_t>(budget, static_cast<int64_t>(s->tokens.size()) - 1 - s->cached);
+      budget -= n;
       std::vector<int64_t> chunk(s->tokens.begin() + s->cached, s->tokens.begin() + s->cached + n);
       std::vector<Seq*> one = {s.get()};
       model.forward_cached(at::tensor(chunk, at::kLong).unsqueeze(0), at::full({1}, s->cached, at::kLong),
                            at::full({1}, n, at::kLong), slots_of(one, s->cached + n), cache);
       s->cached += n;
       stats.prefill_tokens += n;
-      if (!s->prefilling() && s->followers > 0) spawn_followers(*s);
-      break;
+      if (!s->prefilling() && s->followers > 0) spawn_followers(*s);  // appends to `active`
     }
     // One decode step for every sequence whose prompt is cached.
     std::vector<Seq*> ready;

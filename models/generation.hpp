@@ -45,7 +45,7 @@ struct EngineConfig {
   int64_t block_size = 16;
   int64_t num_blocks = 2048;
   int64_t max_batch = 32;       // sequences decoded together
-  int64_t prefill_chunk = 256;  // prompt tokens prefilled per step
+  int64_t prefill_chunk = 256;  // prompt tokens prefilled per step (over one or more sequences)
 };
 
 struct EngineStats {

@@ -154,6 +154,25 @@ TEST_CASE("tokenizers_reject_bad_input_naming_the_problem") {
   CHECK_THROWS_AS(models::load_tokenizer(dir.write("broken.json", "{not json").string()), FormatError);
 }
 
+TEST_CASE("bpe_merges_read_in_string_and_pair_form") {
+  // A byte-level vocabulary (ids 0-255 in GPT-2's byte encoding) plus "ab" and "abc".
+  test::TempDir dir;
+  auto j = nlohmann::json::parse(models::byte_level_tokenizer_json({}));
+  j["model"]["vocab"]["ab"] = 256;
+  j["model"]["vocab"]["abc"] = 257;
+  for (bool pairs : {false, true}) {
+    CAPTURE(pairs);
+    j["model"]["merges"] = pairs ? nlohmann::json::array({nlohmann::json::array({"a", "b"}), nlohmann::json::array({"ab", "c"})})
+                                 : nlohmann::json::array({"a b", "ab c"});
+    auto tok = models::load_tokenizer(dir.write(pairs ? "pairs.json" : "strings.json", j.dump()).string());
+    CHECK(tok->encode("abcab") == std::vector<int32_t>{257, 256});
+    CHECK(tok->encode("ba") == std::vector<int32_t>{'b', 'a'});
+    CHECK(tok->decode({257, 256}) == "abcab");
+  }
+  j["model"]["merges"] = nlohmann::json::array({"a b", "ab x"});  // "abx" is not in the vocabulary
+  CHECK_THROWS_AS(models::load_tokenizer(dir.write("bad.json", j.dump()).string()), FormatError);
+}
+
 TEST_CASE("byte_tokenizer_maps_bytes_and_specials") {
   auto t = models::byte_tokenizer({"<eos>", "<pad>"});
   CHECK(t->vocab_size() == 258);
