@@ -217,16 +217,16 @@ struct AttentionImpl : torch::nn::Module {
     const torch::Tensor dest = write_slots.reshape({-1}).index_select(0, rows);
     k_pool.index_copy_(0, dest, k.reshape({B * S, kv_heads, head_dim}).index_select(0, rows));
     v_pool.index_copy_(0, dest, v.reshape({B * S, kv_heads, head_dim}).index_select(0, rows));
-    torch::Tensor keys = k_pool.index_select(0, read_slots.reshape({-1})).view({B, L, kv_heads, head_dim}).transpose(1, 2);
-    torch::Tensor values = v_pool.index_select(0, read_slots.reshape({-1})).view({B, L, kv_heads, head_dim}).transpose(1, 2);
-    if (kv_heads != heads) {
-      keys = keys.repeat_interleave(heads / kv_heads, 1);
-      values = values.repeat_interleave(heads / kv_heads, 1);
-    }
-    torch::Tensor scores = torch::matmul(q.transpose(1, 2), keys.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim));
-    scores = scores.masked_fill(~mask, -std::numeric_limits<float>::infinity());
-    torch::Tensor out = torch::matmul(torch::softmax(scores, -1), values);  // [B, heads, S, head_dim]
-    return o_proj->forward(out.transpose(1, 2).reshape({B, S, heads * head_dim}));
+    const torch::Tensor keys = k_pool.index_select(0, read_slots.reshape({-1})).view({B, L, kv_heads, head_dim}).transpose(1, 2);
+    const torch::Tensor values = v_pool.index_select(0, read_slots.reshape({-1})).view({B, L, kv_heads, head_dim}).transpose(1, 2);
+    // Grouped-query attention without copying keys: the `group` query heads of one key/value
+    // head are stacked as extra query rows, [B, kv_heads, group * S, head_dim].
+    const int64_t group = heads / kv_heads;
+    torch::Tensor qg = q.transpose(1, 2).reshape({B, kv_heads, group * S, head_dim});
+    torch::Tensor scores = torch::matmul(qg, keys.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim));
+    scores = scores.view({B, kv_heads, group, S, L}).masked_fill(~mask.unsqueeze(1), -std::numeric_limits<float>::infinity());
+    torch::Tensor out = torch::matmul(torch::softmax(scores, -1).view({B, kv_heads, group * S, L}), values);
+    return o_proj->forward(out.view({B, heads, S, head_dim}).transpose(1, 2).reshape({B, S, heads * head_dim}));
   }
 };
 TORCH_MODULE(Attention);
