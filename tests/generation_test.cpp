@@ -9,6 +9,7 @@
 #include "core/error.hpp"
 #include "models/generation.hpp"
 #include "models/transformer.hpp"
+#include "support/tiny_lm.hpp"
 #include "support/torch_doctest.hpp"
 
 using namespace flotilla;
@@ -16,17 +17,7 @@ using models::GenerationRequest;
 
 namespace {
 
-models::CausalLm spread_model(const std::string& arch = "qwen3") {
-  models::LmConfig c = models::LmConfig::preset(arch, "tiny", 300);
-  at::manual_seed(5);
-  models::CausalLm lm(c);
-  at::NoGradGuard no_grad;
-  for (auto& [name, t] : lm.named_parameters()) {
-    if (name.find("norm") != std::string::npos) t.uniform_(0.5, 1.5);
-    else t.mul_(8.0);
-  }
-  return lm;
-}
+models::CausalLm spread_model(const std::string& arch = "qwen3") { return test::spread_model(arch, true, 8.0, 5); }
 
 std::vector<int32_t> prompt_of(int n, int offset) {
   std::vector<int32_t> p;

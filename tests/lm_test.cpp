@@ -15,29 +15,17 @@
 #include "models/transformer.hpp"
 #include "support/cli.hpp"
 #include "support/temp_dir.hpp"
+#include "support/tiny_lm.hpp"
 #include "support/torch_doctest.hpp"
 
 using namespace flotilla;
+using test::spread_model;
 namespace fs = std::filesystem;
 
 namespace {
 
 const std::string kCli = FLOTILLA_TEST_CLI;
 const std::vector<std::vector<int64_t>> kLines = {{7}, {1, 2, 3, 4, 5}, {256, 72, 105, 33, 299, 0, 17, 17, 17, 150, 9, 258}};
-
-// A tiny model with weights large enough that its log-probabilities differ a lot between tokens.
-models::CausalLm spread_model(const std::string& arch, bool tied) {
-  models::LmConfig c = models::LmConfig::preset(arch, "tiny", 300);
-  c.tie_word_embeddings = tied;
-  at::manual_seed(3);
-  models::CausalLm lm(c);
-  at::NoGradGuard no_grad;
-  for (auto& [name, t] : lm.named_parameters()) {
-    if (name.find("norm") != std::string::npos) t.uniform_(0.5, 1.5);
-    else t.mul_(15.0);
-  }
-  return lm;
-}
 
 std::vector<std::vector<double>> json_lines(const std::string& text) {
   std::vector<std::vector<double>> out;
