@@ -60,10 +60,34 @@ const ByteMap& byte_map() {
   return m;
 }
 
+// The pre-tokenizer patterns' \s and \S with ECMAScript's whitespace, as the reference encoders
+// (Hugging Face's JavaScript tokenizers and gpt-3-encoder) read them: Unicode White_Space without
+// U+0085 and with U+FEFF. Oniguruma's own \s differs on exactly those two characters.
+std::string ecmascript_whitespace(const std::string& pattern) {
+  const std::string space = R"(\t\n\x0B\f\r \x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}\x{FEFF})";
+  std::string out;
+  int depth = 0;  // inside a character class
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '\\' && i + 1 < pattern.size()) {
+      const char n = pattern[++i];
+      if (n == 's') out += depth > 0 ? space : "[" + space + "]";
+      else if (n == 'S') out += "[^" + space + "]";  // a nested class inside a class is fine in Oniguruma
+      else out += std::string{c, n};
+      continue;
+    }
+    if (c == '[') ++depth;
+    else if (c == ']' && depth > 0) --depth;
+    out += c;
+  }
+  return out;
+}
+
 // A compiled Oniguruma regex (UTF-8, Oniguruma syntax: what Hugging Face's tokenizers compile with).
 class Regex {
  public:
-  explicit Regex(const std::string& pattern) {
+  explicit Regex(const std::string& source) {
+    const std::string pattern = ecmascript_whitespace(source);
     static std::once_flag once;
     std::call_once(once, [] {
       OnigEncoding enc[] = {ONIG_ENCODING_UTF8};
@@ -75,7 +99,7 @@ class Regex {
     if (r != ONIG_NORMAL) {
       OnigUChar msg[ONIG_MAX_ERROR_MESSAGE_LEN];
       onig_error_code_to_str(msg, r, &info);
-      throw FormatError("tokenizer regex '" + pattern + "' does not compile: " + reinterpret_cast<char*>(msg));
+      throw FormatError("tokenizer regex '" + source + "' does not compile: " + reinterpret_cast<char*>(msg));
     }
   }
   ~Regex() {
