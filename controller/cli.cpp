@@ -198,6 +198,21 @@ int flotilla::controller::cli_main(int argc, char** argv) {
   bench_gen_cmd->add_option("--gen-len", bench_gen_args.gen_len, "generated tokens")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   bench_gen_cmd->add_flag("--json", bench_gen_args.json, "print one JSON object");
 
+  auto* data = app.add_subcommand("data", "datasets for language-model jobs");
+  data->require_subcommand(1);
+  controller::DataMakeArgs data_args;
+  auto* data_make_cmd = data->add_subcommand("make", "write a synthetic task with verifiable answers as JSONL {prompt, answer}");
+  data_make_cmd->add_option("task", data_args.task, "addition, sort or reverse")
+      ->required()
+      ->check(CLI::IsMember({"addition", "sort", "reverse"}));
+  data_make_cmd->add_option("--n", data_args.n, "examples")->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  data_make_cmd->add_option("--seed", data_args.seed, "seed (the same examples on every machine)");
+  data_make_cmd->add_option("--out", data_args.out, "output file (default: standard output)");
+  data_make_cmd->add_option("--max-digits", data_args.max_digits, "addition: operands of 1 to this many digits")
+      ->check(CLI::Range(1, 18));
+  data_make_cmd->add_option("--length", data_args.length, "sort: numbers per list; reverse: letters per string")
+      ->check(CLI::Range(1, 1000));
+
   controller::TokenizeArgs tok_args;
   auto* tok_cmd = app.add_subcommand("tokenize", "encode text to token ids (one JSON array per input line), or decode");
   tok_cmd->add_option("--tokenizer", tok_args.tokenizer, "tokenizer.json, model directory, encoder.json (GPT-2) or bytes")
@@ -308,6 +323,7 @@ int flotilla::controller::cli_main(int argc, char** argv) {
     if (*bench_tok_cmd) return controller::bench_tokenize(bench_tok_args);
     if (*tok_cmd) return controller::tokenize(tok_args);
     if (*lm_init_cmd) return controller::lm_init(lm_init_args);
+    if (*data_make_cmd) return controller::data_make(data_args);
     if (*gen_cmd) return controller::generate(gen_args);
     if (*bench_gen_cmd) return controller::bench_generate(bench_gen_args);
     if (*lm_score_cmd) return controller::lm_score(lm_score_args);

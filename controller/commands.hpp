@@ -90,6 +90,15 @@ struct GenerateBenchArgs {
 // `flotilla bench generate`: engine tokens per second next to a full-recompute loop, and the ratio.
 int bench_generate(const GenerateBenchArgs& args);
 
+struct DataMakeArgs {
+  std::string task, out;
+  int64_t n = 1000;
+  uint64_t seed = 0;
+  int max_digits = 4, length = 6;
+};
+// `flotilla data make TASK`: a JSONL dataset of a synthetic task with verifiable answers.
+int data_make(const DataMakeArgs& args);
+
 struct TokenizeArgs {
   std::string tokenizer;  // tokenizer.json, a model directory, encoder.json (GPT-2) or "bytes"
   std::string text, file;

@@ -1,5 +1,5 @@
-// Language-model commands: `flotilla lm init`, `flotilla lm score`, `flotilla tokenize` and
-// `flotilla bench tokenize`.
+// Language-model commands: `flotilla lm init`, `lm score`, `generate`, `tokenize`, `data make`
+// and the `bench generate` / `bench tokenize` benchmarks.
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
@@ -15,6 +15,7 @@
 #include "controller/commands.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "envs/text_tasks.hpp"
 #include "models/generation.hpp"
 #include "models/tokenizer.hpp"
 #include "models/transformer.hpp"
@@ -199,6 +200,22 @@ int bench_generate(const GenerateBenchArgs& args) {
               << "engine: " << engine_tps << " tokens/s\n"
               << "recompute baseline: " << naive_tps << " tokens/s\n"
               << "ratio: " << engine_tps / naive_tps << "\n";
+  return 0;
+}
+
+int data_make(const DataMakeArgs& args) {
+  envs::TextTaskOptions o;
+  o.max_digits = args.max_digits;
+  o.length = args.length;
+  const auto examples = envs::make_text_task(args.task, args.n, args.seed, o);
+  std::string text;
+  for (const auto& e : examples) text += envs::text_example_json(e, "verifiable") + "\n";
+  if (args.out.empty() || args.out == "-") {
+    std::cout << text;
+    return 0;
+  }
+  core::write_file_atomically(args.out, [&](std::ostream& o) { o << text; });
+  std::cerr << args.out << ": " << examples.size() << " " << args.task << " examples\n";
   return 0;
 }
 

@@ -1,0 +1,157 @@
+#include "envs/text_tasks.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <regex>
+#include <sstream>
+
+#include "core/error.hpp"
+#include "core/fs.hpp"
+
+namespace flotilla::envs {
+namespace {
+
+// Draws from mt19937_64's raw output, whose sequence the C++ standard fixes, so a seed gives the
+// same task on every platform (the standard distributions are implementation-defined).
+struct Draw {
+  std::mt19937_64 gen;
+  explicit Draw(uint64_t seed) : gen(seed) {}
+  int64_t below(int64_t n) { return static_cast<int64_t>(gen() % static_cast<uint64_t>(n)); }
+  int64_t between(int64_t lo, int64_t hi) { return lo + below(hi - lo + 1); }
+};
+
+std::string trim(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
+}
+
+int64_t pow10(int digits) {
+  int64_t p = 1;
+  for (int i = 0; i < digits; ++i) p *= 10;
+  return p;
+}
+
+}  // namespace
+
+std::vector<std::string> text_task_names() { return {"addition", "reverse", "sort"}; }
+
+std::vector<TextExample> make_text_task(const std::string& task, int64_t n, uint64_t seed, const TextTaskOptions& o) {
+  if (n < 1) throw ConfigError("the number of examples must be at least 1, got " + std::to_string(n));
+  Draw d(seed);
+  std::vector<TextExample> out;
+  if (task == "addition") {
+    if (o.max_digits < 1 || o.max_digits > 18) throw ConfigError("addition: max_digits must be 1 to 18");
+    for (int64_t i = 0; i < n; ++i) {
+      auto number = [&] {
+        const int digits = static_cast<int>(d.between(1, o.max_digits));
+        return digits == 1 ? d.between(0, 9) : d.between(pow10(digits - 1), pow10(digits) - 1);
+      };
+      const int64_t a = number(), b = number();
+      out.push_back({"What is " + std::to_string(a) + " + " + std::to_string(b) + "? Answer with the number only.\n",
+                     std::to_string(a + b), "", "", ""});
+    }
+  } else if (task == "sort") {
+    if (o.length < 1 || o.length > 1000) throw ConfigError("sort: length must be 1 to 1000");
+    for (int64_t i = 0; i < n; ++i) {
+      std::vector<int64_t> v(static_cast<size_t>(o.length));
+      for (auto& x : v) x = d.between(0, 99);
+      std::string list, sorted;
+      for (size_t k = 0; k < v.size(); ++k) list += (k ? " " : "") + std::to_string(v[k]);
+      std::sort(v.begin(), v.end());
+      for (size_t k = 0; k < v.size(); ++k) sorted += (k ? " " : "") + std::to_string(v[k]);
+      out.push_back({"Sort these numbers in ascending order, separated by spaces: " + list + "\n", sorted, "", "", ""});
+    }
+  } else if (task == "reverse") {
+    if (o.length < 1 || o.length > 1000) throw ConfigError("reverse: length must be 1 to 1000");
+    for (int64_t i = 0; i < n; ++i) {
+      std::string s;
+      for (int k = 0; k < o.length; ++k) s.push_back(static_cast<char>('a' + d.below(26)));
+      out.push_back({"Reverse this string: " + s + "\n", std::string(s.rbegin(), s.rend()), "", "", ""});
+    }
+  } else {
+    throw ConfigError("unknown task '" + task + "' (known: addition, reverse, sort)");
+  }
+  return out;
+}
+
+std::string text_example_json(const TextExample& e, const std::string& kind) {
+  nlohmann::ordered_json j = {{"prompt", e.prompt}};
+  if (kind == "verifiable") j["answer"] = e.answer;
+  else if (kind == "sft") j["response"] = e.response;
+  else if (kind == "preference") j["chosen"] = e.chosen, j["rejected"] = e.rejected;
+  else throw ConfigError("dataset kind '" + kind + "' is not one of verifiable, sft, preference");
+  return j.dump();
+}
+
+std::vector<TextExample> read_text_dataset(const std::filesystem::path& path, const std::string& kind) {
+  std::vector<std::string> fields;
+  if (kind == "verifiable") fields = {"prompt", "answer"};
+  else if (kind == "sft") fields = {"prompt", "response"};
+  else if (kind == "preference") fields = {"prompt", "chosen", "rejected"};
+  else throw ConfigError("dataset kind '" + kind + "' is not one of verifiable, sft, preference");
+  std::istringstream in(core::read_file(path));
+  std::vector<TextExample> out;
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = path.string() + ":" + std::to_string(n);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      throw FormatError(where + ": not a JSON object: " + e.what());
+    }
+    if (!j.is_object()) throw FormatError(where + ": expected a JSON object");
+    for (const auto& f : fields)
+      if (!j.contains(f) || !j[f].is_string())
+        throw FormatError(where + ": a " + kind + " example needs a string field '" + f + "'");
+    TextExample e;
+    e.prompt = j["prompt"].get<std::string>();
+    if (kind == "verifiable") e.answer = j["answer"].get<std::string>();
+    if (kind == "sft") e.response = j["response"].get<std::string>();
+    if (kind == "preference") e.chosen = j["chosen"].get<std::string>(), e.rejected = j["rejected"].get<std::string>();
+    out.push_back(std::move(e));
+  }
+  if (out.empty()) throw FormatError(path.string() + ": the dataset has no examples");
+  return out;
+}
+
+double exact_match_reward(const std::string& response, const std::string& answer) {
+  return trim(response) == trim(answer) ? 1.0 : 0.0;
+}
+
+double numeric_match_reward(const std::string& response, const std::string& answer, double tolerance) {
+  static const std::regex number(R"([-+]?\d+(\.\d+)?)");
+  auto last_number = [&](const std::string& s, double& value) {
+    bool found = false;
+    for (auto it = std::sregex_iterator(s.begin(), s.end(), number); it != std::sregex_iterator(); ++it) {
+      value = std::stod(it->str());
+      found = true;
+    }
+    return found;
+  };
+  double got = 0, want = 0;
+  if (!last_number(answer, want)) throw ConfigError("numeric_match: the answer '" + answer + "' holds no number");
+  if (!last_number(response, got)) return 0.0;
+  return std::fabs(got - want) <= tolerance ? 1.0 : 0.0;
+}
+
+double format_reward(const std::string& response, const std::string& pattern) {
+  std::regex re;
+  try {
+    re = std::regex(pattern, std::regex::ECMAScript);
+  } catch (const std::regex_error& e) {
+    throw ConfigError("format reward: the pattern '" + pattern + "' is not a valid regular expression: " + e.what());
+  }
+  return std::regex_match(trim(response), re) ? 1.0 : 0.0;
+}
+
+double length_penalty(int64_t response_tokens, int64_t limit, double coef) {
+  return response_tokens > limit ? -coef * static_cast<double>(response_tokens - limit) : 0.0;
+}
+
+}  // namespace flotilla::envs

@@ -1,0 +1,45 @@
+#pragma once
+// Text tasks for language-model RL: synthetic tasks with verifiable answers (made here, so a whole
+// RLHF job runs without downloads), JSONL datasets, and rule-based rewards that score a response.
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace flotilla::envs {
+
+struct TextExample {
+  std::string prompt;
+  std::string answer;    // verifiable tasks
+  std::string response;  // SFT
+  std::string chosen, rejected;  // preferences
+};
+
+struct TextTaskOptions {
+  int max_digits = 4;  // addition: operands of 1 .. max_digits digits
+  int length = 6;      // sort: numbers in the list; reverse: letters in the string
+};
+
+// Names of the built-in tasks: addition, sort, reverse.
+std::vector<std::string> text_task_names();
+// `n` examples of a task, the same for the same seed on every machine. An unknown task or an
+// option out of range is a ConfigError naming it.
+std::vector<TextExample> make_text_task(const std::string& task, int64_t n, uint64_t seed, const TextTaskOptions& options = {});
+
+// A JSONL dataset of one kind: "verifiable" ({"prompt", "answer"}), "sft" ({"prompt",
+// "response"}) or "preference" ({"prompt", "chosen", "rejected"}). A malformed line or a missing
+// field is a FormatError naming the file and line.
+std::vector<TextExample> read_text_dataset(const std::filesystem::path& path, const std::string& kind);
+std::string text_example_json(const TextExample& e, const std::string& kind);
+
+// Rule-based rewards, each in [0, 1] unless noted.
+// 1 when the response, trimmed, equals the answer, trimmed.
+double exact_match_reward(const std::string& response, const std::string& answer);
+// 1 when the last number in the response equals the answer's number within `tolerance`.
+double numeric_match_reward(const std::string& response, const std::string& answer, double tolerance = 1e-6);
+// 1 when the whole response (trimmed) matches the ECMAScript regular expression `pattern`.
+double format_reward(const std::string& response, const std::string& pattern);
+// -coef per token past `limit` (0 within it).
+double length_penalty(int64_t response_tokens, int64_t limit, double coef);
+
+}  // namespace flotilla::envs

@@ -1,0 +1,93 @@
+// Synthetic text tasks, JSONL datasets and rule-based rewards.
+#include <doctest/doctest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <regex>
+#include <sstream>
+
+#include "core/error.hpp"
+#include "envs/text_tasks.hpp"
+#include "support/cli.hpp"
+#include "support/temp_dir.hpp"
+
+using namespace flotilla;
+
+TEST_CASE("synthetic_tasks_have_correct_answers_and_repeat_by_seed") {
+  const auto add = envs::make_text_task("addition", 200, 7);
+  const std::regex q(R"(What is (\d+) \+ (\d+)\?)");
+  int multi_digit = 0;
+  for (const auto& e : add) {
+    std::smatch m;
+    REQUIRE(std::regex_search(e.prompt, m, q));
+    CHECK(std::stoll(e.answer) == std::stoll(m[1]) + std::stoll(m[2]));
+    multi_digit += m[1].length() > 1 || m[2].length() > 1;
+  }
+  CHECK(multi_digit > 100);
+  for (const auto& e : envs::make_text_task("sort", 50, 3, {4, 8})) {
+    std::istringstream in(e.prompt.substr(e.prompt.find(':') + 1)), out(e.answer);
+    std::vector<int> given, sorted;
+    for (int x; in >> x;) given.push_back(x);
+    for (int x; out >> x;) sorted.push_back(x);
+    CHECK(given.size() == 8);
+    std::sort(given.begin(), given.end());
+    CHECK(given == sorted);
+  }
+  for (const auto& e : envs::make_text_task("reverse", 50, 3, {4, 10})) {
+    const std::string s = e.prompt.substr(e.prompt.find(':') + 2, 10);
+    CHECK(e.answer == std::string(s.rbegin(), s.rend()));
+  }
+  // The same seed gives the same examples; another seed others.
+  CHECK(envs::make_text_task("addition", 5, 1)[4].prompt == envs::make_text_task("addition", 5, 1)[4].prompt);
+  CHECK(envs::make_text_task("addition", 5, 1)[4].prompt != envs::make_text_task("addition", 5, 2)[4].prompt);
+  CHECK_THROWS_AS(envs::make_text_task("division", 5, 1), ConfigError);
+  CHECK_THROWS_AS(envs::make_text_task("sort", 5, 1, {4, 0}), ConfigError);
+}
+
+TEST_CASE("rule_based_rewards_score_responses") {
+  CHECK(envs::exact_match_reward("  948\n", "948") == 1.0);
+  CHECK(envs::exact_match_reward("948.", "948") == 0.0);
+  CHECK(envs::numeric_match_reward("The answer is 948.", "948") == 1.0);
+  CHECK(envs::numeric_match_reward("I think 12, no, 14", "14") == 1.0);  // the last number counts
+  CHECK(envs::numeric_match_reward("no idea", "14") == 0.0);
+  CHECK(envs::numeric_match_reward("3.1416", "3.14159", 1e-3) == 1.0);
+  CHECK_THROWS_AS(envs::numeric_match_reward("3", "none"), ConfigError);
+  CHECK(envs::format_reward("<answer>42</answer>", "<answer>\\d+</answer>") == 1.0);
+  CHECK(envs::format_reward("42", "<answer>\\d+</answer>") == 0.0);
+  CHECK_THROWS_AS(envs::format_reward("x", "(unclosed"), ConfigError);
+  CHECK(envs::length_penalty(10, 16, 0.1) == 0.0);
+  CHECK(envs::length_penalty(20, 16, 0.1) == doctest::Approx(-0.4));
+}
+
+TEST_CASE("jsonl_datasets_read_each_kind_and_name_bad_lines") {
+  test::TempDir dir;
+  const auto v = envs::read_text_dataset(dir.write("v.jsonl", R"({"prompt":"1+1?","answer":"2"}
+{"prompt":"2+2?","answer":"4"}
+)"), "verifiable");
+  REQUIRE(v.size() == 2);
+  CHECK(v[1].answer == "4");
+  CHECK(envs::read_text_dataset(dir.write("s.jsonl", R"({"prompt":"hi","response":"hello"})"), "sft")[0].response == "hello");
+  const auto p = envs::read_text_dataset(dir.write("p.jsonl", R"({"prompt":"q","chosen":"good","rejected":"bad"})"), "preference");
+  CHECK(p[0].rejected == "bad");
+  try {
+    envs::read_text_dataset(dir.write("bad.jsonl", "{\"prompt\":\"a\",\"answer\":\"b\"}\n{\"prompt\":\"c\"}\n"), "verifiable");
+    FAIL("a line without its answer was accepted");
+  } catch (const FormatError& e) {
+    CHECK(std::string(e.what()).find("bad.jsonl:2: a verifiable example needs a string field 'answer'") != std::string::npos);
+  }
+  CHECK_THROWS_AS(envs::read_text_dataset(dir.write("junk.jsonl", "not json\n"), "sft"), FormatError);
+  CHECK_THROWS_AS(envs::read_text_dataset(dir.write("empty.jsonl", "\n"), "sft"), FormatError);
+  CHECK_THROWS_AS(envs::read_text_dataset(dir.write("x.jsonl", "{}"), "chat"), ConfigError);
+}
+
+TEST_CASE("cli_data_make_writes_a_verifiable_dataset") {
+  test::TempDir dir;
+  auto r = test::run_cli(FLOTILLA_TEST_CLI, {"data", "make", "sort", "--n", "25", "--seed", "4", "--length", "3", "--out", "d.jsonl"},
+                         dir.path(), dir.path());
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  const auto examples = envs::read_text_dataset(dir.path() / "d.jsonl", "verifiable");
+  CHECK(examples.size() == 25);
+  auto bad = test::run_cli(FLOTILLA_TEST_CLI, {"data", "make", "division"}, dir.path());
+  CHECK(bad.code == 2);
+}
