@@ -1,0 +1,78 @@
+// LM losses and advantages at hand-computed values.
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "algorithms/lm_losses.hpp"
+#include "core/error.hpp"
+#include "support/torch_doctest.hpp"
+
+using namespace flotilla;
+using namespace flotilla::algorithms;
+
+namespace {
+at::Tensor t2(std::vector<float> v, int64_t rows) { return at::tensor(v).view({rows, -1}); }
+double at0(const at::Tensor& t) { return t.item<double>(); }
+}  // namespace
+
+TEST_CASE("masked_mean_and_kl_estimators") {
+  CHECK(at0(masked_mean(t2({1, 2, 3, 4, 5, 6}, 2), t2({1, 1, 0, 1, 0, 0}, 2))) == doctest::Approx(7.0 / 3));
+  const at::Tensor lp = at::full({1}, -1.0), ref = at::full({1}, -2.0);
+  CHECK(at0(kl_estimate(lp, ref, "k1")) == doctest::Approx(1.0));
+  CHECK(at0(kl_estimate(lp, ref, "k2")) == doctest::Approx(0.5));
+  CHECK(at0(kl_estimate(lp, ref, "k3")) == doctest::Approx(std::exp(-1.0)));
+  at::manual_seed(1);
+  CHECK(kl_estimate(at::randn({1000}), at::randn({1000}), "k3").min().item<float>() >= 0.0f);
+  CHECK_THROWS_AS(kl_estimate(lp, ref, "k4"), ConfigError);
+}
+
+TEST_CASE("group_advantages_grpo_rloo") {
+  const at::Tensor r = at::tensor(std::vector<float>{1, 0, 0, 1, 2, 2, 2, 2});
+  const at::Tensor g = grpo_advantages(r, 4);
+  const double a = 0.5 / std::sqrt(1.0 / 3.0);  // group mean 0.5, unbiased std sqrt(1/3)
+  CHECK(g[0].item<float>() == doctest::Approx(a).epsilon(1e-4));
+  CHECK(g[1].item<float>() == doctest::Approx(-a).epsilon(1e-4));
+  CHECK(g.narrow(0, 4, 4).abs().max().item<float>() == 0.0f);  // a group of equal rewards teaches nothing
+  const at::Tensor l = rloo_advantages(r, 4);
+  CHECK(l[0].item<float>() == doctest::Approx(2.0 / 3));  // 1 minus the others' mean 1/3
+  CHECK(l[1].item<float>() == doctest::Approx(-2.0 / 3));
+  CHECK_THROWS_AS(grpo_advantages(r, 3), Error);
+  CHECK_THROWS_AS(rloo_advantages(r, 1), Error);
+}
+
+TEST_CASE("reinforce_pp_returns_to_go_with_kl_then_batch_normalization") {
+  const at::Tensor mask = t2({1, 1, 0, 1, 1, 1}, 2);
+  const at::Tensor adv = reinforce_pp_advantages(at::tensor(std::vector<float>{1, 0}), at::full({2, 3}, 0.1), mask, 1.0);
+  // Returns: [0.8, 0.9, -] and [-0.3, -0.2, -0.1]; mean 0.22, std sqrt(0.2696).
+  const double s = std::sqrt(0.2696);
+  CHECK(adv[0][0].item<float>() == doctest::Approx((0.8 - 0.22) / s).epsilon(1e-4));
+  CHECK(adv[1][0].item<float>() == doctest::Approx((-0.3 - 0.22) / s).epsilon(1e-4));
+  CHECK(adv[0][2].item<float>() == 0.0f);  // padding stays zero
+}
+
+TEST_CASE("ppo_token_loss_clips_the_ratio") {
+  const at::Tensor lp = at::log(t2({1.5, 0.5}, 1)), old = at::zeros({1, 2}), adv = t2({1, -1}, 1), mask = at::ones({1, 2});
+  LmPolicyLoss l = ppo_token_loss(lp, old, adv, mask, 0.2, 0.2);
+  // max(-1.5, -1.2) = -1.2 and max(0.5, 0.8) = 0.8: mean -0.2; both ratios outside the clip.
+  CHECK(at0(l.loss) == doctest::Approx(-0.2));
+  CHECK(at0(l.clipfrac) == doctest::Approx(1.0));
+  CHECK(at0(ppo_token_loss(lp, old, adv, mask, 0.2, 0.2, "seq-sum").loss) == doctest::Approx(-0.4));
+  CHECK(at0(ppo_token_loss(lp, old, adv, mask, 0.2, 0.6).loss) == doctest::Approx((-1.5 + 0.8) / 2));  // a higher upper clip
+}
+
+TEST_CASE("dpo_sft_and_adaptive_kl") {
+  at::Tensor chosen = at::full({1}, -1.0).requires_grad_(true);
+  const at::Tensor rejected = at::full({1}, -3.0), zero = at::zeros({1});
+  at::Tensor loss = dpo_loss(chosen, rejected, zero, zero, 0.1);
+  CHECK(at0(loss) == doctest::Approx(std::log1p(std::exp(-0.2))));
+  loss.backward();
+  CHECK(chosen.grad().item<float>() < 0.0f);  // raising the chosen response lowers the loss
+  CHECK(at0(dpo_loss(chosen.detach(), rejected, zero, zero, 0.1, "ipo")) == doctest::Approx(9.0));
+  CHECK_THROWS_AS(dpo_loss(chosen, rejected, zero, zero, 0.1, "kto"), ConfigError);
+  CHECK(at0(sft_loss(t2({-1, -3, -100}, 1), t2({1, 1, 0}, 1))) == doctest::Approx(2.0));
+  AdaptiveKl kl(0.1, 6.0, 10000);
+  kl.update(12.0, 256);  // twice the target: +20% (clamped) scaled by 256 / horizon
+  CHECK(kl.value() == doctest::Approx(0.1 * (1 + 0.2 * 256 / 10000.0)));
+  kl.update(3.0, 10000);  // half the target: -20% over a whole horizon
+  CHECK(kl.value() == doctest::Approx(0.1 * (1 + 0.2 * 256 / 10000.0) * 0.8));
+}
