@@ -42,4 +42,13 @@ double format_reward(const std::string& response, const std::string& pattern);
 // -coef per token past `limit` (0 within it).
 double length_penalty(int64_t response_tokens, int64_t limit, double coef);
 
+struct RewardQuery {
+  std::string prompt, response, answer;
+};
+// Rewards from an external program, so users write reward code in any language: `command` runs
+// under /bin/sh, reads one JSON object {"prompt", "response", "answer"} per line on stdin and
+// writes one {"score": x} per line on stdout, in order. A timeout, a non-zero exit, a malformed
+// line or a wrong number of scores is an Error naming the command and what went wrong.
+std::vector<double> command_rewards(const std::string& command, const std::vector<RewardQuery>& queries, double timeout_s);
+
 }  // namespace flotilla::envs

@@ -91,3 +91,27 @@ TEST_CASE("cli_data_make_writes_a_verifiable_dataset") {
   auto bad = test::run_cli(FLOTILLA_TEST_CLI, {"data", "make", "division"}, dir.path());
   CHECK(bad.code == 2);
 }
+
+TEST_CASE("command_rewards_run_a_user_program_over_jsonl") {
+  std::vector<envs::RewardQuery> q;
+  for (int i = 0; i < 300; ++i) q.push_back({"p" + std::to_string(i), i % 3 == 0 ? "yes" : "no", "yes"});
+  // A reward program in any language: here sh + sed, 1 when the response is "yes".
+  const std::string cmd = R"(sed -e 's/.*"response":"yes".*/{"score": 1}/' -e 's/.*"response":"no".*/{"score": 0.25}/')";
+  const std::vector<double> s = envs::command_rewards(cmd, q, 10.0);
+  REQUIRE(s.size() == 300);
+  for (int i = 0; i < 300; ++i) CHECK(s[i] == (i % 3 == 0 ? 1.0 : 0.25));
+  auto fails_with = [&](const std::string& command, const std::string& part, double timeout = 10.0) {
+    CAPTURE(command);
+    try {
+      envs::command_rewards(command, q, timeout);
+      FAIL("the reward command's failure went unnoticed");
+    } catch (const Error& e) {
+      CHECK(std::string(e.what()).find(part) != std::string::npos);
+    }
+  };
+  fails_with("sleep 5", "no complete answer within", 0.3);
+  fails_with("exit 3", "exited with status 3");
+  fails_with("echo '{\"score\": 1}'", "wrote 1 scores for 300 queries");
+  fails_with("cat > /dev/null; echo nonsense", "output line 1 is not");
+  fails_with("head -c 10 > /dev/null; exit 0", "wrote 0 scores");  // stops reading early: no SIGPIPE death
+}
