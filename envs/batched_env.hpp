@@ -81,29 +81,10 @@ class BatchedEnv final : public VecEnv {
     return out;
   }
 
-  std::vector<std::pair<std::string, at::Tensor>> save() const override {
-    return {{"env.state", state_.cpu()},       {"env.return_so_far", return_so_far_.cpu()},
-            {"env.elapsed", elapsed_.cpu()},   {"env.episode", episode_.cpu()},
-            {"env.obs", obs_.cpu()},           {"env.seed", at::full({1}, static_cast<int64_t>(seed_), at::kLong)}};
-  }
+  std::vector<std::pair<std::string, at::Tensor>> save() const override { return save_buffers(saved(), seed_); }
 
   void restore(const std::vector<std::pair<std::string, at::Tensor>>& tensors) override {
-    auto get = [&](const std::string& name, const at::Tensor& like) -> at::Tensor {
-      for (const auto& [n, t] : tensors)
-        if (n == name) {
-          if (t.sizes() != like.sizes() || t.scalar_type() != like.scalar_type())
-            throw FormatError(spec_.id + ": saved '" + name + "' does not fit this batch (another num_envs?)");
-          return t;
-        }
-      throw FormatError(spec_.id + ": the checkpoint has no '" + name + "'");
-    };
-    state_.copy_(get("env.state", state_));
-    return_so_far_.copy_(get("env.return_so_far", return_so_far_));
-    elapsed_.copy_(get("env.elapsed", elapsed_));
-    episode_.copy_(get("env.episode", episode_));
-    obs_.copy_(get("env.obs", obs_));
-    for (const auto& [n, t] : tensors)
-      if (n == "env.seed") seed_ = static_cast<uint64_t>(t.template item<int64_t>());
+    if (auto seed = restore_buffers(spec_.id, tensors, saved())) seed_ = *seed;
   }
 
  protected:
@@ -128,6 +109,12 @@ class BatchedEnv final : public VecEnv {
       throw ConfigError(spec.id + ": backend 'cuda' needs a GPU and a libtorch built with CUDA; this machine "
                                   "or libtorch has neither (use backend 'cpu')");
     return at::Device(at::kCUDA);
+  }
+
+  // What a checkpoint keeps of the batch.
+  NamedBuffers saved() const {
+    return {{"env.state", &state_}, {"env.return_so_far", &return_so_far_}, {"env.elapsed", &elapsed_},
+            {"env.episode", &episode_}, {"env.obs", &obs_}};
   }
 
   void check_env(int64_t env) const {

@@ -29,6 +29,12 @@ class BatchedMultiAgentEnv final : public MultiAgentVecEnv {
       throw ConfigError(spec_.id + ": backend 'cuda' needs a build with CUDA, a GPU and a libtorch built with CUDA; "
                                    "this machine or build lacks one (use backend 'cpu')");
     allocate(capacity_);
+    dims_.num_envs = capacity_;
+    dims_.agents = num_agents();
+    dims_.obs_dim = static_cast<int32_t>(spec_.obs_dim());
+    dims_.state_dim = static_cast<int32_t>(spec_.state.numel());
+    dims_.avail_dim = static_cast<int32_t>(spec_.avail_dim());
+    dims_.action_dim = static_cast<int32_t>(spec_.action_dim());
     auto opts = obs_.options();
     state_ = at::zeros({E::state_vars(params_), capacity_}, opts.dtype(at::kDouble));
     return_so_far_ = at::zeros({capacity_, num_agents()}, opts.dtype(at::kDouble));
@@ -69,29 +75,12 @@ class BatchedMultiAgentEnv final : public MultiAgentVecEnv {
     global_state_.copy_(gs);
   }
 
-  std::vector<std::pair<std::string, at::Tensor>> save() const override {
-    return {{"env.state", state_.cpu()},       {"env.return_so_far", return_so_far_.cpu()},
-            {"env.elapsed", elapsed_.cpu()},   {"env.episode", episode_.cpu()},
-            {"env.obs", obs_.cpu()},           {"env.avail", avail_.cpu()},
-            {"env.global_state", global_state_.cpu()},
-            {"env.seed", at::full({1}, static_cast<int64_t>(seed_), at::kLong)}};
-  }
+  std::vector<std::pair<std::string, at::Tensor>> save() const override { return save_buffers(saved(), seed_); }
 
   void restore(const std::vector<std::pair<std::string, at::Tensor>>& tensors) override {
-    auto get = [&](const std::string& name, const at::Tensor& like) -> at::Tensor {
-      for (const auto& [n, t] : tensors)
-        if (n == name) {
-          if (t.sizes() != like.sizes() || t.scalar_type() != like.scalar_type())
-            throw FormatError(spec_.id + ": saved '" + name + "' does not fit this batch (another num_envs?)");
-          return t;
-        }
-      throw FormatError(spec_.id + ": the checkpoint has no '" + name + "'");
-    };
-    const std::vector<std::pair<const char*, at::Tensor*>> parts = {
-        {"env.state", &state_},  {"env.return_so_far", &return_so_far_}, {"env.elapsed", &elapsed_},
-        {"env.episode", &episode_}, {"env.obs", &obs_}, {"env.avail", &avail_}, {"env.global_state", &global_state_}};
-    for (const auto& [name, t] : parts) t->copy_(get(name, *t));
-    seed_ = static_cast<uint64_t>(get("env.seed", at::zeros({1}, at::kLong)).template item<int64_t>());
+    auto seed = restore_buffers(spec_.id, tensors, saved());
+    if (!seed) throw FormatError(spec_.id + ": the checkpoint has no 'env.seed'");
+    seed_ = *seed;
   }
 
  protected:
@@ -102,14 +91,14 @@ class BatchedMultiAgentEnv final : public MultiAgentVecEnv {
   }
 
  private:
+  NamedBuffers saved() const {
+    return {{"env.state", &state_},   {"env.return_so_far", &return_so_far_}, {"env.elapsed", &elapsed_},
+            {"env.episode", &episode_}, {"env.obs", &obs_}, {"env.avail", &avail_},
+            {"env.global_state", &global_state_}};
+  }
+
   kernels::MultiAgentBuffers buffers(const void* actions) const {
-    kernels::MultiAgentBuffers b;
-    b.num_envs = capacity_;
-    b.agents = num_agents();
-    b.obs_dim = static_cast<int32_t>(spec_.obs_dim());
-    b.state_dim = static_cast<int32_t>(spec_.state.numel());
-    b.avail_dim = static_cast<int32_t>(spec_.avail_dim());
-    b.action_dim = static_cast<int32_t>(spec_.action_dim());
+    kernels::MultiAgentBuffers b = dims_;  // sizes, worked out once from the spec
     b.state = state_.data_ptr<double>();
     b.obs = obs_.data_ptr<float>();
     b.final_obs = final_obs_.data_ptr<float>();
@@ -134,6 +123,7 @@ class BatchedMultiAgentEnv final : public MultiAgentVecEnv {
   }
 
   int64_t capacity_;
+  kernels::MultiAgentBuffers dims_;
   typename E::Params params_;
   bool cuda_;
   uint64_t seed_ = 0;

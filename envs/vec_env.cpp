@@ -61,6 +61,31 @@ FinishedEpisodes finished_episodes(const at::Tensor& done, const at::Tensor& epi
   return out;
 }
 
+std::vector<std::pair<std::string, at::Tensor>> save_buffers(const NamedBuffers& buffers, uint64_t seed) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& [name, t] : buffers) out.emplace_back(name, t->cpu());
+  out.emplace_back("env.seed", at::full({1}, static_cast<int64_t>(seed), at::kLong));
+  return out;
+}
+
+std::optional<uint64_t> restore_buffers(const std::string& env_id, const std::vector<std::pair<std::string, at::Tensor>>& saved,
+                                        const NamedBuffers& buffers) {
+  auto find = [&](const std::string& name) -> const at::Tensor* {
+    for (const auto& [n, t] : saved)
+      if (n == name) return &t;
+    return nullptr;
+  };
+  for (const auto& [name, into] : buffers) {
+    const at::Tensor* t = find(name);
+    if (!t) throw FormatError(env_id + ": the checkpoint has no '" + name + "'");
+    if (t->sizes() != into->sizes() || t->scalar_type() != into->scalar_type())
+      throw FormatError(env_id + ": saved '" + name + "' does not fit this batch (another num_envs?)");
+    into->copy_(*t);
+  }
+  if (const at::Tensor* seed = find("env.seed")) return static_cast<uint64_t>(seed->item<int64_t>());
+  return std::nullopt;
+}
+
 at::Tensor VecEnv::clip_actions(const at::Tensor& actions) const {
   if (!action_low_.defined()) return actions;
   return at::max(at::min(actions, action_high_), action_low_).contiguous();

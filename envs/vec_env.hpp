@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,15 @@ struct FinishedEpisodes {
 // rows (a multi-agent env's): an env's episode counts once, with its agents' mean return.
 FinishedEpisodes finished_episodes(const at::Tensor& done, const at::Tensor& episode_return,
                                    const at::Tensor& episode_length, const at::Tensor& won, int64_t agents);
+
+// Checkpoint helpers shared by the batched env types: a batch's buffers by name, plus its seed.
+// The tensors are handles: copying into a const one writes the buffer it shares.
+using NamedBuffers = std::vector<std::pair<std::string, const at::Tensor*>>;
+std::vector<std::pair<std::string, at::Tensor>> save_buffers(const NamedBuffers& buffers, uint64_t seed);
+// Copies each saved tensor into its buffer; a missing one, or one of another shape or dtype, is a
+// FormatError naming it and `env_id`. Returns the saved seed, if there is one.
+std::optional<uint64_t> restore_buffers(const std::string& env_id, const std::vector<std::pair<std::string, at::Tensor>>& saved,
+                                        const NamedBuffers& buffers);
 
 class VecEnv {
  public:

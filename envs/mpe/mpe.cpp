@@ -179,6 +179,7 @@ Built build(Scenario scenario, const core::ConfigView* v) {
     spec.agents.push_back({w.names[a], Space::box(std::vector<double>(n, -inf), std::vector<double>(n, inf)), action});
   }
   spec.state = Space::box(std::vector<double>(state_dim, -inf), std::vector<double>(state_dim, inf));
+  p.avail_dim = static_cast<int32_t>(spec.avail_dim());
   return {p, spec};
 }
 

@@ -42,6 +42,7 @@ struct Params {
   bool silent[kMaxAgents] = {};
   int32_t obs_dim[kMaxAgents] = {};
   int32_t num_actions[kMaxAgents] = {};  // discrete: moves x messages; continuous: the Box width
+  int32_t avail_dim = 1;                 // the action mask's width: the most discrete actions of any agent
 };
 
 struct Mpe {
@@ -466,14 +467,7 @@ struct Mpe {
 
   FLOTILLA_HD static void available(const Params& p, StateRef, int a, bool* avail) {
     // Agents with fewer actions than the widest one cannot take the padding actions.
-    const int k_max = p.continuous ? 1 : max_actions(p);
-    for (int k = 0; k < k_max; ++k) avail[k] = p.continuous || k < p.num_actions[a];
-  }
-
-  FLOTILLA_HD static int max_actions(const Params& p) {
-    int k = 1;
-    for (int a = 0; a < p.agents; ++a) k = p.num_actions[a] > k ? p.num_actions[a] : k;
-    return k;
+    for (int k = 0; k < p.avail_dim; ++k) avail[k] = p.continuous || k < p.num_actions[a];
   }
 
   // Host only (envs/mpe/mpe.cpp): positions, velocities, messages and goals from JSON; an entity
