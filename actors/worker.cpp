@@ -31,6 +31,7 @@ std::string MethodTable::names() const {
 }
 
 void register_rl_roles();  // actors/rl_roles.cpp
+void register_lm_roles();  // actors/lm_roles.cpp
 
 namespace {
 std::map<std::string, RoleFactory>& registered() {
@@ -40,7 +41,10 @@ std::map<std::string, RoleFactory>& registered() {
 // Built-in roles join on first use, so static libraries need no registration tricks.
 std::map<std::string, RoleFactory>& roles() {
   static std::once_flag once;
-  std::call_once(once, [] { register_rl_roles(); });
+  std::call_once(once, [] {
+    register_rl_roles();
+    register_lm_roles();
+  });
   return registered();
 }
 

@@ -149,7 +149,17 @@ std::vector<std::future<CallResult>> WorkerGroup::call(const std::string& method
   return out;
 }
 
-CallResult WorkerGroup::collect(std::vector<std::future<CallResult>>& futures, const std::string& method, Dispatch dispatch) {
+std::vector<std::future<CallResult>> WorkerGroup::call_parts(const std::string& method, const std::string& args,
+                                                             const std::vector<core::Batch>& parts) {
+  if (static_cast<int>(parts.size()) != size())
+    throw Error("'" + method + "' for " + role_ + ": " + std::to_string(parts.size()) + " parts for " +
+                std::to_string(size()) + " ranks");
+  std::vector<std::future<CallResult>> out;
+  for (int r = 0; r < size(); ++r) out.push_back(io_->submit(r, method, args, parts[static_cast<size_t>(r)]));
+  return out;
+}
+
+std::vector<CallResult> WorkerGroup::collect_all(std::vector<std::future<CallResult>>& futures, const std::string& method) {
   std::vector<CallResult> results;
   for (size_t r = 0; r < futures.size(); ++r) {
     if (futures[r].wait_for(timeout_) != std::future_status::ready)
@@ -157,6 +167,11 @@ CallResult WorkerGroup::collect(std::vector<std::future<CallResult>>& futures, c
                          std::to_string(timeout_.count()) + " ms");
     results.push_back(futures[r].get());  // rethrows the worker's error, which names it
   }
+  return results;
+}
+
+CallResult WorkerGroup::collect(std::vector<std::future<CallResult>>& futures, const std::string& method, Dispatch dispatch) {
+  std::vector<CallResult> results = collect_all(futures, method);
   if (dispatch != Dispatch::DpChunk) return results.front();
   std::vector<core::Batch> parts;
   for (auto& r : results) parts.push_back(std::move(r.batch));

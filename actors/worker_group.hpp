@@ -38,6 +38,12 @@ class WorkerGroup {
   // throws an Error naming the worker, rank and method.
   std::vector<std::future<CallResult>> call(const std::string& method, const std::string& args = "",
                                             const core::Batch& batch = {}, Dispatch dispatch = Dispatch::OneToAll);
+  // Rank r gets parts[r] (the caller split the batch, e.g. keeping pairs or groups together);
+  // collect with DpChunk.
+  std::vector<std::future<CallResult>> call_parts(const std::string& method, const std::string& args,
+                                                  const std::vector<core::Batch>& parts);
+  // Every rank's reply, in rank order (each within the group's timeout).
+  std::vector<CallResult> collect_all(std::vector<std::future<CallResult>>& futures, const std::string& method);
   // Waits for the futures (each within the group's timeout): DpChunk concatenates the batches,
   // the other modes return rank 0's result and batch.
   CallResult collect(std::vector<std::future<CallResult>>& futures, const std::string& method, Dispatch dispatch);

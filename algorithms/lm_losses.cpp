@@ -35,6 +35,21 @@ at::Tensor grpo_advantages(const at::Tensor& rewards, int64_t n, bool scale, dou
   return a.reshape({-1});
 }
 
+at::Tensor grpo_advantages(const at::Tensor& rewards, const at::Tensor& group_ids, bool scale, double eps) {
+  const int64_t G = group_ids.numel() ? group_ids.max().item<int64_t>() + 1 : 0;
+  const at::Tensor r = rewards.to(at::kDouble);
+  const at::Tensor count = at::zeros({G}, r.options()).index_add_(0, group_ids, at::ones_like(r));
+  const at::Tensor mean = at::zeros({G}, r.options()).index_add_(0, group_ids, r) / count.clamp_min(1);
+  at::Tensor a = r - mean.index_select(0, group_ids);
+  if (scale) {
+    // Unbiased std per group, as in the equal-size version; 0 for a group of one.
+    const at::Tensor ss = at::zeros({G}, r.options()).index_add_(0, group_ids, a * a);
+    const at::Tensor std = (ss / (count - 1).clamp_min(1)).sqrt();
+    a = a / (std.index_select(0, group_ids) + eps);
+  }
+  return a.to(rewards.scalar_type());
+}
+
 at::Tensor rloo_advantages(const at::Tensor& rewards, int64_t n) {
   if (n < 2) throw Error("RLOO needs at least 2 samples per prompt, got " + std::to_string(n));
   const at::Tensor g = groups(rewards, n);
@@ -52,6 +67,13 @@ at::Tensor reinforce_pp_advantages(const at::Tensor& rewards, const at::Tensor& 
   return (returns - mean) / (var + 1e-8).sqrt() * mask;
 }
 
+at::Tensor sequence_mean(const at::Tensor& x, const at::Tensor& mask) {
+  const at::Tensor tokens = mask.sum(1);
+  const at::Tensor has = tokens > 0;
+  const at::Tensor per_row = (x * mask).sum(1) / tokens.clamp_min(1);
+  return per_row.masked_select(has).sum() / has.sum().clamp_min(1);
+}
+
 LmPolicyLoss ppo_token_loss(const at::Tensor& lp, const at::Tensor& old, const at::Tensor& adv, const at::Tensor& mask,
                             double clip_low, double clip_high, const std::string& aggregation) {
   const at::Tensor log_ratio = lp - old;
@@ -60,7 +82,8 @@ LmPolicyLoss ppo_token_loss(const at::Tensor& lp, const at::Tensor& old, const a
   LmPolicyLoss l;
   if (aggregation == "token-mean") l.loss = masked_mean(surrogate, mask);
   else if (aggregation == "seq-sum") l.loss = (surrogate * mask).sum(1).mean();
-  else throw ConfigError("loss aggregation '" + aggregation + "' is not one of token-mean, seq-sum");
+  else if (aggregation == "seq-mean") l.loss = sequence_mean(surrogate, mask);
+  else throw ConfigError("loss aggregation '" + aggregation + "' is not one of token-mean, seq-mean, seq-sum");
   at::NoGradGuard no_grad;
   l.clipfrac = masked_mean(((ratio < 1 - clip_low) | (ratio > 1 + clip_high)).to(lp.scalar_type()), mask);
   l.approx_kl = masked_mean((ratio - 1) - log_ratio, mask);

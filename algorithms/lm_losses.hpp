@@ -19,6 +19,8 @@ at::Tensor kl_estimate(const at::Tensor& log_prob, const at::Tensor& ref_log_pro
 
 // GRPO: each reward minus its group's mean, divided by the group's std (+ eps) when `scale`.
 at::Tensor grpo_advantages(const at::Tensor& rewards, int64_t group_size, bool scale = true, double eps = 1e-6);
+// The same over groups of any size: `group_ids` [B] int64 names each row's group (0 .. G-1).
+at::Tensor grpo_advantages(const at::Tensor& rewards, const at::Tensor& group_ids, bool scale = true, double eps = 1e-6);
 // RLOO: each reward minus the mean of the other samples of its group.
 at::Tensor rloo_advantages(const at::Tensor& rewards, int64_t group_size);
 // REINFORCE++: per token, the sequence reward at its last token minus beta * the per-token KL,
@@ -28,9 +30,13 @@ at::Tensor reinforce_pp_advantages(const at::Tensor& rewards, const at::Tensor& 
 struct LmPolicyLoss {
   at::Tensor loss, clipfrac, approx_kl;
 };
+// Mean over sequences of each sequence's mean over its masked tokens (rows without any are left
+// out).
+at::Tensor sequence_mean(const at::Tensor& x, const at::Tensor& mask);
+
 // PPO's clipped surrogate per token (ratio clipped to [1 - clip_low, 1 + clip_high]), averaged
-// over masked tokens ("token-mean") or summed per sequence and averaged over sequences
-// ("seq-sum").
+// over masked tokens ("token-mean"), averaged per sequence then over sequences ("seq-mean"), or
+// summed per sequence and averaged over sequences ("seq-sum").
 LmPolicyLoss ppo_token_loss(const at::Tensor& log_prob, const at::Tensor& old_log_prob, const at::Tensor& advantages,
                             const at::Tensor& mask, double clip_low, double clip_high,
                             const std::string& aggregation = "token-mean");

@@ -212,6 +212,8 @@ int flotilla::controller::cli_main(int argc, char** argv) {
       ->check(CLI::Range(1, 18));
   data_make_cmd->add_option("--length", data_args.length, "sort: numbers per list; reverse: letters per string")
       ->check(CLI::Range(1, 1000));
+  data_make_cmd->add_option("--kind", data_args.kind, "verifiable {prompt, answer}, sft {prompt, response} or preference {prompt, chosen, rejected}")
+      ->check(CLI::IsMember({"verifiable", "sft", "preference"}));
 
   controller::TokenizeArgs tok_args;
   auto* tok_cmd = app.add_subcommand("tokenize", "encode text to token ids (one JSON array per input line), or decode");

@@ -236,8 +236,16 @@ std::vector<Cluster::WorkerMetrics> Cluster::metrics(std::chrono::milliseconds w
 
 actors::CallResult Cluster::run(const std::string& role, const std::string& method, const std::string& args,
                                 const core::Batch& batch, actors::Dispatch dispatch) {
-  actors::WorkerGroup& g = group(role);
-  auto futures = g.call(method, args, batch, dispatch);
+  auto futures = group(role).call(method, args, batch, dispatch);
+  std::vector<actors::CallResult> results = wait(role, futures, method);
+  if (dispatch != actors::Dispatch::DpChunk) return results.front();
+  std::vector<core::Batch> parts;
+  for (auto& r : results) parts.push_back(std::move(r.batch));
+  return {results.front().result, core::Batch::concat(parts)};
+}
+
+std::vector<actors::CallResult> Cluster::wait(const std::string& role, std::vector<std::future<actors::CallResult>>& futures,
+                                              const std::string& method) {
   const auto deadline = clock_type::now() + options_.call_timeout;
   for (size_t r = 0; r < futures.size(); ++r) {
     while (futures[r].wait_for(std::chrono::milliseconds(50)) != std::future_status::ready) {
@@ -247,7 +255,7 @@ actors::CallResult Cluster::run(const std::string& role, const std::string& meth
                            std::to_string(options_.call_timeout.count()) + " ms");
     }
   }
-  return g.collect(futures, method, dispatch);
+  return group(role).collect_all(futures, method);
 }
 
 actors::WorkerGroup& Cluster::group(const std::string& role) {

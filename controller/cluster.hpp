@@ -51,6 +51,11 @@ class Cluster {
   actors::CallResult run(const std::string& role, const std::string& method, const std::string& args = "",
                          const core::Batch& batch = {}, actors::Dispatch dispatch = actors::Dispatch::OneToAll);
 
+  // Waits for calls made with group(role).call(...), watching the workers as run() does; every
+  // rank's reply in rank order.
+  std::vector<actors::CallResult> wait(const std::string& role, std::vector<std::future<actors::CallResult>>& futures,
+                                       const std::string& method);
+
   struct WorkerMetrics {
     std::string worker;
     int64_t step;

@@ -95,8 +95,10 @@ struct DataMakeArgs {
   int64_t n = 1000;
   uint64_t seed = 0;
   int max_digits = 4, length = 6;
+  std::string kind = "verifiable";  // verifiable, sft or preference
 };
-// `flotilla data make TASK`: a JSONL dataset of a synthetic task with verifiable answers.
+// `flotilla data make TASK`: a JSONL dataset of a synthetic task with verifiable answers (or the
+// same examples as SFT or preference data).
 int data_make(const DataMakeArgs& args);
 
 struct TokenizeArgs {

@@ -207,15 +207,16 @@ int data_make(const DataMakeArgs& args) {
   envs::TextTaskOptions o;
   o.max_digits = args.max_digits;
   o.length = args.length;
-  const auto examples = envs::make_text_task(args.task, args.n, args.seed, o);
+  auto examples = envs::make_text_task(args.task, args.n, args.seed, o);
+  envs::set_kind(examples, args.kind, args.seed);
   std::string text;
-  for (const auto& e : examples) text += envs::text_example_json(e, "verifiable") + "\n";
+  for (const auto& e : examples) text += envs::text_example_json(e, args.kind) + "\n";
   if (args.out.empty() || args.out == "-") {
     std::cout << text;
     return 0;
   }
   core::write_file_atomically(args.out, [&](std::ostream& o) { o << text; });
-  std::cerr << args.out << ": " << examples.size() << " " << args.task << " examples\n";
+  std::cerr << args.out << ": " << examples.size() << " " << args.task << " examples (" << args.kind << ")\n";
   return 0;
 }
 

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <random>
 #include <regex>
@@ -89,6 +90,30 @@ std::vector<TextExample> make_text_task(const std::string& task, int64_t n, uint
     throw ConfigError("unknown task '" + task + "' (known: addition, reverse, sort)");
   }
   return out;
+}
+
+std::string corrupt_answer(const std::string& answer, uint64_t seed) {
+  Draw d(seed);
+  std::vector<size_t> positions;
+  for (size_t i = 0; i < answer.size(); ++i)
+    if (std::isalnum(static_cast<unsigned char>(answer[i]))) positions.push_back(i);
+  if (positions.empty()) return answer + "?";
+  std::string out = answer;
+  char& c = out[positions[static_cast<size_t>(d.below(static_cast<int64_t>(positions.size())))]];
+  const bool digit = std::isdigit(static_cast<unsigned char>(c));
+  const int base = digit ? '0' : std::islower(static_cast<unsigned char>(c)) ? 'a' : 'A', span = digit ? 10 : 26;
+  c = static_cast<char>(base + (c - base + 1 + d.below(span - 1)) % span);  // any other digit or letter
+  return out;
+}
+
+void set_kind(std::vector<TextExample>& examples, const std::string& kind, uint64_t seed) {
+  if (kind == "verifiable") return;
+  if (kind != "sft" && kind != "preference") throw ConfigError("dataset kind '" + kind + "' is not one of verifiable, sft, preference");
+  for (size_t i = 0; i < examples.size(); ++i) {
+    TextExample& e = examples[i];
+    if (kind == "sft") e.response = e.answer;
+    else e.chosen = e.answer, e.rejected = corrupt_answer(e.answer, seed * 1000003 + i);
+  }
 }
 
 std::string text_example_json(const TextExample& e, const std::string& kind) {

@@ -26,6 +26,12 @@ std::vector<std::string> text_task_names();
 // option out of range is a ConfigError naming it.
 std::vector<TextExample> make_text_task(const std::string& task, int64_t n, uint64_t seed, const TextTaskOptions& options = {});
 
+// The examples of a verifiable task as another kind of dataset: "sft" (the answer is the
+// response) or "preference" (the answer is chosen; rejected is the answer with one digit or
+// letter changed, drawn from `seed`).
+void set_kind(std::vector<TextExample>& examples, const std::string& kind, uint64_t seed);
+std::string corrupt_answer(const std::string& answer, uint64_t seed);
+
 // A JSONL dataset of one kind: "verifiable" ({"prompt", "answer"}), "sft" ({"prompt",
 // "response"}) or "preference" ({"prompt", "chosen", "rejected"}). A malformed line or a missing
 // field is a FormatError naming the file and line.

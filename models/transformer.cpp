@@ -418,10 +418,20 @@ std::vector<std::pair<std::string, at::Tensor>> CausalLm::named_parameters() con
   return out;
 }
 
-CausalLm CausalLm::load(const fs::path& dir) {
+CausalLm CausalLm::load(const fs::path& dir) { return load(dir, ""); }
+
+CausalLm CausalLm::load(const fs::path& dir, const std::string& head) {
   const fs::path config_path = dir / "config.json";
   if (!fs::exists(config_path)) throw ConfigError(dir.string() + ": no config.json (is this a model directory?)");
-  CausalLm lm(LmConfig::from_json(core::read_file(config_path), config_path.string()));
+  LmConfig config = LmConfig::from_json(core::read_file(config_path), config_path.string());
+  if (!head.empty() && head != "lm" && head != "value" && head != "reward")
+    throw ConfigError("model head '" + head + "' is not one of lm, value, reward");
+  const bool new_head = !head.empty() && head != config.head;
+  if (new_head && head == "lm" && !config.tie_word_embeddings)
+    throw ConfigError(dir.string() + ": a language-model head cannot be made from a " + config.head +
+                      " model with untied embeddings (no lm_head weights)");
+  if (new_head) config.head = head;
+  CausalLm lm(config);
   // Weights: one file, or shards listed by the index.
   std::map<std::string, at::Tensor> tensors;
   std::vector<fs::path> files;
@@ -449,6 +459,10 @@ CausalLm CausalLm::load(const fs::path& dir) {
   torch::NoGradGuard no_grad;
   for (auto& p : lm.impl_->named_parameters()) {
     auto it = tensors.find(p.key());
+    if (it == tensors.end() && new_head && p.key() == "score.weight") {
+      p.value().zero_();
+      continue;
+    }
     if (it == tensors.end()) throw FormatError(dir.string() + ": the checkpoint has no tensor '" + p.key() + "'");
     if (it->second.sizes() != p.value().sizes()) {
       std::ostringstream s;

@@ -61,6 +61,9 @@ class CausalLm {
   // Reads config.json and the weights (F32, BF16 or F16; single file or shards). A missing tensor
   // or one of the wrong shape is a FormatError naming it.
   static CausalLm load(const std::filesystem::path& dir);
+  // The same with another output head (a critic or reward model started from a policy
+  // checkpoint): the body's weights are read, the new head starts at zero.
+  static CausalLm load(const std::filesystem::path& dir, const std::string& head);
   // Writes config.json and model.safetensors with HF names, in `dtype` ("float32", "bfloat16" or
   // "float16").
   void save(const std::filesystem::path& dir, const std::string& dtype = "float32") const;

@@ -60,6 +60,19 @@ TEST_CASE("ppo_token_loss_clips_the_ratio") {
   CHECK(at0(ppo_token_loss(lp, old, adv, mask, 0.2, 0.6).loss) == doctest::Approx((-1.5 + 0.8) / 2));  // a higher upper clip
 }
 
+TEST_CASE("sequence_mean_weights_sequences_not_tokens") {
+  // Row 0: three tokens of 1; row 1: one token of 4; row 2: no tokens (left out).
+  const at::Tensor x = t2({1, 1, 1, 4, 9, 9, 9, 9, 9}, 3), mask = t2({1, 1, 1, 1, 0, 0, 0, 0, 0}, 3);
+  CHECK(at0(sequence_mean(x, mask)) == doctest::Approx(2.5));  // token-mean would be 7 / 4
+  CHECK(at0(masked_mean(x, mask)) == doctest::Approx(7.0 / 4));
+  const at::Tensor lp = at::log(t2({1.5, 0.5, 1.0, 1.0}, 2)), old = at::zeros({2, 2});
+  const at::Tensor adv = t2({1, -1, 1, 0}, 2), m = t2({1, 1, 1, 0}, 2);
+  // Row 0: mean(-1.2, 0.8) = -0.2; row 1: -1 on its one token; seq-mean -0.6, token-mean -1.4 / 3.
+  CHECK(at0(ppo_token_loss(lp, old, adv, m, 0.2, 0.2, "seq-mean").loss) == doctest::Approx(-0.6));
+  CHECK(at0(ppo_token_loss(lp, old, adv, m, 0.2, 0.2, "token-mean").loss) == doctest::Approx(-1.4 / 3));
+  CHECK_THROWS_AS(ppo_token_loss(lp, old, adv, m, 0.2, 0.2, "mean"), ConfigError);
+}
+
 TEST_CASE("dpo_sft_and_adaptive_kl") {
   at::Tensor chosen = at::full({1}, -1.0).requires_grad_(true);
   const at::Tensor rejected = at::full({1}, -3.0), zero = at::zeros({1});

@@ -1,0 +1,277 @@
+#include "algorithms/lm_trainer.hpp"
+
+#include <torch/torch.h>
+
+#include <map>
+
+#include "algorithms/adam_state.hpp"
+#include "algorithms/lm_losses.hpp"
+#include "core/error.hpp"
+#include "models/transformer.hpp"
+
+namespace flotilla::algorithms {
+namespace {
+
+// The sequence reward spread over a row's response tokens.
+at::Tensor per_token(const at::Tensor& seq, const at::Tensor& mask) { return seq.unsqueeze(1) * mask; }
+
+// Sequence scores with the summed KL penalty taken off when the KL is part of the reward.
+at::Tensor penalized_scores(const AdvantageInputs& in) {
+  if (in.kl_coef <= 0 || !in.kl.defined()) return in.scores;
+  return in.scores - in.kl_coef * (in.kl * in.response_mask).sum(1);
+}
+
+Advantages gae(const AdvantageInputs& in) {
+  if (!in.values.defined()) throw ConfigError("the gae advantage estimator needs a critic's values");
+  const at::Tensor& mask = in.response_mask;
+  // Token rewards: -kl_coef * KL on every response token, the score on the last one.
+  const at::Tensor last = (mask.cumsum(1) == mask.sum(1, true)) & (mask > 0);
+  at::Tensor rewards = last.to(at::kFloat) * in.scores.unsqueeze(1);
+  if (in.kl_coef > 0 && in.kl.defined()) rewards = rewards - in.kl_coef * in.kl * mask;
+  const at::Tensor values = in.values * mask;
+  const int64_t T = mask.size(1);
+  at::Tensor adv = at::zeros_like(values), next_adv = at::zeros({mask.size(0)}), next_value = at::zeros({mask.size(0)});
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const at::Tensor m = mask.select(1, t);
+    const at::Tensor delta = rewards.select(1, t) + in.gamma * next_value - values.select(1, t);
+    const at::Tensor a = (delta + in.gamma * in.lam * next_adv) * m;
+    adv.select(1, t).copy_(a);
+    // Past a row's last response token nothing flows back.
+    next_adv = a;
+    next_value = values.select(1, t);
+  }
+  Advantages out;
+  out.returns = (adv + values) * mask;
+  const at::Tensor mean = masked_mean(adv, mask);
+  const at::Tensor var = masked_mean((adv - mean).pow(2), mask);
+  out.advantages = (adv - mean) / (var + 1e-8).sqrt() * mask;
+  return out;
+}
+
+Advantages grpo(const AdvantageInputs& in) {
+  return {per_token(grpo_advantages(penalized_scores(in), in.group_size, in.norm_by_std), in.response_mask), {}};
+}
+
+Advantages rloo(const AdvantageInputs& in) {
+  return {per_token(rloo_advantages(penalized_scores(in), in.group_size), in.response_mask), {}};
+}
+
+Advantages reinforce_pp(const AdvantageInputs& in) {
+  const at::Tensor kl = in.kl.defined() ? in.kl : at::zeros_like(in.response_mask);
+  return {reinforce_pp_advantages(in.scores, kl, in.response_mask, in.kl_coef), {}};
+}
+
+const std::map<std::string, AdvantageEstimator>& estimators() {
+  static const std::map<std::string, AdvantageEstimator> m = {
+      {"gae", gae}, {"grpo", grpo}, {"rloo", rloo}, {"reinforce_pp", reinforce_pp}};
+  return m;
+}
+
+// Log-probs of each row's next tokens from logits [B, T, V], and the entropy per position.
+std::pair<at::Tensor, at::Tensor> next_token_log_probs(const at::Tensor& logits, const at::Tensor& tokens) {
+  const at::Tensor lsm = at::log_softmax(logits.slice(1, 0, -1), -1);
+  const at::Tensor lp = lsm.gather(2, tokens.slice(1, 1).unsqueeze(2)).squeeze(2);
+  const at::Tensor entropy = -(lsm.exp() * lsm).sum(-1);
+  return {lp, entropy};
+}
+
+}  // namespace
+
+const AdvantageEstimator& advantage_estimator(const std::string& name) {
+  auto it = estimators().find(name);
+  if (it == estimators().end()) {
+    std::string known;
+    for (const auto& n : advantage_estimator_names()) known += (known.empty() ? "" : ", ") + n;
+    throw ConfigError("advantage estimator '" + name + "' is not one of " + known);
+  }
+  return it->second;
+}
+
+std::vector<std::string> advantage_estimator_names() {
+  std::vector<std::string> v;
+  for (const auto& [n, f] : estimators()) v.push_back(n);
+  return v;
+}
+
+LmOptimConfig LmOptimConfig::read(core::ConfigView s, double default_lr) {
+  LmOptimConfig c;
+  c.lr = s.get<double>("lr", default_lr, core::greater_than(0.0));
+  c.max_grad_norm = s.get<double>("max_grad_norm", 1.0, core::at_least(0.0));
+  c.epochs = s.get<int>("epochs", 1, core::in_range(1, 1000));
+  c.mini_batches = s.get<int>("mini_batches", 1, core::in_range(1, 100000));
+  c.micro_batch = s.get<int64_t>("micro_batch", 16, core::at_least<int64_t>(1));
+  return c;
+}
+
+struct LmTrainer::Impl {
+  std::vector<torch::Tensor> params;
+  std::unique_ptr<torch::optim::Adam> adam;
+};
+
+LmTrainer::LmTrainer(models::CausalLm& model, LmOptimConfig optim)
+    : impl_(std::make_unique<Impl>()), model_(model), optim_(optim) {
+  for (auto& [name, p] : model.named_parameters()) impl_->params.push_back(p);
+  impl_->adam = std::make_unique<torch::optim::Adam>(impl_->params, torch::optim::AdamOptions(optim.lr));
+}
+
+LmTrainer::~LmTrainer() = default;
+
+namespace {
+
+// Runs `epochs` passes of `mini_batches` optimizer steps over the batch; `loss_of` returns a
+// micro-batch's loss already weighted by its share of the mini-batch, and adds its statistics.
+// Rows stay in groups of `row_group` (DPO and reward-model pairs) when shuffled and split.
+template <class LossOf>
+core::Scalars train_loop(const core::Batch& batch, const LmOptimConfig& o, uint64_t seed, std::vector<torch::Tensor>& params,
+                         torch::optim::Adam& adam, const LmTrainer::GradientSync& sync, const std::string& prefix,
+                         LossOf loss_of, int64_t row_group = 1) {
+  if (batch.size() % row_group)
+    throw Error("a batch of pairs has an odd number of rows (" + std::to_string(batch.size()) + ")");
+  std::map<std::string, double> sums;
+  int64_t counted = 0;
+  double grad_norm = 0;
+  int64_t steps = 0;
+  torch::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const int64_t groups = batch.size() / row_group;
+  for (int e = 0; e < o.epochs; ++e) {
+    // Shuffle whole groups (a DPO pair stays together).
+    at::Tensor order = torch::randperm(groups, gen, torch::kLong);
+    if (row_group > 1)
+      order = (order.unsqueeze(1) * row_group + torch::arange(row_group, torch::kLong)).reshape({-1});
+    const core::Batch shuffled = batch.size() ? batch.index(order) : batch;
+    std::vector<int64_t> sizes = core::chunk_sizes(groups, o.mini_batches);
+    for (auto& n : sizes) n *= row_group;
+    for (const core::Batch& mini : shuffled.split(sizes)) {
+      adam.zero_grad();
+      const int64_t rows = mini.size();
+      for (int64_t begin = 0; begin < rows; begin += o.micro_batch) {
+        int64_t end = std::min(rows, begin + o.micro_batch);
+        end -= (end - begin) % row_group;
+        if (end <= begin) break;
+        core::Scalars stats;
+        torch::Tensor loss = loss_of(mini.slice(begin, end), mini, stats);
+        loss.backward();
+        for (const auto& [k, v] : stats) sums[k] += v;
+        ++counted;
+      }
+      // Ranks with an empty part still take part in the all-reduce, with zero gradients.
+      std::vector<at::Tensor> grads;
+      for (auto& p : params) {
+        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+        grads.push_back(p.grad());
+      }
+      if (sync) sync(grads);
+      grad_norm += torch::nn::utils::clip_grad_norm_(params, o.max_grad_norm > 0 ? o.max_grad_norm : 1e30);
+      adam.step();
+      ++steps;
+    }
+  }
+  core::Scalars out;
+  for (const auto& [k, v] : sums) out.push_back({k, v / std::max<int64_t>(counted, 1)});
+  out.push_back({prefix + "/grad_norm", grad_norm / std::max<int64_t>(steps, 1)});
+  return out;
+}
+
+}  // namespace
+
+core::Scalars LmTrainer::update_policy(const core::Batch& batch, const PolicyLossConfig& c, uint64_t seed) {
+  const bool dpo = c.loss == "dpo";
+  auto loss_of = [&](const core::Batch& micro, const core::Batch& mini, core::Scalars& stats) {
+    const at::Tensor& mask = micro["response_mask"];
+    auto [lp, entropy] = next_token_log_probs(model_.forward(micro["tokens"]), micro["tokens"]);
+    const double mini_tokens = std::max(1.0, mini["response_mask"].sum().item<double>());
+    const double share_tokens = mask.sum().item<double>() / mini_tokens;
+    const double share_rows = static_cast<double>(micro.size()) / std::max<int64_t>(mini.size(), 1);
+    const double share = c.aggregation == "token-mean" && !dpo ? share_tokens : share_rows;
+    torch::Tensor loss;
+    if (c.loss == "sft") {
+      loss = sft_loss(lp, mask);
+      stats.push_back({"actor/sft_loss", loss.item<double>()});
+    } else if (dpo) {
+      const at::Tensor seq = (lp * mask).sum(1), ref = (micro["ref_log_prob"] * mask).sum(1);
+      const at::Tensor chosen = seq.slice(0, 0, {}, 2), rejected = seq.slice(0, 1, {}, 2);
+      const at::Tensor ref_c = ref.slice(0, 0, {}, 2), ref_r = ref.slice(0, 1, {}, 2);
+      loss = dpo_loss(chosen, rejected, ref_c, ref_r, c.dpo_beta, c.dpo_kind, c.label_smoothing);
+      torch::NoGradGuard ng;
+      const at::Tensor margin = ((chosen - ref_c) - (rejected - ref_r)) * c.dpo_beta;
+      stats.push_back({"actor/dpo_loss", loss.item<double>()});
+      stats.push_back({"actor/reward_accuracy", (margin > 0).to(at::kFloat).mean().item<double>()});
+      stats.push_back({"actor/reward_margin", margin.mean().item<double>()});
+    } else if (c.loss == "ppo") {
+      LmPolicyLoss pl = ppo_token_loss(lp, micro["old_log_prob"], micro["advantages"], mask, c.clip_low, c.clip_high,
+                                       c.aggregation);
+      loss = pl.loss;
+      stats.push_back({"actor/pg_loss", pl.loss.item<double>()});
+      stats.push_back({"actor/pg_clipfrac", pl.clipfrac.item<double>()});
+      stats.push_back({"actor/ppo_kl", pl.approx_kl.item<double>()});
+      if (c.kl_loss_coef > 0) {
+        const at::Tensor kl = masked_mean(kl_estimate(lp, micro["ref_log_prob"], c.kl_estimator), mask);
+        loss = loss + c.kl_loss_coef * kl;
+        stats.push_back({"actor/kl_loss", kl.item<double>()});
+      }
+    } else {
+      throw ConfigError("policy loss '" + c.loss + "' is not one of ppo, dpo, sft");
+    }
+    const at::Tensor ent = masked_mean(entropy, mask);
+    if (c.entropy_coef > 0) loss = loss - c.entropy_coef * ent;
+    stats.push_back({"actor/entropy", ent.item<double>()});
+    return loss * share;
+  };
+  return train_loop(batch, optim_, seed, impl_->params, *impl_->adam, sync_, "actor", loss_of, dpo ? 2 : 1);
+}
+
+core::Scalars LmTrainer::update_critic(const core::Batch& batch, double clip, uint64_t seed) {
+  auto loss_of = [&](const core::Batch& micro, const core::Batch& mini, core::Scalars& stats) {
+    const at::Tensor& mask = micro["response_mask"];
+    const at::Tensor v = model_.scores(micro["tokens"]).slice(1, 0, -1);
+    const at::Tensor old = micro["values"], ret = micro["returns"];
+    const at::Tensor clipped = old + (v - old).clamp(-clip, clip);
+    const at::Tensor l1 = (v - ret).pow(2), l2 = (clipped - ret).pow(2);
+    const torch::Tensor loss = 0.5 * masked_mean(at::max(l1, l2), mask);
+    stats.push_back({"critic/vf_loss", loss.item<double>()});
+    stats.push_back({"critic/vf_clipfrac", masked_mean((l2 > l1).to(at::kFloat), mask).item<double>()});
+    stats.push_back({"critic/vpred_mean", masked_mean(v.detach(), mask).item<double>()});
+    const double mini_tokens = std::max(1.0, mini["response_mask"].sum().item<double>());
+    return loss * (mask.sum().item<double>() / mini_tokens);
+  };
+  return train_loop(batch, optim_, seed, impl_->params, *impl_->adam, sync_, "critic", loss_of);
+}
+
+core::Scalars LmTrainer::update_reward_model(const core::Batch& batch, uint64_t seed) {
+  auto loss_of = [&](const core::Batch& micro, const core::Batch& mini, core::Scalars& stats) {
+    const at::Tensor r = model_.rewards(micro["tokens"], micro["last"]);
+    const at::Tensor margin = r.slice(0, 0, {}, 2) - r.slice(0, 1, {}, 2);
+    const torch::Tensor loss = -at::log_sigmoid(margin).mean();
+    stats.push_back({"reward_model/loss", loss.item<double>()});
+    stats.push_back({"reward_model/accuracy", (margin > 0).to(at::kFloat).mean().item<double>()});
+    stats.push_back({"reward_model/margin", margin.detach().mean().item<double>()});
+    return loss * (static_cast<double>(micro.size()) / std::max<int64_t>(mini.size(), 1));
+  };
+  return train_loop(batch, optim_, seed, impl_->params, *impl_->adam, sync_, "reward_model", loss_of, 2);
+}
+
+std::vector<std::pair<std::string, at::Tensor>> LmTrainer::state() const { return adam_state(*impl_->adam, impl_->params); }
+
+void LmTrainer::load_state(const std::map<std::string, at::Tensor>& tensors) {
+  load_adam_state(*impl_->adam, impl_->params, tensors);
+}
+
+at::Tensor sequence_log_probs(models::CausalLm& model, const at::Tensor& tokens, int64_t micro_batch) {
+  torch::NoGradGuard no_grad;
+  std::vector<at::Tensor> parts;
+  for (int64_t b = 0; b < tokens.size(0); b += micro_batch) {
+    const at::Tensor t = tokens.slice(0, b, std::min(tokens.size(0), b + micro_batch));
+    parts.push_back(next_token_log_probs(model.forward(t), t).first);
+  }
+  return parts.empty() ? at::zeros({0, std::max<int64_t>(tokens.size(1) - 1, 0)}) : at::cat(parts);
+}
+
+at::Tensor sequence_values(models::CausalLm& model, const at::Tensor& tokens, int64_t micro_batch) {
+  torch::NoGradGuard no_grad;
+  std::vector<at::Tensor> parts;
+  for (int64_t b = 0; b < tokens.size(0); b += micro_batch)
+    parts.push_back(model.scores(tokens.slice(0, b, std::min(tokens.size(0), b + micro_batch))).slice(1, 0, -1));
+  return parts.empty() ? at::zeros({0, std::max<int64_t>(tokens.size(1) - 1, 0)}) : at::cat(parts);
+}
+
+}  // namespace flotilla::algorithms

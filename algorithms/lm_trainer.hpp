@@ -1,0 +1,107 @@
+#pragma once
+// Training language models for RLHF: the actor (policy losses: PPO-clip for PPO, GRPO, RLOO and
+// REINFORCE++; DPO; SFT), the critic (clipped value loss), the reward model (Bradley-Terry), and
+// the advantage estimators, each chosen by name from a registry as in verl.
+//
+// Sequence batches (core::Batch) share one layout: `tokens` [B, T] int64, prompt then response,
+// right-padded; `response_mask` [B, T-1] float, 1 where log-prob position t (predicting token t+1)
+// is a response token. Fields per stage: `old_log_prob`, `ref_log_prob`, `values`, `advantages`,
+// `returns` [B, T-1]; `scores` [B]. DPO pairs are rows 2i (chosen) and 2i+1 (rejected).
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/batch.hpp"
+#include "core/config.hpp"
+#include "core/metrics.hpp"
+
+namespace flotilla::models {
+class CausalLm;
+}
+
+namespace flotilla::algorithms {
+
+// ---- advantage estimators ----
+
+struct AdvantageInputs {
+  at::Tensor scores;         // [B] sequence rewards (KL penalties excluded)
+  at::Tensor response_mask;  // [B, T-1]
+  at::Tensor kl;             // [B, T-1] per-token KL to the reference, or undefined
+  double kl_coef = 0;        // > 0: the KL is part of the reward
+  at::Tensor values;         // [B, T-1] critic values (gae only)
+  int64_t group_size = 1;    // consecutive rows per prompt
+  double gamma = 1.0, lam = 0.95;
+  bool norm_by_std = true;   // grpo: divide by the group's std
+};
+struct Advantages {
+  at::Tensor advantages, returns;  // [B, T-1]; returns only for gae
+};
+using AdvantageEstimator = std::function<Advantages(const AdvantageInputs&)>;
+// "gae" (PPO with a critic), "grpo", "rloo", "reinforce_pp". An unknown name is a ConfigError
+// listing the known ones.
+const AdvantageEstimator& advantage_estimator(const std::string& name);
+std::vector<std::string> advantage_estimator_names();
+
+// ---- the trainers ----
+
+struct LmOptimConfig {
+  double lr = 1e-5;
+  double max_grad_norm = 1.0;
+  int epochs = 1;        // passes over each step's batch
+  int mini_batches = 1;  // optimizer steps per pass (the same on every data-parallel rank)
+  int64_t micro_batch = 16;  // rows per forward pass (gradients accumulate over a mini-batch)
+  static LmOptimConfig read(core::ConfigView section, double default_lr);
+};
+
+struct PolicyLossConfig {
+  std::string loss = "ppo";  // ppo, dpo, sft
+  double clip_low = 0.2, clip_high = 0.2;
+  std::string aggregation = "token-mean";  // token-mean, seq-mean, seq-sum
+  double kl_loss_coef = 0;                 // > 0: KL to the reference as a loss term
+  std::string kl_estimator = "k3";
+  double entropy_coef = 0;
+  double dpo_beta = 0.1;
+  std::string dpo_kind = "sigmoid";  // sigmoid, ipo
+  double label_smoothing = 0;
+};
+
+// Adam over one model's parameters with gradient clipping; `sync` (if set) averages gradients
+// over data-parallel ranks before each step.
+class LmTrainer {
+ public:
+  using GradientSync = std::function<void(const std::vector<at::Tensor>&)>;
+  LmTrainer(models::CausalLm& model, LmOptimConfig optim);
+  ~LmTrainer();
+  void set_gradient_sync(GradientSync sync) { sync_ = std::move(sync); }
+  const LmOptimConfig& optim() const { return optim_; }
+
+  // The actor's update on a batch (fields per the loss); returns actor/* statistics.
+  core::Scalars update_policy(const core::Batch& batch, const PolicyLossConfig& loss, uint64_t seed);
+  // The critic's clipped value loss on `values` (old) and `returns`; returns critic/* statistics.
+  core::Scalars update_critic(const core::Batch& batch, double value_clip, uint64_t seed);
+  // The reward model's Bradley-Terry loss on pairs (rows 2i chosen, 2i+1 rejected) with `last`
+  // [B] the index of each row's last token; returns reward_model/* statistics.
+  core::Scalars update_reward_model(const core::Batch& batch, uint64_t seed);
+
+  // Optimizer state as named tensors for checkpoints, and back.
+  std::vector<std::pair<std::string, at::Tensor>> state() const;
+  void load_state(const std::map<std::string, at::Tensor>& tensors);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  models::CausalLm& model_;
+  LmOptimConfig optim_;
+  GradientSync sync_;
+};
+
+// log p(token t+1 | tokens up to t) for every row, [B, T-1], computed `micro_batch` rows at a
+// time without gradients.
+at::Tensor sequence_log_probs(models::CausalLm& model, const at::Tensor& tokens, int64_t micro_batch = 16);
+// The value head at every log-prob position, [B, T-1], without gradients.
+at::Tensor sequence_values(models::CausalLm& model, const at::Tensor& tokens, int64_t micro_batch = 16);
+
+}  // namespace flotilla::algorithms

@@ -1,0 +1,220 @@
+// RLHF jobs from the command line: every shipped config for a few steps, split placement against
+// colocated (the same numbers when the weight sync works), data-parallel actors, resume, external
+// reward commands that fail, and config errors.
+#include <doctest/doctest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include "core/fs.hpp"
+#include "core/metrics.hpp"
+#include "support/cli.hpp"
+#include "support/temp_dir.hpp"
+
+using namespace flotilla;
+namespace fs = std::filesystem;
+
+namespace {
+const std::string kCli = FLOTILLA_TEST_CLI;
+std::string config(const std::string& name) { return std::string(FLOTILLA_SOURCE_DIR) + "/configs/rlhf/" + name; }
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+// A tiny model and the addition task's data sets, made as a user makes them.
+struct Workspace {
+  test::TempDir dir;
+  Workspace() {
+    auto run = [&](std::vector<std::string> args) {
+      auto r = test::run_cli(kCli, args, dir.path(), dir.path());
+      REQUIRE_MESSAGE(r.code == 0, r.err);
+    };
+    run({"lm", "init", "--arch", "qwen3", "--preset", "tiny", "--vocab", "259", "--out", "init"});
+    run({"data", "make", "addition", "--max-digits", "2", "--n", "64", "--seed", "1", "--kind", "sft", "--out", "sft.jsonl"});
+    run({"data", "make", "addition", "--max-digits", "2", "--n", "64", "--seed", "2", "--out", "train.jsonl"});
+    run({"data", "make", "addition", "--max-digits", "2", "--n", "8", "--seed", "3", "--out", "val.jsonl"});
+    run({"data", "make", "addition", "--max-digits", "2", "--n", "64", "--seed", "4", "--kind", "preference", "--out", "pairs.jsonl"});
+    run({"data", "make", "addition", "--max-digits", "2", "--n", "8", "--seed", "5", "--kind", "preference", "--out", "pairs_val.jsonl"});
+  }
+  fs::path path() const { return dir.path(); }
+  test::CliResult run(const std::string& file, std::vector<std::string> overrides, const std::string& run_dir) const {
+    std::vector<std::string> args = {"run", "-q", config(file), "run.dir=" + run_dir, "model.path=init", "eval.n=8"};
+    args.insert(args.end(), overrides.begin(), overrides.end());
+    return test::run_cli(kCli, args, dir.path(), dir.path());
+  }
+};
+
+std::map<int64_t, std::map<std::string, double>> rows_of(const fs::path& run) {
+  std::map<int64_t, std::map<std::string, double>> rows;
+  for (const auto& r : core::read_metrics_jsonl(run / "metrics.jsonl"))
+    for (const auto& [k, v] : r.values) rows[r.step][k] = v;
+  return rows;
+}
+std::set<std::string> metric_names(const fs::path& run) {
+  std::set<std::string> names;
+  for (const auto& [step, row] : rows_of(run))
+    for (const auto& [k, v] : row) names.insert(k);
+  return names;
+}
+const std::vector<std::string> kRl = {"data.train=train.jsonl", "data.val=val.jsonl", "train.steps=2", "eval.every=2",
+                                      "algo.batch_size=4"};
+}  // namespace
+
+TEST_CASE("rlhf_configs_run_a_few_steps") {
+  Workspace w;
+  struct Case {
+    const char* file;
+    std::vector<std::string> overrides;
+    std::vector<const char*> metrics;
+  };
+  const std::vector<const char*> rl = {"critic/score/mean", "critic/rewards/mean", "critic/advantages/mean",
+                                       "response_length/mean", "response_length/clip_ratio", "actor/pg_loss",
+                                       "actor/pg_clipfrac", "actor/ppo_kl", "actor/entropy", "actor/grad_norm",
+                                       "val/accuracy", "timing_s/gen", "timing_s/reward", "timing_s/old_log_prob",
+                                       "timing_s/update_actor", "timing_s/sync_weights", "perf/throughput"};
+  auto with = [](auto a, const decltype(a)& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  };
+  using Args = std::vector<std::string>;
+  using Names = std::vector<const char*>;
+  const std::vector<Case> cases = {
+      {"addition_sft.yaml", {"data.train=sft.jsonl", "data.val=val.jsonl", "train.steps=3", "eval.every=3", "algo.batch_size=8"},
+       {"actor/sft_loss", "actor/grad_norm", "val/accuracy", "timing_s/update_actor", "perf/throughput"}},
+      {"addition_reward_model.yaml", {"data.train=pairs.jsonl", "data.val=pairs_val.jsonl", "train.steps=3", "eval.every=3", "algo.batch_size=4"},
+       {"reward_model/loss", "reward_model/accuracy", "val/accuracy"}},
+      {"addition_dpo.yaml", {"data.train=pairs.jsonl", "data.val=val.jsonl", "train.steps=2", "eval.every=2", "algo.batch_size=4"},
+       {"actor/dpo_loss", "actor/reward_accuracy", "timing_s/ref", "val/accuracy"}},
+      {"addition_grpo.yaml", with(kRl, Args{"algo.group_size=4", "algo.kl.coef=0.01"}), with(rl, Names{"actor/kl_loss", "timing_s/ref"})},
+      {"addition_ppo.yaml", kRl, with(rl, Names{"critic/vf_loss", "timing_s/update_critic", "timing_s/ref", "actor/reward_kl"})},
+      {"addition_rloo.yaml", with(kRl, Args{"algo.group_size=4"}), rl},
+      {"addition_reinforce_pp.yaml", kRl, with(rl, Names{"actor/reward_kl"})},
+      {"addition_online_dpo.yaml", with(kRl, Args{"algo.group_size=4"}), Names{"critic/score/mean", "batch/pairs", "timing_s/gen", "val/accuracy"}},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(std::string(c.file));
+    std::vector<std::string> validate = {"validate", config(c.file), "model.path=init"};
+    validate.insert(validate.end(), c.overrides.begin(), c.overrides.end());
+    auto v = test::run_cli(kCli, validate, w.path(), w.path());
+    CHECK_MESSAGE(v.code == 0, v.err);
+    const std::string run = std::string("r_") + c.file;
+    auto r = w.run(c.file, c.overrides, run);
+    REQUIRE_MESSAGE(r.code == 0, r.err);
+    const auto names = metric_names(w.path() / run);
+    for (const char* m : c.metrics) CHECK_MESSAGE(names.count(m), std::string(m));
+    CHECK(fs::exists(w.path() / run / "final" / "model.safetensors"));
+    CHECK(fs::exists(w.path() / run / "final" / "tokenizer.json"));
+  }
+}
+
+TEST_CASE("split_placement_matches_colocated_and_data_parallel_actors_run") {
+  Workspace w;
+  // The same seed and one worker per role: a rollout that missed a weight sync would generate
+  // something else at step 2 and the numbers would part.
+  const std::vector<std::string> common = {"data.train=train.jsonl", "data.val=val.jsonl", "train.steps=3", "eval.every=3",
+                                           "algo.batch_size=4", "algo.group_size=4", "algo.kl.coef=0.05",
+                                           "algo.actor.lr=0.01", "rollout.temperature=1.0"};
+  auto colocated = w.run("addition_grpo.yaml", common, "colocated");
+  REQUIRE_MESSAGE(colocated.code == 0, colocated.err);
+  auto split_args = common;
+  split_args.push_back("placement=split");
+  auto split = w.run("addition_grpo.yaml", split_args, "split");
+  REQUIRE_MESSAGE(split.code == 0, split.err);
+  auto a = rows_of(w.path() / "colocated"), b = rows_of(w.path() / "split");
+  for (int64_t step : {1, 2, 3}) {
+    CAPTURE(step);
+    for (const char* m : {"critic/score/mean", "response_length/mean", "actor/pg_loss", "actor/kl_loss"})
+      CHECK_MESSAGE(a[step][m] == doctest::Approx(b[step][m]).epsilon(1e-5), std::string(m));
+  }
+  // Updates change the policy: the responses of step 3 are not those of step 1.
+  CHECK(a[3]["actor/kl_loss"] > 0);
+
+  // Two data-parallel actor ranks (gradients all-reduced) and two rollout workers, with uneven
+  // chunks (5 prompts over 2 ranks).
+  auto dp_args = common;
+  dp_args.insert(dp_args.end(), {"placement=split", "algo.batch_size=5", "workers=[{role: actor, count: 2}, {role: rollout, count: 2}, {role: ref}]"});
+  auto dp = w.run("addition_grpo.yaml", dp_args, "dp");
+  REQUIRE_MESSAGE(dp.code == 0, dp.err);
+  const auto rows = rows_of(w.path() / "dp");
+  CHECK(rows.count(3));
+}
+
+TEST_CASE("rlhf_resume_continues_exactly_where_the_checkpoint_left_off") {
+  Workspace w;
+  const std::vector<std::string> args = {"data.train=train.jsonl", "data.val=val.jsonl", "algo.batch_size=4",
+                                         "algo.group_size=4", "algo.actor.lr=0.01", "eval.every=0", "eval.at_start=false",
+                                         "checkpoint.every=2"};
+  auto full_args = args;
+  full_args.push_back("train.steps=4");
+  auto full = w.run("addition_grpo.yaml", full_args, "full");
+  REQUIRE_MESSAGE(full.code == 0, full.err);
+  auto half_args = args;
+  half_args.push_back("train.steps=2");
+  auto half = w.run("addition_grpo.yaml", half_args, "half");
+  REQUIRE_MESSAGE(half.code == 0, half.err);
+  CHECK(fs::exists(w.path() / "half" / "checkpoints" / "ckpt-2.json"));
+  CHECK(fs::exists(w.path() / "half" / "checkpoints" / "step-2" / "actor" / "optimizer.safetensors"));
+  // Extend the run to 4 steps and resume it.
+  std::string yaml = core::read_file(w.path() / "half" / "config.yaml");
+  const size_t at = yaml.find("steps: 2");
+  REQUIRE(at != std::string::npos);
+  yaml.replace(at, 8, "steps: 4");
+  core::write_file_atomically(w.path() / "half" / "config.yaml", [&](std::ostream& o) { o << yaml; });
+  auto resumed = test::run_cli(kCli, {"resume", "-q", "half"}, w.path(), w.path());
+  REQUIRE_MESSAGE(resumed.code == 0, resumed.err);
+  auto a = rows_of(w.path() / "full"), b = rows_of(w.path() / "half");
+  for (int64_t step : {3, 4}) {
+    CAPTURE(step);
+    REQUIRE(b.count(step));
+    for (const char* m : {"critic/score/mean", "response_length/mean", "actor/pg_loss", "actor/grad_norm"})
+      CHECK_MESSAGE(a[step][m] == doctest::Approx(b[step][m]).epsilon(1e-5), std::string(m));
+  }
+}
+
+TEST_CASE("external_reward_command_errors_stop_or_score_zero_as_configured") {
+  Workspace w;
+  std::vector<std::string> args = kRl;
+  args.insert(args.end(), {"algo.group_size=2", "reward.kind=command", "reward.command=sleep 5", "reward.timeout_s=0.3"});
+  auto stop = w.run("addition_grpo.yaml", args, "stop");
+  CHECK(stop.code == 1);
+  CHECK(contains(stop.err, "sleep 5"));
+  CHECK(contains(stop.err, "0.3"));
+  args.push_back("reward.on_error=zero");
+  auto zero = w.run("addition_grpo.yaml", args, "zero");
+  REQUIRE_MESSAGE(zero.code == 0, zero.err);
+  auto rows = rows_of(w.path() / "zero");
+  CHECK(rows[2]["reward/errors"] == 2.0);
+  CHECK(rows[2]["critic/score/mean"] == 0.0);
+  // A command that answers: its scores are the rewards.
+  args.pop_back();
+  core::write_file_atomically(w.path() / "score.sh", [](std::ostream& o) { o << "while read line; do echo '{\"score\": 0.25}'; done\n"; });
+  args.push_back("reward.command=sh score.sh");
+  auto ok = w.run("addition_grpo.yaml", args, "ok");
+  REQUIRE_MESSAGE(ok.code == 0, ok.err);
+  CHECK(rows_of(w.path() / "ok")[1]["critic/score/mean"] == doctest::Approx(0.25));
+}
+
+TEST_CASE("rlhf_config_errors_name_the_problem") {
+  Workspace w;
+  auto err = [&](std::vector<std::string> overrides) {
+    std::vector<std::string> args = {"validate", config("addition_grpo.yaml"), "model.path=init", "data.train=train.jsonl",
+                                     "data.val=val.jsonl"};
+    args.insert(args.end(), overrides.begin(), overrides.end());
+    auto r = test::run_cli(kCli, args, w.path(), w.path());
+    CHECK(r.code != 0);
+    return r.err;
+  };
+  CHECK(contains(err({"algo.name=grpoo"}), "grpo"));
+  CHECK(contains(err({"model.path=missing"}), "missing: not a model directory"));
+  CHECK(contains(err({"data.train=nope.jsonl"}), "nope.jsonl"));
+  CHECK(contains(err({"algo.group_size=1"}), "group_size must be at least 2"));
+  CHECK(contains(err({"reward.kind=model"}), "model.reward"));
+  CHECK(contains(err({"workers=[{role: critic}]"}), "does not use a 'critic' role"));
+  CHECK(contains(err({"workers=[{role: rollout}]"}), "placement: colocated"));
+  CHECK(contains(err({"data.max_prompt_tokens=5", "data.overlong_prompts=error"}), "over data.max_prompt_tokens"));
+  CHECK(contains(err({"data.max_prompt_tokens=5"}), "no examples left"));
+  CHECK(contains(err({"data.chat_template=hello"}), "{prompt}"));
+  CHECK(contains(err({"algo.overlong.buffer=64"}), "rollout.max_new_tokens"));
+  CHECK(contains(err({"data.kind=sft"}), "grpo trains on verifiable data"));
+}

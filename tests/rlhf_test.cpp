@@ -1,0 +1,179 @@
+// RLHF training pieces at hand-computed values: the advantage estimators (GAE with and without a
+// KL penalty, GRPO over uneven groups), the trainers' updates (SFT, DPO pairs, reward model), a
+// model loaded with another head, and preference data made from a verifiable task.
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "algorithms/lm_losses.hpp"
+#include "algorithms/lm_trainer.hpp"
+#include "core/error.hpp"
+#include "envs/text_tasks.hpp"
+#include "models/transformer.hpp"
+#include "support/temp_dir.hpp"
+#include "support/torch_doctest.hpp"
+
+using namespace flotilla;
+using namespace flotilla::algorithms;
+
+namespace {
+at::Tensor t2(std::vector<float> v, int64_t rows) { return at::tensor(v).view({rows, -1}); }
+float at2(const at::Tensor& t, int64_t r, int64_t c) { return t[r][c].item<float>(); }
+
+models::CausalLm tiny_lm(const std::string& head = "lm", uint64_t seed = 5) {
+  models::LmConfig c = models::LmConfig::preset("qwen3", "tiny", 40);
+  c.head = head;
+  at::manual_seed(seed);
+  return models::CausalLm(c);
+}
+}  // namespace
+
+TEST_CASE("gae_advantages_and_returns_by_hand") {
+  // Row 0: prompt position 0, response positions 1 and 2, score 1. Row 1: response positions 0
+  // and 1, score 0. gamma 1, lam 0.5.
+  AdvantageInputs in;
+  in.scores = at::tensor(std::vector<float>{1, 0});
+  in.response_mask = t2({0, 1, 1, 1, 1, 0}, 2);
+  in.values = t2({9, 0.5, 0.2, 0.3, 0.4, 7}, 2);
+  in.gamma = 1.0, in.lam = 0.5;
+  Advantages a = advantage_estimator("gae")(in);
+  // Row 0: delta2 = 1 - 0.2 = 0.8; delta1 = 0.2 - 0.5 = -0.3, adv1 = -0.3 + 0.5 * 0.8 = 0.1.
+  CHECK(at2(a.returns, 0, 2) == doctest::Approx(1.0));
+  CHECK(at2(a.returns, 0, 1) == doctest::Approx(0.6));
+  CHECK(at2(a.returns, 0, 0) == 0.0f);  // the prompt position is not an action
+  // Row 1: past its last token nothing flows back (the 7 is padding); adv1 = -0.4,
+  // adv0 = 0.1 + 0.5 * -0.4 = -0.1.
+  CHECK(at2(a.returns, 1, 1) == doctest::Approx(0.0));
+  CHECK(at2(a.returns, 1, 0) == doctest::Approx(0.2));
+  // Advantages are whitened over the four response tokens [0.1, 0.8, -0.1, -0.4].
+  const double mean = 0.1, sd = std::sqrt((0.0 + 0.49 + 0.04 + 0.25) / 4);
+  CHECK(at2(a.advantages, 0, 2) == doctest::Approx((0.8 - mean) / sd).epsilon(1e-4));
+  CHECK(at2(a.advantages, 1, 1) == doctest::Approx((-0.4 - mean) / sd).epsilon(1e-4));
+  CHECK(at2(a.advantages, 1, 2) == 0.0f);
+
+  // The KL in the reward: -coef * kl on every response token.
+  in.kl = t2({0, 0.1, 0.1, 0, 0, 0}, 2);
+  in.kl_coef = 1.0;
+  Advantages k = advantage_estimator("gae")(in);
+  CHECK(at2(k.returns, 0, 2) == doctest::Approx(0.9));   // 1 - 0.1
+  CHECK(at2(k.returns, 0, 1) == doctest::Approx(0.45));  // adv1 = (-0.1 + 0.2 - 0.5) + 0.5 * 0.7 = -0.05
+  in.values = at::Tensor();
+  CHECK_THROWS_AS(advantage_estimator("gae")(in), ConfigError);
+  CHECK_THROWS_WITH_AS(advantage_estimator("ppo"), doctest::Contains("gae, grpo, reinforce_pp, rloo"), ConfigError);
+}
+
+TEST_CASE("grpo_over_uneven_groups") {
+  const at::Tensor r = at::tensor(std::vector<float>{1, 0, 2, 2, 5, 7});
+  const at::Tensor ids = at::tensor(std::vector<int64_t>{0, 0, 1, 1, 1, 2});
+  const at::Tensor a = grpo_advantages(r, ids);
+  // Group 0: mean 0.5, std sqrt(0.5); group 1: mean 3, std sqrt(3); group 2 has one sample: 0.
+  CHECK(a[0].item<float>() == doctest::Approx(0.5 / std::sqrt(0.5)).epsilon(1e-4));
+  CHECK(a[1].item<float>() == doctest::Approx(-0.5 / std::sqrt(0.5)).epsilon(1e-4));
+  CHECK(a[2].item<float>() == doctest::Approx(-1 / std::sqrt(3.0)).epsilon(1e-4));
+  CHECK(a[4].item<float>() == doctest::Approx(2 / std::sqrt(3.0)).epsilon(1e-4));
+  CHECK(a[5].item<float>() == 0.0f);
+  CHECK(grpo_advantages(r, ids, false)[4].item<float>() == doctest::Approx(2.0));  // no-std variant
+  // Equal groups give what the fixed-size version gives.
+  const at::Tensor even = at::tensor(std::vector<float>{1, 0, 0, 1, 3, 5});
+  CHECK(at::allclose(grpo_advantages(even, at::tensor(std::vector<int64_t>{0, 0, 0, 1, 1, 1})), grpo_advantages(even, 3)));
+  // The registry's grpo spreads each sequence's advantage over its response tokens only.
+  AdvantageInputs in;
+  in.scores = at::tensor(std::vector<float>{1, 0});
+  in.response_mask = t2({1, 1, 0, 1, 0, 0}, 2);
+  in.group_size = 2;
+  const at::Tensor g = advantage_estimator("grpo")(in).advantages;
+  CHECK(at2(g, 0, 1) == doctest::Approx(at2(g, 0, 0)));
+  CHECK(at2(g, 0, 2) == 0.0f);
+  CHECK(at2(g, 1, 0) == doctest::Approx(-at2(g, 0, 0)));
+}
+
+TEST_CASE("sft_update_lowers_the_loss_and_reports_the_actor_metrics") {
+  models::CausalLm lm = tiny_lm();
+  LmOptimConfig o;
+  o.lr = 1e-2, o.micro_batch = 2;  // gradients accumulate over two micro-batches
+  LmTrainer trainer(lm, o);
+  core::Batch b;
+  b.set("tokens", at::tensor(std::vector<int64_t>{1, 2, 3, 4, 5, 1, 2, 6, 7, 0, 3, 3, 3, 3, 3, 9, 8, 7, 6, 5}).view({4, 5}));
+  b.set("response_mask", t2({0, 1, 1, 1, 0, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1}, 4));
+  PolicyLossConfig loss;
+  loss.loss = "sft";
+  auto value = [](const core::Scalars& s, const std::string& k) {
+    for (const auto& [n, v] : s)
+      if (n == k) return v;
+    FAIL("no metric " << k);
+    return 0.0;
+  };
+  const double first = value(trainer.update_policy(b, loss, 1), "actor/sft_loss");
+  core::Scalars last;
+  for (int i = 0; i < 30; ++i) last = trainer.update_policy(b, loss, 1);
+  CHECK(value(last, "actor/sft_loss") < first * 0.5);
+  CHECK(value(last, "actor/grad_norm") > 0);
+  CHECK(value(last, "actor/entropy") > 0);
+  // The optimizer state round-trips for checkpoints.
+  CHECK(trainer.state().size() == lm.named_parameters().size() * 3);
+}
+
+TEST_CASE("pair_updates_keep_pairs_together") {
+  models::CausalLm lm = tiny_lm("reward");
+  LmOptimConfig o;
+  o.lr = 1e-2, o.micro_batch = 3;  // odd: a micro-batch still holds whole pairs
+  LmTrainer trainer(lm, o);
+  core::Batch b;
+  // Pairs (chosen, rejected) that differ in the last token.
+  b.set("tokens", at::tensor(std::vector<int64_t>{1, 2, 3, 1, 2, 4, 5, 6, 3, 5, 6, 4}).view({4, 3}));
+  b.set("last", at::full({4}, 2, at::kLong));
+  double accuracy = 0;
+  for (int i = 0; i < 40; ++i)
+    for (const auto& [k, v] : trainer.update_reward_model(b, 1))
+      if (k == "reward_model/accuracy") accuracy = v;
+  CHECK(accuracy == doctest::Approx(1.0));
+  const at::Tensor r = lm.rewards(b["tokens"], b["last"]);
+  CHECK(r[0].item<float>() > r[1].item<float>());
+  CHECK(r[2].item<float>() > r[3].item<float>());
+  CHECK_THROWS_WITH_AS(trainer.update_reward_model(b.slice(0, 3), 1), doctest::Contains("odd number of rows"), Error);
+
+  // DPO: raising the chosen response's log-probability against the reference.
+  models::CausalLm policy = tiny_lm();
+  LmTrainer dpo(policy, o);
+  core::Batch d = b.select({"tokens"});
+  d.set("response_mask", t2({0, 1, 0, 1, 0, 1, 0, 1}, 4));
+  d.set("ref_log_prob", sequence_log_probs(policy, d["tokens"]));
+  PolicyLossConfig loss;
+  loss.loss = "dpo";
+  double margin = 0;
+  for (int i = 0; i < 20; ++i)
+    for (const auto& [k, v] : dpo.update_policy(d, loss, 2))
+      if (k == "actor/reward_margin") margin = v;
+  CHECK(margin > 0.1);
+}
+
+TEST_CASE("a_policy_checkpoint_loads_with_a_value_head") {
+  test::TempDir dir;
+  models::CausalLm lm = tiny_lm();
+  lm.save(dir.path() / "m");
+  models::CausalLm critic = models::CausalLm::load(dir.path() / "m", "value");
+  CHECK(critic.config().head == "value");
+  const at::Tensor tokens = at::tensor(std::vector<int64_t>{1, 2, 3}).view({1, 3});
+  CHECK(sequence_values(critic, tokens).abs().max().item<float>() == 0.0f);  // the new head starts at zero
+  auto a = lm.named_parameters(), b = critic.named_parameters();
+  CHECK(at::equal(a.front().second, b.front().second));  // the body is the policy's
+  CHECK_THROWS_AS(models::CausalLm::load(dir.path() / "m", "critic"), ConfigError);
+}
+
+TEST_CASE("preference_and_sft_data_from_a_verifiable_task") {
+  auto xs = envs::make_text_task("addition", 50, 7);
+  auto pairs = xs;
+  envs::set_kind(pairs, "preference", 7);
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    const auto& p = pairs[i];
+    CHECK(p.chosen == xs[i].answer);
+    REQUIRE(p.rejected.size() == p.chosen.size());
+    int differ = 0;
+    for (size_t k = 0; k < p.chosen.size(); ++k) differ += p.chosen[k] != p.rejected[k];
+    CHECK(differ == 1);
+    CHECK(envs::exact_match_reward(p.rejected, xs[i].answer) == 0.0);
+  }
+  envs::set_kind(xs, "sft", 7);
+  CHECK(xs[0].response == xs[0].answer);
+  CHECK_THROWS_AS(envs::set_kind(xs, "pairs", 7), ConfigError);
+}
