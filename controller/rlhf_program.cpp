@@ -25,6 +25,7 @@
 #include "controller/checkpoint.hpp"
 #include "controller/cluster.hpp"
 #include "controller/program.hpp"
+#include "controller/rlhf_data.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "envs/text_tasks.hpp"
@@ -38,180 +39,6 @@ using nlohmann::json;
 namespace {
 
 double seconds_since(clock_type::time_point t) { return std::chrono::duration<double>(clock_type::now() - t).count(); }
-
-// ---- data: prompts in a format, tokenized, filtered or truncated ----
-
-struct DataConfig {
-  std::string train, val, train_kind, val_kind;
-  std::string format = "plain";  // plain or chat
-  std::string chat_template, system, eos;
-  int64_t max_prompt_tokens = 256, max_response_tokens = 256;
-  std::string overlong_prompts = "filter";  // filter, truncate or error
-};
-
-struct Example {
-  envs::TextExample text;
-  std::vector<int32_t> prompt;                // formatted and tokenized
-  std::vector<int32_t> response, chosen, rejected;  // with the end-of-sequence token
-};
-
-struct Dataset {
-  std::vector<Example> examples;
-  int64_t read = 0, filtered = 0, truncated = 0, responses_truncated = 0;
-};
-
-class Formatter {
- public:
-  Formatter(const DataConfig& c, const models::Tokenizer& tok) : c_(c), tok_(tok) {
-    auto id = tok.token_id(c.eos);
-    if (!id) throw ConfigError("data.eos: '" + c.eos + "' is not a single token of the tokenizer");
-    eos_ = *id;
-  }
-  int32_t eos() const { return eos_; }
-  std::string prompt_text(const std::string& prompt) const {
-    if (c_.format == "plain") return prompt;
-    std::string out = c_.system.empty() ? "" : "<|im_start|>system\n" + c_.system + "<|im_end|>\n";
-    std::string t = c_.chat_template;
-    const size_t at = t.find("{prompt}");
-    return out + t.replace(at, 8, prompt);
-  }
-  std::vector<int32_t> response(const std::string& text, Dataset& d) const {
-    std::vector<int32_t> r = tok_.encode(text);
-    if (static_cast<int64_t>(r.size()) >= c_.max_response_tokens) {
-      r.resize(static_cast<size_t>(c_.max_response_tokens - 1));
-      ++d.responses_truncated;
-    }
-    r.push_back(eos_);
-    return r;
-  }
-  Dataset load(const std::string& path, const std::string& kind) const {
-    Dataset d;
-    for (auto& e : envs::read_text_dataset(path, kind)) {
-      ++d.read;
-      Example x;
-      x.prompt = tok_.encode(prompt_text(e.prompt));
-      if (x.prompt.empty()) throw FormatError(path + ": example " + std::to_string(d.read) + " has an empty prompt");
-      if (static_cast<int64_t>(x.prompt.size()) > c_.max_prompt_tokens) {
-        if (c_.overlong_prompts == "error")
-          throw ConfigError(path + ": example " + std::to_string(d.read) + " has a prompt of " + std::to_string(x.prompt.size()) +
-                            " tokens, over data.max_prompt_tokens " + std::to_string(c_.max_prompt_tokens));
-        if (c_.overlong_prompts == "filter") {
-          ++d.filtered;
-          continue;
-        }
-        // Keep the prompt's end, where the question and the assistant's turn are.
-        x.prompt.erase(x.prompt.begin(), x.prompt.end() - c_.max_prompt_tokens);
-        ++d.truncated;
-      }
-      if (kind == "sft") x.response = response(e.response, d);
-      if (kind == "preference") x.chosen = response(e.chosen, d), x.rejected = response(e.rejected, d);
-      x.text = std::move(e);
-      d.examples.push_back(std::move(x));
-    }
-    if (d.examples.empty()) throw ConfigError(path + ": no examples left (" + std::to_string(d.filtered) + " of " +
-                                              std::to_string(d.read) + " prompts were over data.max_prompt_tokens)");
-    return d;
-  }
-  std::string decode_response(const std::vector<int32_t>& ids) const {
-    std::vector<int32_t> r = ids;
-    if (!r.empty() && r.back() == eos_) r.pop_back();
-    return tok_.decode(r);
-  }
-
- private:
-  const DataConfig& c_;
-  const models::Tokenizer& tok_;
-  int32_t eos_ = 0;
-};
-
-// Examples in a new random order every epoch; its position is part of a checkpoint.
-class Sampler {
- public:
-  Sampler(int64_t size, uint64_t seed) : size_(size), seed_(seed) { shuffle(); }
-  std::vector<int64_t> next(int64_t n) {
-    std::vector<int64_t> out;
-    while (static_cast<int64_t>(out.size()) < n) {
-      if (pos_ == size_) ++epoch_, pos_ = 0, shuffle();
-      out.push_back(order_[static_cast<size_t>(pos_++)]);
-    }
-    return out;
-  }
-  json state() const { return {{"epoch", epoch_}, {"pos", pos_}}; }
-  void restore(const json& s) {
-    epoch_ = s.at("epoch").get<int64_t>(), pos_ = s.at("pos").get<int64_t>();
-    shuffle();
-  }
-
- private:
-  void shuffle() {
-    order_.resize(static_cast<size_t>(size_));
-    std::iota(order_.begin(), order_.end(), 0);
-    std::mt19937_64 rng(seed_ + 7919 * static_cast<uint64_t>(epoch_));
-    std::shuffle(order_.begin(), order_.end(), rng);
-  }
-  int64_t size_, pos_ = 0, epoch_ = 0;
-  uint64_t seed_;
-  std::vector<int64_t> order_;
-};
-
-// Prompts as the rollout takes them: `prompt_tokens` [P, L] right-padded, `prompt_len` [P].
-core::Batch prompt_batch(const std::vector<const Example*>& xs) {
-  int64_t L = 1;
-  for (auto* x : xs) L = std::max<int64_t>(L, static_cast<int64_t>(x->prompt.size()));
-  at::Tensor t = at::zeros({static_cast<int64_t>(xs.size()), L}, at::kLong), len = at::zeros({static_cast<int64_t>(xs.size())}, at::kLong);
-  for (size_t i = 0; i < xs.size(); ++i) {
-    const auto& p = xs[i]->prompt;
-    t[static_cast<int64_t>(i)].slice(0, 0, static_cast<int64_t>(p.size())).copy_(at::tensor(std::vector<int64_t>(p.begin(), p.end())));
-    len[static_cast<int64_t>(i)] = static_cast<int64_t>(p.size());
-  }
-  core::Batch b;
-  b.set("prompt_tokens", t);
-  b.set("prompt_len", len);
-  return b;
-}
-
-// Prompt + response rows in the sequence layout (algorithms/lm_trainer.hpp), with `last` [B].
-core::Batch sequence_batch(const std::vector<std::pair<const std::vector<int32_t>*, const std::vector<int32_t>*>>& rows) {
-  int64_t T = 2;
-  for (auto& [p, r] : rows) T = std::max<int64_t>(T, static_cast<int64_t>(p->size() + r->size()));
-  const int64_t B = static_cast<int64_t>(rows.size());
-  at::Tensor tokens = at::zeros({B, T}, at::kLong), mask = at::zeros({B, T - 1}), last = at::zeros({B}, at::kLong);
-  for (int64_t b = 0; b < B; ++b) {
-    std::vector<int64_t> ids(rows[static_cast<size_t>(b)].first->begin(), rows[static_cast<size_t>(b)].first->end());
-    const int64_t P = static_cast<int64_t>(ids.size());
-    ids.insert(ids.end(), rows[static_cast<size_t>(b)].second->begin(), rows[static_cast<size_t>(b)].second->end());
-    const int64_t n = static_cast<int64_t>(ids.size());
-    tokens[b].slice(0, 0, n).copy_(at::tensor(ids));
-    if (n > P) mask[b].slice(0, P - 1, n - 1).fill_(1.0);
-    last[b] = n - 1;
-  }
-  core::Batch out;
-  out.set("tokens", tokens);
-  out.set("response_mask", mask);
-  out.set("last", last);
-  return out;
-}
-
-// Parts of a batch with different sequence lengths, padded to the longest and concatenated.
-core::Batch concat_padded(std::vector<core::Batch> parts) {
-  int64_t T = 0;
-  for (auto& p : parts)
-    if (p.contains("tokens")) T = std::max(T, p["tokens"].size(1));
-  for (auto& p : parts) {
-    if (!p.contains("tokens") || p["tokens"].size(1) == T) continue;
-    const int64_t pad = T - p["tokens"].size(1);
-    for (const auto& name : std::vector<std::string>(p.names()))
-      if (p[name].dim() == 2) p.set(name, at::constant_pad_nd(p[name], {0, pad}, 0));
-  }
-  return core::Batch::concat(parts);
-}
-
-// Rows that belong together (a prompt's group, a pair) stay on one rank.
-std::vector<core::Batch> chunk_groups(const core::Batch& b, int64_t group, int ranks) {
-  std::vector<int64_t> sizes = core::chunk_sizes(b.size() / group, ranks);
-  for (auto& s : sizes) s *= group;
-  return b.split(sizes);
-}
 
 // ---- rewards ----
 
@@ -363,6 +190,10 @@ class RlhfProgram final : public Program {
       spdlog::info("final model: {}", final_dir.string());
     }
     result.summary.push_back({"global_step", static_cast<double>(step)});
+    result.summary.push_back({"data/train_examples", static_cast<double>(train_.examples.size())});
+    result.summary.push_back({"data/prompts_filtered", static_cast<double>(train_.filtered + val_.filtered)});
+    result.summary.push_back({"data/prompts_truncated", static_cast<double>(train_.truncated + val_.truncated)});
+    result.summary.push_back({"data/responses_truncated", static_cast<double>(train_.responses_truncated)});
     result.summary.push_back({"train_time_s", seconds_since(t0)});
     cluster_ = nullptr;
     return result;
@@ -379,7 +210,7 @@ class RlhfProgram final : public Program {
   }
 
   core::Scalars sft_step(Sampler& sampler, int64_t step) {
-    std::vector<std::pair<const std::vector<int32_t>*, const std::vector<int32_t>*>> rows;
+    std::vector<SequenceRow> rows;
     for (int64_t i : sampler.next(c_.batch_size)) rows.push_back({&ex(i).prompt, &ex(i).response});
     core::Batch batch = sequence_batch(rows);
     core::Scalars row = {{"response_length/mean", batch["response_mask"].sum(1).mean().item<double>()}};
@@ -390,7 +221,7 @@ class RlhfProgram final : public Program {
 
   // Preference pairs: reward-model training (Bradley-Terry) or offline DPO against the reference.
   core::Scalars pair_step(Sampler& sampler, int64_t step) {
-    std::vector<std::pair<const std::vector<int32_t>*, const std::vector<int32_t>*>> rows;
+    std::vector<SequenceRow> rows;
     for (int64_t i : sampler.next(c_.batch_size)) {
       rows.push_back({&ex(i).prompt, &ex(i).chosen});
       rows.push_back({&ex(i).prompt, &ex(i).rejected});
@@ -618,7 +449,7 @@ class RlhfProgram final : public Program {
     core::Scalars row;
     const size_t n = std::min<size_t>(static_cast<size_t>(eval_n_), val_.examples.size());
     if (c_.algo == "reward_model") {
-      std::vector<std::pair<const std::vector<int32_t>*, const std::vector<int32_t>*>> rows;
+      std::vector<SequenceRow> rows;
       for (size_t i = 0; i < n; ++i) {
         rows.push_back({&val_.examples[i].prompt, &val_.examples[i].chosen});
         rows.push_back({&val_.examples[i].prompt, &val_.examples[i].rejected});

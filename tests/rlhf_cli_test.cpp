@@ -106,6 +106,23 @@ TEST_CASE("rlhf_configs_run_a_few_steps") {
     CHECK(fs::exists(w.path() / run / "final" / "model.safetensors"));
     CHECK(fs::exists(w.path() / run / "final" / "tokenizer.json"));
   }
+
+  // The reward model just trained, served by its own reward worker, scores GRPO's samples; chat
+  // prompts, dynamic sampling and the overlong penalty on top.
+  std::vector<std::string> args = kRl;
+  args.insert(args.end(), {"algo.group_size=4", "reward.kind=model", "model.reward=r_addition_reward_model.yaml/final",
+                           "placement=split", "data.prompt_format=chat", "data.system=You add numbers.",
+                           "algo.dynamic_sampling=true", "algo.overlong.buffer=4", "data.max_prompt_tokens=128"});
+  auto r = w.run("addition_grpo.yaml", args, "reward_model_grpo");
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  const auto rows = rows_of(w.path() / "reward_model_grpo");
+  REQUIRE(rows.count(1));
+  CHECK(rows.at(1).count("batch/kept_groups"));
+  // Learned rewards are real numbers, not the 0/1 of the exact-match rule.
+  const double score = rows.at(1).at("critic/score/mean");
+  CHECK(score != 0.0);
+  CHECK(score != 1.0);
+  CHECK(contains(core::read_file(w.path() / "reward_model_grpo" / "log.txt"), "1 reward"));
 }
 
 TEST_CASE("split_placement_matches_colocated_and_data_parallel_actors_run") {

@@ -4,9 +4,12 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <set>
 
 #include "algorithms/lm_losses.hpp"
 #include "algorithms/lm_trainer.hpp"
+#include "controller/rlhf_data.hpp"
+#include "core/fs.hpp"
 #include "core/error.hpp"
 #include "envs/text_tasks.hpp"
 #include "models/transformer.hpp"
@@ -176,4 +179,51 @@ TEST_CASE("preference_and_sft_data_from_a_verifiable_task") {
   envs::set_kind(xs, "sft", 7);
   CHECK(xs[0].response == xs[0].answer);
   CHECK_THROWS_AS(envs::set_kind(xs, "pairs", 7), ConfigError);
+}
+
+TEST_CASE("prompts_are_formatted_tokenized_and_limited_as_configured") {
+  test::TempDir dir;
+  core::write_file_atomically(dir.path() / "d.jsonl", [](std::ostream& o) {
+    o << "{\"prompt\": \"short\", \"response\": \"ok\"}\n{\"prompt\": \"a much longer prompt\", \"response\": \"fine\"}\n";
+  });
+  auto tok = models::byte_tokenizer({"<|endoftext|>", "<|im_start|>", "<|im_end|>"});
+  controller::DataConfig c;
+  c.eos = "<|im_end|>";
+  c.format = "chat";
+  c.chat_template = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n";
+  c.system = "Be brief.";
+  controller::Formatter chat(c, *tok);
+  CHECK(chat.prompt_text("hi") ==
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+  const int32_t im_start = *tok->token_id("<|im_start|>");
+  c.system.clear();
+  c.max_prompt_tokens = 30;  // the chat wrapping takes 19 tokens: "short" fits, the longer one does not
+  controller::Dataset filtered = chat.load((dir.path() / "d.jsonl").string(), "sft");
+  CHECK(filtered.read == 2);
+  CHECK(filtered.filtered == 1);
+  REQUIRE(filtered.examples.size() == 1);
+  CHECK(filtered.examples[0].prompt.front() == im_start);  // the special is one token
+  CHECK(filtered.examples[0].response.back() == chat.eos());
+  CHECK(chat.decode_response(filtered.examples[0].response) == "ok");
+  c.overlong_prompts = "truncate";
+  controller::Dataset truncated = chat.load((dir.path() / "d.jsonl").string(), "sft");
+  CHECK(truncated.truncated == 1);
+  REQUIRE(truncated.examples.size() == 2);
+  CHECK(truncated.examples[1].prompt.size() == 30u);
+  const std::string kept = tok->decode(truncated.examples[1].prompt);
+  CHECK(kept.substr(kept.size() - 10) == "assistant\n");  // the end is kept, the start cut
+  CHECK(truncated.examples[1].prompt.front() != im_start);
+  c.overlong_prompts = "error";
+  CHECK_THROWS_WITH_AS(chat.load((dir.path() / "d.jsonl").string(), "sft"), doctest::Contains("example 2"), ConfigError);
+  c.eos = "</s>";
+  CHECK_THROWS_WITH_AS(controller::Formatter(c, *tok), doctest::Contains("not a single token"), ConfigError);
+
+  // The sampler: every example once per epoch, in an order that depends on the seed and the epoch.
+  controller::Sampler s(5, 9);
+  std::vector<int64_t> first = s.next(5), second = s.next(5);
+  CHECK(std::set<int64_t>(first.begin(), first.end()).size() == 5);
+  CHECK(std::set<int64_t>(second.begin(), second.end()).size() == 5);
+  controller::Sampler again(5, 9);
+  again.restore(s.state());
+  CHECK((again.next(3) == s.next(3)));
 }
