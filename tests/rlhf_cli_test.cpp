@@ -43,6 +43,13 @@ struct Workspace {
     args.insert(args.end(), overrides.begin(), overrides.end());
     return test::run_cli(kCli, args, dir.path(), dir.path());
   }
+  // A run that must succeed, with `extra` overrides after `overrides`.
+  void run_ok(const std::string& file, std::vector<std::string> overrides, const std::vector<std::string>& extra,
+              const std::string& run_dir) const {
+    overrides.insert(overrides.end(), extra.begin(), extra.end());
+    auto r = run(file, overrides, run_dir);
+    REQUIRE_MESSAGE(r.code == 0, r.err);
+  }
 };
 
 std::map<int64_t, std::map<std::string, double>> rows_of(const fs::path& run) {
@@ -132,12 +139,8 @@ TEST_CASE("split_placement_matches_colocated_and_data_parallel_actors_run") {
   const std::vector<std::string> common = {"data.train=train.jsonl", "data.val=val.jsonl", "train.steps=3", "eval.every=3",
                                            "algo.batch_size=4", "algo.group_size=4", "algo.kl.coef=0.05",
                                            "algo.actor.lr=0.01", "rollout.temperature=1.0"};
-  auto colocated = w.run("addition_grpo.yaml", common, "colocated");
-  REQUIRE_MESSAGE(colocated.code == 0, colocated.err);
-  auto split_args = common;
-  split_args.push_back("placement=split");
-  auto split = w.run("addition_grpo.yaml", split_args, "split");
-  REQUIRE_MESSAGE(split.code == 0, split.err);
+  w.run_ok("addition_grpo.yaml", common, {}, "colocated");
+  w.run_ok("addition_grpo.yaml", common, {"placement=split"}, "split");
   auto a = rows_of(w.path() / "colocated"), b = rows_of(w.path() / "split");
   for (int64_t step : {1, 2, 3}) {
     CAPTURE(step);
@@ -149,10 +152,8 @@ TEST_CASE("split_placement_matches_colocated_and_data_parallel_actors_run") {
 
   // Two data-parallel actor ranks (gradients all-reduced) and two rollout workers, with uneven
   // chunks (5 prompts over 2 ranks).
-  auto dp_args = common;
-  dp_args.insert(dp_args.end(), {"placement=split", "algo.batch_size=5", "workers=[{role: actor, count: 2}, {role: rollout, count: 2}, {role: ref}]"});
-  auto dp = w.run("addition_grpo.yaml", dp_args, "dp");
-  REQUIRE_MESSAGE(dp.code == 0, dp.err);
+  w.run_ok("addition_grpo.yaml", common,
+           {"placement=split", "algo.batch_size=5", "workers=[{role: actor, count: 2}, {role: rollout, count: 2}, {role: ref}]"}, "dp");
   const auto rows = rows_of(w.path() / "dp");
   CHECK(rows.count(3));
 }
@@ -162,14 +163,8 @@ TEST_CASE("rlhf_resume_continues_exactly_where_the_checkpoint_left_off") {
   const std::vector<std::string> args = {"data.train=train.jsonl", "data.val=val.jsonl", "algo.batch_size=4",
                                          "algo.group_size=4", "algo.actor.lr=0.01", "eval.every=0", "eval.at_start=false",
                                          "checkpoint.every=2"};
-  auto full_args = args;
-  full_args.push_back("train.steps=4");
-  auto full = w.run("addition_grpo.yaml", full_args, "full");
-  REQUIRE_MESSAGE(full.code == 0, full.err);
-  auto half_args = args;
-  half_args.push_back("train.steps=2");
-  auto half = w.run("addition_grpo.yaml", half_args, "half");
-  REQUIRE_MESSAGE(half.code == 0, half.err);
+  w.run_ok("addition_grpo.yaml", args, {"train.steps=4"}, "full");
+  w.run_ok("addition_grpo.yaml", args, {"train.steps=2"}, "half");
   CHECK(fs::exists(w.path() / "half" / "checkpoints" / "ckpt-2.json"));
   CHECK(fs::exists(w.path() / "half" / "checkpoints" / "step-2" / "actor" / "optimizer.safetensors"));
   // Extend the run to 4 steps and resume it.

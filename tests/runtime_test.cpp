@@ -7,6 +7,7 @@
 
 #include "actors/collective.hpp"
 #include "controller/cluster.hpp"
+#include "controller/rlhf_data.hpp"
 #include "controller/experiment.hpp"
 #include "core/error.hpp"
 #include "core/name_service.hpp"
@@ -58,6 +59,12 @@ TEST_CASE("rpc_dispatch_modes_and_uneven_chunks") {
   // Fewer rows than ranks: the last rank gets an empty chunk and still answers.
   auto tiny = g.run("double", "", rows(2), Dispatch::DpChunk);
   CHECK(tiny.batch.size() == 2);
+  // Groups kept whole (GRPO groups, DPO pairs): 5 pairs over 3 ranks are 2, 2 and 1 pairs.
+  auto grouped = g.call_parts("double", "", controller::chunk_groups(rows(10), 2, 3));
+  std::vector<std::string> grouped_sizes;
+  for (auto& r : cluster.wait("echo", grouped, "double")) grouped_sizes.push_back(r.result);
+  CHECK((grouped_sizes == std::vector<std::string>{"4", "4", "2"}));
+  CHECK_THROWS_WITH_AS(g.call_parts("double", "", {rows(1)}), doctest::Contains("1 parts for 3 ranks"), Error);
   cluster.check();
 }
 
