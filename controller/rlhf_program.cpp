@@ -178,7 +178,7 @@ class RlhfProgram final : public Program {
       row.push_back({"timing_s/step", seconds_since(ts)});
       row.push_back({"perf/throughput", tokens_ / std::max(seconds_since(ts), 1e-9)});
       ctx.metrics.log(step, row);
-      if (eval_every_ > 0 && step % eval_every_ == 0 && !val_.examples.empty()) log_eval(ctx, step, result);
+      if (eval_every_ > 0 && (step % eval_every_ == 0 || step == steps_) && !val_.examples.empty()) log_eval(ctx, step, result);
       if ((ckpt_every_ > 0 && step % ckpt_every_ == 0) || step == steps_) checkpoint(ctx.dir, step, sampler);
       ctx.report_progress(step);
     }
