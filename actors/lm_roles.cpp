@@ -67,6 +67,7 @@ RlhfConfig RlhfConfig::read(core::ConfigView root) {
   c.loss.dpo_beta = dpo.get<double>("beta", 0.1, core::greater_than(0.0));
   c.loss.dpo_kind = dpo.choice("kind", "sigmoid", {"sigmoid", "ipo"});
   c.loss.label_smoothing = dpo.get<double>("label_smoothing", 0.0, core::in_range(0.0, 0.5));
+  c.loss.dpo_nll_coef = dpo.get<double>("nll_coef", 0.0, core::at_least(0.0));
   const double default_lr = c.algo == "sft" || c.algo == "reward_model" ? 1e-3 : 1e-5;
   c.actor_optim = algorithms::LmOptimConfig::read(algo.section("actor"), default_lr);
   core::ConfigView critic = algo.section("critic");

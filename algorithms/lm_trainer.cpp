@@ -192,6 +192,12 @@ core::Scalars LmTrainer::update_policy(const core::Batch& batch, const PolicyLos
       const at::Tensor chosen = seq.slice(0, 0, {}, 2), rejected = seq.slice(0, 1, {}, 2);
       const at::Tensor ref_c = ref.slice(0, 0, {}, 2), ref_r = ref.slice(0, 1, {}, 2);
       loss = dpo_loss(chosen, rejected, ref_c, ref_r, c.dpo_beta, c.dpo_kind, c.label_smoothing);
+      if (c.dpo_nll_coef > 0) {
+        // RPO: the chosen responses' token NLL keeps DPO from lowering both likelihoods.
+        const at::Tensor nll = sft_loss(lp.slice(0, 0, {}, 2), mask.slice(0, 0, {}, 2));
+        loss = loss + c.dpo_nll_coef * nll;
+        stats.push_back({"actor/chosen_nll", nll.item<double>()});
+      }
       torch::NoGradGuard ng;
       const at::Tensor margin = ((chosen - ref_c) - (rejected - ref_r)) * c.dpo_beta;
       stats.push_back({"actor/dpo_loss", loss.item<double>()});

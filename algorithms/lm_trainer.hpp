@@ -66,6 +66,7 @@ struct PolicyLossConfig {
   double dpo_beta = 0.1;
   std::string dpo_kind = "sigmoid";  // sigmoid, ipo
   double label_smoothing = 0;
+  double dpo_nll_coef = 0;  // > 0: plus the chosen responses' NLL (RPO)
 };
 
 // Adam over one model's parameters with gradient clipping; `sync` (if set) averages gradients

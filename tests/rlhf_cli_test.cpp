@@ -97,7 +97,7 @@ TEST_CASE("rlhf_configs_run_a_few_steps") {
       {"addition_ppo.yaml", kRl, with(rl, Names{"critic/vf_loss", "timing_s/update_critic", "timing_s/ref", "actor/reward_kl"})},
       {"addition_rloo.yaml", with(kRl, Args{"algo.group_size=4"}), rl},
       {"addition_reinforce_pp.yaml", kRl, with(rl, Names{"actor/reward_kl"})},
-      {"addition_online_dpo.yaml", with(kRl, Args{"algo.group_size=4"}), Names{"critic/score/mean", "batch/pairs", "timing_s/gen", "val/accuracy"}},
+      {"addition_online_dpo.yaml", with(kRl, Args{"algo.group_size=4"}), Names{"critic/score/mean", "batch/pairs", "actor/dpo_loss", "actor/chosen_nll", "timing_s/gen", "val/accuracy"}},
   };
   for (const auto& c : cases) {
     CAPTURE(std::string(c.file));

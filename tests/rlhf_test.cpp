@@ -148,6 +148,17 @@ TEST_CASE("pair_updates_keep_pairs_together") {
     for (const auto& [k, v] : dpo.update_policy(d, loss, 2))
       if (k == "actor/reward_margin") margin = v;
   CHECK(margin > 0.1);
+  // With the chosen responses' NLL added (RPO), their likelihood rises as well.
+  loss.dpo_nll_coef = 1.0;
+  auto nll = [&] {
+    for (const auto& [k, v] : dpo.update_policy(d, loss, 3))
+      if (k == "actor/chosen_nll") return v;
+    FAIL("no actor/chosen_nll");
+    return 0.0;
+  };
+  const double before = nll();
+  for (int i = 0; i < 10; ++i) nll();
+  CHECK(nll() < before);
 }
 
 TEST_CASE("a_policy_checkpoint_loads_with_a_value_head") {
