@@ -215,6 +215,8 @@ int data_make(const DataMakeArgs& args) {
     std::cout << text;
     return 0;
   }
+  const std::filesystem::path parent = std::filesystem::path(args.out).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent);
   core::write_file_atomically(args.out, [&](std::ostream& o) { o << text; });
   std::cerr << args.out << ": " << examples.size() << " " << args.task << " examples (" << args.kind << ")\n";
   return 0;

@@ -214,7 +214,7 @@ class RlhfProgram final : public Program {
     for (int64_t i : sampler.next(c_.batch_size)) rows.push_back({&ex(i).prompt, &ex(i).response});
     core::Batch batch = sequence_batch(rows);
     core::Scalars row = {{"response_length/mean", batch["response_mask"].sum(1).mean().item<double>()}};
-    tokens_ = batch["response_mask"].sum().item<double>() + static_cast<double>(batch.size());
+    tokens_ = (batch["last"] + 1).sum().item<double>();
     update_actor(batch, step, 1, row);
     return row;
   }
@@ -227,7 +227,7 @@ class RlhfProgram final : public Program {
       rows.push_back({&ex(i).prompt, &ex(i).rejected});
     }
     core::Batch batch = sequence_batch(rows);
-    tokens_ = batch["response_mask"].sum().item<double>();
+    tokens_ = (batch["last"] + 1).sum().item<double>();
     core::Scalars row = {{"response_length/mean", batch["response_mask"].sum(1).mean().item<double>()}};
     if (c_.algo == "dpo") {
       const auto t = clock_type::now();
@@ -249,7 +249,8 @@ class RlhfProgram final : public Program {
     core::Batch batch = generate(prompts, n, c_.temperature, seed_ * 1000003 + static_cast<uint64_t>(step));
     row.push_back({"timing_s/gen", seconds_since(t)});
     const at::Tensor resp_len = batch["response_length"].to(at::kDouble);
-    tokens_ = batch["tokens"].ne(0).sum().item<double>();
+    tokens_ = resp_len.sum().item<double>();
+    for (const Example* x : prompts) tokens_ += static_cast<double>(x->prompt.size() * static_cast<size_t>(n));
 
     // 2. reward, old log-probs, reference log-probs and values: independent, in flight together
     const auto issued = clock_type::now();

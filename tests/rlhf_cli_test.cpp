@@ -32,7 +32,7 @@ struct Workspace {
     };
     run({"lm", "init", "--arch", "qwen3", "--preset", "tiny", "--vocab", "259", "--out", "init"});
     run({"data", "make", "addition", "--max-digits", "2", "--n", "64", "--seed", "1", "--kind", "sft", "--out", "sft.jsonl"});
-    run({"data", "make", "addition", "--max-digits", "2", "--n", "64", "--seed", "2", "--out", "train.jsonl"});
+    run({"data", "make", "addition", "--max-digits", "2", "--n", "64", "--seed", "2", "--out", "data/train.jsonl"});
     run({"data", "make", "addition", "--max-digits", "2", "--n", "8", "--seed", "3", "--out", "val.jsonl"});
     run({"data", "make", "addition", "--max-digits", "2", "--n", "64", "--seed", "4", "--kind", "preference", "--out", "pairs.jsonl"});
     run({"data", "make", "addition", "--max-digits", "2", "--n", "8", "--seed", "5", "--kind", "preference", "--out", "pairs_val.jsonl"});
@@ -64,7 +64,7 @@ std::set<std::string> metric_names(const fs::path& run) {
     for (const auto& [k, v] : row) names.insert(k);
   return names;
 }
-const std::vector<std::string> kRl = {"data.train=train.jsonl", "data.val=val.jsonl", "train.steps=2", "eval.every=2",
+const std::vector<std::string> kRl = {"data.train=data/train.jsonl", "data.val=val.jsonl", "train.steps=2", "eval.every=2",
                                       "algo.batch_size=4"};
 }  // namespace
 
@@ -136,7 +136,7 @@ TEST_CASE("split_placement_matches_colocated_and_data_parallel_actors_run") {
   Workspace w;
   // The same seed and one worker per role: a rollout that missed a weight sync would generate
   // something else at step 2 and the numbers would part.
-  const std::vector<std::string> common = {"data.train=train.jsonl", "data.val=val.jsonl", "train.steps=3", "eval.every=3",
+  const std::vector<std::string> common = {"data.train=data/train.jsonl", "data.val=val.jsonl", "train.steps=3", "eval.every=3",
                                            "algo.batch_size=4", "algo.group_size=4", "algo.kl.coef=0.05",
                                            "algo.actor.lr=0.01", "rollout.temperature=1.0"};
   w.run_ok("addition_grpo.yaml", common, {}, "colocated");
@@ -160,7 +160,7 @@ TEST_CASE("split_placement_matches_colocated_and_data_parallel_actors_run") {
 
 TEST_CASE("rlhf_resume_continues_exactly_where_the_checkpoint_left_off") {
   Workspace w;
-  const std::vector<std::string> args = {"data.train=train.jsonl", "data.val=val.jsonl", "algo.batch_size=4",
+  const std::vector<std::string> args = {"data.train=data/train.jsonl", "data.val=val.jsonl", "algo.batch_size=4",
                                          "algo.group_size=4", "algo.actor.lr=0.01", "eval.every=0", "eval.at_start=false",
                                          "checkpoint.every=2"};
   w.run_ok("addition_grpo.yaml", args, {"train.steps=4"}, "full");
@@ -210,7 +210,7 @@ TEST_CASE("external_reward_command_errors_stop_or_score_zero_as_configured") {
 TEST_CASE("rlhf_config_errors_name_the_problem") {
   Workspace w;
   auto err = [&](std::vector<std::string> overrides) {
-    std::vector<std::string> args = {"validate", config("addition_grpo.yaml"), "model.path=init", "data.train=train.jsonl",
+    std::vector<std::string> args = {"validate", config("addition_grpo.yaml"), "model.path=init", "data.train=data/train.jsonl",
                                      "data.val=val.jsonl"};
     args.insert(args.end(), overrides.begin(), overrides.end());
     auto r = test::run_cli(kCli, args, w.path(), w.path());
