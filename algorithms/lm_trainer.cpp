@@ -166,6 +166,9 @@ core::Scalars train_loop(const core::Batch& batch, const LmOptimConfig& o, uint6
       ++steps;
     }
   }
+  // Gradient buffers are freed between updates, so a colocated rollout does not generate next to
+  // them.
+  for (auto& p : params) p.mutable_grad().reset();
   core::Scalars out;
   for (const auto& [k, v] : sums) out.push_back({k, v / std::max<int64_t>(counted, 1)});
   out.push_back({prefix + "/grad_norm", grad_norm / std::max<int64_t>(steps, 1)});

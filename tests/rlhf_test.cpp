@@ -112,6 +112,7 @@ TEST_CASE("sft_update_lowers_the_loss_and_reports_the_actor_metrics") {
   CHECK(value(last, "actor/sft_loss") < first * 0.5);
   CHECK(value(last, "actor/grad_norm") > 0);
   CHECK(value(last, "actor/entropy") > 0);
+  for (const auto& [name, p] : lm.named_parameters()) CHECK_FALSE(p.grad().defined());  // freed after the update
   // The optimizer state round-trips for checkpoints.
   CHECK(trainer.state().size() == lm.named_parameters().size() * 3);
 }
