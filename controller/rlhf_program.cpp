@@ -116,7 +116,10 @@ class RlhfProgram final : public Program {
     // Files are checked now, before any worker starts.
     for (const auto& p : {c_.model_path, c_.ref_path, c_.critic_path, c_.reward_path})
       if (!p.empty() && !fs::exists(fs::path(p) / "config.json"))
-        throw ConfigError(p + ": not a model directory (no config.json); make one with `flotilla lm init`");
+        throw ConfigError(p + ": not a model directory (no config.json); use a run's final/ model (e.g. of configs/rlhf/addition_sft.yaml) or make one with `flotilla lm init`");
+    for (const auto& [key, path] : {std::pair<std::string, std::string>{"train", d_.train}, {"val", d_.val}})
+      if (!path.empty() && !fs::exists(path))
+        data.fail(key, path + " does not exist; make a synthetic set with `flotilla data make TASK --out " + path + "`");
     tokenizer_ = models::load_tokenizer(c_.tokenizer.empty() ? c_.model_path : c_.tokenizer);
     format_ = std::make_unique<Formatter>(d_, *tokenizer_);
     train_ = format_->load(d_.train, d_.train_kind);

@@ -221,7 +221,7 @@ TEST_CASE("rlhf_config_errors_name_the_problem") {
   };
   CHECK(contains(err({"algo.name=grpoo"}), "grpo"));
   CHECK(contains(err({"model.path=missing"}), "missing: not a model directory"));
-  CHECK(contains(err({"data.train=nope.jsonl"}), "nope.jsonl"));
+  CHECK(contains(err({"data.train=nope.jsonl"}), "nope.jsonl does not exist; make a synthetic set with `flotilla data make"));
   CHECK(contains(err({"algo.group_size=1"}), "group_size must be at least 2"));
   CHECK(contains(err({"reward.kind=model"}), "model.reward"));
   CHECK(contains(err({"workers=[{role: critic}]"}), "does not use a 'critic' role"));
