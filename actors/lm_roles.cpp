@@ -175,15 +175,7 @@ void save_trained(const models::CausalLm& lm, const algorithms::LmTrainer* train
   if (trainer) core::save_safetensors(dir / "optimizer.safetensors", trainer->state(), {});
 }
 void load_trained(models::CausalLm& lm, algorithms::LmTrainer* trainer, const fs::path& dir) {
-  at::NoGradGuard no_grad;
-  std::map<std::string, at::Tensor> w;
-  for (auto& [n, t] : core::load_safetensors(dir / "model.safetensors").tensors) w[n] = t;
-  for (auto& [name, p] : lm.named_parameters()) {
-    auto it = w.find(name);
-    if (it == w.end() || it->second.sizes() != p.sizes())
-      throw FormatError((dir / "model.safetensors").string() + ": no tensor '" + name + "' of the model's shape");
-    p.copy_(it->second.to(at::kFloat));
-  }
+  lm.load_weights(dir);
   if (trainer && fs::exists(dir / "optimizer.safetensors")) {
     std::map<std::string, at::Tensor> s;
     for (auto& [n, t] : core::load_safetensors(dir / "optimizer.safetensors").tensors) s[n] = t;
@@ -204,29 +196,33 @@ std::string scalars_json(const core::Scalars& s) {
 }
 
 // Prompts in (`prompt_tokens` [P, L] right-padded, `prompt_len` [P]); `n` samples of each out,
-// rows p*n .. p*n+n-1, in the sequence layout of algorithms/lm_trainer.hpp plus
-// `rollout_log_prob`, `response_length` and `truncated` (ended by the length limit).
+// rows p*n .. p*n+n-1, in the sequence layout of algorithms/lm_trainer.hpp plus `last` (each
+// row's last token), `rollout_log_prob`, `response_length` and `truncated` (ended by the length
+// limit).
 core::Batch generate(models::CausalLm& lm, const RlhfConfig& c, const nlohmann::json& a, const core::Batch& prompts,
                      int64_t version) {
-  models::EngineConfig ec;
-  ec.block_size = c.block_size, ec.num_blocks = c.num_blocks, ec.max_batch = c.max_batch;
-  models::GenerationEngine engine(lm, ec);  // its KV cache lives only for this call
+  // The engine's KV cache lives only for this call.
+  models::GenerationEngine engine(lm, {.block_size = c.block_size, .num_blocks = c.num_blocks, .max_batch = c.max_batch});
   engine.set_policy_version(version);
   const int n = a.value("n", 1);
   const at::Tensor pt = prompts["prompt_tokens"].contiguous(), pl = prompts["prompt_len"].contiguous();
+  const auto prompt = pt.accessor<int64_t, 2>();
+  const auto prompt_len = pl.accessor<int64_t, 1>();
   const int64_t P = pt.size(0);
+  models::SamplingParams sampling;
+  sampling.temperature = a.value("temperature", c.temperature);
+  sampling.top_p = a.value("top_p", c.top_p);
+  sampling.top_k = a.value("top_k", c.top_k);
+  sampling.max_new_tokens = a.value("max_new_tokens", c.max_new_tokens);
+  sampling.stop_tokens = a.value("stop", std::vector<int32_t>{});
+  const uint64_t seed = a.value("seed", uint64_t{0});
   for (int64_t p = 0; p < P; ++p) {
     models::GenerationRequest r;
     r.id = p;
-    const int64_t len = pl[p].item<int64_t>();
-    for (int64_t t = 0; t < len; ++t) r.prompt.push_back(static_cast<int32_t>(pt[p][t].item<int64_t>()));
+    for (int64_t t = 0; t < prompt_len[p]; ++t) r.prompt.push_back(static_cast<int32_t>(prompt[p][t]));
     r.n = n;
-    r.sampling.temperature = a.value("temperature", c.temperature);
-    r.sampling.top_p = a.value("top_p", c.top_p);
-    r.sampling.top_k = a.value("top_k", c.top_k);
-    r.sampling.max_new_tokens = a.value("max_new_tokens", c.max_new_tokens);
-    r.sampling.seed = a.value("seed", uint64_t{0}) + static_cast<uint64_t>(p) * static_cast<uint64_t>(n);
-    for (int32_t s : a.value("stop", std::vector<int32_t>{})) r.sampling.stop_tokens.push_back(s);
+    r.sampling = sampling;
+    r.sampling.seed = seed + static_cast<uint64_t>(p) * static_cast<uint64_t>(n);
     engine.submit(std::move(r));
   }
   std::vector<models::Generation> gens = engine.run();
@@ -236,25 +232,28 @@ core::Batch generate(models::CausalLm& lm, const RlhfConfig& c, const nlohmann::
   const int64_t B = P * n;
   if (static_cast<int64_t>(gens.size()) != B) throw Error("the engine returned " + std::to_string(gens.size()) + " of " + std::to_string(B) + " samples");
   int64_t T = 1;
-  for (const auto& g : gens) T = std::max(T, pl[g.request_id].item<int64_t>() + static_cast<int64_t>(g.tokens.size()));
+  for (const auto& g : gens) T = std::max(T, prompt_len[g.request_id] + static_cast<int64_t>(g.tokens.size()));
   at::Tensor tokens = at::zeros({B, T}, at::kLong), mask = at::zeros({B, T - 1}), lp = at::zeros({B, T - 1});
-  at::Tensor resp_len = at::zeros({B}, at::kLong), truncated = at::zeros({B});
+  at::Tensor resp_len = at::zeros({B}, at::kLong), last = at::zeros({B}, at::kLong), truncated = at::zeros({B});
+  auto tok = tokens.accessor<int64_t, 2>();
+  auto m = mask.accessor<float, 2>(), l = lp.accessor<float, 2>();
   for (int64_t b = 0; b < B; ++b) {
     const auto& g = gens[static_cast<size_t>(b)];
-    const int64_t len = pl[g.request_id].item<int64_t>();
-    tokens[b].slice(0, 0, len).copy_(pt[g.request_id].slice(0, 0, len));
-    const int64_t R = static_cast<int64_t>(g.tokens.size());
-    if (R) {
-      tokens[b].slice(0, len, len + R).copy_(at::tensor(std::vector<int64_t>(g.tokens.begin(), g.tokens.end()), at::kLong));
-      mask[b].slice(0, len - 1, len - 1 + R).fill_(1.0);
-      lp[b].slice(0, len - 1, len - 1 + R).copy_(at::tensor(g.logprobs));
+    const int64_t len = prompt_len[g.request_id], R = static_cast<int64_t>(g.tokens.size());
+    for (int64_t t = 0; t < len; ++t) tok[b][t] = prompt[g.request_id][t];
+    for (int64_t i = 0; i < R; ++i) {
+      tok[b][len + i] = g.tokens[static_cast<size_t>(i)];
+      m[b][len - 1 + i] = 1.0f;
+      l[b][len - 1 + i] = g.logprobs[static_cast<size_t>(i)];
     }
     resp_len[b] = R;
+    last[b] = len + R - 1;
     truncated[b] = g.finish_reason == "length" ? 1.0 : 0.0;
   }
   core::Batch out;
   out.set("tokens", tokens);
   out.set("response_mask", mask);
+  out.set("last", last);
   out.set("rollout_log_prob", lp);
   out.set("response_length", resp_len);
   out.set("truncated", truncated);
@@ -344,13 +343,7 @@ class LmWorker final : public Role {
   }
 
   at::Tensor reward_scores(models::CausalLm& lm, const core::Batch& b) const {
-    at::NoGradGuard no_grad;
-    std::vector<at::Tensor> parts;
-    for (int64_t i = 0; i < b.size(); i += c_.actor_optim.micro_batch) {
-      const int64_t e = std::min(b.size(), i + c_.actor_optim.micro_batch);
-      parts.push_back(lm.rewards(b["tokens"].slice(0, i, e), b["last"].slice(0, i, e)));
-    }
-    return parts.empty() ? at::zeros({0}) : at::cat(parts);
+    return algorithms::sequence_rewards(lm, b["tokens"], b["last"], c_.actor_optim.micro_batch);
   }
 
   bool hosts(const std::string& role) const {

@@ -67,13 +67,24 @@ const std::map<std::string, AdvantageEstimator>& estimators() {
   return m;
 }
 
-// Log-probs of each row's next tokens from logits [B, T, V], and the entropy per position.
-std::pair<at::Tensor, at::Tensor> next_token_log_probs(const at::Tensor& logits, const at::Tensor& tokens) {
-  const at::Tensor lsm = at::log_softmax(logits.slice(1, 0, -1), -1);
-  const at::Tensor lp = lsm.gather(2, tokens.slice(1, 1).unsqueeze(2)).squeeze(2);
-  const at::Tensor entropy = -(lsm.exp() * lsm).sum(-1);
-  return {lp, entropy};
+// Log-softmax at the log-prob positions, and the log-probs of each row's next tokens from it.
+at::Tensor position_log_softmax(const at::Tensor& logits) { return at::log_softmax(logits.slice(1, 0, -1), -1); }
+at::Tensor next_token_log_probs(const at::Tensor& lsm, const at::Tensor& tokens) {
+  return lsm.gather(2, tokens.slice(1, 1).unsqueeze(2)).squeeze(2);
 }
+
+// `f` over the rows of `tokens`, `micro` at a time, without gradients, concatenated along the
+// rows; `empty` when there are none (a data-parallel rank's empty chunk).
+template <class F>
+at::Tensor in_micro_batches(const at::Tensor& tokens, int64_t micro, at::Tensor empty, F f) {
+  torch::NoGradGuard no_grad;
+  std::vector<at::Tensor> parts;
+  const int64_t rows = tokens.size(0);
+  for (int64_t b = 0; b < rows; b += micro) parts.push_back(f(b, std::min(rows, b + micro)));
+  return parts.empty() ? empty : at::cat(parts);
+}
+
+at::Tensor no_positions(const at::Tensor& tokens) { return at::zeros({0, std::max<int64_t>(tokens.size(1) - 1, 0)}); }
 
 }  // namespace
 
@@ -118,9 +129,15 @@ LmTrainer::~LmTrainer() = default;
 
 namespace {
 
-// Runs `epochs` passes of `mini_batches` optimizer steps over the batch; `loss_of` returns a
-// micro-batch's loss already weighted by its share of the mini-batch, and adds its statistics.
-// Rows stay in groups of `row_group` (DPO and reward-model pairs) when shuffled and split.
+// A micro-batch's share of its mini-batch, by rows and by response tokens (where there is a mask).
+struct Share {
+  double rows = 1, tokens = 1;
+};
+
+// Runs `epochs` passes of `mini_batches` optimizer steps over the batch; `loss_of(micro, share,
+// stats)` returns a micro-batch's loss weighted by its share of the mini-batch, and adds its
+// statistics. Rows stay in groups of `row_group` (DPO and reward-model pairs) when shuffled and
+// split, micro-batches included.
 template <class LossOf>
 core::Scalars train_loop(const core::Batch& batch, const LmOptimConfig& o, uint64_t seed, std::vector<torch::Tensor>& params,
                          torch::optim::Adam& adam, const LmTrainer::GradientSync& sync, const std::string& prefix,
@@ -141,15 +158,18 @@ core::Scalars train_loop(const core::Batch& batch, const LmOptimConfig& o, uint6
     const core::Batch shuffled = batch.size() ? batch.index(order) : batch;
     std::vector<int64_t> sizes = core::chunk_sizes(groups, o.mini_batches);
     for (auto& n : sizes) n *= row_group;
+    const int64_t micro = std::max(row_group, o.micro_batch - o.micro_batch % row_group);
     for (const core::Batch& mini : shuffled.split(sizes)) {
       adam.zero_grad();
       const int64_t rows = mini.size();
-      for (int64_t begin = 0; begin < rows; begin += o.micro_batch) {
-        int64_t end = std::min(rows, begin + o.micro_batch);
-        end -= (end - begin) % row_group;
-        if (end <= begin) break;
+      const bool masked = mini.contains("response_mask");
+      const double mini_tokens = masked ? std::max(1.0, mini["response_mask"].sum().item<double>()) : 1.0;
+      for (int64_t begin = 0; begin < rows; begin += micro) {
+        const core::Batch part = mini.slice(begin, std::min(rows, begin + micro));
+        const Share share{static_cast<double>(part.size()) / static_cast<double>(rows),
+                          masked ? part["response_mask"].sum().item<double>() / mini_tokens : 1.0};
         core::Scalars stats;
-        torch::Tensor loss = loss_of(mini.slice(begin, end), mini, stats);
+        torch::Tensor loss = loss_of(part, share, stats);
         loss.backward();
         for (const auto& [k, v] : stats) sums[k] += v;
         ++counted;
@@ -179,13 +199,10 @@ core::Scalars train_loop(const core::Batch& batch, const LmOptimConfig& o, uint6
 
 core::Scalars LmTrainer::update_policy(const core::Batch& batch, const PolicyLossConfig& c, uint64_t seed) {
   const bool dpo = c.loss == "dpo";
-  auto loss_of = [&](const core::Batch& micro, const core::Batch& mini, core::Scalars& stats) {
+  auto loss_of = [&](const core::Batch& micro, Share share, core::Scalars& stats) {
     const at::Tensor& mask = micro["response_mask"];
-    auto [lp, entropy] = next_token_log_probs(model_.forward(micro["tokens"]), micro["tokens"]);
-    const double mini_tokens = std::max(1.0, mini["response_mask"].sum().item<double>());
-    const double share_tokens = mask.sum().item<double>() / mini_tokens;
-    const double share_rows = static_cast<double>(micro.size()) / std::max<int64_t>(mini.size(), 1);
-    const double share = c.aggregation == "token-mean" && !dpo ? share_tokens : share_rows;
+    const at::Tensor lsm = position_log_softmax(model_.forward(micro["tokens"]));
+    const at::Tensor lp = next_token_log_probs(lsm, micro["tokens"]);
     torch::Tensor loss;
     if (c.loss == "sft") {
       loss = sft_loss(lp, mask);
@@ -221,16 +238,16 @@ core::Scalars LmTrainer::update_policy(const core::Batch& batch, const PolicyLos
     } else {
       throw ConfigError("policy loss '" + c.loss + "' is not one of ppo, dpo, sft");
     }
-    const at::Tensor ent = masked_mean(entropy, mask);
+    const at::Tensor ent = masked_mean(-(lsm.exp() * lsm).sum(-1), mask);
     if (c.entropy_coef > 0) loss = loss - c.entropy_coef * ent;
     stats.push_back({"actor/entropy", ent.item<double>()});
-    return loss * share;
+    return loss * (c.aggregation == "token-mean" && !dpo ? share.tokens : share.rows);
   };
   return train_loop(batch, optim_, seed, impl_->params, *impl_->adam, sync_, "actor", loss_of, dpo ? 2 : 1);
 }
 
 core::Scalars LmTrainer::update_critic(const core::Batch& batch, double clip, uint64_t seed) {
-  auto loss_of = [&](const core::Batch& micro, const core::Batch& mini, core::Scalars& stats) {
+  auto loss_of = [&](const core::Batch& micro, Share share, core::Scalars& stats) {
     const at::Tensor& mask = micro["response_mask"];
     const at::Tensor v = model_.scores(micro["tokens"]).slice(1, 0, -1);
     const at::Tensor old = micro["values"], ret = micro["returns"];
@@ -240,21 +257,20 @@ core::Scalars LmTrainer::update_critic(const core::Batch& batch, double clip, ui
     stats.push_back({"critic/vf_loss", loss.item<double>()});
     stats.push_back({"critic/vf_clipfrac", masked_mean((l2 > l1).to(at::kFloat), mask).item<double>()});
     stats.push_back({"critic/vpred_mean", masked_mean(v.detach(), mask).item<double>()});
-    const double mini_tokens = std::max(1.0, mini["response_mask"].sum().item<double>());
-    return loss * (mask.sum().item<double>() / mini_tokens);
+    return loss * share.tokens;
   };
   return train_loop(batch, optim_, seed, impl_->params, *impl_->adam, sync_, "critic", loss_of);
 }
 
 core::Scalars LmTrainer::update_reward_model(const core::Batch& batch, uint64_t seed) {
-  auto loss_of = [&](const core::Batch& micro, const core::Batch& mini, core::Scalars& stats) {
+  auto loss_of = [&](const core::Batch& micro, Share share, core::Scalars& stats) {
     const at::Tensor r = model_.rewards(micro["tokens"], micro["last"]);
     const at::Tensor margin = r.slice(0, 0, {}, 2) - r.slice(0, 1, {}, 2);
     const torch::Tensor loss = -at::log_sigmoid(margin).mean();
     stats.push_back({"reward_model/loss", loss.item<double>()});
     stats.push_back({"reward_model/accuracy", (margin > 0).to(at::kFloat).mean().item<double>()});
     stats.push_back({"reward_model/margin", margin.detach().mean().item<double>()});
-    return loss * (static_cast<double>(micro.size()) / std::max<int64_t>(mini.size(), 1));
+    return loss * share.rows;
   };
   return train_loop(batch, optim_, seed, impl_->params, *impl_->adam, sync_, "reward_model", loss_of, 2);
 }
@@ -266,21 +282,20 @@ void LmTrainer::load_state(const std::map<std::string, at::Tensor>& tensors) {
 }
 
 at::Tensor sequence_log_probs(models::CausalLm& model, const at::Tensor& tokens, int64_t micro_batch) {
-  torch::NoGradGuard no_grad;
-  std::vector<at::Tensor> parts;
-  for (int64_t b = 0; b < tokens.size(0); b += micro_batch) {
-    const at::Tensor t = tokens.slice(0, b, std::min(tokens.size(0), b + micro_batch));
-    parts.push_back(next_token_log_probs(model.forward(t), t).first);
-  }
-  return parts.empty() ? at::zeros({0, std::max<int64_t>(tokens.size(1) - 1, 0)}) : at::cat(parts);
+  return in_micro_batches(tokens, micro_batch, no_positions(tokens), [&](int64_t b, int64_t e) {
+    const at::Tensor t = tokens.slice(0, b, e);
+    return next_token_log_probs(position_log_softmax(model.forward(t)), t);
+  });
 }
 
 at::Tensor sequence_values(models::CausalLm& model, const at::Tensor& tokens, int64_t micro_batch) {
-  torch::NoGradGuard no_grad;
-  std::vector<at::Tensor> parts;
-  for (int64_t b = 0; b < tokens.size(0); b += micro_batch)
-    parts.push_back(model.scores(tokens.slice(0, b, std::min(tokens.size(0), b + micro_batch))).slice(1, 0, -1));
-  return parts.empty() ? at::zeros({0, std::max<int64_t>(tokens.size(1) - 1, 0)}) : at::cat(parts);
+  return in_micro_batches(tokens, micro_batch, no_positions(tokens),
+                          [&](int64_t b, int64_t e) { return model.scores(tokens.slice(0, b, e)).slice(1, 0, -1); });
+}
+
+at::Tensor sequence_rewards(models::CausalLm& model, const at::Tensor& tokens, const at::Tensor& last, int64_t micro_batch) {
+  return in_micro_batches(tokens, micro_batch, at::zeros({0}),
+                          [&](int64_t b, int64_t e) { return model.rewards(tokens.slice(0, b, e), last.slice(0, b, e)); });
 }
 
 }  // namespace flotilla::algorithms

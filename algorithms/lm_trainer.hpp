@@ -104,5 +104,7 @@ class LmTrainer {
 at::Tensor sequence_log_probs(models::CausalLm& model, const at::Tensor& tokens, int64_t micro_batch = 16);
 // The value head at every log-prob position, [B, T-1], without gradients.
 at::Tensor sequence_values(models::CausalLm& model, const at::Tensor& tokens, int64_t micro_batch = 16);
+// The reward head at each row's `last` token, [B], without gradients.
+at::Tensor sequence_rewards(models::CausalLm& model, const at::Tensor& tokens, const at::Tensor& last, int64_t micro_batch = 16);
 
 }  // namespace flotilla::algorithms

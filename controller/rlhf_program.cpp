@@ -177,9 +177,10 @@ class RlhfProgram final : public Program {
       }
       ++step;
       const auto ts = clock_type::now();
-      core::Scalars row = train_step(sampler, step);
+      core::Scalars row;
+      const double tokens = train_step(sampler, step, row);
       row.push_back({"timing_s/step", seconds_since(ts)});
-      row.push_back({"perf/throughput", tokens_ / std::max(seconds_since(ts), 1e-9)});
+      row.push_back({"perf/throughput", tokens / std::max(seconds_since(ts), 1e-9)});
       ctx.metrics.log(step, row);
       if (eval_every_ > 0 && (step % eval_every_ == 0 || step == steps_) && !val_.examples.empty()) log_eval(ctx, step, result);
       if ((ckpt_every_ > 0 && step % ckpt_every_ == 0) || step == steps_) checkpoint(ctx.dir, step, sampler);
@@ -203,46 +204,44 @@ class RlhfProgram final : public Program {
   }
 
  private:
-  // ---- one training step per algorithm family ----
+  // ---- one training step per algorithm family: metrics into `row`, tokens processed returned ----
 
-  core::Scalars train_step(Sampler& sampler, int64_t step) {
-    tokens_ = 0;
-    if (c_.algo == "sft") return sft_step(sampler, step);
-    if (c_.algo == "reward_model" || c_.algo == "dpo") return pair_step(sampler, step);
-    return rl_step(sampler, step);
+  static double tokens_in(const core::Batch& sequences) { return (sequences["last"] + 1).sum().item<double>(); }
+
+  double train_step(Sampler& sampler, int64_t step, core::Scalars& row) {
+    if (c_.algo == "sft") return sft_step(sampler, step, row);
+    if (c_.algo == "reward_model" || c_.algo == "dpo") return pair_step(sampler, step, row);
+    return rl_step(sampler, step, row);
   }
 
-  core::Scalars sft_step(Sampler& sampler, int64_t step) {
+  double sft_step(Sampler& sampler, int64_t step, core::Scalars& row) {
     std::vector<SequenceRow> rows;
     for (int64_t i : sampler.next(c_.batch_size)) rows.push_back({&ex(i).prompt, &ex(i).response});
     core::Batch batch = sequence_batch(rows);
-    core::Scalars row = {{"response_length/mean", batch["response_mask"].sum(1).mean().item<double>()}};
-    tokens_ = (batch["last"] + 1).sum().item<double>();
+    row.push_back({"response_length/mean", batch["response_mask"].sum(1).mean().item<double>()});
     update_actor(batch, step, 1, row);
-    return row;
+    return tokens_in(batch);
   }
 
   // Preference pairs: reward-model training (Bradley-Terry) or offline DPO against the reference.
-  core::Scalars pair_step(Sampler& sampler, int64_t step) {
+  double pair_step(Sampler& sampler, int64_t step, core::Scalars& row) {
     std::vector<SequenceRow> rows;
     for (int64_t i : sampler.next(c_.batch_size)) {
       rows.push_back({&ex(i).prompt, &ex(i).chosen});
       rows.push_back({&ex(i).prompt, &ex(i).rejected});
     }
     core::Batch batch = sequence_batch(rows);
-    tokens_ = (batch["last"] + 1).sum().item<double>();
-    core::Scalars row = {{"response_length/mean", batch["response_mask"].sum(1).mean().item<double>()}};
+    row.push_back({"response_length/mean", batch["response_mask"].sum(1).mean().item<double>()});
     if (c_.algo == "dpo") {
       const auto t = clock_type::now();
       batch.set("ref_log_prob", call_dp("ref", "ref.log_probs", batch, 2)["ref_log_prob"]);
       row.push_back({"timing_s/ref", seconds_since(t)});
     }
     update_actor(batch, step, 2, row);
-    return row;
+    return tokens_in(batch);
   }
 
-  core::Scalars rl_step(Sampler& sampler, int64_t step) {
-    core::Scalars row;
+  double rl_step(Sampler& sampler, int64_t step, core::Scalars& row) {
     std::vector<const Example*> prompts;
     for (int64_t i : sampler.next(c_.batch_size)) prompts.push_back(&ex(i));
     const int64_t n = c_.group_size;
@@ -252,8 +251,7 @@ class RlhfProgram final : public Program {
     core::Batch batch = generate(prompts, n, c_.temperature, seed_ * 1000003 + static_cast<uint64_t>(step));
     row.push_back({"timing_s/gen", seconds_since(t)});
     const at::Tensor resp_len = batch["response_length"].to(at::kDouble);
-    tokens_ = resp_len.sum().item<double>();
-    for (const Example* x : prompts) tokens_ += static_cast<double>(x->prompt.size() * static_cast<size_t>(n));
+    const double tokens = tokens_in(batch);
 
     // 2. reward, old log-probs, reference log-probs and values: independent, in flight together
     const auto issued = clock_type::now();
@@ -261,7 +259,7 @@ class RlhfProgram final : public Program {
     std::optional<Pending> ref_lp, values, model_scores;
     if (c_.needs_ref()) ref_lp = call_async("ref", "ref.log_probs", batch.select({"tokens"}), n);
     if (c_.uses("critic")) values = call_async("critic", "critic.values", batch.select({"tokens"}), n);
-    if (r_.kind == "model") model_scores = call_async("reward", "reward.score", with_last(batch), n);
+    if (r_.kind == "model") model_scores = call_async("reward", "reward.score", batch.select({"tokens", "last"}), n);
     at::Tensor scores = r_.kind == "model" ? at::Tensor() : text_scores(r_, batch, prompts, n, row);
     if (model_scores) scores = wait(*model_scores)["scores"].to(at::kFloat);
     row.push_back({"timing_s/reward", seconds_since(issued)});
@@ -288,7 +286,7 @@ class RlhfProgram final : public Program {
       row.push_back({"batch/kept_groups", keep.sum().item<double>()});
       if (keep.sum().item<int64_t>() == 0) {
         row.push_back({"batch/skipped", 1.0});
-        return row;
+        return tokens;
       }
       batch = batch.index(keep.nonzero().view({-1}).repeat_interleave(n) * n + at::arange(n).repeat(keep.sum().item<int64_t>()));
       scores = batch["scores"];
@@ -296,9 +294,9 @@ class RlhfProgram final : public Program {
 
     if (c_.algo == "online_dpo") {
       online_dpo_pairs(batch, n, row);
-      if (batch.size() == 0) return row;
+      if (batch.size() == 0) return tokens;
       update_actor(batch, step, 2, row);
-      return row;
+      return tokens;
     }
 
     // 4. advantages (the KL to the reference in the reward or as a loss)
@@ -338,7 +336,7 @@ class RlhfProgram final : public Program {
     std::vector<std::string> fields = {"tokens", "response_mask", "old_log_prob", "advantages"};
     if (batch.contains("ref_log_prob")) fields.push_back("ref_log_prob");
     update_actor(batch.select(fields), step, n, row);
-    return row;
+    return tokens;
   }
 
   // Online DPO: in each group the best and the worst sample (by reward) become a pair.
@@ -407,26 +405,19 @@ class RlhfProgram final : public Program {
     return wait(p);
   }
 
-  static core::Batch with_last(const core::Batch& b) {
-    core::Batch out = b.select({"tokens"});
-    const at::Tensor m = b["response_mask"];
-    // The last response token sits one past its log-prob position.
-    out.set("last", (m.size(1) - 1 - m.flip(1).argmax(1)) + 1);
-    return out;
-  }
-
   // Rule-based or external-command scores of each generated response.
   at::Tensor text_scores(const RewardConfig& reward, const core::Batch& batch, const std::vector<const Example*>& prompts,
                          int64_t n, core::Scalars& row) {
-    const at::Tensor tokens = batch["tokens"], mask = batch["response_mask"];
+    const at::Tensor tokens = batch["tokens"].contiguous(), length = batch["response_length"].contiguous();
+    const auto ids = tokens.accessor<int64_t, 2>();
+    const auto lens = length.accessor<int64_t, 1>();
     std::vector<envs::RewardQuery> queries;
     std::vector<int64_t> lengths;
     for (int64_t b = 0; b < batch.size(); ++b) {
       const Example& x = *prompts[static_cast<size_t>(b / n)];
-      const int64_t P = static_cast<int64_t>(x.prompt.size()), R = mask[b].sum().item<int64_t>();
-      const at::Tensor ids = tokens[b].slice(0, P, P + R).contiguous();
+      const int64_t P = static_cast<int64_t>(x.prompt.size()), R = lens[b];
       std::vector<int32_t> r(static_cast<size_t>(R));
-      for (int64_t i = 0; i < R; ++i) r[static_cast<size_t>(i)] = static_cast<int32_t>(ids[i].item<int64_t>());
+      for (int64_t i = 0; i < R; ++i) r[static_cast<size_t>(i)] = static_cast<int32_t>(ids[b][P + i]);
       queries.push_back({x.text.prompt, format_->decode_response(r), x.text.answer});
       lengths.push_back(R);
     }
@@ -530,7 +521,7 @@ class RlhfProgram final : public Program {
   json resume_;
   Cluster* cluster_ = nullptr;
   int64_t version_ = 0, reward_errors_ = 0;
-  double tokens_ = 0, kl_coef_ = 0;
+  double kl_coef_ = 0;
   algorithms::AdaptiveKl adaptive_kl_{0, 1, 1};
 };
 

@@ -432,6 +432,13 @@ CausalLm CausalLm::load(const fs::path& dir, const std::string& head) {
                       " model with untied embeddings (no lm_head weights)");
   if (new_head) config.head = head;
   CausalLm lm(config);
+  lm.read_weights(dir, new_head);
+  return lm;
+}
+
+void CausalLm::load_weights(const fs::path& dir) { read_weights(dir, false); }
+
+void CausalLm::read_weights(const fs::path& dir, bool new_head) {
   // Weights: one file, or shards listed by the index.
   std::map<std::string, at::Tensor> tensors;
   std::vector<fs::path> files;
@@ -457,7 +464,7 @@ CausalLm CausalLm::load(const fs::path& dir, const std::string& head) {
   for (const auto& f : files)
     for (auto& [name, t] : core::load_safetensors(f).tensors) tensors[name] = t;
   torch::NoGradGuard no_grad;
-  for (auto& p : lm.impl_->named_parameters()) {
+  for (auto& p : impl_->named_parameters()) {
     auto it = tensors.find(p.key());
     if (it == tensors.end() && new_head && p.key() == "score.weight") {
       p.value().zero_();
@@ -476,7 +483,6 @@ CausalLm CausalLm::load(const fs::path& dir, const std::string& head) {
                         "; weights must be F32, BF16 or F16");
     p.value().copy_(it->second.to(torch::kFloat));
   }
-  return lm;
 }
 
 void CausalLm::save(const fs::path& dir, const std::string& dtype) const {

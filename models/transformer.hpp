@@ -64,6 +64,9 @@ class CausalLm {
   // The same with another output head (a critic or reward model started from a policy
   // checkpoint): the body's weights are read, the new head starts at zero.
   static CausalLm load(const std::filesystem::path& dir, const std::string& head);
+  // Reads a model directory's weights into this model, which must have its config (a checkpoint
+  // of this same model); errors as for load().
+  void load_weights(const std::filesystem::path& dir);
   // Writes config.json and model.safetensors with HF names, in `dtype` ("float32", "bfloat16" or
   // "float16").
   void save(const std::filesystem::path& dir, const std::string& dtype = "float32") const;
@@ -90,6 +93,7 @@ class CausalLm {
                             const at::Tensor& slots, KvCache& cache);
 
  private:
+  void read_weights(const std::filesystem::path& dir, bool new_head);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

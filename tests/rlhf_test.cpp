@@ -135,6 +135,15 @@ TEST_CASE("pair_updates_keep_pairs_together") {
   CHECK(r[0].item<float>() > r[1].item<float>());
   CHECK(r[2].item<float>() > r[3].item<float>());
   CHECK_THROWS_WITH_AS(trainer.update_reward_model(b.slice(0, 3), 1), doctest::Contains("odd number of rows"), Error);
+  // A micro-batch smaller than a pair still takes whole pairs, and every pair of the batch.
+  models::CausalLm small = tiny_lm("reward", 6);
+  LmOptimConfig one = o;
+  one.micro_batch = 1;
+  LmTrainer by_pairs(small, one);
+  for (int i = 0; i < 40; ++i) by_pairs.update_reward_model(b, 1);
+  const at::Tensor rs = small.rewards(b["tokens"], b["last"]);
+  CHECK(rs[0].item<float>() > rs[1].item<float>());
+  CHECK(rs[2].item<float>() > rs[3].item<float>());
 
   // DPO: raising the chosen response's log-probability against the reference.
   models::CausalLm policy = tiny_lm();
