@@ -12,16 +12,18 @@
 #include "core/fs.hpp"
 #include "core/metrics.hpp"
 #include "support/cli.hpp"
+#include "support/cli_checks.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace flotilla;
 namespace fs = std::filesystem;
 
 namespace {
+using test::contains;
+using test::summary_of;
 
 const std::string kCli = FLOTILLA_TEST_CLI;
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 fs::path only_run_dir(const fs::path& runs) {
   std::vector<fs::path> dirs;
@@ -30,7 +32,6 @@ fs::path only_run_dir(const fs::path& runs) {
   return dirs[0];
 }
 
-nlohmann::json summary_of(const fs::path& run_dir) { return nlohmann::json::parse(core::read_file(run_dir / "summary.json")); }
 
 }  // namespace
 

@@ -18,9 +18,9 @@ using namespace flotilla;
 namespace fs = std::filesystem;
 
 namespace {
+using test::contains;
 const std::string kCli = FLOTILLA_TEST_CLI;
 const std::string kConfig = std::string(FLOTILLA_SOURCE_DIR) + "/configs/cartpole_ppo_distributed.yaml";
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 // Pids of worker processes whose command line mentions `marker` (their run's name directory).
 std::vector<pid_t> workers_of(const std::string& marker) {

@@ -11,8 +11,8 @@
 using namespace flotilla;
 
 namespace {
+using test::contains;
 const std::string kCli = FLOTILLA_TEST_CLI;
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 std::vector<nlohmann::json> json_lines(const std::string& text) {
   std::vector<nlohmann::json> out;
   std::istringstream in(text);

@@ -72,11 +72,7 @@ TEST_CASE("cached_decoding_gives_the_logits_of_full_recomputation") {
 
 TEST_CASE("engine_logprobs_equal_a_full_forward_pass") {
   models::CausalLm lm = spread_model();
-  models::EngineConfig c;
-  c.block_size = 4;
-  c.num_blocks = 256;
-  c.max_batch = 8;
-  c.prefill_chunk = 5;
+  const models::EngineConfig c{.block_size = 4, .num_blocks = 256, .max_batch = 8, .prefill_chunk = 5};
   models::GenerationEngine engine(lm, c);
   GenerationRequest a = request(1, prompt_of(13, 1), 12);
   a.sampling.top_k = 20;
@@ -128,9 +124,7 @@ TEST_CASE("greedy_decoding_follows_the_argmax_and_seeds_repeat_samples") {
 
 TEST_CASE("a_group_prefills_its_prompt_once_and_shares_its_blocks") {
   models::CausalLm lm = spread_model();
-  models::EngineConfig c;
-  c.block_size = 4;
-  c.num_blocks = 64;
+  const models::EngineConfig c{.block_size = 4, .num_blocks = 64};
   models::GenerationEngine engine(lm, c);
   engine.submit(request(1, prompt_of(9, 4), 5, 1.0, 4));
   const auto out = engine.run();
@@ -144,9 +138,7 @@ TEST_CASE("a_group_prefills_its_prompt_once_and_shares_its_blocks") {
 
 TEST_CASE("continuous_batching_refills_finished_slots") {
   models::CausalLm lm = spread_model();
-  models::EngineConfig c;
-  c.max_batch = 2;
-  models::GenerationEngine engine(lm, c);
+  models::GenerationEngine engine(lm, {.max_batch = 2});
   const std::vector<int64_t> lengths = {3, 12, 4, 5, 2};
   for (size_t i = 0; i < lengths.size(); ++i) engine.submit(request(static_cast<int64_t>(i), prompt_of(4, static_cast<int>(i)), lengths[i]));
   std::vector<models::Generation> done;
@@ -204,11 +196,7 @@ TEST_CASE("stop_tokens_end_generation_and_aborted_requests_resume") {
 
 TEST_CASE("bad_generation_requests_name_the_problem") {
   models::CausalLm lm = spread_model();
-  models::EngineConfig c;
-  c.num_blocks = 4;
-  c.block_size = 4;
-  c.max_batch = 2;
-  models::GenerationEngine engine(lm, c);
+  models::GenerationEngine engine(lm, {.block_size = 4, .num_blocks = 4, .max_batch = 2});
   CHECK_THROWS_AS(engine.submit(request(1, {}, 4)), ConfigError);
   CHECK_THROWS_AS(engine.submit(request(2, {1, 300}, 4)), ConfigError);
   CHECK_THROWS_AS(engine.submit(request(3, {1, 2}, 4, 1.0, 3)), ConfigError);  // more samples than the batch

@@ -13,22 +13,18 @@
 #include "core/fs.hpp"
 #include "core/metrics.hpp"
 #include "support/cli.hpp"
+#include "support/cli_checks.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace flotilla;
 namespace fs = std::filesystem;
 
 namespace {
+using test::contains;
+using test::summary_of;
+using test::metric_names;
 const std::string kCli = FLOTILLA_TEST_CLI;
-std::string config(const std::string& name) { return std::string(FLOTILLA_SOURCE_DIR) + "/configs/" + name; }
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
-nlohmann::json summary_of(const fs::path& dir) { return nlohmann::json::parse(core::read_file(dir / "summary.json")); }
-std::set<std::string> metric_names(const fs::path& dir) {
-  std::set<std::string> names;
-  for (const auto& row : core::read_metrics_jsonl(dir / "metrics.jsonl"))
-    for (const auto& [k, v] : row.values) names.insert(k);
-  return names;
-}
+std::string config(const std::string& name) { return test::config_path(name); }
 }  // namespace
 
 TEST_CASE("marl_configs_run_a_short_job") {
@@ -118,22 +114,12 @@ train: {total_steps: 1000, num_steps: 25}
 
 TEST_CASE("marl_config_errors_name_the_problem") {
   test::TempDir dir;
-  auto qmix_workers = test::run_cli(kCli, {"validate", config("smax_3m_qmix.yaml"), "workers=[{role: trainer}]"}, dir.path());
-  CHECK(qmix_workers.code == 2);
-  CHECK(contains(qmix_workers.err, "one process"));
-  auto continuous = test::run_cli(kCli, {"validate", config("smax_3m_qmix.yaml"), "env.id=mpe/simple_spread",
-                                         "env.params={continuous_actions: true}"}, dir.path());
-  CHECK(continuous.code == 2);
-  CHECK(contains(continuous.err, "continuous"));
-  auto mpe_win = test::run_cli(kCli, {"validate", config("mpe_spread_mappo.yaml"), "stop.win_rate=0.5"}, dir.path());
-  CHECK(mpe_win.code == 2);
-  CHECK(contains(mpe_win.err, "no win or loss"));
-  auto typo = test::run_cli(kCli, {"validate", config("smax_3m_qmix.yaml"), "algo.name=qmx"}, dir.path());
-  CHECK(typo.code == 2);
-  CHECK(contains(typo.err, "qmix"));
-  auto bad_param = test::run_cli(kCli, {"validate", config("mpe_spread_mappo.yaml"), "env.params.N=40"}, dir.path());
-  CHECK(bad_param.code == 2);
-  CHECK(contains(bad_param.err, "N must be between 1 and 16"));
+  test::check_config_error(kCli, {"validate", config("smax_3m_qmix.yaml"), "workers=[{role: trainer}]"}, dir.path(), "one process");
+  test::check_config_error(kCli, {"validate", config("smax_3m_qmix.yaml"), "env.id=mpe/simple_spread",
+                                         "env.params={continuous_actions: true}"}, dir.path(), "continuous");
+  test::check_config_error(kCli, {"validate", config("mpe_spread_mappo.yaml"), "stop.win_rate=0.5"}, dir.path(), "no win or loss");
+  test::check_config_error(kCli, {"validate", config("smax_3m_qmix.yaml"), "algo.name=qmx"}, dir.path(), "qmix");
+  test::check_config_error(kCli, {"validate", config("mpe_spread_mappo.yaml"), "env.params.N=40"}, dir.path(), "N must be between 1 and 16");
 }
 
 TEST_CASE("env_trace_and_bench_work_on_multi_agent_envs") {
@@ -152,9 +138,7 @@ TEST_CASE("env_trace_and_bench_work_on_multi_agent_envs") {
   CHECK(lines[1]["agents"]["agent_0"]["obs"][0].get<double>() == doctest::Approx(0.5));  // pushed right
   // Each landmark has an agent under it: no distance penalty, no collision.
   CHECK(lines[2]["agents"]["agent_1"].contains("reward"));
-  auto bad = test::run_cli(kCli, {"env", "trace", "--env", "mpe/simple_spread", "--actions", "[[7,0,0]]"}, dir.path());
-  CHECK(bad.code == 2);
-  CHECK(contains(bad.err, "agent_0"));
+  test::check_config_error(kCli, {"env", "trace", "--env", "mpe/simple_spread", "--actions", "[[7,0,0]]"}, dir.path(), "agent_0");
   auto b = test::run_cli(kCli, {"bench", "env", "--env", "smax/3m", "--num-envs", "64", "--steps", "20", "--json"}, dir.path());
   REQUIRE(b.code == 0);
   auto j = nlohmann::json::parse(b.out);

@@ -10,16 +10,17 @@
 #include "core/fs.hpp"
 #include "core/metrics.hpp"
 #include "support/cli.hpp"
+#include "support/cli_checks.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace flotilla;
 namespace fs = std::filesystem;
 
 namespace {
+using test::contains;
+using test::summary_of;
 const std::string kCli = FLOTILLA_TEST_CLI;
-std::string config(const std::string& name) { return std::string(FLOTILLA_SOURCE_DIR) + "/configs/" + name; }
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
-nlohmann::json summary_of(const fs::path& dir) { return nlohmann::json::parse(core::read_file(dir / "summary.json")); }
+std::string config(const std::string& name) { return test::config_path(name); }
 }  // namespace
 
 TEST_CASE("rl_configs_run_a_short_job_with_every_metric_and_a_checkpoint") {
@@ -111,21 +112,11 @@ TEST_CASE("rl_non_finite_loss_stops_with_the_iteration_and_keeps_the_last_checkp
 
 TEST_CASE("rl_bad_config_values_exit_2_before_running") {
   test::TempDir dir;
-  auto r = test::run_cli(kCli, {"validate", config("cartpole_ppo.yaml"), "algo.nam=ppo"}, dir.path());
-  CHECK(r.code == 2);
-  CHECK(contains(r.err, "did you mean 'name'?"));
-  auto bad_algo = test::run_cli(kCli, {"validate", config("cartpole_ppo.yaml"), "algo.name=ppp"}, dir.path());
-  CHECK(bad_algo.code == 2);
-  CHECK(contains(bad_algo.err, "did you mean 'ppo'?"));
-  auto gamma = test::run_cli(kCli, {"validate", config("pendulum_ppo.yaml"), "algo.gamma=1.5"}, dir.path());
-  CHECK(gamma.code == 2);
-  CHECK(contains(gamma.err, "algo.gamma: expected a value in [0, 1]"));
-  auto dist = test::run_cli(kCli, {"validate", config("cartpole_ppo.yaml"), "model.distribution=diag_gaussian"}, dir.path());
-  CHECK(dist.code == 2);
-  CHECK(contains(dist.err, "does not fit the action space Discrete(2)"));
-  auto eval = test::run_cli(kCli, {"eval", dir.path().string()}, dir.path());
-  CHECK(eval.code == 2);
-  CHECK(contains(eval.err, "no checkpoint"));
+  test::check_config_error(kCli, {"validate", config("cartpole_ppo.yaml"), "algo.nam=ppo"}, dir.path(), "did you mean 'name'?");
+  test::check_config_error(kCli, {"validate", config("cartpole_ppo.yaml"), "algo.name=ppp"}, dir.path(), "did you mean 'ppo'?");
+  test::check_config_error(kCli, {"validate", config("pendulum_ppo.yaml"), "algo.gamma=1.5"}, dir.path(), "algo.gamma: expected a value in [0, 1]");
+  test::check_config_error(kCli, {"validate", config("cartpole_ppo.yaml"), "model.distribution=diag_gaussian"}, dir.path(), "does not fit the action space Discrete(2)");
+  test::check_config_error(kCli, {"eval", dir.path().string()}, dir.path(), "no checkpoint");
 }
 
 TEST_CASE("rl_bench_train_reports_per_seed_and_median") {

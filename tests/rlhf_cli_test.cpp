@@ -12,15 +12,18 @@
 #include "core/fs.hpp"
 #include "core/metrics.hpp"
 #include "support/cli.hpp"
+#include "support/cli_checks.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace flotilla;
 namespace fs = std::filesystem;
 
 namespace {
+using test::contains;
+using test::metric_names;
+using test::rows_of;
 const std::string kCli = FLOTILLA_TEST_CLI;
-std::string config(const std::string& name) { return std::string(FLOTILLA_SOURCE_DIR) + "/configs/rlhf/" + name; }
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+std::string config(const std::string& name) { return test::config_path("rlhf/" + name); }
 
 // A tiny model and the addition task's data sets, made as a user makes them.
 struct Workspace {
@@ -52,18 +55,6 @@ struct Workspace {
   }
 };
 
-std::map<int64_t, std::map<std::string, double>> rows_of(const fs::path& run) {
-  std::map<int64_t, std::map<std::string, double>> rows;
-  for (const auto& r : core::read_metrics_jsonl(run / "metrics.jsonl"))
-    for (const auto& [k, v] : r.values) rows[r.step][k] = v;
-  return rows;
-}
-std::set<std::string> metric_names(const fs::path& run) {
-  std::set<std::string> names;
-  for (const auto& [step, row] : rows_of(run))
-    for (const auto& [k, v] : row) names.insert(k);
-  return names;
-}
 const std::vector<std::string> kRl = {"data.train=data/train.jsonl", "data.val=val.jsonl", "train.steps=2", "eval.every=2",
                                       "algo.batch_size=4"};
 }  // namespace
@@ -211,24 +202,22 @@ TEST_CASE("external_reward_command_errors_stop_or_score_zero_as_configured") {
 
 TEST_CASE("rlhf_config_errors_name_the_problem") {
   Workspace w;
-  auto err = [&](std::vector<std::string> overrides) {
+  auto check = [&](std::vector<std::string> overrides, const std::string& expected) {
     std::vector<std::string> args = {"validate", config("addition_grpo.yaml"), "model.path=init", "data.train=data/train.jsonl",
                                      "data.val=val.jsonl"};
     args.insert(args.end(), overrides.begin(), overrides.end());
-    auto r = test::run_cli(kCli, args, w.path(), w.path());
-    CHECK(r.code != 0);
-    return r.err;
+    test::check_config_error(kCli, args, w.path(), expected);
   };
-  CHECK(contains(err({"algo.name=grpoo"}), "grpo"));
-  CHECK(contains(err({"model.path=missing"}), "missing: not a model directory"));
-  CHECK(contains(err({"data.train=nope.jsonl"}), "nope.jsonl does not exist; make a synthetic set with `flotilla data make"));
-  CHECK(contains(err({"algo.group_size=1"}), "group_size must be at least 2"));
-  CHECK(contains(err({"reward.kind=model"}), "model.reward"));
-  CHECK(contains(err({"workers=[{role: critic}]"}), "does not use a 'critic' role"));
-  CHECK(contains(err({"workers=[{role: rollout}]"}), "placement: colocated"));
-  CHECK(contains(err({"data.max_prompt_tokens=5", "data.overlong_prompts=error"}), "over data.max_prompt_tokens"));
-  CHECK(contains(err({"data.max_prompt_tokens=5"}), "no examples left"));
-  CHECK(contains(err({"data.chat_template=hello"}), "{prompt}"));
-  CHECK(contains(err({"algo.overlong.buffer=64"}), "rollout.max_new_tokens"));
-  CHECK(contains(err({"data.kind=sft"}), "grpo trains on verifiable data"));
+  check({"algo.name=grpoo"}, "grpo");
+  check({"model.path=missing"}, "missing: not a model directory");
+  check({"data.train=nope.jsonl"}, "nope.jsonl does not exist; make a synthetic set with `flotilla data make");
+  check({"algo.group_size=1"}, "group_size must be at least 2");
+  check({"reward.kind=model"}, "model.reward");
+  check({"workers=[{role: critic}]"}, "does not use a 'critic' role");
+  check({"workers=[{role: rollout}]"}, "placement: colocated");
+  check({"data.max_prompt_tokens=5", "data.overlong_prompts=error"}, "over data.max_prompt_tokens");
+  check({"data.max_prompt_tokens=5"}, "no examples left");
+  check({"data.chat_template=hello"}, "{prompt}");
+  check({"algo.overlong.buffer=64"}, "rollout.max_new_tokens");
+  check({"data.kind=sft"}, "grpo trains on verifiable data");
 }

@@ -96,4 +96,6 @@ inline CliResult run_cli(const std::string& binary, const std::vector<std::strin
   return CliProcess(binary, args, dir, cwd).wait();
 }
 
+inline bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
 }  // namespace flotilla::test
