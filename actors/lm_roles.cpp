@@ -102,9 +102,9 @@ RlhfConfig RlhfConfig::read(core::ConfigView root) {
   if (c.algo != "reward_model") c.roles.push_back("rollout");  // also for validation generations
   if (c.needs_ref()) c.roles.push_back("ref");
   if (c.algo == "ppo") c.roles.push_back("critic");
-  const std::string reward_kind = root.section("reward").get<std::string>("kind", "rule");
-  if (reward_kind == "model" && c.generates()) c.roles.push_back("reward");
-  if (reward_kind == "model" && c.reward_path.empty() && c.generates())
+  c.reward_kind = root.section("reward").choice("kind", "rule", {"rule", "model", "command"});
+  if (c.reward_kind == "model" && c.generates()) c.roles.push_back("reward");
+  if (c.reward_kind == "model" && c.reward_path.empty() && c.generates())
     model.fail("reward", "reward.kind: model needs model.reward, a reward-model directory (train one with algo.name: reward_model)");
 
   c.placement = root.choice("placement", "colocated", {"colocated", "split"});
@@ -287,8 +287,9 @@ class LmWorker final : public Role {
       return CallResult{std::to_string(version_), b};
     });
     m.add("actor.save", [this](const std::string& args, const core::Batch&) {
-      if (info_.rank == 0) save_trained(need(actor_, "actor"), parse_args(args).value("optimizer", true) ? actor_trainer_.get() : nullptr,
-                                        parse_args(args).at("dir").get<std::string>());
+      const nlohmann::json a = parse_args(args);
+      if (info_.rank == 0)
+        save_trained(need(actor_, "actor"), a.value("optimizer", true) ? actor_trainer_.get() : nullptr, a.at("dir").get<std::string>());
       return CallResult{std::to_string(version_), {}};
     });
     m.add("actor.load", [this](const std::string& args, const core::Batch&) {

@@ -35,6 +35,8 @@ struct RlhfConfig {
   double value_clip = 0.2;
   algorithms::PolicyLossConfig loss;
   algorithms::LmOptimConfig actor_optim, critic_optim;
+  // reward:
+  std::string reward_kind = "rule";  // rule, model (served by reward workers) or command
   // rollout:
   int64_t max_new_tokens = 32;
   double temperature = 1.0, top_p = 1.0;

@@ -84,7 +84,7 @@ class RlhfProgram final : public Program {
     d_.overlong_prompts = data.choice("overlong_prompts", "filter", {"filter", "truncate", "error"});
 
     core::ConfigView reward = root.section("reward");
-    r_.kind = reward.choice("kind", "rule", {"rule", "model", "command"});
+    r_.kind = c_.reward_kind;
     r_.rule = reward.choice("rule", "exact", {"exact", "numeric"});
     r_.format = reward.get<std::string>("format", "");
     r_.format_weight = reward.get<double>("format_weight", r_.format.empty() ? 0.0 : 0.1, core::at_least(0.0));
