@@ -2,6 +2,7 @@
 // Programs: the dataflows `flotilla run` can drive (single-process RL, distributed RL, RLHF),
 // chosen by the experiment's `program:` key and registered by name.
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -53,6 +54,19 @@ class Program {
   virtual void resume(const std::filesystem::path& run_dir) {
     throw ConfigError(run_dir.string() + ": this program keeps no checkpoints to resume from");
   }
+};
+
+// Seconds a run has trained, counting those before a resume.
+class TrainClock {
+ public:
+  explicit TrainClock(double before = 0) : before_(before), start_(std::chrono::steady_clock::now()) {}
+  double seconds() const {
+    return before_ + std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+
+ private:
+  double before_;
+  std::chrono::steady_clock::time_point start_;
 };
 
 // Builds a program from the experiment's config, reading (and so validating) its own keys.

@@ -79,8 +79,7 @@ class QProgram final : public Program {
 
   RunResult run(RunContext& ctx) override {
     at::set_num_threads(experiment_.deterministic ? 1 : torch_threads_);
-    const auto start = clock_type::now();
-    auto train_time = [&] { return elapsed_before_ + std::chrono::duration<double>(clock_type::now() - start).count(); };
+    const TrainClock clock(elapsed_before_);
     const int64_t n = env_->num_envs();
     RunResult result;
     while (global_step_ < total_steps_) {
@@ -132,17 +131,17 @@ class QProgram final : public Program {
       row.push_back({"charts/epsilon", epsilon});
       row.push_back({"charts/replay_episodes", static_cast<double>(replay_.size())});
       row.insert(row.end(), losses.begin(), losses.end());
-      row.push_back({"perf/sps", global_step_ / std::max(train_time(), 1e-9)});
+      row.push_back({"perf/sps", global_step_ / std::max(clock.seconds(), 1e-9)});
       row.push_back({"timing_s/rollout", std::chrono::duration<double>(t1 - t0).count()});
       row.push_back({"timing_s/update", std::chrono::duration<double>(t2 - t1).count()});
       ctx.metrics.log(global_step_, row);
       ctx.report_progress(global_step_);
-      if (stop_.stops(window_, global_step_, train_time(), result)) break;
-      if (checkpoint_every_ > 0 && iteration_ % checkpoint_every_ == 0) checkpoint(ctx.dir, train_time());
+      if (stop_.stops(window_, global_step_, clock.seconds(), result)) break;
+      if (checkpoint_every_ > 0 && iteration_ % checkpoint_every_ == 0) checkpoint(ctx.dir, clock.seconds());
     }
-    checkpoint(ctx.dir, train_time());
+    checkpoint(ctx.dir, clock.seconds());
     result.summary.push_back({"global_step", static_cast<double>(global_step_)});
-    result.summary.push_back({"train_time_s", train_time()});
+    result.summary.push_back({"train_time_s", clock.seconds()});
     add_window_summary(window_, result);
     return result;
   }

@@ -137,8 +137,7 @@ class RlProgram final : public Program {
     // Steps count env steps: a multi-agent env's agent rows are A rows per env.
     const int64_t batch = n * T / std::max<int64_t>(1, agent_.env->spec().layout.agents);
     const int64_t iterations = (train_.total_steps + batch - 1) / batch;
-    const auto start = clock_type::now();
-    auto train_time = [&] { return elapsed_before_ + std::chrono::duration<double>(clock_type::now() - start).count(); };
+    const TrainClock clock(elapsed_before_);
     RunResult result;
     while (iteration_ < iterations) {
       if (ctx.stop_requested.load()) {
@@ -163,19 +162,19 @@ class RlProgram final : public Program {
       row.insert(row.end(), stats.begin(), stats.end());
       const double rollout_s = std::chrono::duration<double>(t1 - t0).count();
       const double update_s = std::chrono::duration<double>(t2 - t1).count();
-      row.push_back({"perf/sps", global_step_ / std::max(train_time(), 1e-9)});
+      row.push_back({"perf/sps", global_step_ / std::max(clock.seconds(), 1e-9)});
       row.push_back({"timing_s/rollout", rollout_s});
       row.push_back({"timing_s/update", update_s});
       ctx.metrics.log(global_step_, row);
       ctx.report_progress(global_step_);
 
-      if (stop_.stops(window_, global_step_, train_time(), result)) break;
+      if (stop_.stops(window_, global_step_, clock.seconds(), result)) break;
       if (train_.checkpoint_every > 0 && iteration_ % train_.checkpoint_every == 0) checkpoint(ctx.dir);
     }
     checkpoint(ctx.dir);
     result.summary.push_back({"iterations", static_cast<double>(iteration_)});
     result.summary.push_back({"global_step", static_cast<double>(global_step_)});
-    result.summary.push_back({"train_time_s", train_time()});
+    result.summary.push_back({"train_time_s", clock.seconds()});
     add_window_summary(window_, result);
     return result;
   }

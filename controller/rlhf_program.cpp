@@ -158,16 +158,18 @@ class RlhfProgram final : public Program {
 
     Sampler sampler(static_cast<int64_t>(train_.examples.size()), seed_);
     int64_t start = 0;
+    double elapsed_before = 0;  // training seconds before a resume
     if (!resume_.is_null()) {
       start = resume_.at("step").get<int64_t>();
       sampler.restore(resume_.at("sampler"));
       kl_coef_ = resume_.value("kl_coef", kl_coef_);
+      elapsed_before = resume_.value("train_time_s", 0.0);
       load_models(ctx.dir / resume_.at("dir").get<std::string>(), start);
       spdlog::info("resumed at step {} from {}", start, resume_.at("dir").get<std::string>());
     }
     ctx.report_progress(start);
     RunResult result;
-    const auto t0 = clock_type::now();
+    const TrainClock clock(elapsed_before);
     if (start == 0 && eval_at_start_ && !val_.examples.empty()) log_eval(ctx, 0, result);
     int64_t step = start;
     while (step < steps_) {
@@ -183,10 +185,10 @@ class RlhfProgram final : public Program {
       row.push_back({"perf/throughput", tokens / std::max(seconds_since(ts), 1e-9)});
       ctx.metrics.log(step, row);
       if (eval_every_ > 0 && (step % eval_every_ == 0 || step == steps_) && !val_.examples.empty()) log_eval(ctx, step, result);
-      if ((ckpt_every_ > 0 && step % ckpt_every_ == 0) || step == steps_) checkpoint(ctx.dir, step, sampler);
+      if ((ckpt_every_ > 0 && step % ckpt_every_ == 0) || step == steps_) checkpoint(ctx.dir, step, sampler, clock.seconds());
       ctx.report_progress(step);
     }
-    if (result.exit_reason == "interrupted" && step > start) checkpoint(ctx.dir, step, sampler);
+    if (result.exit_reason == "interrupted" && step > start) checkpoint(ctx.dir, step, sampler, clock.seconds());
     if (step > start || start == 0) {
       const fs::path final_dir = ctx.dir / "final";
       cluster.run(c_.group_of("actor"), "actor.save", json{{"dir", final_dir.string()}, {"optimizer", false}}.dump());
@@ -198,7 +200,7 @@ class RlhfProgram final : public Program {
     result.summary.push_back({"data/prompts_filtered", static_cast<double>(train_.filtered + val_.filtered)});
     result.summary.push_back({"data/prompts_truncated", static_cast<double>(train_.truncated + val_.truncated)});
     result.summary.push_back({"data/responses_truncated", static_cast<double>(train_.responses_truncated)});
-    result.summary.push_back({"train_time_s", seconds_since(t0)});
+    result.summary.push_back({"train_time_s", clock.seconds()});
     cluster_ = nullptr;
     return result;
   }
@@ -476,12 +478,12 @@ class RlhfProgram final : public Program {
 
   // ---- checkpoints ----
 
-  void checkpoint(const fs::path& run_dir, int64_t step, const Sampler& sampler) {
+  void checkpoint(const fs::path& run_dir, int64_t step, const Sampler& sampler, double train_time_s) {
     const std::string dir = "checkpoints/step-" + std::to_string(step);
     cluster_->run(c_.group_of("actor"), "actor.save", json{{"dir", (run_dir / dir / "actor").string()}}.dump());
     if (c_.uses("critic")) cluster_->run(c_.group_of("critic"), "critic.save", json{{"dir", (run_dir / dir / "critic").string()}}.dump());
     const json manifest = {{"program", "rlhf"}, {"step", step}, {"version", version_}, {"dir", dir}, {"sampler", sampler.state()},
-                           {"kl_coef", kl_coef_}};
+                           {"kl_coef", kl_coef_}, {"train_time_s", train_time_s}};
     save_checkpoint(run_dir, step, {}, manifest.dump(2), ckpt_keep_);
     // Model directories of checkpoints no longer listed go too.
     std::set<std::string> kept;

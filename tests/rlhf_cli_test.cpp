@@ -166,8 +166,12 @@ TEST_CASE("rlhf_resume_continues_exactly_where_the_checkpoint_left_off") {
   REQUIRE(at != std::string::npos);
   yaml.replace(at, 8, "steps: 4");
   core::write_file_atomically(w.path() / "half" / "config.yaml", [&](std::ostream& o) { o << yaml; });
+  const auto manifest = nlohmann::json::parse(core::read_file(w.path() / "half" / "checkpoints" / "ckpt-2.json"));
+  const double trained_before = manifest.at("train_time_s").get<double>();
+  CHECK(trained_before > 0);
   auto resumed = test::run_cli(kCli, {"resume", "-q", "half"}, w.path(), w.path());
   REQUIRE_MESSAGE(resumed.code == 0, resumed.err);
+  CHECK(test::summary_of(w.path() / "half")["train_time_s"].get<double>() > trained_before);  // counts on from the checkpoint
   auto a = rows_of(w.path() / "full"), b = rows_of(w.path() / "half");
   for (int64_t step : {3, 4}) {
     CAPTURE(step);
