@@ -114,10 +114,7 @@ class DistributedRl final : public Program {
     std::map<std::string, double> wait_share;
     while (true) {
       cluster.check();
-      if (ctx.stop_requested.load()) {
-        result.exit_reason = "interrupted";
-        break;
-      }
+      if (interrupted(ctx, result)) break;
       for (auto& m : cluster.metrics(std::chrono::milliseconds(100))) {
         // Every worker's own figures, under its name (episode returns are aggregated below).
         core::Scalars own;

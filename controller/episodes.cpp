@@ -1,5 +1,7 @@
 #include "controller/episodes.hpp"
 
+#include "core/fs.hpp"
+
 #include <cmath>
 #include <cstdio>
 
@@ -111,6 +113,19 @@ bool StopRule::stops(const EpisodeWindow& w, int64_t step, double time_s, RunRes
 void add_window_summary(const EpisodeWindow& w, RunResult& result) {
   if (!w.returns().empty()) result.summary.push_back({"recent_mean_return", w.mean_return()});
   if (w.has_wins()) result.summary.push_back({"recent_win_rate", w.win_rate()});
+}
+
+nlohmann::ordered_json rl_manifest(int64_t iteration, int64_t global_step, double train_time_s, const EpisodeWindow& w,
+                                   const std::string& env_id, const std::filesystem::path& run_dir) {
+  nlohmann::ordered_json m;
+  m["iteration"] = iteration;
+  m["global_step"] = global_step;
+  m["train_time_s"] = train_time_s;
+  m["recent_returns"] = w.returns();
+  m["recent_wins"] = w.wins();
+  m["env"] = env_id;
+  m["config"] = core::read_file(run_dir / "config.yaml");
+  return m;
 }
 
 }  // namespace flotilla::controller

@@ -7,6 +7,9 @@
 #include <vector>
 
 #include <ATen/core/Tensor.h>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
 
 #include "controller/program.hpp"
 #include "core/config.hpp"
@@ -71,6 +74,11 @@ struct StopRule {
   // solved_at_time_s, and returns true.
   bool stops(const EpisodeWindow& w, int64_t step, double time_s, RunResult& result) const;
 };
+
+// The manifest fields every RL checkpoint shares: iteration, step, training seconds, the episode
+// window, the env and the run's config.
+nlohmann::ordered_json rl_manifest(int64_t iteration, int64_t global_step, double train_time_s, const EpisodeWindow& w,
+                                   const std::string& env_id, const std::filesystem::path& run_dir);
 
 // recent_mean_return and recent_win_rate of the window, for summary.json.
 void add_window_summary(const EpisodeWindow& w, RunResult& result);

@@ -43,6 +43,14 @@ struct RunResult {
   std::vector<std::pair<std::string, double>> summary;  // extra numbers for summary.json
 };
 
+// True once Ctrl-C asked the run to stop, with `result` marked "interrupted": a program's loop
+// ends its current step and breaks.
+inline bool interrupted(const RunContext& ctx, RunResult& result) {
+  if (!ctx.stop_requested.load()) return false;
+  result.exit_reason = "interrupted";
+  return true;
+}
+
 class Program {
  public:
   virtual ~Program() = default;

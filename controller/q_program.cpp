@@ -83,10 +83,7 @@ class QProgram final : public Program {
     const int64_t n = env_->num_envs();
     RunResult result;
     while (global_step_ < total_steps_) {
-      if (ctx.stop_requested.load()) {
-        result.exit_reason = "interrupted";
-        break;
-      }
+      if (interrupted(ctx, result)) break;
       const auto t0 = clock_type::now();
       FinishedEpisodes finished;
       const double epsilon = config_.epsilon(global_step_);
@@ -150,14 +147,7 @@ class QProgram final : public Program {
   void checkpoint(const fs::path& dir, double train_time) {
     NamedTensors tensors = learner_->state();
     tensors.emplace_back("rng", gen_.get_state());
-    nlohmann::ordered_json m;
-    m["iteration"] = iteration_;
-    m["global_step"] = global_step_;
-    m["train_time_s"] = train_time;
-    m["recent_returns"] = window_.returns();
-    m["recent_wins"] = window_.wins();
-    m["env"] = env_->spec().id;
-    m["config"] = core::read_file(dir / "config.yaml");
+    const nlohmann::ordered_json m = rl_manifest(iteration_, global_step_, train_time, window_, env_->spec().id, dir);
     save_checkpoint(dir, iteration_, tensors, m.dump(2), checkpoint_keep_);
   }
 

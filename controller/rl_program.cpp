@@ -140,10 +140,7 @@ class RlProgram final : public Program {
     const TrainClock clock(elapsed_before_);
     RunResult result;
     while (iteration_ < iterations) {
-      if (ctx.stop_requested.load()) {
-        result.exit_reason = "interrupted";
-        break;
-      }
+      if (interrupted(ctx, result)) break;
       const auto t0 = clock_type::now();
       auto [data, finished] = rollout(T);
       const auto t1 = clock_type::now();
@@ -169,9 +166,9 @@ class RlProgram final : public Program {
       ctx.report_progress(global_step_);
 
       if (stop_.stops(window_, global_step_, clock.seconds(), result)) break;
-      if (train_.checkpoint_every > 0 && iteration_ % train_.checkpoint_every == 0) checkpoint(ctx.dir);
+      if (train_.checkpoint_every > 0 && iteration_ % train_.checkpoint_every == 0) checkpoint(ctx.dir, clock.seconds());
     }
-    checkpoint(ctx.dir);
+    checkpoint(ctx.dir, clock.seconds());
     result.summary.push_back({"iterations", static_cast<double>(iteration_)});
     result.summary.push_back({"global_step", static_cast<double>(global_step_)});
     result.summary.push_back({"train_time_s", clock.seconds()});
@@ -229,7 +226,7 @@ class RlProgram final : public Program {
     return {b, finished};
   }
 
-  void checkpoint(const fs::path& dir) {
+  void checkpoint(const fs::path& dir, double train_time) {
     NamedTensors tensors;
     for (const auto& [name, t] : agent_.policy->named_parameters()) tensors.emplace_back("policy." + name, t.detach());
     for (auto& t : algo_->state()) tensors.push_back(t);
@@ -239,14 +236,7 @@ class RlProgram final : public Program {
     if (train_.norm_reward)
       for (auto& t : reward_scaler_->state("reward_scaler")) tensors.push_back(t);
     tensors.emplace_back("rng", gen_.get_state());
-    nlohmann::ordered_json m;
-    m["iteration"] = iteration_;
-    m["global_step"] = global_step_;
-    m["train_time_s"] = elapsed_before_;
-    m["recent_returns"] = window_.returns();
-    m["recent_wins"] = window_.wins();
-    m["env"] = agent_.env->spec().id;
-    m["config"] = core::read_file(dir / "config.yaml");
+    nlohmann::ordered_json m = rl_manifest(iteration_, global_step_, train_time, window_, agent_.env->spec().id, dir);
     m["config_hash"] = std::to_string(std::hash<std::string>{}(m["config"].get<std::string>()));
     save_checkpoint(dir, iteration_, tensors, m.dump(2), train_.checkpoint_keep);
   }

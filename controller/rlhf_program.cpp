@@ -173,10 +173,7 @@ class RlhfProgram final : public Program {
     if (start == 0 && eval_at_start_ && !val_.examples.empty()) log_eval(ctx, 0, result);
     int64_t step = start;
     while (step < steps_) {
-      if (ctx.stop_requested.load()) {
-        result.exit_reason = "interrupted";
-        break;
-      }
+      if (interrupted(ctx, result)) break;
       ++step;
       const auto ts = clock_type::now();
       core::Scalars row;

@@ -1,5 +1,6 @@
 // The single-process RL program in-process: deterministic resume and checkpoints.
 #include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
 
 #include <atomic>
 #include <algorithm>
@@ -67,6 +68,9 @@ TEST_CASE("rl_resume_is_identical_to_an_uninterrupted_run_when_deterministic") {
     CHECK(reason == "interrupted");
     REQUIRE(first.size() == 3);
     CHECK(controller::latest_checkpoint(tmp.path() / "b")->filename() == "ckpt-3.json");
+    // The checkpoint keeps the seconds trained so far (a resumed run counts on from them).
+    const auto manifest = nlohmann::json::parse(core::read_file(*controller::latest_checkpoint(tmp.path() / "b")));
+    CHECK(manifest.at("train_time_s").get<double>() > 0);
     auto rest = run_program(config, tmp.path() / "b", o, 0, true);
     REQUIRE(rest.size() == 5);
     first.insert(first.end(), rest.begin(), rest.end());
