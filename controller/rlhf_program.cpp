@@ -282,12 +282,13 @@ class RlhfProgram final : public Program {
     if (c_.dynamic_sampling) {
       const at::Tensor g = scores.view({-1, n});
       const at::Tensor keep = (g.amax(1) - g.amin(1)) > 1e-9;
-      row.push_back({"batch/kept_groups", keep.sum().item<double>()});
-      if (keep.sum().item<int64_t>() == 0) {
+      const int64_t kept = keep.sum().item<int64_t>();
+      row.push_back({"batch/kept_groups", static_cast<double>(kept)});
+      if (kept == 0) {
         row.push_back({"batch/skipped", 1.0});
         return tokens;
       }
-      batch = batch.index(keep.nonzero().view({-1}).repeat_interleave(n) * n + at::arange(n).repeat(keep.sum().item<int64_t>()));
+      batch = batch.index(keep.nonzero().view({-1}).repeat_interleave(n) * n + at::arange(n).repeat(kept));
       scores = batch["scores"];
     }
 
