@@ -2,10 +2,9 @@
 
 #include <ATen/ATen.h>
 
-#include <map>
-
 #include "algorithms/advantages.hpp"
 #include "core/error.hpp"
+#include "core/registry.hpp"
 
 namespace flotilla::algorithms {
 
@@ -26,7 +25,7 @@ core::Batch Algorithm::prepare(const core::Batch& f, models::Policy& policy) con
   const int64_t T = final_obs.size(0), n = final_obs.size(1);
   fr.final_value = policy.value(final_obs.reshape({T * n, -1})).reshape({T, n});
   fr.bootstrap_value = policy.value(f["bootstrap_obs"]);
-  return training_batch(fr, advantage(), gamma(), gae_lambda());
+  return training_batch(fr, gamma(), gae_lambda());
 }
 
 void Algorithm::sync_gradients(const std::vector<at::Tensor>& params) const {
@@ -38,26 +37,31 @@ void Algorithm::sync_gradients(const std::vector<at::Tensor>& params) const {
 }
 
 namespace {
-std::map<std::string, AlgorithmFactory>& registry() {
+core::Registry<AlgorithmEntry>& registry() {
   // IPPO and MAPPO are PPO on agent rows: the policy holds the difference (local or global critic,
   // value normalization; see models::PolicyConfig).
-  static std::map<std::string, AlgorithmFactory> r = {
-      {"ppo", make_ppo}, {"ippo", make_ppo}, {"mappo", make_ppo}, {"impala", make_impala}};
+  static core::Registry<AlgorithmEntry> r("algorithm", [](auto& r) {
+    r.add("ppo", {make_ppo, {}});
+    r.add("ippo", {make_ppo, {.local_critic_only = true, .algo = "ippo"}});
+    r.add("mappo", {make_ppo, {.critic = "global", .value_norm = true, .algo = "mappo"}});
+    r.add("impala", {make_impala, {.algo = "impala"}});
+  });
   return r;
 }
 }  // namespace
 
-void register_algorithm(const std::string& name, AlgorithmFactory factory) { registry()[name] = std::move(factory); }
+void register_algorithm(const std::string& name, AlgorithmEntry entry) { registry().add(name, std::move(entry)); }
 
-std::vector<std::string> algorithm_names() {
-  std::vector<std::string> out;
-  for (const auto& [k, v] : registry()) out.push_back(k);
-  return out;
-}
+std::vector<std::string> algorithm_names() { return registry().names(); }
 
 std::unique_ptr<Algorithm> make_algorithm(const core::ConfigView& algo, models::Policy& policy) {
-  const std::string name = algo.choice("name", "ppo", algorithm_names());
-  return registry().at(name)(algo, policy);
+  return registry().at(registry().choose(algo, "name", "ppo")).make(algo, policy);
+}
+
+std::unique_ptr<models::Policy> make_policy(const core::ConfigView& root, const envs::EnvSpec& spec) {
+  const std::string name = root.section("algo").get<std::string>("name", "ppo");
+  const AlgorithmEntry* entry = registry().find(name);
+  return models::make_policy(models::PolicyConfig::read(root.section("model"), entry ? entry->policy : models::PolicyConfig::Defaults{}), spec);
 }
 
 }  // namespace flotilla::algorithms

@@ -24,10 +24,9 @@ class Algorithm {
   // One update from `batch` (fields obs, action, log_prob, value, advantage, return); `progress`
   // in [0, 1] is the share of training done (for annealing). Returns the losses/... metrics.
   virtual core::Scalars update(const core::Batch& batch, double progress, at::Generator& gen) = 0;
-  // Discount and advantage settings the rollout side needs.
+  // Discount settings the rollout side needs (GAE's gamma and lambda).
   virtual double gamma() const = 0;
   virtual double gae_lambda() const = 0;
-  virtual std::string advantage() const = 0;
   // Turns one rollout fragment into what update() takes (several prepared fragments are
   // concatenated along dim 0). A fragment is env-major: obs, action, log_prob, value, reward,
   // terminated, truncated, final_obs as [N, T, ...] and bootstrap_obs as [N, ...]. The default
@@ -53,9 +52,18 @@ class Algorithm {
 
 using AlgorithmFactory = std::function<std::unique_ptr<Algorithm>(const core::ConfigView& algo, models::Policy& policy)>;
 
-void register_algorithm(const std::string& name, AlgorithmFactory factory);
+// A registered algorithm: how to build it, and what it asks of its policy by default.
+struct AlgorithmEntry {
+  AlgorithmFactory make;
+  models::PolicyConfig::Defaults policy;
+};
+
+void register_algorithm(const std::string& name, AlgorithmEntry entry);
 std::vector<std::string> algorithm_names();
 // Reads `algo.name` and builds it; an unknown name is a ConfigError with a suggestion.
 std::unique_ptr<Algorithm> make_algorithm(const core::ConfigView& algo, models::Policy& policy);
+// The policy an experiment describes (model:, with the defaults of algo.name) for an env with
+// `spec`; weights from libtorch's default generator.
+std::unique_ptr<models::Policy> make_policy(const core::ConfigView& root, const envs::EnvSpec& spec);
 
 }  // namespace flotilla::algorithms

@@ -43,7 +43,6 @@ class Impala final : public Algorithm {
 
   double gamma() const override { return c_.gamma; }
   double gae_lambda() const override { return 1.0; }
-  std::string advantage() const override { return "vtrace"; }
   core::Batch prepare(const core::Batch& fragment, models::Policy&) const override { return fragment; }
   bool takes_gae_batches() const override { return false; }
 

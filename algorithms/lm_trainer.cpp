@@ -12,61 +12,6 @@
 namespace flotilla::algorithms {
 namespace {
 
-// The sequence reward spread over a row's response tokens.
-at::Tensor per_token(const at::Tensor& seq, const at::Tensor& mask) { return seq.unsqueeze(1) * mask; }
-
-// Sequence scores with the summed KL penalty taken off when the KL is part of the reward.
-at::Tensor penalized_scores(const AdvantageInputs& in) {
-  if (in.kl_coef <= 0 || !in.kl.defined()) return in.scores;
-  return in.scores - in.kl_coef * (in.kl * in.response_mask).sum(1);
-}
-
-Advantages gae(const AdvantageInputs& in) {
-  if (!in.values.defined()) throw ConfigError("the gae advantage estimator needs a critic's values");
-  const at::Tensor& mask = in.response_mask;
-  // Token rewards: -kl_coef * KL on every response token, the score on the last one.
-  const at::Tensor last = (mask.cumsum(1) == mask.sum(1, true)) & (mask > 0);
-  at::Tensor rewards = last.to(at::kFloat) * in.scores.unsqueeze(1);
-  if (in.kl_coef > 0 && in.kl.defined()) rewards = rewards - in.kl_coef * in.kl * mask;
-  const at::Tensor values = in.values * mask;
-  const int64_t T = mask.size(1);
-  at::Tensor adv = at::zeros_like(values), next_adv = at::zeros({mask.size(0)}), next_value = at::zeros({mask.size(0)});
-  for (int64_t t = T - 1; t >= 0; --t) {
-    const at::Tensor m = mask.select(1, t);
-    const at::Tensor delta = rewards.select(1, t) + in.gamma * next_value - values.select(1, t);
-    const at::Tensor a = (delta + in.gamma * in.lam * next_adv) * m;
-    adv.select(1, t).copy_(a);
-    // Past a row's last response token nothing flows back.
-    next_adv = a;
-    next_value = values.select(1, t);
-  }
-  Advantages out;
-  out.returns = (adv + values) * mask;
-  const at::Tensor mean = masked_mean(adv, mask);
-  const at::Tensor var = masked_mean((adv - mean).pow(2), mask);
-  out.advantages = (adv - mean) / (var + 1e-8).sqrt() * mask;
-  return out;
-}
-
-Advantages grpo(const AdvantageInputs& in) {
-  return {per_token(grpo_advantages(penalized_scores(in), in.group_size, in.norm_by_std), in.response_mask), {}};
-}
-
-Advantages rloo(const AdvantageInputs& in) {
-  return {per_token(rloo_advantages(penalized_scores(in), in.group_size), in.response_mask), {}};
-}
-
-Advantages reinforce_pp(const AdvantageInputs& in) {
-  const at::Tensor kl = in.kl.defined() ? in.kl : at::zeros_like(in.response_mask);
-  return {reinforce_pp_advantages(in.scores, kl, in.response_mask, in.kl_coef), {}};
-}
-
-const std::map<std::string, AdvantageEstimator>& estimators() {
-  static const std::map<std::string, AdvantageEstimator> m = {
-      {"gae", gae}, {"grpo", grpo}, {"rloo", rloo}, {"reinforce_pp", reinforce_pp}};
-  return m;
-}
-
 // Log-softmax at the log-prob positions, and the log-probs of each row's next tokens from it.
 at::Tensor position_log_softmax(const at::Tensor& logits) { return at::log_softmax(logits.slice(1, 0, -1), -1); }
 at::Tensor next_token_log_probs(const at::Tensor& lsm, const at::Tensor& tokens) {
@@ -87,22 +32,6 @@ at::Tensor in_micro_batches(const at::Tensor& tokens, int64_t micro, at::Tensor 
 at::Tensor no_positions(const at::Tensor& tokens) { return at::zeros({0, std::max<int64_t>(tokens.size(1) - 1, 0)}); }
 
 }  // namespace
-
-const AdvantageEstimator& advantage_estimator(const std::string& name) {
-  auto it = estimators().find(name);
-  if (it == estimators().end()) {
-    std::string known;
-    for (const auto& n : advantage_estimator_names()) known += (known.empty() ? "" : ", ") + n;
-    throw ConfigError("advantage estimator '" + name + "' is not one of " + known);
-  }
-  return it->second;
-}
-
-std::vector<std::string> advantage_estimator_names() {
-  std::vector<std::string> v;
-  for (const auto& [n, f] : estimators()) v.push_back(n);
-  return v;
-}
 
 LmOptimConfig LmOptimConfig::read(core::ConfigView s, double default_lr) {
   LmOptimConfig c;
@@ -197,53 +126,104 @@ core::Scalars train_loop(const core::Batch& batch, const LmOptimConfig& o, uint6
 
 }  // namespace
 
+namespace {
+
+// A micro-batch's log-softmax at the log-prob positions and its tokens' log-probabilities.
+struct TokenLogProbs {
+  at::Tensor lsm, lp;
+};
+TokenLogProbs token_log_probs(models::CausalLm& model, const core::Batch& micro) {
+  const at::Tensor lsm = position_log_softmax(model.forward(micro["tokens"]));
+  return {lsm, next_token_log_probs(lsm, micro["tokens"])};
+}
+
+// The entropy of the policy over the response tokens (a metric, and a bonus when configured).
+at::Tensor with_entropy(at::Tensor loss, const at::Tensor& lsm, const at::Tensor& mask, const PolicyLossConfig& c,
+                        core::Scalars& stats) {
+  const at::Tensor ent = masked_mean(-(lsm.exp() * lsm).sum(-1), mask);
+  if (c.entropy_coef > 0) loss = loss - c.entropy_coef * ent;
+  stats.push_back({"actor/entropy", ent.item<double>()});
+  return loss;
+}
+
+at::Tensor sft_policy_loss(models::CausalLm& model, const core::Batch& micro, const PolicyLossConfig& c, core::Scalars& stats) {
+  const at::Tensor& mask = micro["response_mask"];
+  const TokenLogProbs t = token_log_probs(model, micro);
+  const at::Tensor loss = sft_loss(t.lp, mask);
+  stats.push_back({"actor/sft_loss", loss.item<double>()});
+  return with_entropy(loss, t.lsm, mask, c, stats);
+}
+
+// Pairs are rows 2i (chosen) and 2i+1 (rejected).
+at::Tensor dpo_policy_loss(models::CausalLm& model, const core::Batch& micro, const PolicyLossConfig& c, core::Scalars& stats) {
+  const at::Tensor& mask = micro["response_mask"];
+  const TokenLogProbs t = token_log_probs(model, micro);
+  const at::Tensor seq = (t.lp * mask).sum(1), ref = (micro["ref_log_prob"] * mask).sum(1);
+  const at::Tensor chosen = seq.slice(0, 0, {}, 2), rejected = seq.slice(0, 1, {}, 2);
+  const at::Tensor ref_c = ref.slice(0, 0, {}, 2), ref_r = ref.slice(0, 1, {}, 2);
+  at::Tensor loss = dpo_loss(chosen, rejected, ref_c, ref_r, c.dpo_beta, c.dpo_kind, c.label_smoothing);
+  if (c.dpo_nll_coef > 0) {
+    // RPO: the chosen responses' token NLL keeps DPO from lowering both likelihoods.
+    const at::Tensor nll = sft_loss(t.lp.slice(0, 0, {}, 2), mask.slice(0, 0, {}, 2));
+    loss = loss + c.dpo_nll_coef * nll;
+    stats.push_back({"actor/chosen_nll", nll.item<double>()});
+  }
+  {
+    torch::NoGradGuard ng;
+    const at::Tensor margin = ((chosen - ref_c) - (rejected - ref_r)) * c.dpo_beta;
+    stats.push_back({"actor/dpo_loss", loss.item<double>()});
+    stats.push_back({"actor/reward_accuracy", (margin > 0).to(at::kFloat).mean().item<double>()});
+    stats.push_back({"actor/reward_margin", margin.mean().item<double>()});
+  }
+  return with_entropy(loss, t.lsm, mask, c, stats);
+}
+
+at::Tensor ppo_policy_loss(models::CausalLm& model, const core::Batch& micro, const PolicyLossConfig& c, core::Scalars& stats) {
+  const at::Tensor& mask = micro["response_mask"];
+  const TokenLogProbs t = token_log_probs(model, micro);
+  LmPolicyLoss pl = ppo_token_loss(t.lp, micro["old_log_prob"], micro["advantages"], mask, c.clip_low, c.clip_high, c.aggregation);
+  at::Tensor loss = pl.loss;
+  stats.push_back({"actor/pg_loss", pl.loss.item<double>()});
+  stats.push_back({"actor/pg_clipfrac", pl.clipfrac.item<double>()});
+  stats.push_back({"actor/ppo_kl", pl.approx_kl.item<double>()});
+  if (c.kl_loss_coef > 0) {
+    const at::Tensor kl = masked_mean(kl_estimate(t.lp, micro["ref_log_prob"], c.kl_estimator), mask);
+    loss = loss + c.kl_loss_coef * kl;
+    stats.push_back({"actor/kl_loss", kl.item<double>()});
+  }
+  return with_entropy(loss, t.lsm, mask, c, stats);
+}
+
+// A reward model's loss on pairs (rows 2i chosen, 2i+1 rejected) scored at each row's `last` token.
+at::Tensor bradley_terry_loss(models::CausalLm& model, const core::Batch& micro, const PolicyLossConfig&, core::Scalars& stats) {
+  const at::Tensor r = model.rewards(micro["tokens"], micro["last"]);
+  const at::Tensor margin = r.slice(0, 0, {}, 2) - r.slice(0, 1, {}, 2);
+  const at::Tensor loss = -at::log_sigmoid(margin).mean();
+  stats.push_back({"reward_model/loss", loss.item<double>()});
+  stats.push_back({"reward_model/accuracy", (margin > 0).to(at::kFloat).mean().item<double>()});
+  stats.push_back({"reward_model/margin", margin.detach().mean().item<double>()});
+  return loss;
+}
+
+}  // namespace
+
+core::Registry<PolicyLoss>& policy_losses() {
+  static core::Registry<PolicyLoss> r("policy loss", [](auto& r) {
+    r.add("ppo", {ppo_policy_loss, 1, true, "actor"});
+    r.add("sft", {sft_policy_loss, 1, true, "actor"});
+    r.add("dpo", {dpo_policy_loss, 2, false, "actor"});
+    r.add("bradley_terry", {bradley_terry_loss, 2, false, "reward_model"});
+  });
+  return r;
+}
+
 core::Scalars LmTrainer::update_policy(const core::Batch& batch, const PolicyLossConfig& c, uint64_t seed) {
-  const bool dpo = c.loss == "dpo";
+  const PolicyLoss& l = policy_losses().at(c.loss);
+  const bool by_tokens = l.token_weighted && c.aggregation == "token-mean";
   auto loss_of = [&](const core::Batch& micro, Share share, core::Scalars& stats) {
-    const at::Tensor& mask = micro["response_mask"];
-    const at::Tensor lsm = position_log_softmax(model_.forward(micro["tokens"]));
-    const at::Tensor lp = next_token_log_probs(lsm, micro["tokens"]);
-    torch::Tensor loss;
-    if (c.loss == "sft") {
-      loss = sft_loss(lp, mask);
-      stats.push_back({"actor/sft_loss", loss.item<double>()});
-    } else if (dpo) {
-      const at::Tensor seq = (lp * mask).sum(1), ref = (micro["ref_log_prob"] * mask).sum(1);
-      const at::Tensor chosen = seq.slice(0, 0, {}, 2), rejected = seq.slice(0, 1, {}, 2);
-      const at::Tensor ref_c = ref.slice(0, 0, {}, 2), ref_r = ref.slice(0, 1, {}, 2);
-      loss = dpo_loss(chosen, rejected, ref_c, ref_r, c.dpo_beta, c.dpo_kind, c.label_smoothing);
-      if (c.dpo_nll_coef > 0) {
-        // RPO: the chosen responses' token NLL keeps DPO from lowering both likelihoods.
-        const at::Tensor nll = sft_loss(lp.slice(0, 0, {}, 2), mask.slice(0, 0, {}, 2));
-        loss = loss + c.dpo_nll_coef * nll;
-        stats.push_back({"actor/chosen_nll", nll.item<double>()});
-      }
-      torch::NoGradGuard ng;
-      const at::Tensor margin = ((chosen - ref_c) - (rejected - ref_r)) * c.dpo_beta;
-      stats.push_back({"actor/dpo_loss", loss.item<double>()});
-      stats.push_back({"actor/reward_accuracy", (margin > 0).to(at::kFloat).mean().item<double>()});
-      stats.push_back({"actor/reward_margin", margin.mean().item<double>()});
-    } else if (c.loss == "ppo") {
-      LmPolicyLoss pl = ppo_token_loss(lp, micro["old_log_prob"], micro["advantages"], mask, c.clip_low, c.clip_high,
-                                       c.aggregation);
-      loss = pl.loss;
-      stats.push_back({"actor/pg_loss", pl.loss.item<double>()});
-      stats.push_back({"actor/pg_clipfrac", pl.clipfrac.item<double>()});
-      stats.push_back({"actor/ppo_kl", pl.approx_kl.item<double>()});
-      if (c.kl_loss_coef > 0) {
-        const at::Tensor kl = masked_mean(kl_estimate(lp, micro["ref_log_prob"], c.kl_estimator), mask);
-        loss = loss + c.kl_loss_coef * kl;
-        stats.push_back({"actor/kl_loss", kl.item<double>()});
-      }
-    } else {
-      throw ConfigError("policy loss '" + c.loss + "' is not one of ppo, dpo, sft");
-    }
-    const at::Tensor ent = masked_mean(-(lsm.exp() * lsm).sum(-1), mask);
-    if (c.entropy_coef > 0) loss = loss - c.entropy_coef * ent;
-    stats.push_back({"actor/entropy", ent.item<double>()});
-    return loss * (c.aggregation == "token-mean" && !dpo ? share.tokens : share.rows);
+    return l.loss(model_, micro, c, stats) * (by_tokens ? share.tokens : share.rows);
   };
-  return train_loop(batch, optim_, seed, impl_->params, *impl_->adam, sync_, "actor", loss_of, dpo ? 2 : 1);
+  return train_loop(batch, optim_, seed, impl_->params, *impl_->adam, sync_, l.prefix, loss_of, l.row_group);
 }
 
 core::Scalars LmTrainer::update_critic(const core::Batch& batch, double clip, uint64_t seed) {
@@ -260,19 +240,6 @@ core::Scalars LmTrainer::update_critic(const core::Batch& batch, double clip, ui
     return loss * share.tokens;
   };
   return train_loop(batch, optim_, seed, impl_->params, *impl_->adam, sync_, "critic", loss_of);
-}
-
-core::Scalars LmTrainer::update_reward_model(const core::Batch& batch, uint64_t seed) {
-  auto loss_of = [&](const core::Batch& micro, Share share, core::Scalars& stats) {
-    const at::Tensor r = model_.rewards(micro["tokens"], micro["last"]);
-    const at::Tensor margin = r.slice(0, 0, {}, 2) - r.slice(0, 1, {}, 2);
-    const torch::Tensor loss = -at::log_sigmoid(margin).mean();
-    stats.push_back({"reward_model/loss", loss.item<double>()});
-    stats.push_back({"reward_model/accuracy", (margin > 0).to(at::kFloat).mean().item<double>()});
-    stats.push_back({"reward_model/margin", margin.detach().mean().item<double>()});
-    return loss * share.rows;
-  };
-  return train_loop(batch, optim_, seed, impl_->params, *impl_->adam, sync_, "reward_model", loss_of, 2);
 }
 
 std::vector<std::pair<std::string, at::Tensor>> LmTrainer::state() const { return adam_state(*impl_->adam, impl_->params); }

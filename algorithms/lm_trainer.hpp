@@ -1,7 +1,7 @@
 #pragma once
 // Training language models for RLHF: the actor (policy losses: PPO-clip for PPO, GRPO, RLOO and
-// REINFORCE++; DPO; SFT), the critic (clipped value loss), the reward model (Bradley-Terry), and
-// the advantage estimators, each chosen by name from a registry as in verl.
+// REINFORCE++; DPO; SFT), the critic (clipped value loss) and the reward model (Bradley-Terry).
+// The advantage estimators are in algorithms/advantages.hpp.
 //
 // Sequence batches (core::Batch) share one layout: `tokens` [B, T] int64, prompt then response,
 // right-padded; `response_mask` [B, T-1] float, 1 where log-prob position t (predicting token t+1)
@@ -17,33 +17,13 @@
 #include "core/batch.hpp"
 #include "core/config.hpp"
 #include "core/metrics.hpp"
+#include "core/registry.hpp"
 
 namespace flotilla::models {
 class CausalLm;
 }
 
 namespace flotilla::algorithms {
-
-// ---- advantage estimators ----
-
-struct AdvantageInputs {
-  at::Tensor scores;         // [B] sequence rewards (KL penalties excluded)
-  at::Tensor response_mask;  // [B, T-1]
-  at::Tensor kl;             // [B, T-1] per-token KL to the reference, or undefined
-  double kl_coef = 0;        // > 0: the KL is part of the reward
-  at::Tensor values;         // [B, T-1] critic values (gae only)
-  int64_t group_size = 1;    // consecutive rows per prompt
-  double gamma = 1.0, lam = 0.95;
-  bool norm_by_std = true;   // grpo: divide by the group's std
-};
-struct Advantages {
-  at::Tensor advantages, returns;  // [B, T-1]; returns only for gae
-};
-using AdvantageEstimator = std::function<Advantages(const AdvantageInputs&)>;
-// "gae" (PPO with a critic), "grpo", "rloo", "reinforce_pp". An unknown name is a ConfigError
-// listing the known ones.
-const AdvantageEstimator& advantage_estimator(const std::string& name);
-std::vector<std::string> advantage_estimator_names();
 
 // ---- the trainers ----
 
@@ -57,7 +37,7 @@ struct LmOptimConfig {
 };
 
 struct PolicyLossConfig {
-  std::string loss = "ppo";  // ppo, dpo, sft
+  std::string loss = "ppo";  // a policy_losses() name: ppo, dpo, sft, bradley_terry
   double clip_low = 0.2, clip_high = 0.2;
   std::string aggregation = "token-mean";  // token-mean, seq-mean, seq-sum
   double kl_loss_coef = 0;                 // > 0: KL to the reference as a loss term
@@ -69,6 +49,15 @@ struct PolicyLossConfig {
   double dpo_nll_coef = 0;  // > 0: plus the chosen responses' NLL (RPO)
 };
 
+// A policy loss by name: the loss of one micro-batch, adding its statistics to `stats`.
+struct PolicyLoss {
+  std::function<at::Tensor(models::CausalLm& model, const core::Batch& micro, const PolicyLossConfig& c, core::Scalars& stats)> loss;
+  int64_t row_group = 1;       // rows that stay together when batches are shuffled and split (pairs)
+  bool token_weighted = true;  // with token-mean aggregation a micro-batch counts by its response tokens, else by rows
+  std::string prefix = "actor";  // of the statistics the update adds (grad_norm)
+};
+core::Registry<PolicyLoss>& policy_losses();
+
 // Adam over one model's parameters with gradient clipping; `sync` (if set) averages gradients
 // over data-parallel ranks before each step.
 class LmTrainer {
@@ -79,13 +68,11 @@ class LmTrainer {
   void set_gradient_sync(GradientSync sync) { sync_ = std::move(sync); }
   const LmOptimConfig& optim() const { return optim_; }
 
-  // The actor's update on a batch (fields per the loss); returns actor/* statistics.
+  // The actor's update on a batch with the loss `loss.loss` names (fields per the loss); returns
+  // its statistics (actor/*, or reward_model/* for a reward head's Bradley-Terry loss).
   core::Scalars update_policy(const core::Batch& batch, const PolicyLossConfig& loss, uint64_t seed);
   // The critic's clipped value loss on `values` (old) and `returns`; returns critic/* statistics.
   core::Scalars update_critic(const core::Batch& batch, double value_clip, uint64_t seed);
-  // The reward model's Bradley-Terry loss on pairs (rows 2i chosen, 2i+1 rejected) with `last`
-  // [B] the index of each row's last token; returns reward_model/* statistics.
-  core::Scalars update_reward_model(const core::Batch& batch, uint64_t seed);
 
   // Optimizer state as named tensors for checkpoints, and back.
   std::vector<std::pair<std::string, at::Tensor>> state() const;

@@ -17,7 +17,6 @@ PPOConfig PPOConfig::read(const core::ConfigView& a) {
   c.anneal_lr = a.get<bool>("anneal_lr", c.anneal_lr);
   c.gamma = a.get<double>("gamma", c.gamma, core::in_range(0.0, 1.0));
   c.gae_lambda = a.get<double>("gae_lambda", c.gae_lambda, core::in_range(0.0, 1.0));
-  c.advantage = a.choice("advantage", c.advantage, advantage_names());
   c.num_minibatches = a.get<int>("num_minibatches", c.num_minibatches, core::at_least(1));
   c.update_epochs = a.get<int>("update_epochs", c.update_epochs, core::at_least(1));
   c.norm_adv = a.get<bool>("norm_adv", c.norm_adv);
@@ -72,7 +71,6 @@ class PPO final : public Algorithm {
 
   double gamma() const override { return c_.gamma; }
   double gae_lambda() const override { return c_.gae_lambda; }
-  std::string advantage() const override { return c_.advantage; }
 
   core::Scalars update(const core::Batch& batch, double progress, at::Generator& gen) override {
     const double lr = c_.anneal_lr ? c_.lr * (1.0 - progress) : c_.lr;

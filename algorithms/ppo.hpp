@@ -14,7 +14,6 @@ struct PPOConfig {
   bool anneal_lr = true;
   double gamma = 0.99;
   double gae_lambda = 0.95;
-  std::string advantage = "gae";
   int num_minibatches = 4;
   int update_epochs = 4;
   bool norm_adv = true;

@@ -7,15 +7,27 @@
 
 #include "algorithms/adam_state.hpp"
 #include "core/error.hpp"
+#include "core/registry.hpp"
 
 namespace flotilla::algorithms {
 
-std::vector<std::string> q_learner_names() { return {"iql", "vdn", "qmix"}; }
+namespace {
+// The value-based learners by algo.name, each with the mixer it uses.
+core::Registry<std::string>& q_learners() {
+  static core::Registry<std::string> r("value-based algorithm", [](auto& r) {
+    r.add("iql", "none");
+    r.add("vdn", "vdn");
+    r.add("qmix", "qmix");
+  });
+  return r;
+}
+}  // namespace
+
+std::vector<std::string> q_learner_names() { return q_learners().names(); }
 
 QConfig QConfig::read(const core::ConfigView& a) {
   QConfig c;
-  const std::string name = a.choice("name", "qmix", q_learner_names());
-  c.mixer = name == "iql" ? "none" : name;
+  c.mixer = q_learners().at(q_learners().choose(a, "name", "qmix"));
   c.lr = a.get<double>("lr", c.lr, core::greater_than(0.0));
   c.gamma = a.get<double>("gamma", c.gamma, core::in_range(0.0, 1.0));
   c.hidden = a.get<std::vector<int64_t>>("hidden", c.hidden);

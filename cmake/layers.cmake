@@ -1,7 +1,7 @@
 # One static library per layer. The include direction of ARCHITECTURE.md is enforced by what each
 # layer can see: its include root holds links to its own folder and to the folders above it only,
 # so `#include "actors/..."` from envs/ fails to compile.
-set(FLOTILLA_LAYERS core kernels envs models algorithms actors controller)
+set(FLOTILLA_LAYERS core kernels envs models algorithms runtime actors controller)
 
 function(flotilla_layer name)
   cmake_parse_arguments(ARG "" "" "SOURCES;LINK" ${ARGN})

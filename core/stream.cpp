@@ -32,7 +32,9 @@ class ZmqSampleReceiver final : public SampleReceiver {
         if (!m) return std::nullopt;
         auto env = m->envelope();
         if (!env.isSamples()) throw DecodeError("unexpected-type", "a sample stream got a message that is not samples");
-        return Samples{m->batch(env.getSamples().getBatch()), env.getSamples().getPolicyVersion(), env.getSender().cStr()};
+        Samples s{m->batch(env.getSamples().getBatch()), env.getSamples().getPolicyVersion(), env.getSender().cStr(), {}};
+        for (auto v : env.getSamples().getStats()) s.stats.emplace_back(v.getName().cStr(), v.getValue());
+        return s;
       } catch (const DecodeError& e) {
         drops_.record(e, "sample stream " + endpoint_);
         if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
@@ -62,10 +64,15 @@ class ZmqSampleSender final : public SampleSender {
       throw Error("cannot connect the sample stream to '" + endpoint + "': " + e.what());
     }
   }
-  void send(const Batch& batch, int64_t policy_version) override {
+  void send(const Batch& batch, int64_t policy_version, const Scalars& stats) override {
     OutMessage m(name_);
     auto samples = m.envelope().initSamples();
     samples.setPolicyVersion(policy_version);
+    auto list = samples.initStats(static_cast<unsigned>(stats.size()));
+    for (unsigned i = 0; i < stats.size(); ++i) {
+      list[i].setName(stats[i].first);
+      list[i].setValue(stats[i].second);
+    }
     m.put_batch(samples.initBatch(), batch);
     if (!m.send(socket_))
       throw TimeoutError("sample stream: no consumer at '" + endpoint_ + "' took a batch within " +
@@ -88,11 +95,11 @@ struct Queue {
 class QueueSender final : public SampleSender {
  public:
   QueueSender(std::shared_ptr<Queue> q, std::string name) : q_(std::move(q)), name_(std::move(name)) {}
-  void send(const Batch& batch, int64_t version) override {
+  void send(const Batch& batch, int64_t version, const Scalars& stats) override {
     std::unique_lock lock(q_->mutex);
     if (!q_->changed.wait_for(lock, std::chrono::seconds(30), [&] { return q_->items.size() < q_->capacity; }))
       throw TimeoutError("in-process sample stream: the consumer took nothing for 30 s (queue full)");
-    q_->items.push_back({batch, version, name_});
+    q_->items.push_back({batch, version, name_, stats});
     q_->changed.notify_all();
   }
 
@@ -226,7 +233,7 @@ class ZmqInferenceServer final : public InferenceServer {
         Batch b = m->batch(req.getBatch());
         const std::string route(static_cast<const char*>(m->route().data()), m->route().size());
         if (inputs.empty()) deadline = std::chrono::steady_clock::now() + max_delay;  // the first starts the clock
-        out.parts.push_back({route, req.getId(), b.size()});
+        out.parts.push_back({route, req.getId(), b.size(), {req.getMinVersion(), req.getSeed()}});
         rows += b.size();
         inputs.push_back(std::move(b));
       } catch (const DecodeError& e) {
@@ -267,11 +274,13 @@ class ZmqInferenceClient final : public InferenceClient {
     socket_.set(zmq::sockopt::linger, 0);
     socket_.connect(endpoint);
   }
-  uint64_t submit(const Batch& inputs) override {
+  uint64_t submit(const Batch& inputs, const InferenceTags& tags) override {
     const uint64_t id = ++next_id_;
     OutMessage m(name_);
     auto req = m.envelope().initInferenceRequest();
     req.setId(id);
+    req.setMinVersion(tags.min_version);
+    req.setSeed(tags.seed);
     m.put_batch(req.initBatch(), inputs);
     m.send(socket_);
     return id;

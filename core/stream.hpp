@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/batch.hpp"
+#include "core/metrics.hpp"
 
 namespace zmq {
 class context_t;
@@ -23,6 +24,7 @@ struct Samples {
   Batch batch;
   int64_t policy_version = 0;
   std::string sender;
+  Scalars stats;  // travels with the batch (e.g. the episodes that ended in it)
 };
 
 class SampleSender {
@@ -30,7 +32,7 @@ class SampleSender {
   virtual ~SampleSender() = default;
   // Queues the batch (its tensors are not copied); throws TimeoutError naming the endpoint when
   // the consumer does not take it within the send timeout.
-  virtual void send(const Batch& batch, int64_t policy_version) = 0;
+  virtual void send(const Batch& batch, int64_t policy_version, const Scalars& stats = {}) = 0;
 };
 
 class SampleReceiver {
@@ -82,11 +84,17 @@ std::unique_ptr<ParameterSubscriber> zmq_parameter_subscriber(zmq::context_t& co
 
 // ---- inference: DEALER -> ROUTER, batched on the server ----
 
+// What a request asks of the server beyond its inputs.
+struct InferenceTags {
+  int64_t min_version = 0;  // parameters at least this new (a lockstep run's next fragment)
+  uint64_t seed = 0;        // sample with this seed, so the actions do not depend on batching; 0: any
+};
+
 class InferenceClient {
  public:
   virtual ~InferenceClient() = default;
   // Sends `inputs` and returns at once with the request's id.
-  virtual uint64_t submit(const Batch& inputs) = 0;
+  virtual uint64_t submit(const Batch& inputs, const InferenceTags& tags = {}) = 0;
   // The reply to request `id` and its policy version; throws TimeoutError naming the server.
   virtual std::pair<Batch, int64_t> wait(uint64_t id, std::chrono::milliseconds timeout) = 0;
   std::pair<Batch, int64_t> infer(const Batch& inputs, std::chrono::milliseconds timeout) {
@@ -101,6 +109,7 @@ struct InferenceBatch {
     std::string route;
     uint64_t id;
     int64_t rows;
+    InferenceTags tags;
   };
   std::vector<Part> parts;
 };

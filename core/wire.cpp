@@ -158,6 +158,12 @@ Batch InMessage::batch(proto::BatchMeta::Reader meta) const {
   return out;
 }
 
+int64_t InMessage::payload_bytes() const {
+  int64_t n = 0;
+  for (size_t i = 1; i < frames_.size(); ++i) n += static_cast<int64_t>(frames_[i]->size());
+  return n;
+}
+
 void DropCounter::record(const DecodeError& e, const std::string& where) {
   std::lock_guard lock(mutex_);
   if (counts_[e.kind()]++ == 0)

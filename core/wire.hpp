@@ -58,6 +58,8 @@ class InMessage {
   Batch batch(proto::BatchMeta::Reader meta) const;
   // The ROUTER identity the message came from (routed receives only).
   const zmq::message_t& route() const { return *route_; }
+  // Bytes of the tensor frames (all but the envelope).
+  int64_t payload_bytes() const;
 
  private:
   std::shared_ptr<zmq::message_t> route_;

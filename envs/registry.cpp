@@ -1,9 +1,7 @@
 #include "envs/registry.hpp"
 
-#include <map>
-#include <mutex>
-
 #include "core/error.hpp"
+#include "core/registry.hpp"
 
 namespace flotilla::envs {
 
@@ -18,52 +16,31 @@ struct Entry {
   EnvFactory factory;
 };
 
-std::map<std::string, Entry>& entries() {
-  static std::map<std::string, Entry> map;
-  return map;
-}
-
-// Built-in envs join on first use, so static libraries need no registration tricks.
-std::map<std::string, Entry>& registry() {
-  static std::once_flag once;
-  std::call_once(once, [] {
+core::Registry<Entry>& registry() {
+  static core::Registry<Entry> r("env id", [](core::Registry<Entry>&) {
     register_classic_envs();
     register_mpe_envs();
     register_smax_envs();
   });
-  return entries();
+  return r;
 }
 
 }  // namespace
 
 void register_env(EnvSpec spec, EnvFactory factory) {
-  std::string id = spec.id;
-  entries()[id] = Entry{std::move(spec), std::move(factory)};
+  const std::string id = spec.id;
+  registry().add(id, Entry{std::move(spec), std::move(factory)});
 }
 
 std::vector<EnvSpec> env_specs() {
   std::vector<EnvSpec> out;
-  for (const auto& [id, e] : registry()) out.push_back(e.spec);
+  for (const auto& id : registry().names()) out.push_back(registry().at(id).spec);
   return out;
 }
 
-const EnvSpec& env_spec(const std::string& id) {
-  auto& map = registry();
-  auto it = map.find(id);
-  if (it != map.end()) return it->second.spec;
-  std::vector<std::string> ids;
-  std::string known;
-  for (const auto& [k, e] : map) {
-    ids.push_back(k);
-    known += (known.empty() ? "" : ", ") + k;
-  }
-  std::string hint = core::closest_match(id, ids);
-  throw ConfigError("unknown env id '" + id + "'" + (hint.empty() ? "" : "; did you mean '" + hint + "'?") +
-                    " (known: " + known + ")");
-}
+const EnvSpec& env_spec(const std::string& id) { return registry().at(id).spec; }
 
 std::unique_ptr<VecEnv> make_env(const std::string& id, const EnvOptions& options, const core::ConfigView* params) {
-  env_spec(id);  // a clear error for an unknown id
   return registry().at(id).factory(options, params);
 }
 

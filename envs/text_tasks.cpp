@@ -8,22 +8,11 @@
 #include <random>
 #include <regex>
 #include <sstream>
-
-#include <fcntl.h>
-#include <poll.h>
-#include <pthread.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <chrono>
-#include <cstring>
-
-extern char** environ;
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "core/process.hpp"
 
 namespace flotilla::envs {
 namespace {
@@ -198,77 +187,7 @@ std::vector<double> command_rewards(const std::string& command, const std::vecto
   for (const auto& q : queries)
     input += nlohmann::json{{"prompt", q.prompt}, {"response", q.response}, {"answer", q.answer}}.dump(
                  -1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-  int to_child[2], from_child[2];
-  if (pipe(to_child) != 0 || pipe(from_child) != 0) throw Error(who + ": cannot create pipes: " + std::strerror(errno));
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, to_child[0], 0);
-  posix_spawn_file_actions_adddup2(&actions, from_child[1], 1);
-  for (int fd : {to_child[0], to_child[1], from_child[0], from_child[1]}) posix_spawn_file_actions_addclose(&actions, fd);
-  // Its own process group, so a timeout stops everything the command started.
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
-  posix_spawnattr_setpgroup(&attr, 0);
-  const char* argv[] = {"/bin/sh", "-c", command.c_str(), nullptr};
-  pid_t pid = 0;
-  const int spawned = posix_spawn(&pid, "/bin/sh", &actions, &attr, const_cast<char**>(argv), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attr);
-  close(to_child[0]);
-  close(from_child[1]);
-  if (spawned != 0) {
-    close(to_child[1]);
-    close(from_child[0]);
-    throw Error(who + ": cannot start: " + std::strerror(spawned));
-  }
-  fcntl(to_child[1], F_SETFL, O_NONBLOCK);
-  // A program that exits without reading its input must not kill this process with SIGPIPE:
-  // the signal is blocked here, and a pending one consumed before unblocking.
-  sigset_t pipe_set, old_set;
-  sigemptyset(&pipe_set);
-  sigaddset(&pipe_set, SIGPIPE);
-  pthread_sigmask(SIG_BLOCK, &pipe_set, &old_set);
-  // Feed stdin and drain stdout together, so neither side blocks on a full pipe.
-  std::string output;
-  size_t written = 0;
-  int in_fd = to_child[1];
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
-  bool timed_out = false;
-  if (input.empty()) close(in_fd), in_fd = -1;
-  while (true) {
-    pollfd fds[2] = {{from_child[0], POLLIN, 0}, {in_fd, POLLOUT, 0}};
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
-    if (left <= 0) {
-      timed_out = true;
-      break;
-    }
-    if (poll(fds, in_fd >= 0 ? 2 : 1, static_cast<int>(left)) < 0 && errno != EINTR) break;
-    if (in_fd >= 0 && (fds[1].revents & (POLLOUT | POLLERR | POLLHUP))) {
-      const ssize_t n = write(in_fd, input.data() + written, input.size() - written);
-      if (n > 0) written += static_cast<size_t>(n);
-      if (n < 0 && errno != EAGAIN) written = input.size();  // the program stopped reading
-      if (written == input.size()) close(in_fd), in_fd = -1;
-    }
-    if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
-      char buf[65536];
-      const ssize_t n = read(from_child[0], buf, sizeof buf);
-      if (n <= 0) break;  // end of output
-      output.append(buf, static_cast<size_t>(n));
-    }
-  }
-  if (in_fd >= 0) close(in_fd);
-  close(from_child[0]);
-  timespec zero{0, 0};
-  while (sigtimedwait(&pipe_set, nullptr, &zero) > 0) {
-  }
-  pthread_sigmask(SIG_SETMASK, &old_set, nullptr);
-  if (timed_out) kill(-pid, SIGKILL);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  if (timed_out) throw Error(who + ": no complete answer within " + std::to_string(timeout_s) + " s; it was stopped");
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-    throw Error(who + ": exited with " + (WIFEXITED(status) ? "status " + std::to_string(WEXITSTATUS(status)) : "a signal"));
+  const std::string output = core::run_with_input({"/bin/sh", {"-c", command}, who}, input, std::chrono::duration<double>(timeout_s));
   std::vector<double> scores;
   std::istringstream lines(output);
   std::string line;

@@ -4,10 +4,9 @@
 
 #include <cmath>
 #include <functional>
-#include <map>
 
-#include "core/config.hpp"
 #include "core/error.hpp"
+#include "core/registry.hpp"
 
 namespace flotilla::models {
 namespace {
@@ -51,30 +50,20 @@ class DiagGaussian final : public Distribution {
   bool continuous() const override { return true; }
 };
 
-const std::map<std::string, std::function<std::unique_ptr<Distribution>()>>& registry() {
-  static const std::map<std::string, std::function<std::unique_ptr<Distribution>()>> r = {
-      {"categorical", [] { return std::make_unique<Categorical>(); }},
-      {"diag_gaussian", [] { return std::make_unique<DiagGaussian>(); }},
-  };
+using DistributionFactory = std::function<std::unique_ptr<Distribution>()>;
+
+core::Registry<DistributionFactory>& registry() {
+  static core::Registry<DistributionFactory> r("distribution", [](auto& r) {
+    r.add("categorical", [] { return std::make_unique<Categorical>(); });
+    r.add("diag_gaussian", [] { return std::make_unique<DiagGaussian>(); });
+  });
   return r;
 }
 
 }  // namespace
 
-std::vector<std::string> distribution_names() {
-  std::vector<std::string> out;
-  for (const auto& [k, v] : registry()) out.push_back(k);
-  return out;
-}
+std::vector<std::string> distribution_names() { return registry().names(); }
 
-std::unique_ptr<Distribution> make_distribution(const std::string& name) {
-  auto it = registry().find(name);
-  if (it == registry().end()) {
-    std::string hint = core::closest_match(name, distribution_names());
-    throw ConfigError("unknown distribution '" + name + "' (known: categorical, diag_gaussian)" +
-                      (hint.empty() ? "" : "; did you mean '" + hint + "'?"));
-  }
-  return it->second();
-}
+std::unique_ptr<Distribution> make_distribution(const std::string& name) { return registry().at(name)(); }
 
 }  // namespace flotilla::models

@@ -5,13 +5,13 @@
 #include <cmath>
 
 #include "core/error.hpp"
+#include "core/registry.hpp"
 #include "models/distributions.hpp"
 
 namespace flotilla::models {
 
-PolicyConfig PolicyConfig::read(const core::ConfigView& m, const std::string& algo) {
+PolicyConfig PolicyConfig::read(const core::ConfigView& m, const Defaults& defaults) {
   PolicyConfig c;
-  const bool mappo = algo == "mappo";
   c.network = m.choice("network", c.network, network_names());
   c.hidden = m.get<std::vector<int64_t>>("hidden", c.hidden);
   for (int64_t h : c.hidden)
@@ -22,21 +22,17 @@ PolicyConfig PolicyConfig::read(const core::ConfigView& m, const std::string& al
   dists.insert(dists.begin(), "auto");
   c.distribution = m.choice("distribution", c.distribution, dists);
   c.init_log_std = m.get<double>("init_log_std", c.init_log_std);
-  c.critic = m.choice("critic", mappo ? "global" : "local", {"local", "global"});
-  if (algo == "ippo" && c.critic == "global")
-    m.fail("critic", "IPPO trains independent critics on each agent's own observation; use algo.name: mappo for a "
-                     "centralized critic");
-  c.value_norm = m.get<bool>("value_norm", mappo);
+  c.critic = m.choice("critic", defaults.critic, {"local", "global"});
+  if (defaults.local_critic_only && c.critic == "global")
+    m.fail("critic", defaults.algo + " trains independent critics on each agent's own observation; use algo.name: mappo "
+                     "for a centralized critic");
+  c.value_norm = m.get<bool>("value_norm", defaults.value_norm);
   if (c.value_norm && c.shared_trunk)
     m.fail("value_norm", "value normalization needs separate actor and critic trunks (shared_trunk: false)");
   return c;
 }
 
-std::vector<std::string> network_names() { return {"mlp"}; }
-
-std::unique_ptr<Policy> make_policy(const core::ConfigView& root, const envs::EnvSpec& spec) {
-  const std::string algo = root.section("algo").get<std::string>("name", "ppo");
-  PolicyConfig c = PolicyConfig::read(root.section("model"), algo);
+std::unique_ptr<Policy> make_policy(const PolicyConfig& c, const envs::EnvSpec& spec) {
   return std::make_unique<Policy>(c, spec.observation_space, spec.action_space, spec.layout);
 }
 
@@ -62,7 +58,18 @@ torch::nn::Sequential mlp(int64_t in, const std::vector<int64_t>& hidden, const 
   return s;
 }
 
+// Trunks by `model.network`: the layers between an input of `in` features and the heads.
+using TrunkFactory = std::function<torch::nn::Sequential(int64_t in, const PolicyConfig& c)>;
+core::Registry<TrunkFactory>& networks() {
+  static core::Registry<TrunkFactory> r("network", [](auto& r) {
+    r.add("mlp", [](int64_t in, const PolicyConfig& c) { return mlp(in, c.hidden, c.activation); });
+  });
+  return r;
+}
+
 }  // namespace
+
+std::vector<std::string> network_names() { return networks().names(); }
 
 struct Policy::Impl : torch::nn::Module {
   std::unique_ptr<Distribution> dist;
@@ -94,8 +101,9 @@ struct Policy::Impl : torch::nn::Module {
     const int64_t critic_in = global_critic ? layout.critic_dim() : in;
     const int64_t head = dist->head_size(discrete ? action.n : action.numel());
     shared = c.shared_trunk;
-    actor_trunk = register_module("actor_trunk", mlp(in, c.hidden, c.activation));
-    if (!shared) critic_trunk = register_module("critic_trunk", mlp(critic_in, c.hidden, c.activation));
+    const TrunkFactory& trunk = networks().at(c.network);
+    actor_trunk = register_module("actor_trunk", trunk(in, c));
+    if (!shared) critic_trunk = register_module("critic_trunk", trunk(critic_in, c));
     actor_head = register_module("actor_head", ortho_linear(c.hidden.empty() ? in : c.hidden.back(), head, 0.01));
     critic_head = register_module("critic_head", ortho_linear(c.hidden.empty() ? critic_in : c.hidden.back(), 1, 1.0));
     if (!discrete) log_std = register_parameter("log_std", torch::full({head}, c.init_log_std));

@@ -19,6 +19,15 @@ class Generator;
 
 namespace flotilla::models {
 
+// What an algorithm asks of its policy unless the experiment says otherwise (MAPPO: a global
+// critic with value normalization; IPPO: local critics only).
+struct PolicyDefaults {
+  std::string critic = "local";
+  bool value_norm = false;
+  bool local_critic_only = false;
+  std::string algo = "ppo";  // for error messages
+};
+
 struct PolicyConfig {
   std::string network = "mlp";
   std::vector<int64_t> hidden = {64, 64};
@@ -32,8 +41,8 @@ struct PolicyConfig {
   // Value normalization (MAPPO): the critic predicts returns normalized by running statistics.
   bool value_norm = false;
 
-  // `algo` is the algorithm's name; MAPPO defaults to a global critic with value normalization.
-  static PolicyConfig read(const core::ConfigView& model, const std::string& algo = "ppo");
+  using Defaults = PolicyDefaults;
+  static PolicyConfig read(const core::ConfigView& model, const Defaults& defaults = {});
 };
 
 struct ActOutput {
@@ -86,7 +95,8 @@ class Policy {
 
 std::vector<std::string> network_names();
 
-// The policy an experiment describes (model:, algo.name, seed) for an env with `spec`.
-std::unique_ptr<Policy> make_policy(const core::ConfigView& root, const envs::EnvSpec& spec);
+// The policy `config` describes for an env with `spec` (algorithms::make_policy reads it from an
+// experiment with the algorithm's defaults).
+std::unique_ptr<Policy> make_policy(const PolicyConfig& config, const envs::EnvSpec& spec);
 
 }  // namespace flotilla::models

@@ -55,22 +55,21 @@ TEST_CASE("gae_bootstraps_truncation_from_final_obs_and_not_termination") {
   r.next_value = at::tensor(std::vector<float>{0.5f, 0.5f, 2.0f, 9.0f, 0.7f, 0.7f}).reshape({3, 2});
   r.terminated = b({0, 0, 0, 1, 0, 0}).reshape({3, 2});
   r.done = b({0, 0, 1, 1, 0, 0}).reshape({3, 2});
-  auto a = algorithms::estimate_advantages("gae", r, 0.9, 0.5);
+  auto a = algorithms::gae(r, 0.9, 0.5);
   const double a2 = 1 + 0.9 * 0.7 - 0.5;
-  CHECK(a.advantage[2][0].item<double>() == doctest::Approx(a2).epsilon(1e-6));
-  CHECK(a.advantage[1][0].item<double>() == doctest::Approx(1 + 0.9 * 2.0 - 0.5).epsilon(1e-6));
-  CHECK(a.advantage[0][0].item<double>() == doctest::Approx(0.95 + 0.45 * 2.3).epsilon(1e-6));
-  CHECK(a.advantage[1][1].item<double>() == doctest::Approx(0.5).epsilon(1e-6));
-  CHECK(a.advantage[0][1].item<double>() == doctest::Approx(0.95 + 0.45 * 0.5).epsilon(1e-6));
-  CHECK(a.ret[0][1].item<double>() == doctest::Approx(0.95 + 0.45 * 0.5 + 0.5).epsilon(1e-6));
+  CHECK(a.advantages[2][0].item<double>() == doctest::Approx(a2).epsilon(1e-6));
+  CHECK(a.advantages[1][0].item<double>() == doctest::Approx(1 + 0.9 * 2.0 - 0.5).epsilon(1e-6));
+  CHECK(a.advantages[0][0].item<double>() == doctest::Approx(0.95 + 0.45 * 2.3).epsilon(1e-6));
+  CHECK(a.advantages[1][1].item<double>() == doctest::Approx(0.5).epsilon(1e-6));
+  CHECK(a.advantages[0][1].item<double>() == doctest::Approx(0.95 + 0.45 * 0.5).epsilon(1e-6));
+  CHECK(a.returns[0][1].item<double>() == doctest::Approx(0.95 + 0.45 * 0.5 + 0.5).epsilon(1e-6));
   // lambda = 1, no episode end and next values that are the next rows' values: the value
   // target is the discounted return bootstrapped from the last next value.
   r.done.zero_();
   r.terminated.zero_();
   r.next_value[1][0] = 0.5f;
-  auto mc = algorithms::estimate_advantages("gae", r, 0.9, 1.0);
-  CHECK(mc.ret[0][0].item<double>() == doctest::Approx(1 + 0.9 * (1 + 0.9 * (1 + 0.9 * 0.7))).epsilon(1e-6));
-  CHECK_THROWS_AS(algorithms::estimate_advantages("gea", r, 0.9, 1.0), ConfigError);
+  auto mc = algorithms::gae(r, 0.9, 1.0);
+  CHECK(mc.returns[0][0].item<double>() == doctest::Approx(1 + 0.9 * (1 + 0.9 * (1 + 0.9 * 0.7))).epsilon(1e-6));
 }
 
 TEST_CASE("categorical_log_prob_entropy_and_sampling") {

@@ -1,7 +1,7 @@
 #include <doctest/doctest.h>
 
-#include "controller/experiment.hpp"
-#include "controller/progress.hpp"
+#include "controller/run/experiment.hpp"
+#include "controller/run/progress.hpp"
 #include "core/error.hpp"
 #include "support/temp_dir.hpp"
 

@@ -70,21 +70,23 @@ TEST_CASE("marl_configs_run_a_short_job") {
 
 TEST_CASE("qmix_ctrl_c_then_resume_continues_the_run") {
   test::TempDir dir;
-  auto interrupted_run = [&](const std::vector<std::string>& args) {
+  // Ctrl-C once the run has logged rows past `rows`: it has started and made progress.
+  auto interrupted_run = [&](const std::vector<std::string>& args, size_t rows) {
     test::CliProcess p(kCli, args, dir.path(), dir.path());
-    for (int i = 0; i < 500 && !fs::exists(dir.path() / "r" / "metrics.jsonl"); ++i)
+    const fs::path metrics = dir.path() / "r" / "metrics.jsonl";
+    for (int i = 0; i < 3000 && !(fs::exists(metrics) && core::read_metrics_jsonl(metrics).size() > rows + 5); ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
     p.signal(SIGINT);
     return p.wait(60);
   };
   auto first = interrupted_run({"run", config("smax_3m_qmix.yaml"), "run.dir=r", "train.total_steps=100000000",
-                                "env.num_envs=4", "algo.learning_starts=2", "algo.batch_size=2"});
+                                "env.num_envs=4", "algo.learning_starts=2", "algo.batch_size=2"},
+                               0);
   CHECK(first.code == 130);
   const double stopped_at = summary_of(dir.path() / "r")["global_step"].get<double>();
   CHECK(stopped_at > 0);
   const size_t rows_before = core::read_metrics_jsonl(dir.path() / "r" / "metrics.jsonl").size();
-  auto second = interrupted_run({"resume", "-q", "r"});
+  auto second = interrupted_run({"resume", "-q", "r"}, rows_before);
   CHECK(second.code == 130);
   CHECK(summary_of(dir.path() / "r")["global_step"].get<double>() > stopped_at);
   auto rows = core::read_metrics_jsonl(dir.path() / "r" / "metrics.jsonl");

@@ -2,6 +2,7 @@
 // update, and the MAPPO policy's critic, masks and value normalization.
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "algorithms/algorithm.hpp"
 #include "algorithms/episode_replay.hpp"
 #include "algorithms/q_learning.hpp"
 #include "core/config.hpp"
@@ -148,7 +149,7 @@ TEST_CASE("mappo_policy_reads_the_global_state_and_masks_actions") {
   auto env = envs::make_env("smax/3m", envs::EnvOptions{});
   env->reset(2);
   at::manual_seed(1);
-  auto policy = models::make_policy(cfg.root(), env->spec());
+  auto policy = algorithms::make_policy(cfg.root(), env->spec());
   CHECK(policy->value_norm());
   const envs::ObsLayout& l = env->spec().layout;
   at::Tensor obs = env->obs().clone();
@@ -167,23 +168,23 @@ TEST_CASE("mappo_policy_reads_the_global_state_and_masks_actions") {
   CHECK(mask.gather(1, sampled.unsqueeze(1)).min().item<float>() == 1.0f);
   // IPPO keeps critics local, and says so when asked for a global one.
   core::Config ippo = yaml("model: {critic: global}\nalgo: {name: ippo}\n");
-  CHECK_THROWS_AS(models::make_policy(ippo.root(), env->spec()), ConfigError);
+  CHECK_THROWS_AS(algorithms::make_policy(ippo.root(), env->spec()), ConfigError);
   core::Config single = yaml("algo: {name: mappo}\n");
-  CHECK_THROWS_AS(models::make_policy(single.root(), envs::env_spec("CartPole-v1")), ConfigError);
+  CHECK_THROWS_AS(algorithms::make_policy(single.root(), envs::env_spec("CartPole-v1")), ConfigError);
 }
 
 TEST_CASE("value_normalization_tracks_returns_and_round_trips") {
   core::Config cfg = yaml("model: {hidden: [8]}\nalgo: {name: mappo}\n");
   auto env = envs::make_env("mpe/simple_spread", envs::EnvOptions{});
   at::manual_seed(1);
-  auto policy = models::make_policy(cfg.root(), env->spec());
+  auto policy = algorithms::make_policy(cfg.root(), env->spec());
   at::Tensor returns = at::randn({4096}) * 5 + 20;
   policy->update_value_norm(returns);
   at::Tensor n = policy->normalize_value(returns);
   CHECK(n.mean().item<double>() == doctest::Approx(0.0).epsilon(0.05));
   CHECK(n.std().item<double>() == doctest::Approx(1.0).epsilon(0.05));
   // The statistics travel with the weights (flat buffers for actors, checkpoints).
-  auto copy = models::make_policy(cfg.root(), env->spec());
+  auto copy = algorithms::make_policy(cfg.root(), env->spec());
   copy->load_flat(policy->flat());
   CHECK(at::allclose(copy->normalize_value(returns), n));
 }

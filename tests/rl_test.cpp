@@ -6,8 +6,8 @@
 #include <algorithm>
 #include <filesystem>
 
-#include "controller/experiment.hpp"
-#include "controller/checkpoint.hpp"
+#include "controller/run/experiment.hpp"
+#include "controller/run/checkpoint.hpp"
 #include "core/fs.hpp"
 #include "core/metrics.hpp"
 #include "support/temp_dir.hpp"

@@ -6,9 +6,10 @@
 #include <cmath>
 #include <set>
 
+#include "algorithms/advantages.hpp"
 #include "algorithms/lm_losses.hpp"
 #include "algorithms/lm_trainer.hpp"
-#include "controller/rlhf_data.hpp"
+#include "actors/lm/data.hpp"
 #include "core/fs.hpp"
 #include "core/error.hpp"
 #include "envs/text_tasks.hpp"
@@ -39,7 +40,7 @@ TEST_CASE("gae_advantages_and_returns_by_hand") {
   in.response_mask = t2({0, 1, 1, 1, 1, 0}, 2);
   in.values = t2({9, 0.5, 0.2, 0.3, 0.4, 7}, 2);
   in.gamma = 1.0, in.lam = 0.5;
-  Advantages a = advantage_estimator("gae")(in);
+  Advantages a = advantage_estimators().at("gae")(in);
   // Row 0: delta2 = 1 - 0.2 = 0.8; delta1 = 0.2 - 0.5 = -0.3, adv1 = -0.3 + 0.5 * 0.8 = 0.1.
   CHECK(at2(a.returns, 0, 2) == doctest::Approx(1.0));
   CHECK(at2(a.returns, 0, 1) == doctest::Approx(0.6));
@@ -57,12 +58,14 @@ TEST_CASE("gae_advantages_and_returns_by_hand") {
   // The KL in the reward: -coef * kl on every response token.
   in.kl = t2({0, 0.1, 0.1, 0, 0, 0}, 2);
   in.kl_coef = 1.0;
-  Advantages k = advantage_estimator("gae")(in);
+  Advantages k = advantage_estimators().at("gae")(in);
   CHECK(at2(k.returns, 0, 2) == doctest::Approx(0.9));   // 1 - 0.1
   CHECK(at2(k.returns, 0, 1) == doctest::Approx(0.45));  // adv1 = (-0.1 + 0.2 - 0.5) + 0.5 * 0.7 = -0.05
   in.values = at::Tensor();
-  CHECK_THROWS_AS(advantage_estimator("gae")(in), ConfigError);
-  CHECK_THROWS_WITH_AS(advantage_estimator("ppo"), doctest::Contains("gae, grpo, reinforce_pp, rloo"), ConfigError);
+  CHECK_THROWS_AS(advantage_estimators().at("gae")(in), ConfigError);
+  CHECK_THROWS_WITH_AS(advantage_estimators().at("grop"),
+                       doctest::Contains("unknown advantage estimator 'grop'; did you mean 'grpo'? (known: gae, grpo, reinforce_pp, rloo)"),
+                       ConfigError);
 }
 
 TEST_CASE("grpo_over_uneven_groups") {
@@ -84,7 +87,7 @@ TEST_CASE("grpo_over_uneven_groups") {
   in.scores = at::tensor(std::vector<float>{1, 0});
   in.response_mask = t2({1, 1, 0, 1, 0, 0}, 2);
   in.group_size = 2;
-  const at::Tensor g = advantage_estimator("grpo")(in).advantages;
+  const at::Tensor g = advantage_estimators().at("grpo")(in).advantages;
   CHECK(at2(g, 0, 1) == doctest::Approx(at2(g, 0, 0)));
   CHECK(at2(g, 0, 2) == 0.0f);
   CHECK(at2(g, 1, 0) == doctest::Approx(-at2(g, 0, 0)));
@@ -126,21 +129,23 @@ TEST_CASE("pair_updates_keep_pairs_together") {
   // Pairs (chosen, rejected) that differ in the last token.
   b.set("tokens", at::tensor(std::vector<int64_t>{1, 2, 3, 1, 2, 4, 5, 6, 3, 5, 6, 4}).view({4, 3}));
   b.set("last", at::full({4}, 2, at::kLong));
+  PolicyLossConfig bt;
+  bt.loss = "bradley_terry";
   double accuracy = 0;
   for (int i = 0; i < 40; ++i)
-    for (const auto& [k, v] : trainer.update_reward_model(b, 1))
+    for (const auto& [k, v] : trainer.update_policy(b, bt, 1))
       if (k == "reward_model/accuracy") accuracy = v;
   CHECK(accuracy == doctest::Approx(1.0));
   const at::Tensor r = lm.rewards(b["tokens"], b["last"]);
   CHECK(r[0].item<float>() > r[1].item<float>());
   CHECK(r[2].item<float>() > r[3].item<float>());
-  CHECK_THROWS_WITH_AS(trainer.update_reward_model(b.slice(0, 3), 1), doctest::Contains("odd number of rows"), Error);
+  CHECK_THROWS_WITH_AS(trainer.update_policy(b.slice(0, 3), bt, 1), doctest::Contains("odd number of rows"), Error);
   // A micro-batch smaller than a pair still takes whole pairs, and every pair of the batch.
   models::CausalLm small = tiny_lm("reward", 6);
   LmOptimConfig one = o;
   one.micro_batch = 1;
   LmTrainer by_pairs(small, one);
-  for (int i = 0; i < 40; ++i) by_pairs.update_reward_model(b, 1);
+  for (int i = 0; i < 40; ++i) by_pairs.update_policy(b, bt, 1);
   const at::Tensor rs = small.rewards(b["tokens"], b["last"]);
   CHECK(rs[0].item<float>() > rs[1].item<float>());
   CHECK(rs[2].item<float>() > rs[3].item<float>());
@@ -208,18 +213,18 @@ TEST_CASE("prompts_are_formatted_tokenized_and_limited_as_configured") {
     o << "{\"prompt\": \"short\", \"response\": \"ok\"}\n{\"prompt\": \"a much longer prompt\", \"response\": \"fine\"}\n";
   });
   auto tok = models::byte_tokenizer({"<|endoftext|>", "<|im_start|>", "<|im_end|>"});
-  controller::DataConfig c;
+  actors::lm::DataConfig c;
   c.eos = "<|im_end|>";
   c.format = "chat";
   c.chat_template = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n";
   c.system = "Be brief.";
-  controller::Formatter chat(c, *tok);
+  actors::lm::Formatter chat(c, *tok);
   CHECK(chat.prompt_text("hi") ==
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
   const int32_t im_start = *tok->token_id("<|im_start|>");
   c.system.clear();
   c.max_prompt_tokens = 30;  // the chat wrapping takes 19 tokens: "short" fits, the longer one does not
-  controller::Dataset filtered = chat.load((dir.path() / "d.jsonl").string(), "sft");
+  actors::lm::Dataset filtered = chat.load((dir.path() / "d.jsonl").string(), "sft");
   CHECK(filtered.read == 2);
   CHECK(filtered.filtered == 1);
   REQUIRE(filtered.examples.size() == 1);
@@ -227,7 +232,7 @@ TEST_CASE("prompts_are_formatted_tokenized_and_limited_as_configured") {
   CHECK(filtered.examples[0].response.back() == chat.eos());
   CHECK(chat.decode_response(filtered.examples[0].response) == "ok");
   c.overlong_prompts = "truncate";
-  controller::Dataset truncated = chat.load((dir.path() / "d.jsonl").string(), "sft");
+  actors::lm::Dataset truncated = chat.load((dir.path() / "d.jsonl").string(), "sft");
   CHECK(truncated.truncated == 1);
   REQUIRE(truncated.examples.size() == 2);
   CHECK(truncated.examples[1].prompt.size() == 30u);
@@ -237,14 +242,14 @@ TEST_CASE("prompts_are_formatted_tokenized_and_limited_as_configured") {
   c.overlong_prompts = "error";
   CHECK_THROWS_WITH_AS(chat.load((dir.path() / "d.jsonl").string(), "sft"), doctest::Contains("example 2"), ConfigError);
   c.eos = "</s>";
-  CHECK_THROWS_WITH_AS(controller::Formatter(c, *tok), doctest::Contains("not a single token"), ConfigError);
+  CHECK_THROWS_WITH_AS(actors::lm::Formatter(c, *tok), doctest::Contains("not a single token"), ConfigError);
 
   // The sampler: every example once per epoch, in an order that depends on the seed and the epoch.
-  controller::Sampler s(5, 9);
+  actors::lm::Sampler s(5, 9);
   std::vector<int64_t> first = s.next(5), second = s.next(5);
   CHECK(std::set<int64_t>(first.begin(), first.end()).size() == 5);
   CHECK(std::set<int64_t>(second.begin(), second.end()).size() == 5);
-  controller::Sampler again(5, 9);
+  actors::lm::Sampler again(5, 9);
   again.restore(s.state());
   CHECK((again.next(3) == s.next(3)));
 }

@@ -1,22 +1,26 @@
-// Worker processes, worker-group RPC and the controller's monitoring, on loopback.
+// The worker runtime on loopback: typed methods and their dispatch, data kept on workers and
+// passed worker to worker, lanes, the lifecycle, and the controller's monitoring.
 #include <signal.h>
 
 #include <thread>
-#include <yaml-cpp/yaml.h>
 #include <zmq.hpp>
 
-#include "actors/collective.hpp"
-#include "controller/cluster.hpp"
-#include "controller/rlhf_data.hpp"
-#include "controller/experiment.hpp"
+#include "actors/lm/methods.hpp"
+#include "actors/rl/common.hpp"
+#include "controller/cluster/cluster.hpp"
+#include "controller/run/experiment.hpp"
 #include "core/error.hpp"
+#include "core/fs.hpp"
 #include "core/name_service.hpp"
-#include "core/names.hpp"
+#include "models/transformer.hpp"
+#include "runtime/collective.hpp"
+#include "runtime/worker.hpp"
+#include "support/echo_methods.hpp"
 #include "support/temp_dir.hpp"
 #include "support/torch_doctest.hpp"
 
 using namespace flotilla;
-using actors::Dispatch;
+using namespace flotilla::test;
 
 namespace {
 controller::ClusterOptions options() {
@@ -24,7 +28,7 @@ controller::ClusterOptions options() {
   o.executable = FLOTILLA_TEST_CLI;
   o.heartbeat = std::chrono::milliseconds(100);
   o.heartbeat_timeout = std::chrono::milliseconds(3000);  // generous: CI runs other tests beside these
-  o.call_timeout = std::chrono::milliseconds(10000);
+  o.call_timeout = std::chrono::milliseconds(20000);
   return o;
 }
 core::Batch rows(int64_t n) {
@@ -32,100 +36,182 @@ core::Batch rows(int64_t n) {
   b.set("x", at::arange(n, at::kFloat));
   return b;
 }
+std::vector<int64_t> ranks_of(const runtime::Reply<EchoScale>& r) {
+  std::vector<int64_t> out;
+  for (const auto& v : r.ranks) out.push_back(v.version);
+  return out;
+}
+// The same FNV-1a checksum the echo role computes, over the bytes of every field in order.
+double checksum(const core::Batch& b) {
+  uint64_t h = 1469598103934665603ull;
+  for (const auto& name : b.names()) {
+    const at::Tensor t = b[name].contiguous();
+    const auto* p = static_cast<const uint8_t*>(t.data_ptr());
+    for (size_t i = 0; i < t.nbytes(); ++i) h = (h ^ p[i]) * 1099511628211ull;
+  }
+  return static_cast<double>(h >> 11);
+}
+// Methods no worker has in the shape they are called: an unknown name, and two whose fields do not
+// match their wire struct.
+struct Nope {
+  static constexpr runtime::MethodSpec spec{"echo.nope"};
+  using Wire = proto::Empty;
+  using Result = runtime::Void;
+  auto fields() { return std::tie(); }
+};
+struct WrongKind {  // Scale is {factor: Float64, note: Text}
+  static constexpr runtime::MethodSpec spec{"test.wrong_kind"};
+  using Wire = proto::Scale;
+  using Result = runtime::Void;
+  int64_t factor = 0;
+  std::string note;
+  auto fields() { return std::tie(factor, note); }
+};
+struct WrongCount {
+  static constexpr runtime::MethodSpec spec{"test.wrong_count"};
+  using Wire = proto::Scale;
+  using Result = runtime::Void;
+  double factor = 0;
+  auto fields() { return std::tie(factor); }
+};
+double stat(const core::Scalars& s, const std::string& name) {
+  for (const auto& [k, v] : s)
+    if (k == name) return v;
+  FAIL("no " << name);
+  return 0;
+}
 }  // namespace
 
-TEST_CASE("rpc_dispatch_modes_and_uneven_chunks") {
+TEST_CASE("typed_dispatch_one_to_all_rank_zero_and_uneven_chunks_that_keep_groups_whole") {
   test::TempDir dir;
   controller::Cluster cluster(dir.path(), "rpc", {{"echo", 3}}, options());
   auto& g = cluster.group("echo");
-  CHECK(g.size() == 3);
-  // One to all: every rank answers; futures come back per rank.
-  auto futures = g.call("rank");
-  REQUIRE(futures.size() == 3);
-  for (int r = 0; r < 3; ++r) CHECK(futures[r].get().result == std::to_string(r));
-  // Rank zero only.
-  CHECK(g.run("rank", "", {}, Dispatch::RankZero).result == "0");
+  // One to all: every rank answers, in rank order.
+  auto all = g.call(EchoRank{}).get();
+  REQUIRE(all.ranks.size() == 3);
+  for (int r = 0; r < 3; ++r) CHECK(all.ranks[r].version == r);
+  // Rank zero: one reply, all the rows.
+  auto zero = g.call(EchoScaleOnZero{.factor = 3}, rows(4)).get();
+  REQUIRE(zero.ranks.size() == 1);
+  CHECK(zero.result().version == 4);
+  CHECK(at::equal(zero.batch["x"], at::arange(4, at::kFloat) * 3));
   // Data-parallel chunks of 7 rows over 3 ranks: 3, 2, 2, concatenated back in order.
-  auto chunked = g.call("double", "", rows(7), Dispatch::DpChunk);
-  std::vector<std::string> sizes;
-  std::vector<actors::CallResult> results;
-  for (auto& f : chunked) results.push_back(f.get());
-  for (auto& r : results) sizes.push_back(r.result);
-  CHECK((sizes == std::vector<std::string>{"3", "2", "2"}));
-  auto again = g.call("double", "", rows(7), Dispatch::DpChunk);
-  auto joined = g.collect(again, "double", Dispatch::DpChunk);
-  CHECK(at::equal(joined.batch["x"], at::arange(7, at::kFloat) * 2));
-  CHECK(at::equal(joined.batch["rank"], at::tensor(std::vector<int64_t>{0, 0, 0, 1, 1, 2, 2})));
+  auto chunked = g.call(EchoScale{.factor = 2}, rows(7)).get();
+  CHECK((ranks_of(chunked) == std::vector<int64_t>{3, 2, 2}));
+  CHECK(at::equal(chunked.batch["x"], at::arange(7, at::kFloat) * 2));
+  CHECK(at::equal(chunked.batch["rank"], at::tensor(std::vector<int64_t>{0, 0, 0, 1, 1, 2, 2})));
   // Fewer rows than ranks: the last rank gets an empty chunk and still answers.
-  auto tiny = g.run("double", "", rows(2), Dispatch::DpChunk);
+  auto tiny = g.call(EchoScale{.factor = 2}, rows(2)).get();
+  CHECK((ranks_of(tiny) == std::vector<int64_t>{1, 1, 0}));
   CHECK(tiny.batch.size() == 2);
   // Groups kept whole (GRPO groups, DPO pairs): 5 pairs over 3 ranks are 2, 2 and 1 pairs.
-  auto grouped = g.call_parts("double", "", controller::chunk_groups(rows(10), 2, 3));
-  std::vector<std::string> grouped_sizes;
-  for (auto& r : cluster.wait("echo", grouped, "double")) grouped_sizes.push_back(r.result);
-  CHECK((grouped_sizes == std::vector<std::string>{"4", "4", "2"}));
-  CHECK_THROWS_WITH_AS(g.call_parts("double", "", {rows(1)}), doctest::Contains("1 parts for 3 ranks"), Error);
+  auto grouped = g.call(EchoScale{.factor = 1}, runtime::Input(rows(10)).grouped(2)).get();
+  CHECK((ranks_of(grouped) == std::vector<int64_t>{4, 4, 2}));
+  // Groups of 4 over 3 ranks from 12 rows: 4 each; from 8 rows: 4, 4, 0.
+  CHECK((ranks_of(g.call(EchoScale{}, runtime::Input(rows(8)).grouped(4)).get()) == std::vector<int64_t>{4, 4, 0}));
+  CHECK_THROWS_WITH_AS(runtime::Input(rows(5)).grouped(2), doctest::Contains("5 rows do not split into groups of 2"), Error);
   cluster.check();
 }
 
-TEST_CASE("rpc_exception_comes_back_naming_worker_rank_and_method") {
+TEST_CASE("a_failing_method_a_wrong_argument_type_and_an_unknown_method_are_named") {
   test::TempDir dir;
   controller::Cluster cluster(dir.path(), "rpc", {{"echo", 2}}, options());
+  auto& g = cluster.group("echo");
+  CHECK_THROWS_WITH_AS(g.call(EchoFail{.note = "on purpose"}).get(),
+                       doctest::Contains("worker echo/0 (rank 0), method 'echo.fail': failing as asked: on purpose"), Error);
+  // The right name with another argument type: refused by the worker, naming method and worker.
+  CHECK_THROWS_WITH_AS(g.call(EchoScaleWrongType{.n = 3}).get(),
+                       doctest::Contains("worker echo/0 (rank 0): method 'echo.scale' takes Scale arguments"), Error);
+  CHECK_THROWS_WITH_AS(g.call(Nope{}).get(), doctest::Contains("no method 'echo.nope' (methods: configure, echo.block"), Error);
+  cluster.check();  // the workers are still fine
+  CHECK(g.call(EchoRank{}).get().ranks.size() == 2);
+}
+
+TEST_CASE("a_method_whose_fields_do_not_match_its_wire_struct_is_refused_at_registration") {
+  runtime::Methods m("test/0");
+  CHECK_THROWS_WITH_AS(m.on<WrongKind>([](const WrongKind&) { return runtime::Void{}; }),
+                       doctest::Contains("worker test/0, method 'test.wrong_kind', arguments (Scale): field 'factor' is Float64 on the wire, Int64 in C++"),
+                       Error);
+  CHECK_THROWS_WITH_AS(m.on<WrongCount>([](const WrongCount&) { return runtime::Void{}; }),
+                       doctest::Contains("the C++ struct lists 1 fields, the wire struct has 2"), Error);
+  m.on<EchoRank>([](const EchoRank&) { return runtime::Version{}; });
+  CHECK_THROWS_WITH_AS(m.on<EchoRank>([](const EchoRank&) { return runtime::Version{}; }),
+                       doctest::Contains("worker test/0 registers method 'echo.rank' twice"), Error);
+}
+
+TEST_CASE("kept_rows_go_worker_to_worker_bit_identical_without_the_controller") {
+  test::TempDir dir;
+  controller::Cluster cluster(dir.path(), "data", {{"echo", 2}, {"echo_b", 1}}, options());
+  {
+    auto made = cluster.group("echo").call(EchoMake{.n = 4096}).get();  // 2 x 4096 rows, kept, ~2.2 MB each
+    REQUIRE(made.data.rows() == 8192);
+    CHECK((made.data.fields() == std::vector<std::string>{"f", "i"}));
+    const int64_t before = cluster.transfer_bytes();
+    auto sum = cluster.group("echo_b").call(EchoChecksum{}, made.data).get();
+    // Rows moved from the echo workers to echo_b; not a tensor byte passed the controller.
+    CHECK(cluster.transfer_bytes() == before);
+    const core::Batch pulled = made.data.pull();
+    CHECK(cluster.transfer_bytes() - before >= 8192 * (64 * 4 + 3 * 8));
+    CHECK(stat(sum.result().values, "checksum") == checksum(pulled));
+    CHECK(stat(sum.result().values, "rows") == 8192);
+    // Each rank's object, pulled back, is the one it made.
+    CHECK(stat(made.ranks[1].values, "checksum") == checksum(made.data.slice(4096, 8192).pull()));
+    // Selections and row orders travel as references too: odd rows across both holders, one field.
+    std::vector<int64_t> odd;
+    for (int64_t i = 8191; i > 0; i -= 2) odd.push_back(i);
+    const runtime::DataRef picked = made.data.index(odd).select({"i"});
+    auto picked_sum = cluster.group("echo_b").call(EchoChecksum{}, picked).get();
+    CHECK(stat(picked_sum.result().values, "checksum") == checksum(pulled.select({"i"}).index(at::tensor(odd, at::kLong))));
+    // Joined with rows the controller sends.
+    core::Batch extra;
+    extra.set("w", at::arange(4096, at::kDouble));
+    const runtime::DataRef joined = runtime::DataRef::join({made.data.slice(2048, 6144).select({"f"}), runtime::DataRef::of(extra)});
+    auto joined_sum = cluster.group("echo_b").call(EchoChecksum{}, joined).get();
+    core::Batch expect = pulled.slice(2048, 6144).select({"f"});
+    expect.set("w", extra["w"]);
+    CHECK(stat(joined_sum.result().values, "checksum") == checksum(expect));
+  }
+  // When the last reference is gone, the holders free the objects.
+  auto objects = [&] {
+    double n = 0;
+    for (const auto& s : cluster.group("echo").call(runtime::Poll{}).get().ranks) n += s.counter("store/objects");
+    return n;
+  };
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (objects() > 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK(objects() == 0);
+}
+
+TEST_CASE("a_method_on_another_lane_runs_while_a_long_one_is_in_progress") {
+  test::TempDir dir;
+  controller::Cluster cluster(dir.path(), "lanes", {{"echo", 1}}, options());
+  auto& g = cluster.group("echo");
+  auto blocked = g.call(EchoBlock{});  // main lane: waits until released (or 30 s)
+  // The control lane answers while the main lane is busy.
+  CHECK(g.call(runtime::Poll{}).get().result().state == "created");
+  // A method on the side lane runs now, not after the block: it is what ends the block.
+  g.call(EchoRelease{}).get();
+  CHECK(blocked.get().result().version == 1);  // released, not timed out
+}
+
+TEST_CASE("a_worker_that_dies_during_a_call_ends_the_call_at_once_naming_it") {
+  test::TempDir dir;
+  controller::Cluster cluster(dir.path(), "rpc", {{"echo", 2}}, options());
+  auto blocked = cluster.group("echo").call(EchoBlock{});
+  const auto t0 = std::chrono::steady_clock::now();
+  ::kill(cluster.pid("echo", 1), SIGKILL);
   try {
-    cluster.group("echo").run("fail", "on purpose");
+    blocked.get();
     FAIL("expected an error");
   } catch (const Error& e) {
     const std::string what = e.what();
-    CHECK(what.find("worker echo/0 (rank 0), method 'fail': failing as asked: on purpose") != std::string::npos);
+    CHECK(what.find("worker echo/1") != std::string::npos);
+    CHECK(what.find("was killed by signal 9") != std::string::npos);
   }
-  try {
-    cluster.group("echo").run("nope");
-    FAIL("expected an error");
-  } catch (const Error& e) {
-    CHECK(std::string(e.what()).find("no method 'nope' (methods: double, fail, ping, rank, stop)") != std::string::npos);
-  }
-  cluster.check();  // the workers are still fine
-  CHECK(cluster.group("echo").run("ping").result == "echo/0");
-}
-
-TEST_CASE("worker_drops_a_malformed_message_and_keeps_serving") {
-  test::TempDir dir;
-  controller::Cluster cluster(dir.path(), "rpc", {{"echo", 1}}, options());
-  auto names = core::directory_name_service(dir.path() / "names");
-  auto keys = names->list("flotilla/rpc/");
-  std::string endpoint;
-  for (const auto& k : keys)
-    if (k.find("/workers/echo/0/rpc") != std::string::npos) endpoint = *names->get(k);
-  REQUIRE_FALSE(endpoint.empty());
-  zmq::context_t context(1);
-  zmq::socket_t rogue(context, zmq::socket_type::dealer);
-  rogue.set(zmq::sockopt::linger, 0);
-  rogue.connect(endpoint);
-  rogue.send(zmq::str_buffer("this is not an envelope!"));  // 24 bytes of garbage
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  CHECK(cluster.group("echo").run("rank").result == "0");
-  cluster.check();
-}
-
-TEST_CASE("a_killed_worker_is_detected_within_the_heartbeat_timeout") {
-  test::TempDir dir;
-  controller::Cluster cluster(dir.path(), "rpc", {{"echo", 2}}, options());
-  cluster.check();
-  const auto t0 = std::chrono::steady_clock::now();
-  ::kill(cluster.pid("echo", 1), SIGKILL);
-  std::string failure;
-  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5)) {
-    try {
-      cluster.check();
-    } catch (const Error& e) {
-      failure = e.what();
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  CHECK(failure.find("worker echo/1") != std::string::npos);
-  CHECK(failure.find("killed by signal 9") != std::string::npos);
-  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(1500));
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(2000));
+  CHECK_THROWS_WITH_AS(cluster.check(), doctest::Contains("worker echo/1"), Error);
+  // Later calls fail the same way instead of waiting.
+  CHECK_THROWS_WITH_AS(cluster.group("echo").call(EchoRank{}).get(), doctest::Contains("killed by signal 9"), Error);
 }
 
 TEST_CASE("a_stopped_worker_is_detected_by_missing_heartbeats") {
@@ -136,16 +222,38 @@ TEST_CASE("a_stopped_worker_is_detected_by_missing_heartbeats") {
   std::string failure;
   const auto t0 = std::chrono::steady_clock::now();
   while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(10) && failure.empty()) {
+    cluster.metrics(std::chrono::seconds(1));  // returns at once when a worker fails
     try {
       cluster.check();
     } catch (const Error& e) {
       failure = e.what();
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   ::kill(pid, SIGCONT);
   CHECK(failure.find("worker echo/0") != std::string::npos);
   CHECK(failure.find("sent no heartbeat for 3000 ms") != std::string::npos);
+}
+
+TEST_CASE("worker_drops_a_malformed_message_and_keeps_serving") {
+  test::TempDir dir;
+  controller::Cluster cluster(dir.path(), "rpc", {{"echo", 1}}, options());
+  auto names = core::directory_name_service(dir.path() / "names");
+  std::string endpoint;
+  for (const auto& k : names->list("flotilla/rpc/"))
+    if (k.find("/workers/echo/0/rpc") != std::string::npos) endpoint = *names->get(k);
+  REQUIRE_FALSE(endpoint.empty());
+  zmq::context_t context(1);
+  zmq::socket_t rogue(context, zmq::socket_type::dealer);
+  rogue.set(zmq::sockopt::linger, 0);
+  rogue.connect(endpoint);
+  rogue.send(zmq::str_buffer("this is not an envelope!"));  // 24 bytes of garbage
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  double dropped = 0;
+  while (dropped == 0 && std::chrono::steady_clock::now() < deadline)
+    dropped = cluster.group("echo").call(runtime::Poll{}).get().result().counter("transport/dropped");
+  CHECK(dropped == 1);
+  CHECK(cluster.group("echo").call(EchoRank{}).get().result().version == 0);
+  cluster.check();
 }
 
 TEST_CASE("no_worker_outlives_the_cluster") {
@@ -165,7 +273,7 @@ TEST_CASE("gloo_allreduce_mean_averages_over_ranks") {
   std::vector<std::thread> ranks;
   for (int r = 0; r < 2; ++r) {
     ranks.emplace_back([&, r] {
-      actors::Collective c(dir.path() / "store", r, 2);
+      runtime::Collective c(dir.path() / "store", r, 2);
       at::Tensor a = at::full({3}, static_cast<float>(r + 1)), b = at::full({2, 2}, static_cast<float>(10 * r));
       c.allreduce_mean({a, b});
       results[r] = at::cat({a, b.reshape({-1})});
@@ -177,35 +285,64 @@ TEST_CASE("gloo_allreduce_mean_averages_over_ranks") {
   CHECK(results[0][3].item<float>() == 5.0f);
 }
 
-TEST_CASE("rl_workers_pause_resume_and_report_through_poll") {
+TEST_CASE("rl_workers_start_pause_resume_and_report_through_poll") {
   test::TempDir dir;
   auto loaded = controller::load_experiment(std::string(FLOTILLA_SOURCE_DIR) + "/configs/cartpole_ppo_distributed.yaml",
                                             {"workers=[{role: env_actor, count: 1}, {role: policy_worker, count: 1}, "
                                              "{role: trainer, count: 1}]"});
   const std::string config = loaded.config->resolved_yaml();
   controller::Cluster cluster(dir.path(), "life", {{"trainer", 1}, {"policy_worker", 1}, {"env_actor", 1}}, options());
-  for (const char* role : {"trainer", "policy_worker", "env_actor"}) cluster.run(role, "configure", config);
-  CHECK(cluster.run("env_actor", "poll").result.find("state: configured") != std::string::npos);
-  cluster.run("trainer", "publish");
-  cluster.run("trainer", "start", "1");
-  cluster.run("policy_worker", "start");
-  cluster.run("env_actor", "start");
-  auto steps = [&] {
-    YAML::Node n = YAML::Load(cluster.run("env_actor", "poll").result);
-    return n["env_steps"].as<int64_t>();
-  };
+  auto& actor = cluster.group("env_actor");
+  // Start before configure is refused, naming the worker.
+  CHECK_THROWS_WITH_AS(actor.call(runtime::Start{}).get(), doctest::Contains("env_actor/0 was asked to start before it was configured"), Error);
+  for (const char* g : {"trainer", "policy_worker", "env_actor"}) cluster.run(g, runtime::Configure{config});
+  CHECK(actor.call(runtime::Poll{}).get().result().state == "configured");
+  cluster.run("trainer", actors::rl::Publish{});
+  for (const char* g : {"trainer", "policy_worker", "env_actor"}) cluster.run(g, runtime::Start{});
+  auto steps = [&] { return actor.call(runtime::Poll{}).get().result().counter("env_steps"); };
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (steps() == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  while (steps() == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   CHECK(steps() > 0);
-  CHECK(cluster.run("env_actor", "pause").result == "paused");
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the fragment under way finishes
-  const int64_t paused_at = steps();
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  // Pause returns once the actor's loop is parked between fragments: nothing moves after it.
+  CHECK(actor.call(runtime::Pause{}).get().result().state == "paused");
+  const double paused_at = steps();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
   CHECK(steps() == paused_at);
-  CHECK(cluster.run("env_actor", "poll").result.find("state: paused") != std::string::npos);
-  cluster.run("env_actor", "resume");
+  CHECK(actor.call(runtime::Resume{}).get().result().state == "running");
   const auto again = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (steps() == paused_at && std::chrono::steady_clock::now() < again) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  while (steps() == paused_at && std::chrono::steady_clock::now() < again) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   CHECK(steps() > paused_at);
   cluster.check();
+}
+
+TEST_CASE("an_lm_rollout_pauses_mid_generation_and_resumes") {
+  test::TempDir dir;
+  at::manual_seed(1);
+  models::CausalLm(models::LmConfig::preset("qwen3", "tiny", 259)).save(dir.path() / "model");
+  const std::string config = "program: rlhf\nplacement: split\nmodel: {path: " + (dir.path() / "model").string() +
+                             "}\ndata: {train: unused.jsonl}\nrollout: {max_new_tokens: 600, max_batch: 4}\n";
+  controller::Cluster cluster(dir.path(), "lm", {{"rollout", 1}}, options());
+  auto& rollout = cluster.group("rollout");
+  rollout.call(runtime::Configure{config}).get();
+  rollout.call(runtime::Start{}).get();
+  core::Batch prompts;
+  prompts.set("prompt_tokens", at::randint(0, 256, {4, 5}, at::kLong));
+  prompts.set("prompt_len", at::full({4}, 5, at::kLong));
+  auto generating = rollout.call(actors::lm::Generate{.n = 2, .temperature = 1.0, .seed = 7}, prompts);
+  auto tokens = [&] { return rollout.call(runtime::Poll{}).get().result().counter("rollout/tokens"); };
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (tokens() == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  // Pause returns once the generation is parked between two engine steps.
+  CHECK(rollout.call(runtime::Pause{}).get().result().state == "paused");
+  const double parked_at = tokens();
+  CHECK(parked_at > 0);
+  CHECK(parked_at < 8 * 600);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(tokens() == parked_at);
+  CHECK_FALSE(generating.ready());
+  rollout.call(runtime::Resume{}).get();
+  auto done = generating.get();
+  CHECK(done.data.rows() == 8);
+  CHECK(tokens() == 8 * 600);  // no stop tokens: every sample ran to the limit
+  CHECK(done.data.pull({"response_length"})["response_length"].sum().item<int64_t>() == 8 * 600);
 }

@@ -110,7 +110,7 @@ TEST_CASE("command_rewards_run_a_user_program_over_jsonl") {
     }
   };
   fails_with("sleep 5", "no complete answer within", 0.3);
-  fails_with("exit 3", "exited with status 3");
+  fails_with("exit 3", "reward command 'exit 3': exited with code 3");
   fails_with("echo '{\"score\": 1}'", "wrote 1 scores for 300 queries");
   fails_with("cat > /dev/null; echo nonsense", "output line 1 is not");
   fails_with("head -c 10 > /dev/null; exit 0", "wrote 0 scores");  // stops reading early: no SIGPIPE death

@@ -1,2 +1,2 @@
 // Must NOT compile with core's include view: core/ sits above controller/ in ARCHITECTURE.md.
-#include "controller/program.hpp"
+#include "controller/run/program.hpp"

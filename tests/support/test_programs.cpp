@@ -3,7 +3,7 @@
 #include <chrono>
 #include <thread>
 
-#include "controller/program.hpp"
+#include "controller/run/program.hpp"
 #include "core/error.hpp"
 
 namespace {
@@ -57,35 +57,76 @@ controller::ProgramRegistration countdown("countdown", [](core::ConfigView root,
 
 #include <ATen/ATen.h>
 
-#include "actors/worker.hpp"
+#include <condition_variable>
+#include <mutex>
+
+#include "actors/roles.hpp"
+#include "echo_methods.hpp"
 
 namespace {
 
-class Echo final : public flotilla::actors::Role {
+using flotilla::core::Batch;
+using namespace flotilla::test;
+
+// FNV-1a over the bytes of every field, in field order.
+double checksum(const Batch& b) {
+  uint64_t h = 1469598103934665603ull;
+  for (const auto& name : b.names()) {
+    const at::Tensor t = b[name].contiguous();
+    const auto* p = static_cast<const uint8_t*>(t.data_ptr());
+    for (size_t i = 0; i < t.nbytes(); ++i) h = (h ^ p[i]) * 1099511628211ull;
+  }
+  return static_cast<double>(h >> 11);  // exact in a double
+}
+
+class Echo final : public flotilla::runtime::Role {
  public:
-  explicit Echo(const flotilla::actors::WorkerInfo& info) : info_(info) {}
-  void add_methods(flotilla::actors::MethodTable& m) override {
-    using flotilla::actors::CallResult;
-    using flotilla::core::Batch;
-    m.add("rank", [this](const std::string&, const Batch&) { return CallResult{std::to_string(info_.rank), {}}; });
-    // Doubles x and says how many rows it got, so dispatch and chunking can be checked.
-    m.add("double", [this](const std::string&, const Batch& b) {
+  using Role::Role;
+  void configure(const flotilla::core::ConfigView&) override {}
+  void add_methods(flotilla::runtime::Methods& m) override {
+    namespace rt = flotilla::runtime;
+    m.on<EchoRank>([this](const EchoRank&) { return rt::Version{info().rank}; });
+    m.on<EchoScale>([this](const EchoScale& s, const Batch& b) {
       Batch out;
-      out.set("x", b["x"] * 2);
-      out.set("rank", at::full({b.size()}, info_.rank, at::kLong));
-      return CallResult{std::to_string(b.size()), out};
+      out.set("x", b["x"] * s.factor);
+      out.set("rank", at::full({b.size()}, info().rank, at::kLong));
+      return rt::Output<rt::Version>{{b.size()}, out};
     });
-    m.add("fail", [](const std::string& args, const Batch&) -> CallResult {
-      throw flotilla::Error("failing as asked: " + args);
+    m.on<EchoFail>([](const EchoFail& f) -> rt::Void { throw flotilla::Error("failing as asked: " + f.note); });
+    m.on<EchoMake>([this](const EchoMake& k) {
+      at::manual_seed(static_cast<uint64_t>(100 + info().rank));
+      Batch out;
+      out.set("f", at::randn({k.n, 64}));
+      out.set("i", at::randint(0, 1 << 30, {k.n, 3}, at::kLong));
+      const rt::Stats stats{{{"checksum", checksum(out)}, {"rows", static_cast<double>(k.n)}}};
+      return rt::Output<rt::Stats>{stats, out};
+    });
+    m.on<EchoChecksum>([](const EchoChecksum&, const Batch& b) {
+      return rt::Stats{{{"checksum", checksum(b)}, {"rows", static_cast<double>(b.size())}}};
+    });
+    m.on<EchoBlock>([this](const EchoBlock&) {
+      std::unique_lock lock(mutex_);
+      const bool released = changed_.wait_for(lock, std::chrono::seconds(30), [this] { return released_; });
+      released_ = false;
+      return rt::Version{released ? 1 : 0};
+    });
+    m.on<EchoRelease>([this](const EchoRelease&) {
+      {
+        std::lock_guard lock(mutex_);
+        released_ = true;
+      }
+      changed_.notify_all();
+      return rt::Void{};
     });
   }
 
  private:
-  flotilla::actors::WorkerInfo info_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  bool released_ = false;
 };
 
-flotilla::actors::RoleRegistration echo("echo", [](const flotilla::actors::WorkerInfo& info) {
-  return std::make_unique<Echo>(info);
-});
+flotilla::actors::RoleRegistration echo("echo", [](const flotilla::runtime::WorkerInfo& info) { return std::make_unique<Echo>(info); });
+flotilla::actors::RoleRegistration echo2("echo_b", [](const flotilla::runtime::WorkerInfo& info) { return std::make_unique<Echo>(info); });
 
 }  // namespace

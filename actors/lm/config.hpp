@@ -1,0 +1,72 @@
+#pragma once
+// The one reading of an RLHF experiment's keys (model, algo, data, reward, rollout, placement,
+// workers), shared by the controller's program and every worker, so they cannot disagree and
+// each default is written once.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "actors/lm/data.hpp"
+#include "algorithms/lm_algorithms.hpp"
+#include "algorithms/lm_trainer.hpp"
+#include "core/config.hpp"
+
+namespace flotilla::actors::lm {
+
+struct RewardConfig {
+  std::string kind = "rule";   // rule, model (a reward head) or command
+  std::string rule = "exact";  // exact or numeric
+  std::string format;          // a regular expression the whole response should match
+  double format_weight = 0;
+  int64_t length_limit = 0;
+  double length_coef = 0;
+  std::string command;
+  double timeout_s = 30;
+  std::string on_error = "stop";  // stop or zero
+};
+
+struct RlhfConfig {
+  // model:
+  std::string model_path, tokenizer, ref_path, critic_path, reward_path;
+  // algo:
+  std::string algo = "grpo";
+  algorithms::LmAlgorithm family;
+  int64_t batch_size = 16;  // prompts (or examples, or pairs) per step
+  int64_t group_size = 1;   // samples per prompt
+  bool norm_by_std = true;
+  double gamma = 1.0, lam = 0.95;
+  double kl_coef = 0;
+  std::string kl_in = "loss";                // loss or reward
+  double kl_target = 0, kl_horizon = 10000;  // target > 0: adaptive coefficient (kl in reward)
+  bool dynamic_sampling = false;
+  int64_t overlong_buffer = 0;
+  double overlong_penalty = 1.0;
+  double value_clip = 0.2;
+  algorithms::PolicyLossConfig loss;
+  algorithms::LmOptimConfig actor_optim, critic_optim;
+  // data: and reward:
+  DataConfig data;
+  RewardConfig reward;
+  // rollout:
+  int64_t max_new_tokens = 32;
+  double temperature = 1.0, top_p = 1.0;
+  int64_t top_k = 0;
+  int64_t block_size = 16, num_blocks = 1024, max_batch = 64;
+  // workers:
+  std::string placement = "colocated";
+  struct Group {
+    std::string role;
+    int count = 1, threads = 1;
+  };
+  std::vector<Group> workers;      // the process groups to start (one "colocated" group, or one per role)
+  std::vector<std::string> roles;  // the roles this algorithm uses
+
+  static RlhfConfig read(core::ConfigView root);
+  bool uses(const std::string& role) const;
+  bool needs_ref() const { return family.reference || kl_coef > 0; }
+  // The group that hosts `role` ("colocated" or the role itself).
+  std::string group_of(const std::string& role) const;
+  const Group& group(const std::string& name) const;
+};
+
+}  // namespace flotilla::actors::lm

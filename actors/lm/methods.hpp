@@ -1,0 +1,120 @@
+#pragma once
+// The RLHF roles' methods (runtime/method.hpp), shared by the workers that serve them
+// (actors/lm/worker.cpp) and the program that calls them (controller/programs/rlhf.cpp). Rows
+// follow the sequence layout of algorithms/lm_trainer.hpp; outputs that other workers consume are
+// kept where they are made (Collect::Keep).
+#include "runtime/method.hpp"
+
+namespace flotilla::actors::lm {
+
+using runtime::Collect;
+using runtime::Dispatch;
+using runtime::MethodSpec;
+
+// Samples continuations of the input prompts (`prompt_tokens`, `prompt_len`, `example`): n per
+// prompt, rows p*n .. p*n+n-1, with `tokens`, `response_mask`, `last`, `rollout_log_prob`,
+// `token_version` (the policy version of each generated token), `response_length`, `truncated`
+// and `example`. The result is the version the rollout generated with.
+struct Generate {
+  static constexpr MethodSpec spec{"rollout.generate", Dispatch::DpChunks, Collect::Keep};
+  using Wire = proto::Sampling;
+  using Result = runtime::Version;
+  int64_t n = 1;
+  double temperature = 1.0, top_p = 1.0;
+  int64_t top_k = 0, max_new_tokens = 0;  // 0: the config's
+  uint64_t seed = 0;
+  std::vector<int32_t> stop;
+  auto fields() { return std::tie(n, temperature, top_p, top_k, max_new_tokens, seed, stop); }
+};
+
+// Brings the rollout's weights to `version`: from the input (the actor's flat weights) when the
+// rollout has a model of its own, or by reading the actor's when they share a worker.
+struct SyncWeights {
+  static constexpr MethodSpec spec{"rollout.sync", Dispatch::OneToAll, Collect::AllRanks};
+  using Wire = proto::Version;
+  using Result = runtime::Version;
+  int64_t version = 0;
+  auto fields() { return std::tie(version); }
+};
+
+// The actor's weights as one flat tensor (`flat`), kept on rank 0 for the rollouts to fetch.
+struct ActorWeights {
+  static constexpr MethodSpec spec{"actor.weights", Dispatch::RankZero, Collect::Keep};
+  using Wire = proto::Empty;
+  using Result = runtime::Version;
+  auto fields() { return std::tie(); }
+};
+
+// A method whose only arguments are its input rows, and whose output rows are its result.
+template <const MethodSpec& Spec>
+struct OnRows {
+  static constexpr MethodSpec spec = Spec;
+  using Wire = proto::Empty;
+  using Result = runtime::Void;
+  auto fields() { return std::tie(); }
+};
+
+// Per-token log-probabilities of the input `tokens`: the actor's (`old_log_prob`) and the frozen
+// reference's (`ref_log_prob`); the critic's values (`values`).
+inline constexpr MethodSpec kActorLogProbs{"actor.log_probs", Dispatch::DpChunks, Collect::Keep};
+inline constexpr MethodSpec kRefLogProbs{"ref.log_probs", Dispatch::DpChunks, Collect::Keep};
+inline constexpr MethodSpec kCriticValues{"critic.values", Dispatch::DpChunks, Collect::Keep};
+using ActorLogProbs = OnRows<kActorLogProbs>;
+using RefLogProbs = OnRows<kRefLogProbs>;
+using CriticValues = OnRows<kCriticValues>;
+
+// Scores generated rows (`tokens`, `last`, `response_length`, `example`) against the examples of
+// a split with the configured reward (a rule, a command or a reward model), or with the task's
+// own check when `check` (held-out accuracy). `scores` come back to the caller; the result
+// counts failed reward commands.
+struct Score {
+  static constexpr MethodSpec spec{"reward.score", Dispatch::DpChunks, Collect::AllRanks};
+  using Wire = proto::Scoring;
+  using Result = runtime::Stats;
+  std::string split = "train";
+  bool check = false;
+  auto fields() { return std::tie(split, check); }
+};
+
+// The reward head of the model the actor trains (reward-model training): `scores` of the input
+// rows at their `last` token.
+inline constexpr MethodSpec kRewardHeadScores{"actor.rewards", Dispatch::DpChunks, Collect::AllRanks};
+using RewardHeadScores = OnRows<kRewardHeadScores>;
+
+// Advantages (and, with a critic, returns) of a whole step's rows: `scores`, `response_mask`,
+// `old_log_prob`, and `ref_log_prob` / `values` when the algorithm has them. Rank 0 takes every
+// row, so batch-wide normalizations match one process. Kept there for the updates.
+struct EstimateAdvantages {
+  static constexpr MethodSpec spec{"actor.advantages", Dispatch::RankZero, Collect::Keep};
+  using Wire = proto::Advantage;
+  using Result = runtime::Stats;
+  double kl_coef = 0;
+  auto fields() { return std::tie(kl_coef); }
+};
+
+// One update of the actor (its configured loss) or the critic on the input rows, data-parallel
+// over the group's ranks; rank 0's statistics come back.
+template <const MethodSpec& Spec>
+struct Update {
+  static constexpr MethodSpec spec = Spec;
+  using Wire = proto::Seed;
+  using Result = runtime::Stats;
+  uint64_t seed = 0;
+  auto fields() { return std::tie(seed); }
+};
+inline constexpr MethodSpec kUpdateActor{"actor.update", Dispatch::DpChunks, Collect::RankZero};
+inline constexpr MethodSpec kUpdateCritic{"critic.update", Dispatch::DpChunks, Collect::RankZero};
+using UpdateActor = Update<kUpdateActor>;
+using UpdateCritic = Update<kUpdateCritic>;
+
+// Saving and loading a trained model (HF files plus optimizer.safetensors): rank 0 writes.
+inline constexpr MethodSpec kSaveActor{"actor.save", Dispatch::OneToAll, Collect::RankZero};
+inline constexpr MethodSpec kLoadActor{"actor.load", Dispatch::OneToAll, Collect::RankZero};
+inline constexpr MethodSpec kSaveCritic{"critic.save", Dispatch::OneToAll, Collect::RankZero};
+inline constexpr MethodSpec kLoadCritic{"critic.load", Dispatch::OneToAll, Collect::RankZero};
+using SaveActor = runtime::DirectoryMethod<kSaveActor>;
+using LoadActor = runtime::DirectoryMethod<kLoadActor>;
+using SaveCritic = runtime::DirectoryMethod<kSaveCritic>;
+using LoadCritic = runtime::DirectoryMethod<kLoadCritic>;
+
+}  // namespace flotilla::actors::lm

@@ -1,0 +1,101 @@
+#include "actors/lm/rollout.hpp"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+#include "core/error.hpp"
+#include "models/generation.hpp"
+#include "models/transformer.hpp"
+
+namespace flotilla::actors::lm {
+
+core::Batch generate(models::CausalLm& lm, const RlhfConfig& c, const Generate& g, const core::Batch& prompts,
+                     int64_t version, runtime::Lifecycle& life, std::atomic<int64_t>& tokens) {
+  if (prompts.size() == 0) return {};  // a data-parallel rank's empty chunk
+  models::GenerationEngine engine(lm, {.block_size = c.block_size, .num_blocks = c.num_blocks, .max_batch = c.max_batch});
+  engine.set_policy_version(version);
+  const at::Tensor pt = prompts["prompt_tokens"].contiguous(), pl = prompts["prompt_len"].contiguous();
+  const auto prompt = pt.accessor<int64_t, 2>();
+  const auto prompt_len = pl.accessor<int64_t, 1>();
+  const int64_t P = pt.size(0), n = g.n;
+  models::SamplingParams sampling;
+  sampling.temperature = g.temperature;
+  sampling.top_p = g.top_p;
+  sampling.top_k = g.top_k;
+  sampling.max_new_tokens = g.max_new_tokens > 0 ? g.max_new_tokens : c.max_new_tokens;
+  sampling.stop_tokens = g.stop;
+  for (int64_t p = 0; p < P; ++p) {
+    models::GenerationRequest r;
+    r.id = p;
+    for (int64_t t = 0; t < prompt_len[p]; ++t) r.prompt.push_back(static_cast<int32_t>(prompt[p][t]));
+    r.n = static_cast<int>(n);
+    r.sampling = sampling;
+    r.sampling.seed = g.seed + static_cast<uint64_t>(p) * static_cast<uint64_t>(n);
+    engine.submit(std::move(r));
+  }
+  // Step by step, so a pause parks the generation between two engine steps.
+  int64_t counted = 0;
+  while (engine.step()) {
+    tokens += engine.stats().decode_tokens - counted;
+    counted = engine.stats().decode_tokens;
+    life.checkpoint();
+  }
+  std::vector<models::Generation> gens = engine.take_finished();
+  std::sort(gens.begin(), gens.end(), [](const auto& x, const auto& y) {
+    return std::tie(x.request_id, x.sample) < std::tie(y.request_id, y.sample);
+  });
+  const int64_t B = P * n;
+  if (static_cast<int64_t>(gens.size()) != B) throw Error("the engine returned " + std::to_string(gens.size()) + " of " + std::to_string(B) + " samples");
+  int64_t T = 1;
+  for (const auto& s : gens) T = std::max(T, prompt_len[s.request_id] + static_cast<int64_t>(s.tokens.size()));
+  at::Tensor ids = at::zeros({B, T}, at::kLong), mask = at::zeros({B, T - 1}), lp = at::zeros({B, T - 1});
+  at::Tensor versions = at::full({B, T - 1}, -1, at::kLong);
+  at::Tensor resp_len = at::zeros({B}, at::kLong), last = at::zeros({B}, at::kLong), truncated = at::zeros({B});
+  auto tok = ids.accessor<int64_t, 2>(), ver = versions.accessor<int64_t, 2>();
+  auto m = mask.accessor<float, 2>(), l = lp.accessor<float, 2>();
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& s = gens[static_cast<size_t>(b)];
+    const int64_t len = prompt_len[s.request_id], R = static_cast<int64_t>(s.tokens.size());
+    for (int64_t t = 0; t < len; ++t) tok[b][t] = prompt[s.request_id][t];
+    for (int64_t i = 0; i < R; ++i) {
+      tok[b][len + i] = s.tokens[static_cast<size_t>(i)];
+      m[b][len - 1 + i] = 1.0f;
+      l[b][len - 1 + i] = s.logprobs[static_cast<size_t>(i)];
+      ver[b][len - 1 + i] = s.versions[static_cast<size_t>(i)];
+    }
+    resp_len[b] = R;
+    last[b] = len + R - 1;
+    truncated[b] = s.finish_reason == "length" ? 1.0 : 0.0;
+  }
+  core::Batch out;
+  out.set("tokens", ids);
+  out.set("response_mask", mask);
+  out.set("last", last);
+  out.set("rollout_log_prob", lp);
+  out.set("token_version", versions);
+  out.set("response_length", resp_len);
+  out.set("truncated", truncated);
+  if (prompts.contains("example")) out.set("example", prompts["example"].repeat_interleave(n));
+  return out;
+}
+
+at::Tensor flatten(const models::CausalLm& lm) {
+  std::vector<at::Tensor> parts;
+  for (const auto& [name, p] : lm.named_parameters()) parts.push_back(p.detach().reshape({-1}));
+  return at::cat(parts);
+}
+
+void unflatten(models::CausalLm& lm, const at::Tensor& flat) {
+  at::NoGradGuard no_grad;
+  int64_t offset = 0;
+  for (auto& [name, p] : lm.named_parameters()) {
+    if (offset + p.numel() > flat.numel()) throw FormatError("the weights received are smaller than the model");
+    p.copy_(flat.slice(0, offset, offset + p.numel()).view(p.sizes()));
+    offset += p.numel();
+  }
+  if (offset != flat.numel())
+    throw FormatError("the weights received have " + std::to_string(flat.numel()) + " values, the model " + std::to_string(offset));
+}
+
+}  // namespace flotilla::actors::lm

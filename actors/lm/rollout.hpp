@@ -1,0 +1,30 @@
+#pragma once
+// The rollout's work: sampling continuations of prompts with the generation engine (its KV cache
+// lives for one call), and moving a model's weights as one flat tensor.
+#include <ATen/core/Tensor.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "actors/lm/config.hpp"
+#include "actors/lm/methods.hpp"
+#include "core/batch.hpp"
+#include "runtime/lifecycle.hpp"
+
+namespace flotilla::models {
+class CausalLm;
+}
+
+namespace flotilla::actors::lm {
+
+// Samples `g.n` continuations of each prompt in `prompts` (the Generate method's input and
+// output layout) with `lm` at policy `version`; between engine steps it parks while the worker is
+// paused. `tokens` counts generated tokens as they come.
+core::Batch generate(models::CausalLm& lm, const RlhfConfig& c, const Generate& g, const core::Batch& prompts,
+                     int64_t version, runtime::Lifecycle& life, std::atomic<int64_t>& tokens);
+
+// All parameters as one flat float tensor, and back (checking the sizes agree).
+at::Tensor flatten(const models::CausalLm& lm);
+void unflatten(models::CausalLm& lm, const at::Tensor& flat);
+
+}  // namespace flotilla::actors::lm

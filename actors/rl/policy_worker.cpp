@@ -1,0 +1,100 @@
+// The policy worker: batched inference for many env actors, with parameters from the trainer. In
+// a deterministic run it answers each request on its own, with the request's seed and parameters
+// of the version the request asks for, so actions do not depend on how requests were batched.
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+
+#include <zmq.hpp>
+
+#include "actors/rl/common.hpp"
+#include "algorithms/algorithm.hpp"
+#include "core/stream.hpp"
+#include "models/policy.hpp"
+
+namespace flotilla::actors::rl {
+namespace {
+using namespace std::chrono_literals;
+
+class PolicyWorker final : public runtime::Role {
+ public:
+  using Role::Role;
+
+  void configure(const core::ConfigView& root) override {
+    c_ = DistributedRlConfig::read(root);
+    at::set_num_threads(c_.deterministic ? 1 : c_.threads("policy_worker"));
+    at::manual_seed(c_.seed);
+    policy_ = algorithms::make_policy(root, c_.env);
+    params_ = core::zmq_parameter_subscriber(context_, await_stream(info(), "parameters/trainer/0", "trainer/0"));
+    server_ = core::zmq_inference_server(context_, bind_endpoint(info(), c_, "inference"), info().name());
+    publish_stream(info(), "inference/" + info().name(), server_->endpoint());
+  }
+
+  void add_methods(runtime::Methods&) override {}
+  void start() override {
+    loop_.start(info().name(), life(), [this] { serve(); });
+  }
+  void stop() override { loop_.join(); }
+  core::Scalars counters() const override { return {{"served", static_cast<double>(served_.load())}}; }
+
+ private:
+  // Loads the newest parameters that arrived, waiting up to `wait` for some.
+  void refresh(std::chrono::milliseconds wait) {
+    if (auto p = params_->latest(wait)) {
+      policy_->load_flat(p->tensors["flat"]);
+      version_ = p->version;
+    }
+  }
+
+  void reply(const core::InferenceBatch& batch, const models::ActOutput& out) {
+    core::Batch r;
+    r.set("action", out.action);
+    r.set("log_prob", out.log_prob);
+    r.set("value", out.value);
+    server_->reply(batch, r, version_);
+    served_ += batch.inputs.size();
+  }
+
+  void serve() {
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1000 + info().rank);
+    const auto max_delay = std::chrono::milliseconds(c_.max_delay_ms);
+    while (life().checkpoint()) {
+      refresh(version_ < 0 ? 200ms : 0ms);
+      if (version_ < 0) continue;  // no parameters yet: actors wait
+      auto batch = server_->gather(c_.deterministic ? 1 : c_.max_batch, max_delay, 100ms);
+      if (!batch) continue;
+      if (!c_.deterministic) {
+        reply(*batch, policy_->act(batch->inputs["obs"], false, gen));
+        continue;
+      }
+      // One request at a time: with the parameters it asks for and its own seed.
+      std::vector<int64_t> sizes;
+      for (const auto& p : batch->parts) sizes.push_back(p.rows);
+      const std::vector<core::Batch> inputs = batch->inputs.split(sizes);
+      for (size_t i = 0; i < batch->parts.size(); ++i) {
+        const auto& part = batch->parts[i];
+        while (version_ < part.tags.min_version && life().checkpoint()) refresh(200ms);
+        gen.set_current_seed(part.tags.seed);
+        core::InferenceBatch one{inputs[i], {part}};
+        reply(one, policy_->act(inputs[i]["obs"], false, gen));
+      }
+    }
+  }
+
+  DistributedRlConfig c_;
+  zmq::context_t context_{1};
+  std::unique_ptr<models::Policy> policy_;
+  std::unique_ptr<core::ParameterSubscriber> params_;
+  std::unique_ptr<core::InferenceServer> server_;
+  int64_t version_ = -1;
+  std::atomic<int64_t> served_{0};
+  runtime::Loop loop_;
+};
+
+}  // namespace
+
+runtime::RoleFactory policy_worker_role() {
+  return [](const runtime::WorkerInfo& i) { return std::make_unique<PolicyWorker>(i); };
+}
+
+}  // namespace flotilla::actors::rl

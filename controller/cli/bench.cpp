@@ -1,0 +1,297 @@
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <algorithm>
+#include <ctime>
+#include <filesystem>
+#include <iomanip>
+#include <iostream>
+#include <unistd.h>
+#include <zmq.hpp>
+
+#include "controller/cli/commands.hpp"
+#include "controller/run/experiment.hpp"
+#include "core/fs.hpp"
+#include "core/process.hpp"
+#include "core/stream.hpp"
+#include "envs/multi_agent.hpp"
+#include "envs/registry.hpp"
+
+namespace flotilla::controller {
+namespace {
+
+// `count` batches of random valid actions, drawn before the clock starts.
+std::vector<at::Tensor> random_actions(const envs::Space& space, int64_t num_envs, int count) {
+  std::vector<at::Tensor> out;
+  for (int i = 0; i < count; ++i) {
+    switch (space.kind) {
+      case envs::Space::Kind::Discrete: out.push_back(at::randint(0, space.n, {num_envs}, at::kLong)); break;
+      case envs::Space::Kind::MultiDiscrete: {
+        std::vector<at::Tensor> cols;
+        for (int64_t n : space.nvec) cols.push_back(at::randint(0, n, {num_envs, 1}, at::kLong));
+        out.push_back(at::cat(cols, 1).contiguous());
+        break;
+      }
+      case envs::Space::Kind::Box: {
+        auto low = at::tensor(space.low, at::kDouble).to(at::kFloat), high = at::tensor(space.high, at::kDouble).to(at::kFloat);
+        out.push_back((at::rand({num_envs, space.numel()}) * (high - low) + low).contiguous());
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+// `count` batches of random actions, each agent's inside its own space: [N, A] or [N, A, k].
+std::vector<at::Tensor> random_agent_actions(const envs::MultiAgentSpec& spec, int64_t num_envs, int count) {
+  std::vector<at::Tensor> out;
+  for (int i = 0; i < count; ++i) {
+    std::vector<at::Tensor> cols;
+    for (const auto& agent : spec.agents) {
+      at::Tensor a = random_actions(agent.action, num_envs, 1)[0];
+      if (!spec.discrete()) a = at::constant_pad_nd(a, {0, spec.action_dim() - a.size(1)});
+      cols.push_back(a.unsqueeze(1));
+    }
+    out.push_back(at::cat(cols, 1).contiguous());
+  }
+  return out;
+}
+
+}  // namespace
+
+int bench_env(const EnvBenchArgs& args) {
+  envs::EnvOptions options;
+  options.num_envs = args.num_envs;
+  options.threads = args.threads;
+  options.backend = args.backend;
+  // Multi-agent envs are timed natively ([N, A] actions); agent steps = env steps x agents.
+  std::function<void(const at::Tensor&)> step;
+  std::vector<at::Tensor> actions;
+  int agents = 1;
+  std::unique_ptr<envs::VecEnv> env;
+  std::unique_ptr<envs::MultiAgentVecEnv> ma_env;
+  if (envs::is_multi_agent(args.env)) {
+    ma_env = envs::make_multi_agent_env(args.env, options);
+    actions = random_agent_actions(ma_env->spec(), args.num_envs, 16);
+    agents = ma_env->num_agents();
+    ma_env->reset(1);
+    step = [&](const at::Tensor& a) { ma_env->step(a); };
+  } else {
+    env = envs::make_env(args.env, options);
+    actions = random_actions(env->spec().action_space, args.num_envs, 16);
+    env->reset(1);
+    step = [&](const at::Tensor& a) { env->step(a); };
+  }
+  using clock = std::chrono::steady_clock;
+  auto run = [&](int64_t steps) {
+    const auto t0 = clock::now();
+    for (int64_t s = 0; s < steps; ++s) step(actions[s % actions.size()]);
+    return std::chrono::duration<double>(clock::now() - t0).count();
+  };
+  // Warm up (caches, thread wake-up), then size the measured run to about a second.
+  const double warm = run(20) / 20;
+  const int64_t steps = args.steps > 0 ? args.steps : std::clamp<int64_t>(static_cast<int64_t>(1.0 / std::max(warm, 1e-9)), 50, 2'000'000);
+  const double seconds = run(steps);
+  const double sps = static_cast<double>(steps) * args.num_envs / seconds;
+  if (args.json) {
+    nlohmann::ordered_json j = {{"env", args.env},         {"num_envs", args.num_envs}, {"threads", args.threads},
+                                {"backend", args.backend}, {"batch_steps", steps},     {"seconds", seconds},
+                                {"steps_per_second", sps}};
+    if (ma_env) {
+      j["agents"] = agents;
+      j["agent_steps_per_second"] = sps * agents;
+    }
+    std::cout << j.dump() << "\n";
+  } else {
+    std::cout << "env: " << args.env << "  num_envs: " << args.num_envs << "  threads: " << args.threads
+              << "  backend: " << args.backend << "\n"
+              << "env steps: " << steps * args.num_envs << " in " << seconds << " s (" << steps << " batch steps)\n"
+              << "steps_per_second: " << static_cast<int64_t>(sps) << "\n";
+    if (ma_env)
+      std::cout << "agents: " << agents << "  agent_steps_per_second: " << static_cast<int64_t>(sps * agents) << "\n";
+  }
+  return 0;
+}
+
+namespace {
+double median(std::vector<double> v) {
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  const size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+}  // namespace
+
+int bench_train(const TrainBenchArgs& args) {
+  char stamp[32];
+  std::time_t now = std::time(nullptr);
+  std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::localtime(&now));
+  const std::filesystem::path root = std::filesystem::path(args.out_dir) / stamp;
+  std::vector<double> steps, seconds;
+  nlohmann::ordered_json rows = nlohmann::ordered_json::array();
+  int solved = 0;
+  for (int k = 0; k < args.seeds; ++k) {
+    const int seed = args.first_seed + k;
+    std::vector<std::string> overrides = args.overrides;
+    overrides.push_back("seed=" + std::to_string(seed));
+    overrides.push_back("run.dir=" + (root / ("seed-" + std::to_string(seed))).string());
+    LoadedExperiment loaded = load_experiment(args.config, overrides);
+    RunOptions options;
+    options.progress = ProgressMode::Quiet;
+    const int code = run_experiment(loaded, options);
+    auto summary = nlohmann::json::parse(core::read_file(root / ("seed-" + std::to_string(seed)) / "summary.json"));
+    const bool ok = summary.value("exit_reason", "") == "stop_condition";
+    nlohmann::ordered_json row = {{"seed", seed}, {"exit_reason", summary.value("exit_reason", "")}};
+    if (ok) {
+      ++solved;
+      steps.push_back(summary["solved_at_step"].get<double>());
+      seconds.push_back(summary["solved_at_time_s"].get<double>());
+      row["solved_at_step"] = steps.back();
+      row["solved_at_time_s"] = seconds.back();
+    } else {
+      row["last_step"] = summary.value("last_step", 0);
+      row["recent_mean_return"] = summary.value("recent_mean_return", NAN);
+    }
+    rows.push_back(row);
+    if (!args.json) {
+      std::cout << "seed " << seed << ": ";
+      if (ok) std::cout << "solved at step " << static_cast<int64_t>(steps.back()) << " after " << std::fixed
+                        << std::setprecision(2) << seconds.back() << " s\n";
+      else std::cout << summary.value("exit_reason", "?") << " without meeting the stop condition (exit code " << code << ")\n";
+    }
+  }
+  if (args.json) {
+    nlohmann::ordered_json out = {{"config", args.config}, {"seeds", args.seeds}, {"solved", solved},
+                                  {"median_steps", median(steps)}, {"median_seconds", median(seconds)}, {"runs", rows},
+                                  {"run_dirs", root.string()}};
+    std::cout << out.dump() << "\n";
+  } else {
+    std::cout << "solved: " << solved << "/" << args.seeds << "  runs in " << root.string() << "\n"
+              << "median_steps_to_solve: " << static_cast<int64_t>(median(steps)) << "\n"
+              << "median_seconds_to_solve: " << std::fixed << std::setprecision(2) << median(seconds) << "\n";
+  }
+  return solved == args.seeds ? 0 : 1;
+}
+
+namespace {
+
+constexpr size_t kBareHeaderBytes = 64;  // about the size of a sample-stream envelope
+
+// The sending side, in the child process.
+int stream_sender(const StreamBenchArgs& a) {
+  zmq::context_t context(1);
+  if (a.mode == "flotilla") {
+    auto sender = core::zmq_sample_sender(context, a.send_to, "bench/0");
+    core::Batch batch;
+    batch.set("data", at::zeros({a.bytes}, at::kByte));
+    for (int64_t i = 0; i < a.count; ++i) sender->send(batch, i);
+    return 0;
+  }
+  zmq::socket_t push(context, zmq::socket_type::push);
+  push.set(zmq::sockopt::sndhwm, 64);
+  push.set(zmq::sockopt::linger, 2000);
+  push.connect(a.send_to);
+  static std::vector<uint8_t> header(kBareHeaderBytes), data;
+  data.assign(static_cast<size_t>(a.bytes), 0);
+  for (int64_t i = 0; i < a.count; ++i) {
+    zmq::message_t h(header.data(), header.size());
+    push.send(h, zmq::send_flags::sndmore);
+    zmq::message_t d(data.data(), data.size(), [](void*, void*) {}, nullptr);  // no copy, as Flotilla's frames
+    push.send(d, zmq::send_flags::none);
+  }
+  return 0;
+}
+
+// The sending side of `bench stream`: this executable again, in its own process.
+std::unique_ptr<core::Process> spawn_sender(const StreamBenchArgs& a, const std::string& endpoint, const std::string& mode) {
+  return std::make_unique<core::Process>(core::ProcessSpec{
+      std::filesystem::read_symlink("/proc/self/exe"),
+      {"bench", "stream", "--bytes", std::to_string(a.bytes), "--count", std::to_string(a.count), "--send-to", endpoint, "--mode", mode},
+      "bench stream: the sending process"});
+}
+
+struct StreamFigures {
+  double seconds = 0, mb_per_s = 0, messages_per_s = 0;
+};
+
+StreamFigures measure(const StreamBenchArgs& a, const std::string& mode) {
+  zmq::context_t context(1);
+  const std::string bind = a.transport == "ipc" ? "ipc:///tmp/flotilla-bench-" + std::to_string(::getpid()) : "tcp://127.0.0.1:*";
+  using clock = std::chrono::steady_clock;
+  clock::time_point first, last;
+  int64_t got = 0;
+  std::unique_ptr<core::Process> child;
+  auto finish_child = [&] {
+    const auto status = child->wait_for(std::chrono::seconds(60));
+    if (!status) throw TimeoutError("bench stream: the sending process did not end within 60 s of its last message");
+    if (status->code != 0 || status->signal != 0) throw Error("bench stream: the sending process " + status->str());
+  };
+  const auto timeout = std::chrono::seconds(60);
+  if (mode == "flotilla") {
+    auto receiver = core::zmq_sample_receiver(context, bind);
+    child = spawn_sender(a, receiver->endpoint(), mode);
+    while (got < a.count) {
+      auto s = receiver->receive(timeout);
+      if (!s) throw TimeoutError("bench stream: no message from the sender for 60 s");
+      if (s->batch["data"].numel() != a.bytes) throw Error("bench stream: a message arrived with the wrong size");
+      last = clock::now();
+      if (got++ == 0) first = last;
+    }
+  } else {
+    zmq::socket_t pull(context, zmq::socket_type::pull);
+    pull.set(zmq::sockopt::rcvhwm, 64);
+    pull.set(zmq::sockopt::rcvtimeo, 60000);
+    pull.bind(bind);
+    child = spawn_sender(a, pull.get(zmq::sockopt::last_endpoint), mode);
+    while (got < a.count) {
+      zmq::message_t h, d;
+      if (!pull.recv(h) || !pull.recv(d)) throw TimeoutError("bench stream: no message from the sender for 60 s");
+      if (static_cast<int64_t>(d.size()) != a.bytes) throw Error("bench stream: a message arrived with the wrong size");
+      last = clock::now();
+      if (got++ == 0) first = last;
+    }
+  }
+  finish_child();
+  StreamFigures f;
+  f.seconds = std::chrono::duration<double>(last - first).count();
+  const double messages = static_cast<double>(a.count - 1);  // timed from the first arrival
+  f.messages_per_s = messages / std::max(f.seconds, 1e-9);
+  f.mb_per_s = f.messages_per_s * static_cast<double>(a.bytes) / 1e6;
+  return f;
+}
+
+}  // namespace
+
+int bench_stream(const StreamBenchArgs& a) {
+  if (!a.send_to.empty()) return stream_sender(a);
+  if (a.count < 2) throw ConfigError("bench stream: --count must be at least 2");
+  // Alternate and keep each side's best of two, so a noisy moment hurts neither more.
+  StreamFigures flot, bare;
+  for (int round = 0; round < 2; ++round) {
+    StreamFigures b = measure(a, "zmq"), f = measure(a, "flotilla");
+    if (b.mb_per_s > bare.mb_per_s) bare = b;
+    if (f.mb_per_s > flot.mb_per_s) flot = f;
+  }
+  const double ratio = flot.mb_per_s / bare.mb_per_s;
+  if (a.json) {
+    nlohmann::ordered_json j = {{"bytes", a.bytes},
+                                {"count", a.count},
+                                {"transport", a.transport},
+                                {"flotilla_mb_per_s", flot.mb_per_s},
+                                {"flotilla_messages_per_s", flot.messages_per_s},
+                                {"zmq_mb_per_s", bare.mb_per_s},
+                                {"zmq_messages_per_s", bare.messages_per_s},
+                                {"ratio", ratio}};
+    std::cout << j.dump() << "\n";
+  } else {
+    std::cout << std::fixed << std::setprecision(1) << "messages: " << a.count << " x " << a.bytes << " bytes over "
+              << a.transport << "\n"
+              << "flotilla sample stream: " << flot.mb_per_s << " MB/s, " << flot.messages_per_s << " messages/s\n"
+              << "bare zeromq push/pull:  " << bare.mb_per_s << " MB/s, " << bare.messages_per_s << " messages/s\n"
+              << std::setprecision(3) << "ratio: " << ratio << "\n";
+  }
+  return 0;
+}
+
+}  // namespace flotilla::controller

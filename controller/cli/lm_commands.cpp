@@ -1,0 +1,317 @@
+// Language-model commands: `flotilla lm init`, `lm score`, `generate`, `tokenize`, `data make`
+// and the `bench generate` / `bench tokenize` benchmarks.
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <sstream>
+
+#include "controller/cli/commands.hpp"
+#include "controller/cli/json32.hpp"
+#include "core/error.hpp"
+#include "core/fs.hpp"
+#include "core/process.hpp"
+#include "envs/text_tasks.hpp"
+#include "models/generation.hpp"
+#include "models/tokenizer.hpp"
+#include "models/transformer.hpp"
+
+namespace flotilla::controller {
+namespace {
+
+std::vector<std::string> input_lines(const TokenizeArgs& args) {
+  std::string text = args.text;
+  if (!args.file.empty()) text = core::read_file(args.file);
+  else if (args.text.empty() && !args.from_stdin) return {};
+  if (args.from_stdin) {
+    std::ostringstream s;
+    s << std::cin.rdbuf();
+    text = s.str();
+  }
+  std::vector<std::string> lines;
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    size_t nl = text.find('\n', pos);
+    if (nl == std::string::npos) {
+      if (pos < text.size() || lines.empty()) lines.push_back(text.substr(pos));
+      break;
+    }
+    lines.push_back(text.substr(pos, nl - pos));
+    pos = nl + 1;
+  }
+  return lines;
+}
+
+// The specials a new model's tokenizer carries (ids 256, 257, 258).
+const std::vector<std::string> kSpecials = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
+
+}  // namespace
+
+int lm_init(const LmInitArgs& args) {
+  models::LmConfig c = models::LmConfig::preset(args.arch, args.preset, args.vocab);
+  c.head = args.head;
+  if (args.vocab < 256 + static_cast<int64_t>(kSpecials.size()))
+    throw ConfigError("--vocab " + std::to_string(args.vocab) + " is too small for the byte-level tokenizer written beside "
+                      "the model (256 bytes + " + std::to_string(kSpecials.size()) + " specials = 259)");
+  at::manual_seed(args.seed);
+  models::CausalLm lm(c);
+  lm.save(args.out, args.dtype);
+  const std::string tok = models::byte_level_tokenizer_json(kSpecials);
+  core::write_file_atomically(std::filesystem::path(args.out) / "tokenizer.json", [&](std::ostream& o) { o << tok; });
+  int64_t params = 0;
+  for (const auto& [name, t] : lm.named_parameters()) params += t.numel();
+  std::cout << args.out << ": " << args.arch << " " << args.preset << ", " << params << " parameters, vocab "
+            << args.vocab << ", " << args.dtype << "\n";
+  return 0;
+}
+
+int lm_score(const LmScoreArgs& args) {
+  models::CausalLm lm = models::CausalLm::load(args.model);
+  if (lm.config().head != "lm")
+    throw ConfigError(args.model + " has a " + lm.config().head + " head; lm score needs a language-model head");
+  const std::string text = core::read_file(args.tokens_file);
+  std::istringstream in(text);
+  std::string line;
+  for (int n = 1; std::getline(in, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = args.tokens_file + ":" + std::to_string(n);
+    nlohmann::json ids;
+    try {
+      ids = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception&) {
+      throw ConfigError(where + ": expected a JSON array of token ids, got '" + line + "'");
+    }
+    if (!ids.is_array() || ids.empty()) throw ConfigError(where + ": expected a non-empty JSON array of token ids");
+    std::vector<int64_t> v;
+    for (const auto& x : ids) {
+      if (!x.is_number_integer()) throw ConfigError(where + ": token ids are integers, got " + x.dump());
+      const int64_t id = x.get<int64_t>();
+      if (id < 0 || id >= lm.config().vocab_size)
+        throw ConfigError(where + ": token id " + std::to_string(id) + " is outside the model's vocabulary (0 to " +
+                          std::to_string(lm.config().vocab_size - 1) + ")");
+      v.push_back(id);
+    }
+    at::Tensor lp = lm.token_log_probs(at::tensor(v, at::kLong).unsqueeze(0))[0].contiguous();
+    std::cout << f32_list(lp.data_ptr<float>(), lp.numel()).dump() << "\n";
+  }
+  return 0;
+}
+
+int generate(const GenerateArgs& args) {
+  models::CausalLm lm = models::CausalLm::load(args.model);
+  auto tok = models::load_tokenizer(args.model);
+  std::vector<int32_t> prompt;
+  try {
+    prompt = tok->encode(args.prompt);
+  } catch (const FormatError& e) {
+    throw ConfigError(std::string("--prompt: ") + e.what());
+  }
+  models::GenerationRequest r;
+  r.id = 0;
+  r.prompt = prompt;
+  r.n = args.n;
+  r.sampling.temperature = args.temperature;
+  r.sampling.top_p = args.top_p;
+  r.sampling.top_k = args.top_k;
+  r.sampling.seed = args.seed;
+  r.sampling.max_new_tokens = args.max_tokens;
+  for (const std::string& stop : {std::string("<|endoftext|>"), std::string("<|im_end|>")})
+    if (auto id = tok->token_id(stop)) r.sampling.stop_tokens.push_back(*id);
+  models::EngineConfig c;
+  c.max_batch = std::max<int64_t>(c.max_batch, args.n);
+  c.num_blocks = std::max<int64_t>(c.num_blocks, args.n * ((static_cast<int64_t>(prompt.size()) + args.max_tokens) / c.block_size + 2));
+  models::GenerationEngine engine(lm, c);
+  engine.submit(r);
+  auto out = engine.run();
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.sample < b.sample; });
+  for (const auto& g : out) {
+    // A model's vocabulary may be larger than its tokenizer's (padding rows, as in Qwen's): ids
+    // the tokenizer lacks have no text.
+    std::vector<int32_t> known;
+    for (int32_t id : g.tokens)
+      if (id < tok->vocab_size()) known.push_back(id);
+    nlohmann::ordered_json j = {{"sample", g.sample},
+                                {"text", tok->decode(known)},
+                                {"tokens", g.tokens},
+                                {"logprobs", g.logprobs},
+                                {"finish_reason", g.finish_reason}};
+    std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  }
+  return 0;
+}
+
+int bench_generate(const GenerateBenchArgs& args) {
+  models::CausalLm lm = models::CausalLm::load(args.model);
+  const int64_t B = args.batch, P = args.prompt_len, G = args.gen_len;
+  if (P + G > lm.config().max_position_embeddings)
+    throw ConfigError("--prompt-len plus --gen-len is more than the model's max_position_embeddings");
+  at::manual_seed(args.seed);
+  const at::Tensor prompts = at::randint(0, lm.config().vocab_size, {B, P}, at::kLong);
+  using clock = std::chrono::steady_clock;
+  // The engine: greedy decoding of B sequences together.
+  models::EngineConfig c;
+  c.max_batch = B;
+  c.num_blocks = B * ((P + G) / c.block_size + 2);
+  models::GenerationEngine engine(lm, c);
+  for (int64_t b = 0; b < B; ++b) {
+    models::GenerationRequest r;
+    r.id = b;
+    at::Tensor row = prompts[b].contiguous();
+    r.prompt.assign(row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + P);
+    r.sampling.temperature = 0;
+    r.sampling.max_new_tokens = G;
+    engine.submit(r);
+  }
+  auto t0 = clock::now();
+  const auto out = engine.run();
+  const double engine_s = std::chrono::duration<double>(clock::now() - t0).count();
+  int64_t generated = 0;
+  for (const auto& g : out) generated += static_cast<int64_t>(g.tokens.size());
+  // The baseline: the whole sequence recomputed for every new token.
+  t0 = clock::now();
+  at::Tensor seq = prompts.clone();
+  {
+    at::NoGradGuard no_grad;
+    for (int64_t t = 0; t < G; ++t) {
+      at::Tensor next = lm.forward(seq).select(1, seq.size(1) - 1).argmax(-1, true);
+      seq = at::cat({seq, next}, 1);
+    }
+  }
+  const double naive_s = std::chrono::duration<double>(clock::now() - t0).count();
+  const double engine_tps = static_cast<double>(generated) / engine_s, naive_tps = static_cast<double>(B * G) / naive_s;
+  nlohmann::ordered_json j = {{"model", args.model},         {"batch", B},
+                              {"prompt_len", P},             {"gen_len", G},
+                              {"engine_tokens_per_second", engine_tps},
+                              {"recompute_tokens_per_second", naive_tps},
+                              {"ratio", engine_tps / naive_tps}};
+  if (args.json) std::cout << j.dump() << "\n";
+  else
+    std::cout << "batch " << B << ", prompt " << P << ", generate " << G << "\n"
+              << "engine: " << engine_tps << " tokens/s\n"
+              << "recompute baseline: " << naive_tps << " tokens/s\n"
+              << "ratio: " << engine_tps / naive_tps << "\n";
+  return 0;
+}
+
+int data_make(const DataMakeArgs& args) {
+  envs::TextTaskOptions o;
+  o.max_digits = args.max_digits;
+  o.length = args.length;
+  auto examples = envs::make_text_task(args.task, args.n, args.seed, o);
+  envs::set_kind(examples, args.kind, args.seed);
+  std::string text;
+  for (const auto& e : examples) text += envs::text_example_json(e, args.kind) + "\n";
+  if (args.out.empty() || args.out == "-") {
+    std::cout << text;
+    return 0;
+  }
+  const std::filesystem::path parent = std::filesystem::path(args.out).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent);
+  core::write_file_atomically(args.out, [&](std::ostream& o) { o << text; });
+  std::cerr << args.out << ": " << examples.size() << " " << args.task << " examples (" << args.kind << ")\n";
+  return 0;
+}
+
+int tokenize(const TokenizeArgs& args) {
+  auto tok = models::load_tokenizer(args.tokenizer);
+  const std::vector<std::string> lines = input_lines(args);
+  for (size_t n = 0; n < lines.size(); ++n) {
+    const std::string where = "line " + std::to_string(n + 1);
+    if (args.decode) {
+      nlohmann::json ids;
+      try {
+        ids = nlohmann::json::parse(lines[n]);
+      } catch (const nlohmann::json::exception&) {
+        throw ConfigError(where + ": --decode takes one JSON array of token ids per line, got '" + lines[n] + "'");
+      }
+      if (!ids.is_array()) throw ConfigError(where + ": expected a JSON array of token ids");
+      std::vector<int32_t> v;
+      for (const auto& x : ids) {
+        if (!x.is_number_integer()) throw ConfigError(where + ": token ids are integers, got " + x.dump());
+        v.push_back(x.get<int32_t>());
+      }
+      std::string text;
+      try {
+        text = tok->decode(v);
+      } catch (const Error& e) {
+        throw ConfigError(where + ": " + e.what());
+      }
+      // A JSON string: decoded text may hold newlines or invalid UTF-8 (a cut multi-byte character).
+      std::cout << nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+      continue;
+    }
+    std::vector<int32_t> ids;
+    try {
+      ids = tok->encode(lines[n]);
+    } catch (const FormatError& e) {
+      throw ConfigError(where + ": " + e.what());
+    }
+    std::cout << nlohmann::json(ids).dump() << "\n";
+  }
+  return 0;
+}
+
+int bench_tokenize(const TokenizeBenchArgs& args) {
+  auto tok = models::load_tokenizer(args.tokenizer);
+  const std::string text = core::read_file(args.file);
+  if (text.empty()) throw ConfigError(args.file + " is empty");
+  using clock = std::chrono::steady_clock;
+  // Line by line, as `flotilla tokenize` reads files; repeated until about a second has passed.
+  std::vector<std::string_view> lines;
+  for (size_t pos = 0; pos < text.size();) {
+    size_t nl = text.find('\n', pos);
+    if (nl == std::string::npos) nl = text.size();
+    lines.push_back(std::string_view(text).substr(pos, nl - pos));
+    pos = nl + 1;
+  }
+  size_t tokens = 0;
+  int rounds = 0;
+  const auto t0 = clock::now();
+  double seconds = 0;
+  while (seconds < 1.0 || rounds < 1) {
+    for (std::string_view l : lines) tokens += tok->encode(l).size();
+    ++rounds;
+    seconds = std::chrono::duration<double>(clock::now() - t0).count();
+  }
+  const double mb = static_cast<double>(text.size()) * rounds / 1e6;
+  nlohmann::ordered_json j = {{"tokenizer", args.tokenizer},   {"file", args.file},
+                              {"bytes", text.size()},          {"rounds", rounds},
+                              {"tokens_per_round", tokens / static_cast<size_t>(rounds)},
+                              {"seconds", seconds},            {"mb_per_second", mb / seconds}};
+  if (!args.reference.empty()) {
+    // The npm reference encoder on the same file, in the same run (tests/reference/bench_tokenize.js).
+    const std::filesystem::path script =
+        std::filesystem::path(FLOTILLA_SOURCE_DIR) / "tests" / "reference" / "bench_tokenize.js";
+    if (!std::filesystem::exists(script))
+      throw ConfigError("--reference needs " + script.string() + " (a source checkout) and scripts/setup --tests");
+    const std::string out = core::run_with_input({"node", {script.string(), args.reference, args.file}, "the reference encoder"}, "",
+                                                 std::chrono::minutes(30));
+    nlohmann::json ref;
+    try {
+      ref = nlohmann::json::parse(out);
+    } catch (const nlohmann::json::exception&) {
+      throw Error("the reference encoder printed no result: " + out);
+    }
+    j["reference"] = ref;
+    j["ratio"] = (mb / seconds) / ref.at("mb_per_second").get<double>();
+  }
+  if (args.json) {
+    std::cout << j.dump() << "\n";
+    return 0;
+  }
+  std::cout << "tokenizer: " << args.tokenizer << "  file: " << args.file << " (" << text.size() << " bytes, "
+            << tokens / static_cast<size_t>(rounds) << " tokens)\n"
+            << "mb_per_second: " << mb / seconds << "\n";
+  if (j.contains("reference"))
+    std::cout << "reference (" << args.reference << ", npm): " << j["reference"]["mb_per_second"].get<double>()
+              << " MB/s, " << j["reference"]["tokens_per_round"] << " tokens\n"
+              << "ratio: " << j["ratio"].get<double>() << "\n";
+  return 0;
+}
+
+}  // namespace flotilla::controller

@@ -1,0 +1,263 @@
+#include "controller/cluster/cluster.hpp"
+
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <zmq.hpp>
+
+#include "core/error.hpp"
+#include "core/process.hpp"
+#include "core/wire.hpp"
+
+namespace flotilla::controller {
+namespace fs = std::filesystem;
+namespace asio = boost::asio;
+
+// The event loop: child exits (Boost.Process on the loop's SIGCHLD service), heartbeats and
+// metrics (the sockets' file descriptors), heartbeat deadlines (a timer per worker).
+struct Cluster::Monitor {
+  struct Proc {
+    std::string name;
+    std::unique_ptr<core::Process> process;
+    std::unique_ptr<asio::steady_timer> deadline;
+    std::string endpoint;  // from its first heartbeat
+    bool exited = false;
+  };
+
+  zmq::context_t context{1};
+  zmq::socket_t heartbeats{context, zmq::socket_type::pull};
+  zmq::socket_t metrics{context, zmq::socket_type::pull};
+  asio::io_context io;
+  asio::posix::stream_descriptor beat_fd{io}, metrics_fd{io};
+  std::deque<Proc> procs;  // stable addresses: the loop's handlers point at them
+  std::chrono::milliseconds timeout{3000};
+  std::thread thread;
+  core::DropCounter drops;
+
+  mutable std::mutex mutex;  // guards everything below, and procs' endpoint and exited
+  std::condition_variable changed;
+  std::string failure;
+  bool stopping = false, woken = false;
+  std::deque<WorkerMetrics> rows;
+  std::vector<runtime::WorkerGroup*> groups;
+
+  ~Monitor() {
+    io.stop();
+    if (thread.joinable()) thread.join();
+    // The descriptors belong to ZeroMQ.
+    if (beat_fd.is_open()) beat_fd.release();
+    if (metrics_fd.is_open()) metrics_fd.release();
+  }
+
+  // Ends every pending call with `why`; the first failure is the one reported.
+  void fail(const std::string& why) {
+    std::vector<runtime::WorkerGroup*> to_fail;
+    {
+      std::lock_guard lock(mutex);
+      if (stopping || !failure.empty()) return;
+      failure = why;
+      to_fail = groups;
+    }
+    for (auto* g : to_fail) g->fail(why);
+    changed.notify_all();
+  }
+
+  void exited(Proc& p, core::ExitStatus status) {
+    {
+      std::lock_guard lock(mutex);
+      p.exited = true;
+    }
+    p.deadline->cancel();
+    changed.notify_all();
+    fail("worker " + p.name + " (pid " + std::to_string(p.process->pid()) + ") " + status.str());
+  }
+
+  void arm(Proc& p, std::chrono::milliseconds after) {
+    p.deadline->expires_after(after);
+    p.deadline->async_wait([this, &p, after](const boost::system::error_code& ec) {
+      if (ec) return;  // re-armed by a heartbeat, or cancelled
+      fail("worker " + p.name + " (pid " + std::to_string(p.process->pid()) + ") sent no heartbeat for " +
+           std::to_string(after.count()) + " ms");
+    });
+  }
+
+  void beat(const core::InMessage& m) {
+    const std::string from = m.envelope().getSender().cStr();
+    for (auto& p : procs) {
+      if (p.name != from) continue;
+      {
+        std::lock_guard lock(mutex);
+        if (p.endpoint.empty()) p.endpoint = m.envelope().getHeartbeat().getEndpoint().cStr();
+      }
+      arm(p, timeout);
+      changed.notify_all();
+    }
+  }
+
+  void metric(const core::InMessage& m) {
+    if (!m.envelope().isMetrics()) return;
+    auto r = m.envelope().getMetrics();
+    WorkerMetrics w{m.envelope().getSender().cStr(), r.getStep(), {}};
+    for (auto v : r.getValues()) w.values.emplace_back(v.getName().cStr(), v.getValue());
+    {
+      std::lock_guard lock(mutex);
+      rows.push_back(std::move(w));
+    }
+    changed.notify_all();
+  }
+
+  // Waits for `fd` to be readable and takes every message waiting on `socket`. ZeroMQ signals its
+  // descriptor on edges, so the wait is armed before the socket is drained: a message that arrives
+  // after the drain raises a new edge the armed wait sees.
+  template <class OnMessage>
+  void watch(asio::posix::stream_descriptor& fd, zmq::socket_t& socket, OnMessage on_message) {
+    fd.async_wait(asio::posix::stream_descriptor::wait_read, [this, &fd, &socket, on_message](const boost::system::error_code& ec) {
+      if (!ec) watch(fd, socket, on_message);
+    });
+    while (socket.get(zmq::sockopt::events) & ZMQ_POLLIN) {
+      try {
+        if (auto m = core::InMessage::receive(socket)) on_message(*m);
+      } catch (const core::DecodeError& e) {
+        drops.record(e, "controller");
+      }
+    }
+  }
+};
+
+Cluster::Cluster(const fs::path& run_dir, std::string experiment, const std::vector<WorkerSpec>& workers, ClusterOptions options)
+    : experiment_(std::move(experiment)),
+      trial_(std::to_string(::getpid())),
+      options_(options),
+      name_dir_(fs::absolute(run_dir / "names")),
+      monitor_(std::make_unique<Monitor>()) {
+  Monitor& m = *monitor_;
+  m.timeout = options.heartbeat_timeout;
+  for (zmq::socket_t* s : {&m.heartbeats, &m.metrics}) {
+    s->set(zmq::sockopt::linger, 0);
+    s->set(zmq::sockopt::rcvtimeo, 0);
+    s->bind("tcp://127.0.0.1:*");
+  }
+  const std::string beat_to = m.heartbeats.get(zmq::sockopt::last_endpoint);
+  const std::string metrics_to = m.metrics.get(zmq::sockopt::last_endpoint);
+  fs::create_directories(name_dir_);
+
+  for (const auto& spec : workers) {
+    for (int rank = 0; rank < spec.count; ++rank) {
+      const std::string name = spec.group + "/" + std::to_string(rank);
+      core::ProcessSpec p{options.executable,
+                          {"worker", "--role", spec.group, "--rank", std::to_string(rank), "--world-size", std::to_string(spec.count),
+                           "--experiment", experiment_, "--trial", trial_, "--name-dir", name_dir_.string(), "--heartbeat-ms",
+                           std::to_string(options.heartbeat.count()), "--controller-pid", std::to_string(::getpid()),
+                           "--heartbeat-to", beat_to, "--metrics-to", metrics_to},
+                          "worker " + name};
+      Monitor::Proc& proc = m.procs.emplace_back();
+      proc.name = name;
+      proc.deadline = std::make_unique<asio::steady_timer>(m.io);
+      proc.process = std::make_unique<core::Process>(p, m.io, [&m, &proc](core::ExitStatus s) { m.exited(proc, s); });
+      m.arm(proc, options.start_timeout);  // until its first heartbeat, silence is start-up
+    }
+  }
+  m.beat_fd.assign(m.heartbeats.get(zmq::sockopt::fd));
+  m.metrics_fd.assign(m.metrics.get(zmq::sockopt::fd));
+  m.watch(m.beat_fd, m.heartbeats, [&m](const core::InMessage& msg) {
+    if (msg.envelope().isHeartbeat()) m.beat(msg);
+  });
+  m.watch(m.metrics_fd, m.metrics, [&m](const core::InMessage& msg) { m.metric(msg); });
+  m.thread = std::thread([&m] { m.io.run(); });
+
+  // Every worker's first heartbeat says where it answers calls.
+  {
+    std::unique_lock lock(m.mutex);
+    m.changed.wait(lock, [&] {
+      if (!m.failure.empty()) return true;
+      for (const auto& p : m.procs)
+        if (p.endpoint.empty()) return false;
+      return true;
+    });
+  }
+  check();
+  for (const auto& spec : workers) {
+    std::vector<std::string> endpoints;
+    for (const auto& p : m.procs)
+      if (p.name.rfind(spec.group + "/", 0) == 0) endpoints.push_back(p.endpoint);
+    groups_[spec.group] = std::make_unique<runtime::WorkerGroup>(m.context, spec.group, endpoints, options.call_timeout);
+  }
+  std::lock_guard lock(m.mutex);
+  for (auto& [name, g] : groups_) m.groups.push_back(g.get());
+}
+
+Cluster::~Cluster() {
+  Monitor& m = *monitor_;
+  {
+    std::lock_guard lock(m.mutex);
+    m.stopping = true;
+    m.groups.clear();
+  }
+  std::vector<runtime::Future<runtime::Stop>> stopping;
+  for (auto& [name, g] : groups_) stopping.push_back(g->call(runtime::Stop{}));
+  for (auto& f : stopping) {
+    try {
+      f.get();
+    } catch (const std::exception&) {  // already gone
+    }
+  }
+  groups_.clear();
+  // Give the workers a moment to leave on their own; the monitor's processes end the rest.
+  std::unique_lock lock(m.mutex);
+  m.changed.wait_for(lock, std::chrono::seconds(3), [&] {
+    for (const auto& p : m.procs)
+      if (!p.exited) return false;
+    return true;
+  });
+}
+
+std::vector<Cluster::WorkerMetrics> Cluster::metrics(std::chrono::milliseconds wait) {
+  Monitor& m = *monitor_;
+  std::unique_lock lock(m.mutex);
+  m.changed.wait_for(lock, wait, [&] { return !m.rows.empty() || !m.failure.empty() || m.woken; });
+  m.woken = false;
+  std::vector<WorkerMetrics> out(std::make_move_iterator(m.rows.begin()), std::make_move_iterator(m.rows.end()));
+  m.rows.clear();
+  return out;
+}
+
+void Cluster::wake() {
+  {
+    std::lock_guard lock(monitor_->mutex);
+    monitor_->woken = true;
+  }
+  monitor_->changed.notify_all();
+}
+
+runtime::WorkerGroup& Cluster::group(const std::string& name) {
+  auto it = groups_.find(name);
+  if (it == groups_.end()) throw ConfigError("no worker group '" + name + "' in this run");
+  return *it->second;
+}
+
+void Cluster::check() const {
+  std::lock_guard lock(monitor_->mutex);
+  if (!monitor_->failure.empty()) throw Error(monitor_->failure);
+}
+
+pid_t Cluster::pid(const std::string& group, int rank) const {
+  for (const auto& p : monitor_->procs)
+    if (p.name == group + "/" + std::to_string(rank)) return p.process->pid();
+  throw ConfigError("no worker " + group + "/" + std::to_string(rank));
+}
+
+int64_t Cluster::transfer_bytes() const {
+  int64_t total = 0;
+  for (const auto& [name, g] : groups_) total += g->transfer_bytes();
+  return total;
+}
+
+}  // namespace flotilla::controller

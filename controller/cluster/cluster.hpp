@@ -1,0 +1,77 @@
+#pragma once
+// Cluster: the controller's view of its worker processes on this machine. It starts them (this
+// executable's `worker` command, through core::Process), learns each one's address from its
+// first heartbeat, builds a WorkerGroup per group, and watches them on a Boost.Asio event loop:
+// a worker that exits is reported the moment the kernel says so, one that misses heartbeats for
+// longer than the timeout when its timer fires. Either way every pending call on every group ends
+// at once with an error naming the worker, and check() throws it. On destruction every worker is
+// stopped and reaped; none outlives the controller (workers also ask the kernel to end them if
+// the controller dies).
+#include <sys/types.h>
+
+#include <chrono>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/metrics.hpp"
+#include "runtime/group.hpp"
+
+namespace flotilla::controller {
+
+struct WorkerSpec {
+  std::string group;
+  int count = 1;
+};
+
+struct ClusterOptions {
+  std::filesystem::path executable = "/proc/self/exe";  // the flotilla binary that runs workers
+  std::chrono::milliseconds heartbeat{200};
+  std::chrono::milliseconds heartbeat_timeout{3000};
+  std::chrono::milliseconds start_timeout{60000};
+  std::chrono::milliseconds call_timeout{60000};
+};
+
+class Cluster {
+ public:
+  Cluster(const std::filesystem::path& run_dir, std::string experiment, const std::vector<WorkerSpec>& workers,
+          ClusterOptions options = {});
+  ~Cluster();
+  Cluster(const Cluster&) = delete;
+  Cluster& operator=(const Cluster&) = delete;
+
+  runtime::WorkerGroup& group(const std::string& name);
+  // Calls M on group `name` and waits for the reply.
+  template <runtime::WorkerMethod M>
+  runtime::Reply<M> run(const std::string& name, const M& args, const runtime::Input& input = {}) {
+    return group(name).call(args, input).get();
+  }
+
+  struct WorkerMetrics {
+    std::string worker;
+    int64_t step;
+    core::Scalars values;
+  };
+  // Metrics rows workers pushed since the last call, waiting up to `wait` for the first; returns
+  // at once when a worker fails (check() then throws) or wake() is called.
+  std::vector<WorkerMetrics> metrics(std::chrono::milliseconds wait);
+  // Ends a metrics() wait, e.g. on Ctrl-C.
+  void wake();
+  // Throws Error naming the first worker that exited or went silent.
+  void check() const;
+  pid_t pid(const std::string& group, int rank) const;
+  // Tensor bytes sent to and received from every worker group so far.
+  int64_t transfer_bytes() const;
+
+ private:
+  struct Monitor;
+  std::string experiment_, trial_;
+  ClusterOptions options_;
+  std::filesystem::path name_dir_;
+  std::unique_ptr<Monitor> monitor_;
+  std::map<std::string, std::unique_ptr<runtime::WorkerGroup>> groups_;
+};
+
+}  // namespace flotilla::controller

@@ -1,0 +1,438 @@
+// The RLHF program (`program: rlhf`): HybridFlow's single controller. The workers hold the models
+// (actor, rollout, ref, critic, reward; colocated in one group or split into one group per role)
+// and the rows they make; this file holds the dataset and the dataflow, one step of which reads
+// top to bottom:
+//
+//   generate -> reward | old log-probs | ref log-probs | values -> advantages -> critic update
+//            -> actor update -> weight sync
+//
+// Stages that do not depend on each other are in flight together (split workers run them in
+// parallel). Generated sequences, log-probs, values and advantages stay on the workers that made
+// them (runtime::DataRef) and go worker to worker; the controller pulls only scores and lengths.
+// SFT, reward-model training and offline DPO use the same workers without generation.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <optional>
+
+#include "actors/lm/config.hpp"
+#include "actors/lm/data.hpp"
+#include "actors/lm/methods.hpp"
+#include "algorithms/lm_losses.hpp"
+#include "controller/cluster/cluster.hpp"
+#include "controller/run/checkpoint.hpp"
+#include "controller/run/program.hpp"
+#include "core/error.hpp"
+#include "core/fs.hpp"
+#include "models/tokenizer.hpp"
+
+namespace flotilla::controller {
+namespace fs = std::filesystem;
+using clock_type = std::chrono::steady_clock;
+using nlohmann::json;
+using namespace actors::lm;
+using runtime::DataRef;
+using runtime::Input;
+using Step = algorithms::LmAlgorithm::Step;
+
+namespace {
+
+double seconds_since(clock_type::time_point t) { return std::chrono::duration<double>(clock_type::now() - t).count(); }
+double tokens_in(const at::Tensor& last) { return (last + 1).sum().item<double>(); }
+
+class RlhfProgram final : public Program {
+ public:
+  RlhfProgram(core::ConfigView root, const Experiment& e) : experiment_(e), c_(RlhfConfig::read(root)) {
+    core::ConfigView train = root.section("train");
+    steps_ = train.get<int64_t>("steps", 100, core::at_least<int64_t>(1));
+    call_timeout_s_ = train.get<double>("call_timeout_s", 600.0, core::greater_than(0.0));
+    core::ConfigView eval = root.section("eval");
+    eval_every_ = eval.get<int64_t>("every", 0, core::at_least<int64_t>(0));
+    eval_n_ = eval.get<int64_t>("n", 200, core::at_least<int64_t>(1));
+    eval_at_start_ = eval.get<bool>("at_start", true);
+    if ((eval_every_ > 0 || eval_at_start_) && c_.data.val.empty() && eval.has("every"))
+      eval.fail("every", "evaluation needs data.val, a held-out JSONL dataset");
+    core::ConfigView ckpt = root.section("checkpoint");
+    ckpt_every_ = ckpt.get<int64_t>("every", 0, core::at_least<int64_t>(0));
+    ckpt_keep_ = ckpt.get<int>("keep", 2, core::at_least(1));
+    seed_ = static_cast<uint64_t>(root.get<int64_t>("seed", 1));
+    kl_coef_ = c_.kl_coef;
+    if (c_.kl_target > 0) adaptive_kl_ = algorithms::AdaptiveKl(c_.kl_coef, c_.kl_target, c_.kl_horizon);
+
+    // Files are checked now, before any worker starts.
+    for (const auto& p : {c_.model_path, c_.ref_path, c_.critic_path, c_.reward_path})
+      if (!p.empty() && !fs::exists(fs::path(p) / "config.json"))
+        throw ConfigError(p + ": not a model directory (no config.json); use a run's final/ model (e.g. of configs/rlhf/addition_sft.yaml) or make one with `flotilla lm init`");
+    for (const auto& [key, path] : {std::pair<std::string, std::string>{"train", c_.data.train}, {"val", c_.data.val}})
+      if (!path.empty() && !fs::exists(path))
+        root.section("data").fail(key, path + " does not exist; make a synthetic set with `flotilla data make TASK --out " + path + "`");
+    tokenizer_ = models::load_tokenizer(c_.tokenizer.empty() ? c_.model_path : c_.tokenizer);
+    format_ = std::make_unique<Formatter>(c_.data, *tokenizer_);
+    train_ = format_->load(c_.data.train, c_.data.train_kind);
+    if (!c_.data.val.empty()) val_ = format_->load(c_.data.val, c_.data.val_kind);
+    if (c_.family.pair_eval() && c_.data.val.empty() && eval_every_ > 0) eval.fail("every", "reward-model evaluation needs data.val pairs");
+  }
+
+  int64_t total_steps() const override { return steps_; }
+
+  void resume(const fs::path& run_dir) override {
+    auto path = latest_checkpoint(run_dir);
+    if (!path) throw ConfigError(run_dir.string() + ": no checkpoint to resume from in checkpoints/");
+    resume_ = json::parse(load_checkpoint(*path).manifest_json);
+  }
+
+  RunResult run(RunContext& ctx) override {
+    at::set_num_threads(1);  // the workers do the heavy work; an idle thread pool here would spin beside them
+    spdlog::info("data: {} train examples from {} ({} filtered, {} truncated over {} prompt tokens){}", train_.examples.size(),
+                 c_.data.train, train_.filtered, train_.truncated, c_.data.max_prompt_tokens,
+                 val_.examples.empty() ? "" : ", " + std::to_string(val_.examples.size()) + " held out");
+    Cluster cluster(ctx.dir, experiment_.name, worker_specs(), cluster_options());
+    cluster_ = &cluster;
+    for (const auto& g : c_.workers) cluster.run(g.role, runtime::Configure{core::read_file(ctx.dir / "config.yaml")});
+
+    Sampler sampler(static_cast<int64_t>(train_.examples.size()), seed_);
+    int64_t start = 0;
+    if (!resume_.is_null()) start = restore(ctx.dir, sampler);
+    ctx.report_progress(start);
+    RunResult result;
+    const TrainClock clock(resume_.is_null() ? 0.0 : resume_.value("train_time_s", 0.0));
+    if (start == 0 && eval_at_start_ && !val_.examples.empty()) log_eval(ctx, 0, result);
+    int64_t step = start;
+    while (step < steps_) {
+      if (interrupted(ctx, result)) break;
+      ++step;
+      const auto ts = clock_type::now();
+      const int64_t bytes_before = cluster.transfer_bytes();
+      core::Scalars row;
+      const double tokens = train_step(sampler, step, row);
+      row.push_back({"timing_s/step", seconds_since(ts)});
+      row.push_back({"perf/throughput", tokens / std::max(seconds_since(ts), 1e-9)});
+      row.push_back({"transfer/controller_bytes", static_cast<double>(cluster.transfer_bytes() - bytes_before)});
+      ctx.metrics.log(step, row);
+      if (eval_every_ > 0 && (step % eval_every_ == 0 || step == steps_) && !val_.examples.empty()) log_eval(ctx, step, result);
+      if ((ckpt_every_ > 0 && step % ckpt_every_ == 0) || step == steps_) checkpoint(ctx.dir, step, sampler, clock.seconds());
+      ctx.report_progress(step);
+    }
+    if (result.exit_reason == "interrupted" && step > start) checkpoint(ctx.dir, step, sampler, clock.seconds());
+    if (step > start || start == 0) save_final(ctx.dir);
+    result.summary.push_back({"global_step", static_cast<double>(step)});
+    result.summary.push_back({"data/train_examples", static_cast<double>(train_.examples.size())});
+    result.summary.push_back({"data/prompts_filtered", static_cast<double>(train_.filtered + val_.filtered)});
+    result.summary.push_back({"data/prompts_truncated", static_cast<double>(train_.truncated + val_.truncated)});
+    result.summary.push_back({"data/responses_truncated", static_cast<double>(train_.responses_truncated)});
+    result.summary.push_back({"train_time_s", clock.seconds()});
+    cluster_ = nullptr;
+    return result;
+  }
+
+ private:
+  std::vector<WorkerSpec> worker_specs() const {
+    std::vector<WorkerSpec> specs;
+    std::string layout, roles;
+    for (const auto& g : c_.workers) {
+      specs.push_back({g.role, g.count});
+      layout += (layout.empty() ? "" : ", ") + std::to_string(g.count) + " " + g.role;
+    }
+    for (const auto& r : c_.roles) roles += (roles.empty() ? "" : " ") + r;
+    spdlog::info("{}: {} placement, roles {}; starting workers: {}", c_.algo, c_.placement, roles, layout);
+    return specs;
+  }
+  ClusterOptions cluster_options() const {
+    ClusterOptions options;
+    options.call_timeout = std::chrono::milliseconds(static_cast<int64_t>(call_timeout_s_ * 1000));
+    options.heartbeat_timeout = std::chrono::seconds(30);
+    return options;
+  }
+  runtime::WorkerGroup& group(const std::string& role) { return cluster_->group(c_.group_of(role)); }
+
+  // ---- one training step per kind of algorithm: metrics into `row`, tokens processed returned ----
+
+  double train_step(Sampler& sampler, int64_t step, core::Scalars& row) {
+    switch (c_.family.step) {
+      case Step::Supervised: return supervised_step(sampler, step, row);
+      case Step::Pairs: return pair_step(sampler, step, row);
+      case Step::Rl: return rl_step(sampler, step, row);
+    }
+    return 0;
+  }
+
+  double supervised_step(Sampler& sampler, int64_t step, core::Scalars& row) {
+    std::vector<SequenceRow> rows;
+    for (int64_t i : sampler.next(c_.batch_size)) rows.push_back({&ex(i).prompt, &ex(i).response});
+    const core::Batch batch = sequence_batch(rows);
+    row.push_back({"response_length/mean", batch["response_mask"].sum(1).mean().item<double>()});
+    update_actor(DataRef::of(batch), step, 1, row);
+    return tokens_in(batch["last"]);
+  }
+
+  // Preference pairs: reward-model training (Bradley-Terry) or offline DPO against the reference.
+  double pair_step(Sampler& sampler, int64_t step, core::Scalars& row) {
+    std::vector<SequenceRow> rows;
+    for (int64_t i : sampler.next(c_.batch_size)) {
+      rows.push_back({&ex(i).prompt, &ex(i).chosen});
+      rows.push_back({&ex(i).prompt, &ex(i).rejected});
+    }
+    const core::Batch batch = sequence_batch(rows);
+    row.push_back({"response_length/mean", batch["response_mask"].sum(1).mean().item<double>()});
+    DataRef data = DataRef::of(batch);
+    if (c_.needs_ref()) {
+      const auto t = clock_type::now();
+      data = DataRef::join({data, group("ref").call(RefLogProbs{}, Input(data.select({"tokens"})).grouped(2)).get().data});
+      row.push_back({"timing_s/ref", seconds_since(t)});
+    }
+    update_actor(data, step, 2, row);
+    return tokens_in(batch["last"]);
+  }
+
+  double rl_step(Sampler& sampler, int64_t step, core::Scalars& row) {
+    const int64_t n = c_.group_size;
+    // 1. generate: n samples per prompt, rows p*n .. p*n+n-1, kept by the rollout workers
+    auto t = clock_type::now();
+    const DataRef samples = generate(train_, sampler.next(c_.batch_size), n, c_.temperature, seed_ * 1000003 + static_cast<uint64_t>(step));
+    row.push_back({"timing_s/gen", seconds_since(t)});
+
+    // 2. reward, old log-probs, reference log-probs and values: independent, in flight together
+    const auto issued = clock_type::now();
+    const Input tokens = Input(samples.select({"tokens"})).grouped(n);
+    auto old_lp = group("actor").call(ActorLogProbs{}, tokens);
+    std::optional<runtime::Future<RefLogProbs>> ref_lp;
+    std::optional<runtime::Future<CriticValues>> values;
+    if (c_.needs_ref()) ref_lp = group("ref").call(RefLogProbs{}, tokens);
+    if (c_.family.critic) values = group("critic").call(CriticValues{}, tokens);
+    at::Tensor scores = score(samples, "train", false, n, row);
+    const core::Batch lengths = samples.pull({"response_length", "truncated", "last"});
+    row.push_back({"timing_s/reward", seconds_since(issued)});
+    std::vector<DataRef> parts = {samples.select({"tokens", "response_mask"}), old_lp.get().data};
+    row.push_back({"timing_s/old_log_prob", seconds_since(issued)});
+    if (ref_lp) {
+      parts.push_back(ref_lp->get().data);
+      row.push_back({"timing_s/ref", seconds_since(issued)});
+    }
+    if (values) parts.push_back(values->get().data);
+    DataRef joined = DataRef::join(parts);
+
+    // 3. shaping: the overlong penalty, then dynamic sampling drops groups without signal
+    const at::Tensor resp_len = lengths["response_length"].to(at::kDouble);
+    if (c_.overlong_buffer > 0) {
+      const double from = static_cast<double>(c_.max_new_tokens - c_.overlong_buffer);
+      scores = scores - (((resp_len - from).clamp_min(0) / static_cast<double>(c_.overlong_buffer)) * c_.overlong_penalty).to(at::kFloat);
+    }
+    row.push_back({"critic/score/mean", scores.mean().item<double>()});
+    row.push_back({"response_length/mean", resp_len.mean().item<double>()});
+    row.push_back({"response_length/clip_ratio", lengths["truncated"].mean().item<double>()});
+    const double tokens_processed = tokens_in(lengths["last"]);
+    if (c_.dynamic_sampling && !keep_informative_groups(joined, scores, n, row)) return tokens_processed;
+
+    if (c_.family.pairs_from_groups) {
+      const std::vector<int64_t> pairs = best_and_worst(scores, n, row);
+      if (!pairs.empty()) update_actor(joined.index(pairs).select({"tokens", "response_mask", "ref_log_prob"}), step, 2, row);
+      return tokens_processed;
+    }
+
+    // 4. advantages, on actor rank 0 over the whole step (the KL to the reference in the reward
+    // or as a loss), kept there for the updates
+    core::Batch s;
+    s.set("scores", scores);
+    std::vector<std::string> fields = {"response_mask", "old_log_prob"};
+    for (const char* f : {"ref_log_prob", "values"})
+      if (joined.contains(f)) fields.push_back(f);
+    auto adv = group("actor").call(EstimateAdvantages{kl_coef_}, DataRef::join({joined.select(fields), DataRef::of(s)})).get();
+    row.insert(row.end(), adv.result().values.begin(), adv.result().values.end());
+    row.push_back({"actor/kl_coef", kl_coef_});
+    if (c_.kl_target > 0) {
+      for (const auto& [k, v] : adv.result().values)
+        if (k == "actor/reward_kl") adaptive_kl_.update(v, joined.rows());
+      kl_coef_ = adaptive_kl_.value();
+    }
+
+    // 5. critic update, 6. actor update
+    if (c_.family.critic) {
+      t = clock_type::now();
+      const DataRef critic_rows = DataRef::join({joined.select({"tokens", "response_mask", "values"}), adv.data.select({"returns"})});
+      const auto stats = group("critic").call(UpdateCritic{static_cast<uint64_t>(step)}, Input(critic_rows).grouped(n)).get();
+      row.insert(row.end(), stats.result().values.begin(), stats.result().values.end());
+      row.push_back({"timing_s/update_critic", seconds_since(t)});
+    }
+    std::vector<std::string> actor_fields = {"tokens", "response_mask", "old_log_prob"};
+    if (joined.contains("ref_log_prob")) actor_fields.push_back("ref_log_prob");
+    update_actor(DataRef::join({joined.select(actor_fields), adv.data.select({"advantages"})}), step, n, row);
+    return tokens_processed;
+  }
+
+  // Keeps the groups whose rewards differ (in `joined` and `scores`); false when none do.
+  bool keep_informative_groups(DataRef& joined, at::Tensor& scores, int64_t n, core::Scalars& row) {
+    const at::Tensor g = scores.view({-1, n});
+    const at::Tensor keep = ((g.amax(1) - g.amin(1)) > 1e-9).nonzero().view({-1});
+    row.push_back({"batch/kept_groups", static_cast<double>(keep.numel())});
+    if (keep.numel() == 0) {
+      row.push_back({"batch/skipped", 1.0});
+      return false;
+    }
+    const at::Tensor rows = (keep.repeat_interleave(n) * n + at::arange(n).repeat(keep.numel())).contiguous();
+    joined = joined.index(std::vector<int64_t>(rows.data_ptr<int64_t>(), rows.data_ptr<int64_t>() + rows.numel()));
+    scores = scores.index_select(0, rows);
+    return true;
+  }
+
+  // Online DPO: in each group the best and the worst sample (by reward) become a pair.
+  static std::vector<int64_t> best_and_worst(const at::Tensor& scores, int64_t n, core::Scalars& row) {
+    const at::Tensor g = scores.view({-1, n});
+    std::vector<int64_t> rows;
+    for (int64_t i = 0; i < g.size(0); ++i) {
+      const int64_t hi = g[i].argmax().item<int64_t>(), lo = g[i].argmin().item<int64_t>();
+      if (g[i][hi].item<double>() - g[i][lo].item<double>() <= 1e-9) continue;
+      rows.push_back(i * n + hi);
+      rows.push_back(i * n + lo);
+    }
+    row.push_back({"batch/pairs", static_cast<double>(rows.size() / 2)});
+    return rows;
+  }
+
+  // The actor update and the weight sync that follows it.
+  void update_actor(const DataRef& rows, int64_t step, int64_t group_rows, core::Scalars& row) {
+    auto t = clock_type::now();
+    const auto stats = group("actor").call(UpdateActor{static_cast<uint64_t>(step)}, Input(rows).grouped(group_rows)).get();
+    row.insert(row.end(), stats.result().values.begin(), stats.result().values.end());
+    row.push_back({"timing_s/update_actor", seconds_since(t)});
+    ++version_;
+    if (c_.uses("rollout")) {
+      t = clock_type::now();
+      sync_weights();
+      row.push_back({"timing_s/sync_weights", seconds_since(t)});
+    }
+  }
+
+  // Every rollout worker to the actor's version: a rollout with a model of its own fetches the
+  // actor's weights from actor rank 0 (worker to worker); a colocated one generates with them.
+  void sync_weights() {
+    DataRef weights;
+    if (c_.placement == "split") {
+      auto w = group("actor").call(ActorWeights{}).get();
+      if (w.result().version != version_)
+        throw Error("the rollout needs weights of version " + std::to_string(version_) + "; actor rank 0 has version " +
+                    std::to_string(w.result().version));
+      weights = w.data;
+    }
+    group("rollout").call(SyncWeights{version_}, weights).get();
+  }
+
+  // Samples of the examples `indices` of `d`, kept by the rollout workers; every rank must have
+  // generated with the actor's current version.
+  DataRef generate(const Dataset& d, const std::vector<int64_t>& indices, int64_t n, double temperature, uint64_t seed) {
+    Generate g{.n = n, .temperature = temperature, .top_p = c_.top_p, .top_k = c_.top_k, .seed = seed, .stop = {format_->eos()}};
+    auto r = group("rollout").call(g, Input(prompt_batch(d, indices))).get();
+    for (const auto& v : r.ranks)
+      if (v.version != version_)
+        throw Error("a rollout worker generated with weights of version " + std::to_string(v.version) + ", not " + std::to_string(version_));
+    return r.data;
+  }
+
+  // Scores of generated rows, from the reward workers; failed reward commands are counted.
+  at::Tensor score(const DataRef& samples, const std::string& split, bool check, int64_t n, core::Scalars& row) {
+    const Input rows = Input(samples.select({"tokens", "last", "response_length", "example"})).grouped(n);
+    auto r = group("reward").call(Score{split, check}, rows).get();
+    if (!check && c_.reward.kind == "command") {
+      for (const auto& s : r.ranks)
+        for (const auto& [k, v] : s.values) reward_errors_ += static_cast<int64_t>(v);
+      row.push_back({"reward/errors", static_cast<double>(reward_errors_)});
+    }
+    return r.batch["scores"].to(at::kFloat);
+  }
+
+  // ---- evaluation: greedy answers to held-out prompts, or reward-model accuracy on held-out pairs ----
+
+  void log_eval(RunContext& ctx, int64_t step, RunResult& result) {
+    const auto t = clock_type::now();
+    core::Scalars row;
+    const size_t n = std::min<size_t>(static_cast<size_t>(eval_n_), val_.examples.size());
+    if (c_.family.pair_eval()) {
+      std::vector<SequenceRow> rows;
+      for (size_t i = 0; i < n; ++i) {
+        rows.push_back({&val_.examples[i].prompt, &val_.examples[i].chosen});
+        rows.push_back({&val_.examples[i].prompt, &val_.examples[i].rejected});
+      }
+      const Input pairs = Input(sequence_batch(rows).select({"tokens", "last"})).grouped(2);
+      const at::Tensor s = group("actor").call(RewardHeadScores{}, pairs).get().batch["scores"];
+      row.push_back({"val/accuracy", (s.slice(0, 0, {}, 2) > s.slice(0, 1, {}, 2)).to(at::kDouble).mean().item<double>()});
+    } else {
+      std::vector<int64_t> indices(n);
+      for (size_t i = 0; i < n; ++i) indices[i] = static_cast<int64_t>(i);
+      const DataRef samples = generate(val_, indices, 1, 0.0, 0);
+      // Accuracy is the task's own check (exact or numeric match), whatever the training reward.
+      core::Scalars ignored;
+      const at::Tensor s = score(samples, "val", true, 1, ignored);
+      row.push_back({"val/accuracy", (s > 0.5).to(at::kDouble).mean().item<double>()});
+      row.push_back({"val/response_length", samples.pull({"response_length"})["response_length"].to(at::kDouble).mean().item<double>()});
+    }
+    row.push_back({"timing_s/eval", seconds_since(t)});
+    ctx.metrics.log(step, row);
+    spdlog::info("step {}: val/accuracy {:.3f} on {} held-out examples", step, row.front().second, n);
+    if (step == 0) result.summary.push_back({"initial_val_accuracy", row.front().second});
+    else {
+      auto& s = result.summary;
+      s.erase(std::remove_if(s.begin(), s.end(), [](auto& p) { return p.first == "final_val_accuracy"; }), s.end());
+      s.push_back({"final_val_accuracy", row.front().second});
+    }
+  }
+
+  // ---- checkpoints: the models (with their optimizers) under checkpoints/step-N, then the manifest ----
+
+  void checkpoint(const fs::path& run_dir, int64_t step, const Sampler& sampler, double train_time_s) {
+    const std::string dir = step_dir(step);
+    group("actor").call(SaveActor{.dir = (run_dir / dir / "actor").string(), .step = step}).get();
+    if (c_.family.critic) group("critic").call(SaveCritic{.dir = (run_dir / dir / "critic").string(), .step = step}).get();
+    const json manifest = {{"program", "rlhf"}, {"step", step}, {"version", version_}, {"dir", dir}, {"sampler", sampler.state()},
+                           {"kl_coef", kl_coef_}, {"train_time_s", train_time_s}};
+    save_checkpoint(run_dir, step, {}, manifest.dump(2), ckpt_keep_);
+  }
+
+  // Loads the checkpoint `resume()` found; returns its step.
+  int64_t restore(const fs::path& run_dir, Sampler& sampler) {
+    const int64_t step = resume_.at("step").get<int64_t>();
+    const fs::path dir = run_dir / resume_.at("dir").get<std::string>();
+    sampler.restore(resume_.at("sampler"));
+    kl_coef_ = resume_.value("kl_coef", kl_coef_);
+    version_ = resume_.value("version", step);
+    group("actor").call(LoadActor{.dir = (dir / "actor").string(), .version = version_, .step = step}).get();
+    if (c_.family.critic) group("critic").call(LoadCritic{.dir = (dir / "critic").string(), .step = step}).get();
+    if (c_.uses("rollout")) sync_weights();
+    spdlog::info("resumed at step {} from {}", step, resume_.at("dir").get<std::string>());
+    return step;
+  }
+
+  // The policy in Hugging Face's layout with its tokenizer: what the next stage's model.path names.
+  void save_final(const fs::path& run_dir) {
+    const fs::path final_dir = run_dir / "final";
+    group("actor").call(SaveActor{.dir = final_dir.string(), .optimizer = false}).get();
+    const fs::path tok = c_.tokenizer.empty() ? c_.model_path : c_.tokenizer;
+    fs::copy_file(fs::is_directory(tok) ? tok / "tokenizer.json" : tok, final_dir / "tokenizer.json", fs::copy_options::overwrite_existing);
+    spdlog::info("final model: {}", final_dir.string());
+  }
+
+  const Example& ex(int64_t i) const { return train_.examples[static_cast<size_t>(i)]; }
+
+  Experiment experiment_;
+  RlhfConfig c_;
+  int64_t steps_ = 100, eval_every_ = 0, eval_n_ = 200, ckpt_every_ = 0;
+  int ckpt_keep_ = 2;
+  bool eval_at_start_ = true;
+  double call_timeout_s_ = 600;
+  uint64_t seed_ = 1;
+  std::unique_ptr<models::Tokenizer> tokenizer_;
+  std::unique_ptr<Formatter> format_;
+  Dataset train_, val_;
+  json resume_;
+  Cluster* cluster_ = nullptr;
+  int64_t version_ = 0, reward_errors_ = 0;
+  double kl_coef_ = 0;
+  algorithms::AdaptiveKl adaptive_kl_{0, 1, 1};
+};
+
+ProgramRegistration rlhf("rlhf", [](core::ConfigView root, const Experiment& e) -> std::unique_ptr<Program> {
+  return std::make_unique<RlhfProgram>(root, e);
+});
+
+}  // namespace
+}  // namespace flotilla::controller

@@ -1,0 +1,36 @@
+#pragma once
+// Checkpoints in a run directory: checkpoints/ckpt-<iteration>.safetensors (tensors: parameters,
+// optimizer, normalizers, env state, RNG) plus ckpt-<iteration>.json (the manifest), each
+// written atomically, the manifest last, so a checkpoint exists only once both are whole. A
+// program whose workers write their own state puts it in checkpoints/step-<iteration>/ (models,
+// per-worker shards) before the manifest. The newest `keep` are kept, with their directories.
+#include <ATen/core/Tensor.h>
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace flotilla::controller {
+
+using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+
+void save_checkpoint(const std::filesystem::path& run_dir, int64_t iteration, const NamedTensors& tensors,
+                     const std::string& manifest_json, int keep);
+
+struct Checkpoint {
+  std::filesystem::path manifest_path;
+  std::string manifest_json;
+  NamedTensors tensors;
+};
+
+// checkpoints/step-<iteration>, where workers write their part of a checkpoint.
+std::string step_dir(int64_t iteration);
+
+// The newest complete checkpoint of a run, if any.
+std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& run_dir);
+// Loads a checkpoint from its manifest (.json) or tensor (.safetensors) path.
+Checkpoint load_checkpoint(const std::filesystem::path& path);
+
+}  // namespace flotilla::controller

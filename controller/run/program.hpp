@@ -1,0 +1,92 @@
+#pragma once
+// Programs: the dataflows `flotilla run` can drive (single-process RL, distributed RL, RLHF),
+// chosen by the experiment's `program:` key and registered by name.
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/config.hpp"
+#include "core/metrics.hpp"
+#include "core/registry.hpp"
+
+namespace flotilla::controller {
+
+// The keys every experiment has, whatever its program.
+struct Experiment {
+  std::string name;
+  std::string program;
+  int64_t seed = 1;
+  bool deterministic = false;
+  std::string run_dir;    // "" = <run_root>/<name>-<timestamp>
+  std::string run_root = "runs";
+  std::vector<std::string> metric_sinks;
+  std::vector<std::string> progress_metrics;  // shown beside the progress bar
+  double progress_interval_s = 10;            // between plain progress lines off a terminal
+};
+
+// Everything a program needs while it runs.
+struct RunContext {
+  const Experiment& experiment;
+  std::filesystem::path dir;  // the run directory
+  core::Metrics& metrics;
+  const std::atomic<bool>& stop_requested;  // Ctrl-C: finish the current step, checkpoint, return
+  std::function<void(int64_t step)> report_progress;
+};
+
+struct RunResult {
+  std::string exit_reason = "completed";  // e.g. "completed", "stop_condition", "interrupted"
+  std::vector<std::pair<std::string, double>> summary;  // extra numbers for summary.json
+};
+
+// True once Ctrl-C asked the run to stop, with `result` marked "interrupted": a program's loop
+// ends its current step and breaks.
+inline bool interrupted(const RunContext& ctx, RunResult& result) {
+  if (!ctx.stop_requested.load()) return false;
+  result.exit_reason = "interrupted";
+  return true;
+}
+
+class Program {
+ public:
+  virtual ~Program() = default;
+  // Steps the run will take, for the progress bar and ETA; 0 when unknown.
+  virtual int64_t total_steps() const = 0;
+  virtual RunResult run(RunContext& ctx) = 0;
+  // Continues from the run directory's newest checkpoint (flotilla resume); throws when the
+  // program keeps none.
+  virtual void resume(const std::filesystem::path& run_dir) {
+    throw ConfigError(run_dir.string() + ": this program keeps no checkpoints to resume from");
+  }
+};
+
+// Seconds a run has trained, counting those before a resume.
+class TrainClock {
+ public:
+  explicit TrainClock(double before = 0) : before_(before), start_(std::chrono::steady_clock::now()) {}
+  double seconds() const {
+    return before_ + std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+
+ private:
+  double before_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+// Builds a program from the experiment's config, reading (and so validating) its own keys.
+using ProgramFactory = std::function<std::unique_ptr<Program>(core::ConfigView root, const Experiment& experiment)>;
+
+// Every program by name.
+core::Registry<ProgramFactory>& programs();
+
+// Registers a program from any source file: `static ProgramRegistration reg("name", factory);`.
+struct ProgramRegistration {
+  ProgramRegistration(const std::string& name, ProgramFactory factory) { programs().add(name, std::move(factory)); }
+};
+
+}  // namespace flotilla::controller

@@ -1,0 +1,43 @@
+#include "controller/run/signals.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <csignal>
+#include <cstdlib>
+#include <thread>
+
+namespace flotilla::controller {
+
+struct StopSignals::Loop {
+  boost::asio::io_context io;
+  boost::asio::signal_set signals{io, SIGINT, SIGTERM};
+  std::thread thread;
+};
+
+void StopSignals::arm() {
+  loop_->signals.async_wait([this](const boost::system::error_code& ec, int signo) {
+    if (ec) return;  // cancelled at shutdown
+    const char* what = signo == SIGINT ? "Ctrl-C" : "SIGTERM";
+    if (requested_.exchange(true)) {
+      spdlog::error("second {}: stopping at once", what);
+      spdlog::default_logger()->flush();
+      std::_Exit(130);
+    }
+    spdlog::warn("{}: stopping after the current step (press Ctrl-C again to stop at once)", what);
+    arm();
+  });
+}
+
+StopSignals::StopSignals() : loop_(std::make_unique<Loop>()) {
+  arm();
+  loop_->thread = std::thread([this] { loop_->io.run(); });
+}
+
+StopSignals::~StopSignals() {
+  loop_->io.stop();
+  if (loop_->thread.joinable()) loop_->thread.join();
+}
+
+}  // namespace flotilla::controller

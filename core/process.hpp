@@ -1,0 +1,63 @@
+#pragma once
+// Child processes, all started through one helper on Boost.Process: worker processes (whose exits
+// the controller's event loop hears of at once), external reward commands (stdin in, stdout out,
+// a timeout that stops their whole process group) and benchmark peers.
+#include <sys/types.h>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace boost::asio {
+class io_context;
+}
+
+namespace flotilla::core {
+
+struct ProcessSpec {
+  std::filesystem::path program;  // an absolute path, or a name looked up on PATH
+  std::vector<std::string> args;
+  std::string what;  // names the process in errors ("worker rollout/1", "reward command 'x'")
+};
+
+// How a child ended: its exit code, or the signal that killed it.
+struct ExitStatus {
+  int code = 0;
+  int signal = 0;  // > 0 when killed by a signal
+  std::string str() const;  // "exited with code 3", "was killed by signal 9"
+};
+
+class Process {
+ public:
+  // Starts the child; throws Error naming spec.what when it cannot.
+  explicit Process(const ProcessSpec& spec);
+  // The same, and `on_exit` runs on `io`'s thread as soon as the child ends.
+  Process(const ProcessSpec& spec, boost::asio::io_context& io, std::function<void(ExitStatus)> on_exit);
+  // A child still running is killed (SIGKILL) and reaped.
+  ~Process();
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  pid_t pid() const;
+  // Waits up to `timeout` for the child to end: its status, or nullopt while it still runs.
+  std::optional<ExitStatus> wait_for(std::chrono::milliseconds timeout);
+  void signal(int signo);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The absolute path of `name` on PATH, or "" when it is not there.
+std::string find_program(const std::string& name);
+
+// Runs `spec` in a process group of its own with `input` on its stdin and returns its stdout.
+// At `timeout` the whole group is killed and TimeoutError thrown; a non-zero exit is an Error;
+// both name spec.what. A child that stops reading its input early does not kill this process.
+std::string run_with_input(const ProcessSpec& spec, const std::string& input, std::chrono::duration<double> timeout);
+
+}  // namespace flotilla::core

@@ -1,0 +1,79 @@
+# Arguments and results of worker methods (runtime/method.hpp). Each C++ method or result struct
+# names one of these as its `Wire` and lists its fields in the same order; several methods may
+# share a struct. Adding a field at the end keeps old readers working.
+@0xa59c5218b49d3e3f;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("flotilla::proto");
+
+using import "messages.capnp".Scalar;
+
+struct Empty {}
+
+# Named numbers: training statistics, counters.
+struct Stats {
+  values @0 :List(Scalar);
+}
+
+# A policy or weights version.
+struct Version {
+  version @0 :Int64;
+}
+
+# What a worker is doing: configured, running, paused, ... and its counters.
+struct Status {
+  worker @0 :Text;
+  state @1 :Text;
+  counters @2 :List(Scalar);
+}
+
+# The run's resolved experiment config (YAML), read by every worker with the same code as the
+# controller.
+struct RunConfig {
+  yaml @0 :Text;
+}
+
+struct Count {
+  n @0 :Int64;
+}
+
+# A random seed for one call (an update's shuffling, a rollout's sampling).
+struct Seed {
+  seed @0 :UInt64;
+}
+
+# Where to save or load a model (or a checkpoint shard).
+struct Directory {
+  dir @0 :Text;
+  optimizer @1 :Bool;  # with the optimizer state
+  version @2 :Int64;   # the version the loaded weights become
+  step @3 :Int64;
+}
+
+# How to sample continuations of the prompts in a call's input.
+struct Sampling {
+  n @0 :Int64;                 # samples per prompt
+  temperature @1 :Float64;     # 0: greedy
+  topP @2 :Float64;
+  topK @3 :Int64;
+  maxNewTokens @4 :Int64;
+  seed @5 :UInt64;
+  stop @6 :List(Int32);        # stop tokens
+}
+
+# Advantage estimation over a step's samples.
+struct Advantage {
+  klCoef @0 :Float64;  # the current coefficient of the KL in the reward
+}
+
+# Scoring generated responses against the examples they answer.
+struct Scoring {
+  split @0 :Text;      # "train" or "val": the dataset the rows' `example` indices point into
+  check @1 :Bool;      # the task's own check only (evaluation), not the training reward
+}
+
+# A test method's arguments (tests/support/test_programs.cpp).
+struct Scale {
+  factor @0 :Float64;
+  note @1 :Text;
+}

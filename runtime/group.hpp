@@ -1,0 +1,178 @@
+#pragma once
+// WorkerGroup: the controller's handle to the ranks of one group. `group.call(M{...}, input)`
+// sends method M to the ranks its dispatch mode names, with their part of the input, and returns
+// a Future whose get() collects the replies as M's collect mode says. Every wait has a timeout and
+// names the worker and method it waited for; a failure of the cluster (a worker died) ends every
+// pending call at once with that failure.
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/batch.hpp"
+#include "core/error.hpp"
+#include "core/wire.hpp"
+#include "runtime/codec.hpp"
+#include "runtime/data.hpp"
+#include "runtime/method.hpp"
+
+namespace zmq {
+class context_t;
+}
+
+namespace flotilla::runtime {
+
+// The rows a call works on: none, a batch sent with the call, or a DataRef whose rows the callees
+// fetch from the workers that hold them (the two can be joined: DataRef::join with DataRef::of).
+class Input {
+ public:
+  Input() = default;
+  Input(core::Batch batch) : data_(DataRef::of(std::move(batch))) {}  // NOLINT: a batch is an input
+  Input(DataRef data) : data_(std::move(data)) {}                     // NOLINT: so is a reference
+  // DpChunks keeps each run of `rows` consecutive rows (a prompt's samples, a pair) on one rank.
+  Input grouped(int64_t rows) const;
+  int64_t rows() const { return data_.rows(); }
+  int64_t group() const { return group_; }
+  const DataRef& data() const { return data_; }
+  // One part per rank, in whole groups, as equal as they allow (larger ones first).
+  std::vector<Input> chunks(int ranks) const;
+
+ private:
+  DataRef data_;
+  int64_t group_ = 1;
+};
+
+// One rank's reply to one call, or the failure that ended it.
+struct PendingCall {
+  std::mutex mutex;
+  std::condition_variable done;
+  bool finished = false;
+  std::string error;
+  std::optional<core::InMessage> reply;
+  int rank = 0;
+  std::string method;
+  // Waits until `deadline`; throws the worker's error, or TimeoutError naming worker and method.
+  const core::InMessage& wait(std::chrono::steady_clock::time_point deadline, const std::string& worker,
+                              std::chrono::milliseconds timeout);
+  void finish(std::optional<core::InMessage> message, std::string failure);
+};
+
+template <class M>
+struct Reply {
+  std::vector<typename M::Result> ranks;  // the result of every rank called (RankZero: rank 0's)
+  core::Batch batch;                      // output rows sent back (RankZero, AllRanks)
+  DataRef data;                           // output rows kept on the workers (Keep)
+  const typename M::Result& result() const { return ranks.front(); }
+};
+
+class WorkerGroup;
+
+template <class M>
+class Future {
+ public:
+  // Waits for every rank called, each within the group's call timeout from now, and collects.
+  Reply<M> get();
+  // Whether every rank called has answered (or failed).
+  bool ready() const {
+    for (const auto& c : calls_) {
+      std::lock_guard lock(c->mutex);
+      if (!c->finished) return false;
+    }
+    return true;
+  }
+
+ private:
+  friend class WorkerGroup;
+  Future(WorkerGroup& group, std::vector<std::shared_ptr<PendingCall>> calls) : group_(&group), calls_(std::move(calls)) {}
+  WorkerGroup* group_;
+  std::vector<std::shared_ptr<PendingCall>> calls_;
+};
+
+class WorkerGroup {
+ public:
+  // `endpoints[r]` is rank r's RPC address; `name` the group's ("rollout").
+  WorkerGroup(zmq::context_t& context, std::string name, std::vector<std::string> endpoints,
+              std::chrono::milliseconds timeout = std::chrono::seconds(60));
+  ~WorkerGroup();
+  WorkerGroup(const WorkerGroup&) = delete;
+  WorkerGroup& operator=(const WorkerGroup&) = delete;
+
+  const std::string& name() const { return name_; }
+  int size() const { return static_cast<int>(endpoints_.size()); }
+  std::string worker(int rank) const { return name_ + "/" + std::to_string(rank); }
+  std::chrono::milliseconds timeout() const { return timeout_; }
+
+  template <WorkerMethod M>
+  Future<M> call(const M& args, const Input& input = {}) {
+    std::vector<int> ranks;
+    std::vector<Input> parts;
+    switch (M::spec.dispatch) {
+      case Dispatch::RankZero: ranks = {0}, parts = {input}; break;
+      case Dispatch::OneToAll:
+        for (int r = 0; r < size(); ++r) ranks.push_back(r), parts.push_back(input);
+        break;
+      case Dispatch::DpChunks:
+        parts = input.chunks(size());
+        for (int r = 0; r < size(); ++r) ranks.push_back(r);
+        break;
+    }
+    std::vector<std::shared_ptr<PendingCall>> calls;
+    for (size_t i = 0; i < ranks.size(); ++i) {
+      auto message = std::make_unique<core::OutMessage>("controller");
+      auto req = message->envelope().initRpcRequest();
+      req.setMethod(M::spec.name);
+      req.setArgsType(codec::type_id<M>());
+      codec::write(args, req.initArgs());
+      parts[i].data().write(req.initInput(), *message);
+      req.setKeep(M::spec.collect == Collect::Keep);
+      calls.push_back(submit(ranks[i], std::move(message), M::spec.name, parts[i].data().local_bytes()));
+    }
+    return Future<M>(*this, std::move(calls));
+  }
+
+  // Ends every pending and later call with `failure` (a worker of the cluster died).
+  void fail(const std::string& failure);
+  // Tensor bytes sent to and received from this group's workers so far (calls and pulls).
+  int64_t transfer_bytes() const;
+  // The reference to an object kept by `rank`.
+  DataRef kept(int rank, proto::Kept::Reader kept) const;
+
+ private:
+  struct Io;
+  std::shared_ptr<PendingCall> submit(int rank, std::unique_ptr<core::OutMessage> message, const std::string& method,
+                                      int64_t bytes);
+  core::Batch received(const core::InMessage& in, proto::BatchMeta::Reader meta) const;
+  template <class M>
+  friend class Future;
+
+  std::string name_;
+  std::vector<std::string> endpoints_;
+  std::chrono::milliseconds timeout_;
+  std::shared_ptr<Io> io_;
+};
+
+template <class M>
+Reply<M> Future<M>::get() {
+  const auto deadline = std::chrono::steady_clock::now() + group_->timeout();
+  Reply<M> out;
+  std::vector<core::Batch> rows;
+  std::vector<DataRef> kept;
+  for (auto& call : calls_) {
+    const core::InMessage& in = call->wait(deadline, group_->worker(call->rank), group_->timeout());
+    auto r = in.envelope().getRpcReply();
+    if (r.getResultType() != codec::type_id<typename M::Result>())
+      throw FormatError("worker " + group_->worker(call->rank) + " answered '" + M::spec.name + "' with a result of another type");
+    if (M::spec.collect != Collect::RankZero || call->rank == 0) out.ranks.push_back(codec::read<typename M::Result>(r.getResult()));
+    if (r.getOutput().isKept()) kept.push_back(group_->kept(call->rank, r.getOutput().getKept()));
+    else if (M::spec.collect != Collect::RankZero || call->rank == 0) rows.push_back(group_->received(in, r.getOutput().getBatch()));
+  }
+  if (M::spec.collect == Collect::Keep) out.data = DataRef::concat(kept);
+  else out.batch = concat_padded(std::move(rows));
+  return out;
+}
+
+}  // namespace flotilla::runtime

@@ -1,0 +1,169 @@
+#pragma once
+// Worker methods, declared once and shared by the worker that serves them and the controller
+// that calls them (verl's `@register(dispatch_mode=...)`, in C++). A method is a struct: its
+// members are the arguments, `Result` is the result struct, `Wire` the Cap'n Proto struct the
+// arguments travel as (runtime/codec.hpp), and `spec` says how a call is dispatched over a
+// group's ranks and how the replies are collected:
+//
+//   struct UpdateActor {
+//     static constexpr MethodSpec spec{"actor.update", Dispatch::DpChunks, Collect::RankZero};
+//     using Wire = proto::Seed;
+//     using Result = Stats;
+//     uint64_t seed = 0;
+//     auto fields() { return std::tie(seed); }
+//   };
+//
+// The controller writes `actor.call(UpdateActor{.seed = step}, batch)` and gets a typed future;
+// the worker registers `methods.on<UpdateActor>([](const UpdateActor& a, const core::Batch& b)
+// { ... return Stats{...}; })`.
+#include <concepts>
+#include <cstdint>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "core/batch.hpp"
+#include "core/metrics.hpp"
+#include "methods.capnp.h"
+
+namespace flotilla::runtime {
+
+// How a call's input rows go to a group's ranks.
+enum class Dispatch {
+  OneToAll,  // every rank gets all of them
+  RankZero,  // rank 0 only
+  DpChunks,  // consecutive chunks, one per rank, as equal as whole groups allow (uneven is fine)
+};
+
+// What the caller gets back.
+enum class Collect {
+  RankZero,  // rank 0's result and output rows (every rank called is still waited for)
+  AllRanks,  // every rank's result; their output rows concatenated in rank order
+  Keep,      // every rank's result; the output rows stay on the workers (a DataRef)
+};
+
+struct MethodSpec {
+  const char* name;
+  Dispatch dispatch = Dispatch::OneToAll;
+  Collect collect = Collect::AllRanks;
+  // Methods on one lane run one after another; lanes run concurrently. "control" is the
+  // lifecycle's lane and never waits for a paused worker.
+  const char* lane = "main";
+};
+
+// A struct that travels as its Cap'n Proto `Wire` struct.
+template <class T>
+concept WireStruct = requires(T t) {
+  typename T::Wire;
+  t.fields();
+};
+
+template <class M>
+concept WorkerMethod = WireStruct<M> && WireStruct<typename M::Result> && requires {
+  { M::spec } -> std::convertible_to<MethodSpec>;
+};
+
+// ---- results many methods share ----
+
+struct Void {
+  using Wire = proto::Empty;
+  auto fields() { return std::tie(); }
+};
+
+struct Stats {
+  core::Scalars values;
+  using Wire = proto::Stats;
+  auto fields() { return std::tie(values); }
+};
+
+struct Version {
+  int64_t version = 0;
+  using Wire = proto::Version;
+  auto fields() { return std::tie(version); }
+};
+
+struct Status {
+  std::string worker, state;
+  core::Scalars counters;
+  using Wire = proto::Status;
+  auto fields() { return std::tie(worker, state, counters); }
+  // A counter's value, or `fallback` when the worker does not report it.
+  double counter(const std::string& name, double fallback = 0) const {
+    for (const auto& [k, v] : counters)
+      if (k == name) return v;
+    return fallback;
+  }
+};
+
+// What a handler returns when its method has output rows besides its result.
+template <class R>
+struct Output {
+  R result;
+  core::Batch rows;
+};
+
+// A method whose arguments name a directory to save to or load from (models, checkpoint shards).
+template <const MethodSpec& Spec>
+struct DirectoryMethod {
+  static constexpr MethodSpec spec = Spec;
+  using Wire = proto::Directory;
+  using Result = Version;
+  std::string dir;
+  bool optimizer = true;  // with the optimizer's state
+  int64_t version = 0;    // the version loaded weights become
+  int64_t step = 0;       // the step (trainer version, fragment boundary) saved or loaded
+  auto fields() { return std::tie(dir, optimizer, version, step); }
+};
+
+// ---- the lifecycle every worker serves (runtime/worker.cpp) ----
+
+// Reads the run's resolved config; the role builds what it needs from it.
+struct Configure {
+  static constexpr MethodSpec spec{"configure", Dispatch::OneToAll, Collect::AllRanks};
+  using Wire = proto::RunConfig;
+  using Result = Void;
+  std::string yaml;
+  auto fields() { return std::tie(yaml); }
+};
+
+// Starts the role's background loops (if it has any) and marks the worker running.
+struct Start {
+  static constexpr MethodSpec spec{"start", Dispatch::OneToAll, Collect::AllRanks, "control"};
+  using Wire = proto::Empty;
+  using Result = Status;
+  auto fields() { return std::tie(); }
+};
+
+// Parks the worker's loops and methods at their next safe point; returns once they are parked.
+struct Pause {
+  static constexpr MethodSpec spec{"pause", Dispatch::OneToAll, Collect::AllRanks, "control"};
+  using Wire = proto::Empty;
+  using Result = Status;
+  auto fields() { return std::tie(); }
+};
+
+struct Resume {
+  static constexpr MethodSpec spec{"resume", Dispatch::OneToAll, Collect::AllRanks, "control"};
+  using Wire = proto::Empty;
+  using Result = Status;
+  auto fields() { return std::tie(); }
+};
+
+// The worker's state and counters; answered at once, whatever else is running.
+struct Poll {
+  static constexpr MethodSpec spec{"poll", Dispatch::OneToAll, Collect::AllRanks, "control"};
+  using Wire = proto::Empty;
+  using Result = Status;
+  auto fields() { return std::tie(); }
+};
+
+// Ends the worker: answered by its I/O thread (whatever the lanes are doing), then the process
+// stops its loops and exits.
+struct Stop {
+  static constexpr MethodSpec spec{"stop", Dispatch::OneToAll, Collect::AllRanks, "control"};
+  using Wire = proto::Empty;
+  using Result = Void;
+  auto fields() { return std::tie(); }
+};
+
+}  // namespace flotilla::runtime
