@@ -63,7 +63,7 @@ FinishedEpisodes finished_episodes(const at::Tensor& done, const at::Tensor& epi
 
 std::vector<std::pair<std::string, at::Tensor>> save_buffers(const NamedBuffers& buffers, uint64_t seed) {
   std::vector<std::pair<std::string, at::Tensor>> out;
-  for (const auto& [name, t] : buffers) out.emplace_back(name, t->cpu());
+  for (const auto& [name, t] : buffers) out.emplace_back(name, t->to(at::kCPU, /*non_blocking=*/false, /*copy=*/true));  // a snapshot, not a view
   out.emplace_back("env.seed", at::full({1}, static_cast<int64_t>(seed), at::kLong));
   return out;
 }

@@ -53,6 +53,7 @@ FinishedEpisodes finished_episodes(const at::Tensor& done, const at::Tensor& epi
 // Checkpoint helpers shared by the batched env types: a batch's buffers by name, plus its seed.
 // The tensors are handles: copying into a const one writes the buffer it shares.
 using NamedBuffers = std::vector<std::pair<std::string, const at::Tensor*>>;
+// A copy of the buffers (with the seed), so the env may step on while the copy is written.
 std::vector<std::pair<std::string, at::Tensor>> save_buffers(const NamedBuffers& buffers, uint64_t seed);
 // Copies each saved tensor into its buffer; a missing one, or one of another shape or dtype, is a
 // FormatError naming it and `env_id`. Returns the saved seed, if there is one.

@@ -5,6 +5,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 
+#include <deque>
 #include <zmq.hpp>
 
 #include "actors/rl/common.hpp"
@@ -58,27 +59,35 @@ class PolicyWorker final : public runtime::Role {
   void serve() {
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1000 + info().rank);
     const auto max_delay = std::chrono::milliseconds(c_.max_delay_ms);
+    // A deterministic run's requests, one each, that ask for parameters not here yet; the others
+    // are answered meanwhile (an actor ahead must not hold up one behind).
+    std::deque<core::InferenceBatch> waiting;
     while (life().checkpoint()) {
       refresh(version_ < 0 ? 200ms : 0ms);
       if (version_ < 0) continue;  // no parameters yet: actors wait
-      auto batch = server_->gather(c_.deterministic ? 1 : c_.max_batch, max_delay, 100ms);
-      if (!batch) continue;
       if (!c_.deterministic) {
-        reply(*batch, policy_->act(batch->inputs["obs"], false, gen));
+        if (auto batch = server_->gather(c_.max_batch, max_delay, 100ms)) reply(*batch, policy_->act(batch->inputs["obs"], false, gen));
         continue;
       }
-      // One request at a time: with the parameters it asks for and its own seed.
-      std::vector<int64_t> sizes;
-      for (const auto& p : batch->parts) sizes.push_back(p.rows);
-      const std::vector<core::Batch> inputs = batch->inputs.split(sizes);
-      for (size_t i = 0; i < batch->parts.size(); ++i) {
-        const auto& part = batch->parts[i];
-        while (version_ < part.tags.min_version && life().checkpoint()) refresh(200ms);
-        gen.set_current_seed(part.tags.seed);
-        core::InferenceBatch one{inputs[i], {part}};
-        reply(one, policy_->act(inputs[i]["obs"], false, gen));
+      for (auto it = waiting.begin(); it != waiting.end();) {
+        if (it->parts.front().tags.min_version > version_) {
+          ++it;
+          continue;
+        }
+        answer(*it, gen);
+        it = waiting.erase(it);
       }
+      auto batch = server_->gather(1, max_delay, waiting.empty() ? 100ms : 5ms);
+      if (!batch) continue;
+      if (batch->parts.front().tags.min_version > version_) waiting.push_back(std::move(*batch));
+      else answer(*batch, gen);
     }
+  }
+
+  // One request on its own, sampled from its seed.
+  void answer(const core::InferenceBatch& one, at::Generator& gen) {
+    gen.set_current_seed(one.parts.front().tags.seed);
+    reply(one, policy_->act(one.inputs["obs"], false, gen));
   }
 
   DistributedRlConfig c_;
