@@ -46,8 +46,9 @@ struct MethodSpec {
   const char* name;
   Dispatch dispatch = Dispatch::OneToAll;
   Collect collect = Collect::AllRanks;
-  // Methods on one lane run one after another; lanes run concurrently. "control" is the
-  // lifecycle's lane and never waits for a paused worker.
+  // Methods on one lane run one after another; lanes run concurrently. Methods on the main lane
+  // wait while the worker is paused; the others (the lifecycle's "control", a rollout's
+  // "weights") run whatever the state.
   const char* lane = "main";
 };
 

@@ -125,7 +125,7 @@ class Runtime {
           t = std::move(tasks_.front());
           tasks_.pop_front();
         }
-        rt_.reply(t, rt_.execute(t, fetcher, name_ != "control"), wake);
+        rt_.reply(t, rt_.execute(t, fetcher, name_ == "main"), wake);
       }
     }
     Runtime& rt_;

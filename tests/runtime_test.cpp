@@ -6,6 +6,7 @@
 #include <zmq.hpp>
 
 #include "actors/lm/methods.hpp"
+#include "actors/lm/rollout.hpp"
 #include "actors/rl/common.hpp"
 #include "controller/cluster/cluster.hpp"
 #include "controller/run/experiment.hpp"
@@ -315,7 +316,7 @@ TEST_CASE("rl_workers_start_pause_resume_and_report_through_poll") {
   cluster.check();
 }
 
-TEST_CASE("an_lm_rollout_pauses_mid_generation_and_resumes") {
+TEST_CASE("an_lm_rollout_pauses_mid_generation_takes_new_weights_while_paused_and_resumes") {
   test::TempDir dir;
   at::manual_seed(1);
   models::CausalLm(models::LmConfig::preset("qwen3", "tiny", 259)).save(dir.path() / "model");
@@ -340,9 +341,19 @@ TEST_CASE("an_lm_rollout_pauses_mid_generation_and_resumes") {
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   CHECK(tokens() == parked_at);
   CHECK_FALSE(generating.ready());
+  // A weight sync runs on its own lane while the generation is parked: the tokens after it carry
+  // the new version.
+  core::Batch flat;
+  flat.set("flat", actors::lm::flatten(models::CausalLm::load(dir.path() / "model")));
+  CHECK(rollout.call(actors::lm::SyncWeights{5}, runtime::DataRef::of(flat)).get().result().version == 5);
   rollout.call(runtime::Resume{}).get();
   auto done = generating.get();
   CHECK(done.data.rows() == 8);
-  CHECK(tokens() == 8 * 600);  // no stop tokens: every sample ran to the limit
-  CHECK(done.data.pull({"response_length"})["response_length"].sum().item<int64_t>() == 8 * 600);
+  CHECK(done.result().version == 0);  // the version it started with
+  CHECK(tokens() == 8 * 600);         // no stop tokens: every sample ran to the limit
+  const core::Batch out = done.data.pull({"response_length", "token_version", "response_mask"});
+  CHECK(out["response_length"].sum().item<int64_t>() == 8 * 600);
+  const at::Tensor versions = out["token_version"].masked_select(out["response_mask"] > 0);
+  CHECK(versions.eq(0).sum().item<int64_t>() == static_cast<int64_t>(parked_at));
+  CHECK(versions.eq(5).sum().item<int64_t>() == 8 * 600 - static_cast<int64_t>(parked_at));
 }

@@ -48,11 +48,8 @@ RewardConfig read_reward(core::ConfigView reward) {
   return r;
 }
 
-}  // namespace
-
-RlhfConfig RlhfConfig::read(core::ConfigView root) {
-  RlhfConfig c;
-  core::ConfigView algo = root.section("algo");
+// algo: the family, group sizes, KL, shaping, the policy loss and the optimizers.
+void read_algo(core::ConfigView algo, RlhfConfig& c) {
   c.algo = algorithms::lm_algorithms().choose(algo, "name", "grpo");
   c.family = algorithms::lm_algorithms().at(c.algo);
   const auto& f = c.family;
@@ -94,16 +91,9 @@ RlhfConfig RlhfConfig::read(core::ConfigView root) {
   } else if (algo.has("critic")) {
     algo.fail("critic", "only an algorithm with a critic trains one (ppo), not '" + c.algo + "'");
   }
+}
 
-  core::ConfigView model = root.section("model");
-  c.model_path = model.get<std::string>("path", "");
-  if (c.model_path.empty()) model.fail("path", "set model.path to a model directory (make one with `flotilla lm init`)");
-  c.tokenizer = model.get<std::string>("tokenizer", "");
-  c.ref_path = model.get<std::string>("ref", "");
-  c.critic_path = model.get<std::string>("critic", "");
-  c.reward_path = model.get<std::string>("reward", "");
-
-  core::ConfigView rollout = root.section("rollout");
+void read_rollout(core::ConfigView rollout, RlhfConfig& c) {
   c.max_new_tokens = rollout.get<int64_t>("max_new_tokens", 32, core::in_range<int64_t>(1, 1 << 20));
   c.temperature = rollout.get<double>("temperature", 1.0, core::at_least(0.0));
   c.top_p = rollout.get<double>("top_p", 1.0, core::in_range(0.0, 1.0));
@@ -111,25 +101,14 @@ RlhfConfig RlhfConfig::read(core::ConfigView root) {
   c.block_size = rollout.get<int64_t>("block_size", 16, core::in_range<int64_t>(1, 4096));
   c.num_blocks = rollout.get<int64_t>("num_blocks", 1024, core::at_least<int64_t>(1));
   c.max_batch = rollout.get<int64_t>("max_batch", 64, core::at_least<int64_t>(1));
-  if (c.overlong_buffer >= c.max_new_tokens)
-    overlong.fail("buffer", "the overlong buffer must be shorter than rollout.max_new_tokens (" + std::to_string(c.max_new_tokens) + ")");
+}
 
-  c.data = read_data(root.section("data"), f, c.algo);
-  c.reward = read_reward(root.section("reward"));
-  if (c.reward.kind == "model" && c.reward_path.empty() && f.generates())
-    model.fail("reward", "reward.kind: model needs model.reward, a reward-model directory (train one with algo.name: reward_model)");
-
-  // The roles this algorithm uses: generations (training samples, or held-out answers) are scored
-  // by the reward role.
-  c.roles = {"actor"};
-  if (!f.pair_eval()) c.roles.insert(c.roles.end(), {"rollout", "reward"});
-  if (c.needs_ref()) c.roles.push_back("ref");
-  if (f.critic) c.roles.push_back("critic");
-
+// placement: and workers: the process groups to start.
+void read_workers(core::ConfigView root, RlhfConfig& c) {
   c.placement = root.choice("placement", "colocated", {"colocated", "split"});
-  std::map<std::string, Group> given;
+  std::map<std::string, RlhfConfig::Group> given;
   for (auto w : root.list("workers")) {
-    Group g;
+    RlhfConfig::Group g;
     g.role = w.choice("role", "actor", kRoles);
     g.count = w.get<int>("count", 1, core::in_range(1, 1024));
     g.threads = w.get<int>("threads", 1, core::in_range(1, 256));
@@ -140,12 +119,41 @@ RlhfConfig RlhfConfig::read(core::ConfigView root) {
     given[g.role] = g;
   }
   if (c.placement == "colocated") {
-    Group g = given.count("actor") ? given["actor"] : Group{"actor", 1, 1};
+    RlhfConfig::Group g = given.count("actor") ? given["actor"] : RlhfConfig::Group{"actor", 1, 1};
     g.role = "colocated";
     c.workers.push_back(g);
   } else {
-    for (const auto& r : c.roles) c.workers.push_back(given.count(r) ? given[r] : Group{r, 1, 1});
+    for (const auto& r : c.roles) c.workers.push_back(given.count(r) ? given[r] : RlhfConfig::Group{r, 1, 1});
   }
+}
+
+}  // namespace
+
+RlhfConfig RlhfConfig::read(core::ConfigView root) {
+  RlhfConfig c;
+  read_algo(root.section("algo"), c);
+  core::ConfigView model = root.section("model");
+  c.model_path = model.get<std::string>("path", "");
+  if (c.model_path.empty()) model.fail("path", "set model.path to a model directory (make one with `flotilla lm init`)");
+  c.tokenizer = model.get<std::string>("tokenizer", "");
+  c.ref_path = model.get<std::string>("ref", "");
+  c.critic_path = model.get<std::string>("critic", "");
+  c.reward_path = model.get<std::string>("reward", "");
+  read_rollout(root.section("rollout"), c);
+  if (c.overlong_buffer >= c.max_new_tokens)
+    root.section("algo").section("overlong").fail(
+        "buffer", "the overlong buffer must be shorter than rollout.max_new_tokens (" + std::to_string(c.max_new_tokens) + ")");
+  c.data = read_data(root.section("data"), c.family, c.algo);
+  c.reward = read_reward(root.section("reward"));
+  if (c.reward.kind == "model" && c.reward_path.empty() && c.family.generates())
+    model.fail("reward", "reward.kind: model needs model.reward, a reward-model directory (train one with algo.name: reward_model)");
+  // The roles this algorithm uses: generations (training samples, or held-out answers) are scored
+  // by the reward role.
+  c.roles = {"actor"};
+  if (!c.family.pair_eval()) c.roles.insert(c.roles.end(), {"rollout", "reward"});
+  if (c.needs_ref()) c.roles.push_back("ref");
+  if (c.family.critic) c.roles.push_back("critic");
+  read_workers(root, c);
   return c;
 }
 

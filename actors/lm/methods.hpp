@@ -28,9 +28,10 @@ struct Generate {
 };
 
 // Brings the rollout's weights to `version`: from the input (the actor's flat weights) when the
-// rollout has a model of its own, or by reading the actor's when they share a worker.
+// rollout has a model of its own, or by reading the actor's when they share a worker. It has a lane
+// of its own: a generation in progress takes the new weights between two engine steps.
 struct SyncWeights {
-  static constexpr MethodSpec spec{"rollout.sync", Dispatch::OneToAll, Collect::AllRanks};
+  static constexpr MethodSpec spec{"rollout.sync", Dispatch::OneToAll, Collect::AllRanks, "weights"};
   using Wire = proto::Version;
   using Result = runtime::Version;
   int64_t version = 0;

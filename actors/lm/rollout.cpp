@@ -10,11 +10,10 @@
 
 namespace flotilla::actors::lm {
 
-core::Batch generate(models::CausalLm& lm, const RlhfConfig& c, const Generate& g, const core::Batch& prompts,
-                     int64_t version, runtime::Lifecycle& life, std::atomic<int64_t>& tokens) {
+core::Batch generate(RolloutWeights& weights, const RlhfConfig& c, const Generate& g, const core::Batch& prompts,
+                     runtime::Lifecycle& life, std::atomic<int64_t>& tokens) {
   if (prompts.size() == 0) return {};  // a data-parallel rank's empty chunk
-  models::GenerationEngine engine(lm, {.block_size = c.block_size, .num_blocks = c.num_blocks, .max_batch = c.max_batch});
-  engine.set_policy_version(version);
+  models::GenerationEngine engine(*weights.model, {.block_size = c.block_size, .num_blocks = c.num_blocks, .max_batch = c.max_batch});
   const at::Tensor pt = prompts["prompt_tokens"].contiguous(), pl = prompts["prompt_len"].contiguous();
   const auto prompt = pt.accessor<int64_t, 2>();
   const auto prompt_len = pl.accessor<int64_t, 1>();
@@ -34,9 +33,15 @@ core::Batch generate(models::CausalLm& lm, const RlhfConfig& c, const Generate& 
     r.sampling.seed = g.seed + static_cast<uint64_t>(p) * static_cast<uint64_t>(n);
     engine.submit(std::move(r));
   }
-  // Step by step, so a pause parks the generation between two engine steps.
+  // Step by step: a pause parks the generation between two engine steps, and a weight sync lands
+  // there.
   int64_t counted = 0;
-  while (engine.step()) {
+  while (true) {
+    {
+      std::lock_guard lock(weights.mutex);
+      engine.set_policy_version(weights.version);
+      if (!engine.step()) break;
+    }
     tokens += engine.stats().decode_tokens - counted;
     counted = engine.stats().decode_tokens;
     life.checkpoint();

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <mutex>
 
 #include "actors/lm/config.hpp"
 #include "actors/lm/methods.hpp"
@@ -17,11 +18,19 @@ class CausalLm;
 
 namespace flotilla::actors::lm {
 
-// Samples `g.n` continuations of each prompt in `prompts` (the Generate method's input and
-// output layout) with `lm` at policy `version`; between engine steps it parks while the worker is
-// paused. `tokens` counts generated tokens as they come.
-core::Batch generate(models::CausalLm& lm, const RlhfConfig& c, const Generate& g, const core::Batch& prompts,
-                     int64_t version, runtime::Lifecycle& life, std::atomic<int64_t>& tokens);
+// The rollout's model and the version of its weights; a weight sync replaces both between two
+// engine steps of a generation in progress (its later tokens carry the new version).
+struct RolloutWeights {
+  models::CausalLm* model = nullptr;
+  std::mutex mutex;  // held for each engine step, and by a sync
+  std::atomic<int64_t> version{0};
+};
+
+// Samples `g.n` continuations of each prompt in `prompts` (the Generate method's input and output
+// layout); between engine steps it parks while the worker is paused and lets weight syncs in.
+// `tokens` counts generated tokens as they come.
+core::Batch generate(RolloutWeights& weights, const RlhfConfig& c, const Generate& g, const core::Batch& prompts,
+                     runtime::Lifecycle& life, std::atomic<int64_t>& tokens);
 
 // All parameters as one flat float tensor, and back (checking the sizes agree).
 at::Tensor flatten(const models::CausalLm& lm);

@@ -83,6 +83,7 @@ class LmWorker final : public runtime::Role {
         throw ConfigError(c_.model_path + " has a " + actor_.model->config().head + " head; the policy needs a language-model head");
     }
     if (hosts("rollout") && !actor_.model) rollout_ = std::make_unique<models::CausalLm>(models::CausalLm::load(c_.model_path));
+    if (hosts("rollout")) weights_.model = rollout_ ? rollout_.get() : actor_.model.get();
     if (hosts("ref")) ref_ = std::make_unique<models::CausalLm>(models::CausalLm::load(c_.ref_path.empty() ? c_.model_path : c_.ref_path));
     if (hosts("critic")) critic_ = trained("critic", c_.critic_path.empty() ? c_.model_path : c_.critic_path, "value", c_.critic_optim);
     if (hosts("reward")) {
@@ -97,18 +98,21 @@ class LmWorker final : public runtime::Role {
 
   core::Scalars counters() const override {
     return {{"version", static_cast<double>(version_.load())},
-            {"rollout/version", static_cast<double>(rollout_version_.load())},
+            {"rollout/version", static_cast<double>(weights_.version.load())},
             {"rollout/tokens", static_cast<double>(generated_.load())}};
   }
 
   void add_methods(runtime::Methods& m) override {
     m.on<Generate>([this](const Generate& g, const core::Batch& prompts) {
-      return Output<runtime::Version>{{rollout_version_}, generate(rollout_model(), c_, g, prompts, rollout_version_, life(), generated_)};
+      if (!weights_.model) throw Error("this worker does not host the rollout role");
+      const int64_t version = weights_.version;
+      return Output<runtime::Version>{{version}, generate(weights_, c_, g, prompts, life(), generated_)};
     });
-    m.on<SyncWeights>([this](const SyncWeights& s, const core::Batch& weights) {
-      if (rollout_) unflatten(*rollout_, weights["flat"]);  // a model of its own: the actor's weights
-      rollout_version_ = s.version;                        // colocated: it generates with the actor's
-      return runtime::Version{rollout_version_};
+    m.on<SyncWeights>([this](const SyncWeights& s, const core::Batch& flat) {
+      std::lock_guard lock(weights_.mutex);
+      if (rollout_) unflatten(*rollout_, flat["flat"]);  // a model of its own: the actor's weights
+      weights_.version = s.version;                     // colocated: it generates with the actor's
+      return runtime::Version{s.version};
     });
     m.on<ActorWeights>([this](const ActorWeights&) {
       return Output<runtime::Version>{{version_}, one("flat", flatten(need(actor_.model, "actor")))};
@@ -151,7 +155,7 @@ class LmWorker final : public runtime::Role {
     m.on<LoadActor>([this](const LoadActor& l) {
       load_trained(need(actor_.model, "actor"), l.optimizer ? actor_.trainer.get() : nullptr, l.dir);
       version_ = l.version;
-      rollout_version_ = l.version;
+      weights_.version = l.version;
       return runtime::Version{version_};
     });
     m.on<SaveCritic>([this](const SaveCritic& s) {
@@ -169,7 +173,6 @@ class LmWorker final : public runtime::Role {
     if (!m) throw Error("this worker does not host the " + role + " role");
     return *m;
   }
-  models::CausalLm& rollout_model() { return rollout_ ? *rollout_ : need(actor_.model, "rollout"); }
   bool hosts(const std::string& role) const { return hosts_ == "colocated" ? c_.uses(role) : hosts_ == role; }
 
   Trained trained(const std::string& role, const std::string& path, const std::string& head, const algorithms::LmOptimConfig& optim) {
@@ -214,7 +217,8 @@ class LmWorker final : public runtime::Role {
   Trained actor_, critic_;
   std::unique_ptr<models::CausalLm> rollout_, ref_, reward_model_;
   std::unique_ptr<Scorer> scorer_;
-  std::atomic<int64_t> version_{0}, rollout_version_{0}, generated_{0};
+  RolloutWeights weights_;
+  std::atomic<int64_t> version_{0}, generated_{0};
 };
 
 }  // namespace

@@ -7,7 +7,9 @@
 #include <dlfcn.h>
 
 #include <cstdlib>
+#include <functional>
 #include <iostream>
+#include <memory>
 
 #include "controller/cli/commands.hpp"
 #include "controller/run/experiment.hpp"
@@ -43,9 +45,303 @@ void pin_openblas_threads() {
   if (auto set = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set(1);
 }
 
-int run_command(const ConfigArgs& args, const controller::RunOptions& options) {
-  controller::LoadedExperiment loaded = controller::load_experiment(args.file, args.overrides);
-  return controller::run_experiment(loaded, options);
+// Each command adds its options and the action that runs it once parsed.
+using Action = std::function<int()>;
+using Commands = std::vector<std::pair<CLI::App*, Action>>;
+
+controller::ProgressMode progress_mode(bool quiet, const std::string& progress) {
+  if (quiet) return controller::ProgressMode::Quiet;
+  if (progress == "bar") return controller::ProgressMode::Bar;
+  if (progress == "lines") return controller::ProgressMode::Lines;
+  return controller::ProgressMode::Auto;
+}
+
+// run and resume: an experiment's life cycle.
+void add_run_commands(CLI::App& app, Commands& commands) {
+  struct Args {
+    ConfigArgs config;
+    controller::RunOptions options;
+    bool quiet = false;
+    std::string progress = "auto", resume_dir;
+  };
+  auto a = std::make_shared<Args>();
+  auto* run = app.add_subcommand("run", "run an experiment; results go to a new run directory");
+  add_config_args(run, a->config);
+  run->add_flag("-q,--quiet", a->quiet, "no progress bar or progress lines; warnings and errors only");
+  run->add_option("--progress", a->progress, "progress display: auto (bar on a terminal, lines otherwise), bar, lines")
+      ->check(CLI::IsMember({"auto", "bar", "lines"}));
+  run->add_option("--log-level", a->options.log_level, "trace, debug, info, warn or error")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+  commands.emplace_back(run, [a] {
+    a->options.progress = progress_mode(a->quiet, a->progress);
+    controller::LoadedExperiment loaded = controller::load_experiment(a->config.file, a->config.overrides);
+    return controller::run_experiment(loaded, a->options);
+  });
+  auto* resume = app.add_subcommand("resume", "continue a stopped run from its newest checkpoint, in the same directory");
+  resume->add_option("run_dir", a->resume_dir, "run directory")->required()->check(CLI::ExistingDirectory);
+  resume->add_flag("-q,--quiet", a->quiet, "no progress bar or progress lines; warnings and errors only");
+  commands.emplace_back(resume, [a] {
+    const std::filesystem::path dir = a->resume_dir;
+    if (!std::filesystem::exists(dir / "config.yaml")) throw ConfigError(dir.string() + ": not a run directory (no config.yaml)");
+    controller::LoadedExperiment loaded = controller::load_experiment(dir / "config.yaml", {});
+    a->options.resume_dir = dir;
+    a->options.progress = progress_mode(a->quiet, "auto");
+    return controller::run_experiment(loaded, a->options);
+  });
+}
+
+// validate, config show and plot: reading configs and runs.
+void add_inspect_commands(CLI::App& app, Commands& commands) {
+  struct Args {
+    ConfigArgs validate, show;
+    std::string plot_dir, plot_out;
+    std::vector<std::string> plot_metrics;
+  };
+  auto a = std::make_shared<Args>();
+  auto* validate = app.add_subcommand("validate", "check an experiment config without running it");
+  add_config_args(validate, a->validate);
+  commands.emplace_back(validate, [a] {
+    controller::LoadedExperiment loaded = controller::load_experiment(a->validate.file, a->validate.overrides);
+    std::cout << a->validate.file << ": valid (program '" << loaded.experiment.program << "', name '" << loaded.experiment.name << "')\n";
+    return 0;
+  });
+  auto* config = app.add_subcommand("config", "inspect experiment configs");
+  config->require_subcommand(1);
+  auto* show = config->add_subcommand("show", "print the fully resolved config (defaults, overrides and every default value)");
+  add_config_args(show, a->show);
+  commands.emplace_back(show, [a] {
+    std::cout << controller::load_experiment(a->show.file, a->show.overrides).config->resolved_yaml();
+    return 0;
+  });
+  auto* plot = app.add_subcommand("plot", "draw PNG charts of a run's metrics (needs gnuplot)");
+  plot->add_option("run_dir", a->plot_dir, "run directory")->required()->check(CLI::ExistingDirectory);
+  plot->add_option("metrics", a->plot_metrics, "metric names, e.g. charts/episodic_return (default: all)");
+  plot->add_option("--out", a->plot_out, "output directory (default: RUN_DIR/plots)");
+  commands.emplace_back(plot, [a] {
+    const std::filesystem::path out = a->plot_out.empty() ? std::filesystem::path(a->plot_dir) / "plots" : std::filesystem::path(a->plot_out);
+    for (const auto& f : controller::plot_run(a->plot_dir, a->plot_metrics, out)) std::cout << f.string() << '\n';
+    return 0;
+  });
+}
+
+void add_eval_command(CLI::App& app, Commands& commands) {
+  struct Args {
+    std::string checkpoint;
+    int episodes = 10;
+    bool deterministic = false, json = false;
+    uint64_t seed = 12345;
+  };
+  auto a = std::make_shared<Args>();
+  auto* eval = app.add_subcommand("eval", "run a checkpoint's policy for some episodes and report the return");
+  eval->add_option("checkpoint", a->checkpoint, "checkpoint (.json or .safetensors), or a run directory (newest)")
+      ->required()
+      ->check(CLI::ExistingPath);
+  eval->add_option("--episodes", a->episodes, "episodes to run")->check(CLI::Range(1, 1000000));
+  eval->add_flag("--deterministic", a->deterministic, "take the most likely action instead of sampling");
+  eval->add_option("--seed", a->seed, "env and sampling seed");
+  eval->add_flag("--json", a->json, "print one JSON object");
+  commands.emplace_back(eval, [a] {
+    std::filesystem::path path = a->checkpoint;
+    if (std::filesystem::is_directory(path)) {
+      auto newest = controller::latest_checkpoint(path);
+      if (!newest) throw ConfigError(path.string() + ": no checkpoint in checkpoints/");
+      path = *newest;
+    }
+    auto r = controller::evaluate_checkpoint(path, a->episodes, a->deterministic, a->seed);
+    if (a->json) {
+      nlohmann::ordered_json j = {{"checkpoint", path.string()}, {"episodes", r.episodes}, {"mean_return", r.mean_return},
+                                  {"std_return", r.std_return}, {"mean_length", r.mean_length}};
+      if (!std::isnan(r.win_rate)) j["win_rate"] = r.win_rate;
+      std::cout << j.dump() << "\n";
+    } else {
+      std::cout << path.string() << ": " << r.episodes << " episodes, return " << r.mean_return << " +- " << r.std_return
+                << ", length " << r.mean_length;
+      if (!std::isnan(r.win_rate)) std::cout << ", win rate " << r.win_rate;
+      std::cout << "\n";
+    }
+    return 0;
+  });
+}
+
+void add_env_commands(CLI::App& app, Commands& commands) {
+  auto* env_cmd = app.add_subcommand("env", "list and inspect environments");
+  env_cmd->require_subcommand(1);
+  auto json = std::make_shared<bool>(false);
+  auto* env_list_cmd = env_cmd->add_subcommand("list", "environment ids with their spaces and episode limits");
+  env_list_cmd->add_flag("--json", *json, "print JSON");
+  commands.emplace_back(env_list_cmd, [json] { return controller::env_list(*json); });
+  auto trace = std::make_shared<controller::TraceArgs>();
+  auto* trace_cmd = env_cmd->add_subcommand(
+      "trace", "step one env and print one JSON object per line (for checking against a reference)");
+  trace_cmd->add_option("--env", trace->env, "environment id")->required();
+  trace_cmd->add_option("--seed", trace->seed, "reset seed");
+  trace_cmd->add_option("--init-state", trace->init_state,
+                        "the state right after reset: a JSON array in Gymnasium's env.unwrapped.state order, or for "
+                        "MPE {\"agents\":[{\"p_pos\":[x,y],\"p_vel\":[x,y]},...],\"landmarks\":[{\"p_pos\":[x,y]},...]}");
+  trace_cmd->add_option("--param", trace->params, "env parameter key=value, e.g. N=4 (repeatable)");
+  auto* actions_opt = trace_cmd->add_option(
+      "--actions", trace->actions, "JSON array of actions, one per step (multi-agent: a list of per-agent actions)");
+  trace_cmd->add_option("--actions-file", trace->actions_file, "file with a JSON array of actions (or one per line)")
+      ->check(CLI::ExistingFile)
+      ->excludes(actions_opt);
+
+  commands.emplace_back(trace_cmd, [trace] { return controller::env_trace(*trace); });
+}
+
+void add_bench_commands(CLI::App& app, Commands& commands) {
+  auto* bench = app.add_subcommand("bench", "benchmarks that print figures");
+  bench->require_subcommand(1);
+  auto env_args = std::make_shared<controller::EnvBenchArgs>();
+  auto* bench_env_cmd = bench->add_subcommand("env", "env steps per second (random valid actions, auto-reset on)");
+  bench_env_cmd->add_option("--env", env_args->env, "environment id")->required();
+  bench_env_cmd->add_option("--num-envs", env_args->num_envs, "envs stepped together")->check(CLI::Range(1, 1 << 26));
+  bench_env_cmd->add_option("--threads", env_args->threads, "CPU threads")->check(CLI::Range(1, 256));
+  bench_env_cmd->add_option("--steps", env_args->steps, "batch steps to time (default: about one second)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+  bench_env_cmd->add_option("--backend", env_args->backend, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  bench_env_cmd->add_flag("--json", env_args->json, "print one JSON object");
+
+  auto train_args = std::make_shared<controller::TrainBenchArgs>();
+  auto* bench_train_cmd =
+      bench->add_subcommand("train", "run a config once per seed; steps and wall seconds to its stop condition");
+  bench_train_cmd->add_option("config", train_args->config, "experiment YAML file")->required()->check(CLI::ExistingFile);
+  bench_train_cmd->add_option("overrides", train_args->overrides, "key.path=value overrides");
+  bench_train_cmd->add_option("--seeds", train_args->seeds, "how many seeds")->check(CLI::Range(1, 1000));
+  bench_train_cmd->add_option("--first-seed", train_args->first_seed, "the first seed (then +1, +2, ...)");
+  bench_train_cmd->add_option("--out", train_args->out_dir, "where the runs go (default runs/bench)");
+  bench_train_cmd->add_flag("--json", train_args->json, "print one JSON object");
+
+  auto tok_args = std::make_shared<controller::TokenizeBenchArgs>();
+  auto* bench_tok_cmd = bench->add_subcommand("tokenize", "tokenizer encoding throughput (MB per second) over a file");
+  bench_tok_cmd->add_option("--tokenizer", tok_args->tokenizer, "tokenizer.json, model directory, encoder.json or bytes")
+      ->required();
+  bench_tok_cmd->add_option("--file", tok_args->file, "UTF-8 text, encoded line by line")->required()->check(CLI::ExistingFile);
+  bench_tok_cmd->add_option("--reference", tok_args->reference,
+                            "also time the npm reference encoder (qwen3 or gpt2) on the same file")
+      ->check(CLI::IsMember({"qwen3", "gpt2"}));
+  bench_tok_cmd->add_flag("--json", tok_args->json, "print one JSON object");
+
+  auto gen_args = std::make_shared<controller::GenerateBenchArgs>();
+  auto* bench_gen_cmd = bench->add_subcommand(
+      "generate", "generation tokens per second: the engine next to recomputing the full sequence per token");
+  bench_gen_cmd->add_option("--model", gen_args->model, "model directory")->required()->check(CLI::ExistingDirectory);
+  bench_gen_cmd->add_option("--batch", gen_args->batch, "sequences")->check(CLI::Range(int64_t{1}, int64_t{4096}));
+  bench_gen_cmd->add_option("--prompt-len", gen_args->prompt_len, "prompt tokens")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  bench_gen_cmd->add_option("--gen-len", gen_args->gen_len, "generated tokens")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  bench_gen_cmd->add_flag("--json", gen_args->json, "print one JSON object");
+
+  auto stream_args = std::make_shared<controller::StreamBenchArgs>();
+  auto* bench_stream_cmd = bench->add_subcommand(
+      "stream", "throughput of Flotilla's sample stream between two processes, next to bare ZeroMQ");
+  bench_stream_cmd->add_option("--bytes", stream_args->bytes, "bytes per message")->check(CLI::Range(int64_t{1}, int64_t{1} << 32));
+  bench_stream_cmd->add_option("--count", stream_args->count, "messages")->check(CLI::Range(int64_t{2}, int64_t{1} << 40));
+  bench_stream_cmd->add_option("--transport", stream_args->transport, "tcp (loopback) or ipc")
+      ->check(CLI::IsMember({"tcp", "ipc"}));
+  bench_stream_cmd->add_flag("--json", stream_args->json, "print one JSON object");
+  bench_stream_cmd->add_option("--send-to", stream_args->send_to)->group("");  // the sending child's
+  bench_stream_cmd->add_option("--mode", stream_args->mode)->group("");
+
+  commands.emplace_back(bench_env_cmd, [env_args] { return controller::bench_env(*env_args); });
+  commands.emplace_back(bench_train_cmd, [train_args] { return controller::bench_train(*train_args); });
+  commands.emplace_back(bench_tok_cmd, [tok_args] { return controller::bench_tokenize(*tok_args); });
+  commands.emplace_back(bench_gen_cmd, [gen_args] { return controller::bench_generate(*gen_args); });
+  commands.emplace_back(bench_stream_cmd, [stream_args] { return controller::bench_stream(*stream_args); });
+}
+
+void add_lm_commands(CLI::App& app, Commands& commands) {
+  auto* lm = app.add_subcommand("lm", "language models in Hugging Face's layout");
+  lm->require_subcommand(1);
+  auto init_args = std::make_shared<controller::LmInitArgs>();
+  auto* lm_init_cmd = lm->add_subcommand("init", "write a randomly initialized model (config.json, model.safetensors, tokenizer.json)");
+  lm_init_cmd->add_option("--arch", init_args->arch, "qwen2, qwen3 or llama")->check(CLI::IsMember({"qwen2", "qwen3", "llama"}));
+  lm_init_cmd->add_option("--preset", init_args->preset, "tiny or small")->check(CLI::IsMember({"tiny", "small"}));
+  lm_init_cmd->add_option("--vocab", init_args->vocab, "vocabulary size (at least 259: bytes and 3 specials)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 22));
+  lm_init_cmd->add_option("--out", init_args->out, "the model directory to write")->required();
+  lm_init_cmd->add_option("--dtype", init_args->dtype, "float32, bfloat16 or float16")
+      ->check(CLI::IsMember({"float32", "bfloat16", "float16"}));
+  lm_init_cmd->add_option("--seed", init_args->seed, "seed of the random weights");
+  lm_init_cmd->add_option("--head", init_args->head, "lm (next-token logits), value (critic) or reward")
+      ->check(CLI::IsMember({"lm", "value", "reward"}));
+  auto score_args = std::make_shared<controller::LmScoreArgs>();
+  auto* lm_score_cmd = lm->add_subcommand("score", "log-probability of each token given the ones before it, per line of ids");
+  lm_score_cmd->add_option("--model", score_args->model, "model directory")->required()->check(CLI::ExistingDirectory);
+  lm_score_cmd->add_option("--tokens-file", score_args->tokens_file, "one JSON array of token ids per line")
+      ->required()
+      ->check(CLI::ExistingFile);
+
+  auto gen_args = std::make_shared<controller::GenerateArgs>();
+  auto* gen_cmd = app.add_subcommand("generate", "sample continuations of a prompt with the generation engine (JSON lines)");
+  gen_cmd->add_option("--model", gen_args->model, "model directory (config.json, model.safetensors, tokenizer.json)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  gen_cmd->add_option("--prompt", gen_args->prompt, "prompt text")->required();
+  gen_cmd->add_option("--n", gen_args->n, "samples of the prompt")->check(CLI::Range(1, 4096));
+  gen_cmd->add_option("--max-tokens", gen_args->max_tokens, "new tokens at most")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  gen_cmd->add_option("--temperature", gen_args->temperature, "0: greedy")->check(CLI::Range(0.0, 100.0));
+  gen_cmd->add_option("--top-p", gen_args->top_p, "nucleus sampling mass")->check(CLI::Range(1e-9, 1.0));
+  gen_cmd->add_option("--top-k", gen_args->top_k, "0: no limit")->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
+  gen_cmd->add_option("--seed", gen_args->seed, "seed (sample k uses seed + k)");
+
+  commands.emplace_back(lm_init_cmd, [init_args] { return controller::lm_init(*init_args); });
+  commands.emplace_back(lm_score_cmd, [score_args] { return controller::lm_score(*score_args); });
+  commands.emplace_back(gen_cmd, [gen_args] { return controller::generate(*gen_args); });
+}
+
+void add_data_commands(CLI::App& app, Commands& commands) {
+  auto* data = app.add_subcommand("data", "datasets for language-model jobs");
+  data->require_subcommand(1);
+  auto data_args = std::make_shared<controller::DataMakeArgs>();
+  auto* data_make_cmd = data->add_subcommand("make", "write a synthetic task with verifiable answers as JSONL {prompt, answer}");
+  data_make_cmd->add_option("task", data_args->task, "addition, sort or reverse")
+      ->required()
+      ->check(CLI::IsMember({"addition", "sort", "reverse"}));
+  data_make_cmd->add_option("--n", data_args->n, "examples")->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  data_make_cmd->add_option("--seed", data_args->seed, "seed (the same examples on every machine)");
+  data_make_cmd->add_option("--out", data_args->out, "output file (default: standard output)");
+  data_make_cmd->add_option("--max-digits", data_args->max_digits, "addition: operands of 1 to this many digits")
+      ->check(CLI::Range(1, 18));
+  data_make_cmd->add_option("--length", data_args->length, "sort: numbers per list; reverse: letters per string")
+      ->check(CLI::Range(1, 1000));
+  data_make_cmd->add_option("--kind", data_args->kind, "verifiable {prompt, answer}, sft {prompt, response} or preference {prompt, chosen, rejected}")
+      ->check(CLI::IsMember({"verifiable", "sft", "preference"}));
+
+  auto tok_args = std::make_shared<controller::TokenizeArgs>();
+  auto* tok_cmd = app.add_subcommand("tokenize", "encode text to token ids (one JSON array per input line), or decode");
+  tok_cmd->add_option("--tokenizer", tok_args->tokenizer, "tokenizer.json, model directory, encoder.json (GPT-2) or bytes")
+      ->required();
+  auto* tok_text = tok_cmd->add_option("--text", tok_args->text, "text to encode (each line separately)");
+  auto* tok_file = tok_cmd->add_option("--file", tok_args->file, "file to encode, line by line")->check(CLI::ExistingFile);
+  tok_cmd->add_flag("--stdin", tok_args->from_stdin, "read the input from standard input")->excludes(tok_text)->excludes(tok_file);
+  tok_text->excludes(tok_file);
+  tok_cmd->add_flag("--decode", tok_args->decode, "input lines are JSON arrays of ids; print each decoded text as a JSON string");
+
+  commands.emplace_back(data_make_cmd, [data_args] { return controller::data_make(*data_args); });
+  commands.emplace_back(tok_cmd, [tok_args] { return controller::tokenize(*tok_args); });
+}
+
+// The worker processes a controller starts (not listed in --help).
+void add_worker_command(CLI::App& app, Commands& commands) {
+  auto info = std::make_shared<runtime::WorkerInfo>();
+  auto heartbeat_ms = std::make_shared<int>(500);
+  auto* worker = app.add_subcommand("worker", "a worker process (started by the controller, never by hand)");
+  worker->group("");  // not listed in --help
+  worker->add_option("--role", info->role)->required();
+  worker->add_option("--rank", info->rank)->required();
+  worker->add_option("--world-size", info->world_size);
+  worker->add_option("--experiment", info->experiment)->required();
+  worker->add_option("--trial", info->trial)->required();
+  worker->add_option("--name-dir", info->name_dir)->required();
+  worker->add_option("--host", info->host);
+  worker->add_option("--heartbeat-ms", *heartbeat_ms);
+  worker->add_option("--controller-pid", info->controller_pid);
+  worker->add_option("--heartbeat-to", info->heartbeat_to)->required();
+  worker->add_option("--metrics-to", info->metrics_to)->required();
+
+  commands.emplace_back(worker, [info, heartbeat_ms] {
+    info->heartbeat = std::chrono::milliseconds(*heartbeat_ms);
+    return runtime::run_worker(*info, actors::roles().at(info->role));
+  });
 }
 
 }  // namespace
@@ -56,204 +352,21 @@ int flotilla::controller::cli_main(int argc, char** argv) {
                "Run `flotilla COMMAND --help` for the options of a command."};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "help for every command");
-
-  ConfigArgs run_args;
-  controller::RunOptions run_options;
-  bool quiet = false;
-  std::string progress = "auto";
-  auto* run = app.add_subcommand("run", "run an experiment; results go to a new run directory");
-  add_config_args(run, run_args);
-  run->add_flag("-q,--quiet", quiet, "no progress bar or progress lines; warnings and errors only");
-  run->add_option("--progress", progress, "progress display: auto (bar on a terminal, lines otherwise), bar, lines")
-      ->check(CLI::IsMember({"auto", "bar", "lines"}));
-  run->add_option("--log-level", run_options.log_level, "trace, debug, info, warn or error")
-      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
-
-  std::string resume_dir;
-  auto* resume = app.add_subcommand("resume", "continue a stopped run from its newest checkpoint, in the same directory");
-  resume->add_option("run_dir", resume_dir, "run directory")->required()->check(CLI::ExistingDirectory);
-  resume->add_flag("-q,--quiet", quiet, "no progress bar or progress lines; warnings and errors only");
-
-  std::string eval_checkpoint;
-  int eval_episodes = 10;
-  bool eval_deterministic = false, eval_json = false;
-  uint64_t eval_seed = 12345;
-  auto* eval = app.add_subcommand("eval", "run a checkpoint's policy for some episodes and report the return");
-  eval->add_option("checkpoint", eval_checkpoint, "checkpoint (.json or .safetensors), or a run directory (newest)")
-      ->required()
-      ->check(CLI::ExistingPath);
-  eval->add_option("--episodes", eval_episodes, "episodes to run")->check(CLI::Range(1, 1000000));
-  eval->add_flag("--deterministic", eval_deterministic, "take the most likely action instead of sampling");
-  eval->add_option("--seed", eval_seed, "env and sampling seed");
-  eval->add_flag("--json", eval_json, "print one JSON object");
-
-  ConfigArgs validate_args;
-  auto* validate = app.add_subcommand("validate", "check an experiment config without running it");
-  add_config_args(validate, validate_args);
-
-  ConfigArgs show_args;
-  auto* config = app.add_subcommand("config", "inspect experiment configs");
-  config->require_subcommand(1);
-  auto* show = config->add_subcommand("show", "print the fully resolved config (defaults, overrides and every default value)");
-  add_config_args(show, show_args);
-
-  std::string plot_dir, plot_out;
-  std::vector<std::string> plot_metrics;
-  auto* plot = app.add_subcommand("plot", "draw PNG charts of a run's metrics (needs gnuplot)");
-  plot->add_option("run_dir", plot_dir, "run directory")->required()->check(CLI::ExistingDirectory);
-  plot->add_option("metrics", plot_metrics, "metric names, e.g. charts/episodic_return (default: all)");
-  plot->add_option("--out", plot_out, "output directory (default: RUN_DIR/plots)");
-
-  auto* env_cmd = app.add_subcommand("env", "list and inspect environments");
-  env_cmd->require_subcommand(1);
-  bool env_list_json = false;
-  auto* env_list_cmd = env_cmd->add_subcommand("list", "environment ids with their spaces and episode limits");
-  env_list_cmd->add_flag("--json", env_list_json, "print JSON");
-  controller::TraceArgs trace;
-  auto* trace_cmd = env_cmd->add_subcommand(
-      "trace", "step one env and print one JSON object per line (for checking against a reference)");
-  trace_cmd->add_option("--env", trace.env, "environment id")->required();
-  trace_cmd->add_option("--seed", trace.seed, "reset seed");
-  trace_cmd->add_option("--init-state", trace.init_state,
-                        "the state right after reset: a JSON array in Gymnasium's env.unwrapped.state order, or for "
-                        "MPE {\"agents\":[{\"p_pos\":[x,y],\"p_vel\":[x,y]},...],\"landmarks\":[{\"p_pos\":[x,y]},...]}");
-  trace_cmd->add_option("--param", trace.params, "env parameter key=value, e.g. N=4 (repeatable)");
-  auto* actions_opt = trace_cmd->add_option(
-      "--actions", trace.actions, "JSON array of actions, one per step (multi-agent: a list of per-agent actions)");
-  trace_cmd->add_option("--actions-file", trace.actions_file, "file with a JSON array of actions (or one per line)")
-      ->check(CLI::ExistingFile)
-      ->excludes(actions_opt);
-
-  auto* bench = app.add_subcommand("bench", "benchmarks that print figures");
-  bench->require_subcommand(1);
-  controller::EnvBenchArgs bench_env_args;
-  auto* bench_env_cmd = bench->add_subcommand("env", "env steps per second (random valid actions, auto-reset on)");
-  bench_env_cmd->add_option("--env", bench_env_args.env, "environment id")->required();
-  bench_env_cmd->add_option("--num-envs", bench_env_args.num_envs, "envs stepped together")->check(CLI::Range(1, 1 << 26));
-  bench_env_cmd->add_option("--threads", bench_env_args.threads, "CPU threads")->check(CLI::Range(1, 256));
-  bench_env_cmd->add_option("--steps", bench_env_args.steps, "batch steps to time (default: about one second)")
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
-  bench_env_cmd->add_option("--backend", bench_env_args.backend, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
-  bench_env_cmd->add_flag("--json", bench_env_args.json, "print one JSON object");
-
-  controller::TrainBenchArgs bench_train_args;
-  auto* bench_train_cmd =
-      bench->add_subcommand("train", "run a config once per seed; steps and wall seconds to its stop condition");
-  bench_train_cmd->add_option("config", bench_train_args.config, "experiment YAML file")->required()->check(CLI::ExistingFile);
-  bench_train_cmd->add_option("overrides", bench_train_args.overrides, "key.path=value overrides");
-  bench_train_cmd->add_option("--seeds", bench_train_args.seeds, "how many seeds")->check(CLI::Range(1, 1000));
-  bench_train_cmd->add_option("--first-seed", bench_train_args.first_seed, "the first seed (then +1, +2, ...)");
-  bench_train_cmd->add_option("--out", bench_train_args.out_dir, "where the runs go (default runs/bench)");
-  bench_train_cmd->add_flag("--json", bench_train_args.json, "print one JSON object");
-
-  controller::TokenizeBenchArgs bench_tok_args;
-  auto* bench_tok_cmd = bench->add_subcommand("tokenize", "tokenizer encoding throughput (MB per second) over a file");
-  bench_tok_cmd->add_option("--tokenizer", bench_tok_args.tokenizer, "tokenizer.json, model directory, encoder.json or bytes")
-      ->required();
-  bench_tok_cmd->add_option("--file", bench_tok_args.file, "UTF-8 text, encoded line by line")->required()->check(CLI::ExistingFile);
-  bench_tok_cmd->add_option("--reference", bench_tok_args.reference,
-                            "also time the npm reference encoder (qwen3 or gpt2) on the same file")
-      ->check(CLI::IsMember({"qwen3", "gpt2"}));
-  bench_tok_cmd->add_flag("--json", bench_tok_args.json, "print one JSON object");
-
-  auto* lm = app.add_subcommand("lm", "language models in Hugging Face's layout");
-  lm->require_subcommand(1);
-  controller::LmInitArgs lm_init_args;
-  auto* lm_init_cmd = lm->add_subcommand("init", "write a randomly initialized model (config.json, model.safetensors, tokenizer.json)");
-  lm_init_cmd->add_option("--arch", lm_init_args.arch, "qwen2, qwen3 or llama")->check(CLI::IsMember({"qwen2", "qwen3", "llama"}));
-  lm_init_cmd->add_option("--preset", lm_init_args.preset, "tiny or small")->check(CLI::IsMember({"tiny", "small"}));
-  lm_init_cmd->add_option("--vocab", lm_init_args.vocab, "vocabulary size (at least 259: bytes and 3 specials)")
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 22));
-  lm_init_cmd->add_option("--out", lm_init_args.out, "the model directory to write")->required();
-  lm_init_cmd->add_option("--dtype", lm_init_args.dtype, "float32, bfloat16 or float16")
-      ->check(CLI::IsMember({"float32", "bfloat16", "float16"}));
-  lm_init_cmd->add_option("--seed", lm_init_args.seed, "seed of the random weights");
-  lm_init_cmd->add_option("--head", lm_init_args.head, "lm (next-token logits), value (critic) or reward")
-      ->check(CLI::IsMember({"lm", "value", "reward"}));
-  controller::LmScoreArgs lm_score_args;
-  auto* lm_score_cmd = lm->add_subcommand("score", "log-probability of each token given the ones before it, per line of ids");
-  lm_score_cmd->add_option("--model", lm_score_args.model, "model directory")->required()->check(CLI::ExistingDirectory);
-  lm_score_cmd->add_option("--tokens-file", lm_score_args.tokens_file, "one JSON array of token ids per line")
-      ->required()
-      ->check(CLI::ExistingFile);
-
-  controller::GenerateArgs gen_args;
-  auto* gen_cmd = app.add_subcommand("generate", "sample continuations of a prompt with the generation engine (JSON lines)");
-  gen_cmd->add_option("--model", gen_args.model, "model directory (config.json, model.safetensors, tokenizer.json)")
-      ->required()
-      ->check(CLI::ExistingDirectory);
-  gen_cmd->add_option("--prompt", gen_args.prompt, "prompt text")->required();
-  gen_cmd->add_option("--n", gen_args.n, "samples of the prompt")->check(CLI::Range(1, 4096));
-  gen_cmd->add_option("--max-tokens", gen_args.max_tokens, "new tokens at most")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
-  gen_cmd->add_option("--temperature", gen_args.temperature, "0: greedy")->check(CLI::Range(0.0, 100.0));
-  gen_cmd->add_option("--top-p", gen_args.top_p, "nucleus sampling mass")->check(CLI::Range(1e-9, 1.0));
-  gen_cmd->add_option("--top-k", gen_args.top_k, "0: no limit")->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
-  gen_cmd->add_option("--seed", gen_args.seed, "seed (sample k uses seed + k)");
-
-  controller::GenerateBenchArgs bench_gen_args;
-  auto* bench_gen_cmd = bench->add_subcommand(
-      "generate", "generation tokens per second: the engine next to recomputing the full sequence per token");
-  bench_gen_cmd->add_option("--model", bench_gen_args.model, "model directory")->required()->check(CLI::ExistingDirectory);
-  bench_gen_cmd->add_option("--batch", bench_gen_args.batch, "sequences")->check(CLI::Range(int64_t{1}, int64_t{4096}));
-  bench_gen_cmd->add_option("--prompt-len", bench_gen_args.prompt_len, "prompt tokens")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
-  bench_gen_cmd->add_option("--gen-len", bench_gen_args.gen_len, "generated tokens")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
-  bench_gen_cmd->add_flag("--json", bench_gen_args.json, "print one JSON object");
-
-  auto* data = app.add_subcommand("data", "datasets for language-model jobs");
-  data->require_subcommand(1);
-  controller::DataMakeArgs data_args;
-  auto* data_make_cmd = data->add_subcommand("make", "write a synthetic task with verifiable answers as JSONL {prompt, answer}");
-  data_make_cmd->add_option("task", data_args.task, "addition, sort or reverse")
-      ->required()
-      ->check(CLI::IsMember({"addition", "sort", "reverse"}));
-  data_make_cmd->add_option("--n", data_args.n, "examples")->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
-  data_make_cmd->add_option("--seed", data_args.seed, "seed (the same examples on every machine)");
-  data_make_cmd->add_option("--out", data_args.out, "output file (default: standard output)");
-  data_make_cmd->add_option("--max-digits", data_args.max_digits, "addition: operands of 1 to this many digits")
-      ->check(CLI::Range(1, 18));
-  data_make_cmd->add_option("--length", data_args.length, "sort: numbers per list; reverse: letters per string")
-      ->check(CLI::Range(1, 1000));
-  data_make_cmd->add_option("--kind", data_args.kind, "verifiable {prompt, answer}, sft {prompt, response} or preference {prompt, chosen, rejected}")
-      ->check(CLI::IsMember({"verifiable", "sft", "preference"}));
-
-  controller::TokenizeArgs tok_args;
-  auto* tok_cmd = app.add_subcommand("tokenize", "encode text to token ids (one JSON array per input line), or decode");
-  tok_cmd->add_option("--tokenizer", tok_args.tokenizer, "tokenizer.json, model directory, encoder.json (GPT-2) or bytes")
-      ->required();
-  auto* tok_text = tok_cmd->add_option("--text", tok_args.text, "text to encode (each line separately)");
-  auto* tok_file = tok_cmd->add_option("--file", tok_args.file, "file to encode, line by line")->check(CLI::ExistingFile);
-  tok_cmd->add_flag("--stdin", tok_args.from_stdin, "read the input from standard input")->excludes(tok_text)->excludes(tok_file);
-  tok_text->excludes(tok_file);
-  tok_cmd->add_flag("--decode", tok_args.decode, "input lines are JSON arrays of ids; print each decoded text as a JSON string");
-
-  controller::StreamBenchArgs bench_stream_args;
-  auto* bench_stream_cmd = bench->add_subcommand(
-      "stream", "throughput of Flotilla's sample stream between two processes, next to bare ZeroMQ");
-  bench_stream_cmd->add_option("--bytes", bench_stream_args.bytes, "bytes per message")->check(CLI::Range(int64_t{1}, int64_t{1} << 32));
-  bench_stream_cmd->add_option("--count", bench_stream_args.count, "messages")->check(CLI::Range(int64_t{2}, int64_t{1} << 40));
-  bench_stream_cmd->add_option("--transport", bench_stream_args.transport, "tcp (loopback) or ipc")
-      ->check(CLI::IsMember({"tcp", "ipc"}));
-  bench_stream_cmd->add_flag("--json", bench_stream_args.json, "print one JSON object");
-  bench_stream_cmd->add_option("--send-to", bench_stream_args.send_to)->group("");  // the sending child's
-  bench_stream_cmd->add_option("--mode", bench_stream_args.mode)->group("");
-
-  runtime::WorkerInfo worker_info;
-  int heartbeat_ms = 500;
-  auto* worker = app.add_subcommand("worker", "a worker process (started by the controller, never by hand)");
-  worker->group("");  // not listed in --help
-  worker->add_option("--role", worker_info.role)->required();
-  worker->add_option("--rank", worker_info.rank)->required();
-  worker->add_option("--world-size", worker_info.world_size);
-  worker->add_option("--experiment", worker_info.experiment)->required();
-  worker->add_option("--trial", worker_info.trial)->required();
-  worker->add_option("--name-dir", worker_info.name_dir)->required();
-  worker->add_option("--host", worker_info.host);
-  worker->add_option("--heartbeat-ms", heartbeat_ms);
-  worker->add_option("--controller-pid", worker_info.controller_pid);
-  worker->add_option("--heartbeat-to", worker_info.heartbeat_to)->required();
-  worker->add_option("--metrics-to", worker_info.metrics_to)->required();
-
+  Commands commands;
+  add_run_commands(app, commands);
+  add_eval_command(app, commands);
+  add_inspect_commands(app, commands);
+  add_env_commands(app, commands);
+  add_bench_commands(app, commands);
+  add_lm_commands(app, commands);
+  add_data_commands(app, commands);
+  add_worker_command(app, commands);
   auto* version = app.add_subcommand("version", "print the version and build facts");
+  commands.emplace_back(version, [] {
+    std::cout << "flotilla " << FLOTILLA_VERSION << "\n"
+              << "cuda kernels: " << (FLOTILLA_WITH_CUDA ? "compiled" : "not compiled") << "\n";
+    return 0;
+  });
 
   try {
     app.parse(argc, argv);
@@ -261,83 +374,10 @@ int flotilla::controller::cli_main(int argc, char** argv) {
     int code = app.exit(e);
     return code == 0 ? 0 : 2;
   }
-
   core::init_logging();
   try {
-    if (*run) {
-      if (quiet) run_options.progress = controller::ProgressMode::Quiet;
-      else if (progress == "bar") run_options.progress = controller::ProgressMode::Bar;
-      else if (progress == "lines") run_options.progress = controller::ProgressMode::Lines;
-      return run_command(run_args, run_options);
-    }
-    if (*validate) {
-      controller::LoadedExperiment loaded = controller::load_experiment(validate_args.file, validate_args.overrides);
-      std::cout << validate_args.file << ": valid (program '" << loaded.experiment.program << "', name '"
-                << loaded.experiment.name << "')\n";
-      return 0;
-    }
-    if (*show) {
-      controller::LoadedExperiment loaded = controller::load_experiment(show_args.file, show_args.overrides);
-      std::cout << loaded.config->resolved_yaml();
-      return 0;
-    }
-    if (*plot) {
-      auto files = controller::plot_run(plot_dir, plot_metrics,
-                                        plot_out.empty() ? std::filesystem::path(plot_dir) / "plots" : std::filesystem::path(plot_out));
-      for (const auto& f : files) std::cout << f.string() << '\n';
-      return 0;
-    }
-    if (*resume) {
-      const std::filesystem::path dir = resume_dir;
-      if (!std::filesystem::exists(dir / "config.yaml"))
-        throw ConfigError(dir.string() + ": not a run directory (no config.yaml)");
-      controller::LoadedExperiment loaded = controller::load_experiment(dir / "config.yaml", {});
-      run_options.resume_dir = dir;
-      if (quiet) run_options.progress = controller::ProgressMode::Quiet;
-      return controller::run_experiment(loaded, run_options);
-    }
-    if (*eval) {
-      std::filesystem::path path = eval_checkpoint;
-      if (std::filesystem::is_directory(path)) {
-        auto newest = controller::latest_checkpoint(path);
-        if (!newest) throw ConfigError(path.string() + ": no checkpoint in checkpoints/");
-        path = *newest;
-      }
-      auto r = controller::evaluate_checkpoint(path, eval_episodes, eval_deterministic, eval_seed);
-      if (eval_json) {
-        nlohmann::ordered_json j = {{"checkpoint", path.string()}, {"episodes", r.episodes}, {"mean_return", r.mean_return},
-                                    {"std_return", r.std_return}, {"mean_length", r.mean_length}};
-        if (!std::isnan(r.win_rate)) j["win_rate"] = r.win_rate;
-        std::cout << j.dump() << "\n";
-      } else {
-        std::cout << path.string() << ": " << r.episodes << " episodes, return " << r.mean_return << " +- "
-                  << r.std_return << ", length " << r.mean_length;
-        if (!std::isnan(r.win_rate)) std::cout << ", win rate " << r.win_rate;
-        std::cout << "\n";
-      }
-      return 0;
-    }
-    if (*worker) {
-      worker_info.heartbeat = std::chrono::milliseconds(heartbeat_ms);
-      return runtime::run_worker(worker_info, actors::roles().at(worker_info.role));
-    }
-    if (*env_list_cmd) return controller::env_list(env_list_json);
-    if (*trace_cmd) return controller::env_trace(trace);
-    if (*bench_env_cmd) return controller::bench_env(bench_env_args);
-    if (*bench_tok_cmd) return controller::bench_tokenize(bench_tok_args);
-    if (*tok_cmd) return controller::tokenize(tok_args);
-    if (*lm_init_cmd) return controller::lm_init(lm_init_args);
-    if (*data_make_cmd) return controller::data_make(data_args);
-    if (*gen_cmd) return controller::generate(gen_args);
-    if (*bench_gen_cmd) return controller::bench_generate(bench_gen_args);
-    if (*lm_score_cmd) return controller::lm_score(lm_score_args);
-    if (*bench_train_cmd) return controller::bench_train(bench_train_args);
-    if (*bench_stream_cmd) return controller::bench_stream(bench_stream_args);
-    if (*version) {
-      std::cout << "flotilla " << FLOTILLA_VERSION << "\n"
-                << "cuda kernels: " << (FLOTILLA_WITH_CUDA ? "compiled" : "not compiled") << "\n";
-      return 0;
-    }
+    for (const auto& [command, action] : commands)
+      if (command->parsed()) return action();
   } catch (const ConfigError& e) {
     std::cerr << "flotilla: error: " << e.what() << "\n";
     return 2;

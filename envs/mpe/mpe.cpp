@@ -54,14 +54,9 @@ int read_int(const core::ConfigView* v, const char* key, int fallback, int low, 
   return value;
 }
 
-Built build(Scenario scenario, const core::ConfigView* v) {
-  WorldBuilder w;
+// The agents of a scenario (with its constructor arguments from `v`); returns its landmark count.
+int add_agents(Scenario scenario, const core::ConfigView* v, WorldBuilder& w) {
   Params& p = w.p;
-  p.scenario = scenario;
-  p.agents = 0;
-  p.continuous = v ? v->get<bool>("continuous_actions", false) : false;
-  const int max_cycles = read_int(v, "max_cycles", 25, 1, 1'000'000);
-  int landmarks = 0;
   auto local_ratio = [&] {
     const double r = v ? v->get<double>("local_ratio", 0.5, core::in_range(0.0, 1.0)) : 0.5;
     p.local_ratio = static_cast<float>(r);
@@ -69,59 +64,52 @@ Built build(Scenario scenario, const core::ConfigView* v) {
   switch (scenario) {
     case Scenario::Simple:
       w.add_agent("agent_0", 0.05f, false, true);
-      landmarks = 1;
-      break;
+      return 1;
     case Scenario::Spread: {
       const int n = read_int(v, "N", 3, 1, kMaxAgents);
       local_ratio();
       for (int i = 0; i < n; ++i) w.add_agent("agent_" + std::to_string(i), 0.15f, true, true);
-      landmarks = n;
-      break;
+      return n;
     }
     case Scenario::Tag: {
       const int good = read_int(v, "num_good", 1, 1, kMaxAgents), adv = read_int(v, "num_adversaries", 3, 1, kMaxAgents);
       check_count(v, "num_good", good + adv, 2, kMaxAgents);
-      landmarks = read_int(v, "num_obstacles", 2, 0, 16);
+      const int obstacles = read_int(v, "num_obstacles", 2, 0, 16);
       for (int i = 0; i < adv; ++i) w.add_agent("adversary_" + std::to_string(i), 0.075f, true, true, 3.0f, 1.0f);
       for (int i = 0; i < good; ++i) w.add_agent("agent_" + std::to_string(i), 0.05f, true, true, 4.0f, 1.3f);
       p.adversaries = adv;
-      break;
+      return obstacles;
     }
     case Scenario::Adversary: {
       const int n = read_int(v, "N", 2, 1, kMaxAgents - 1);
       w.add_agent("adversary_0", 0.15f, false, true);
       for (int i = 0; i < n; ++i) w.add_agent("agent_" + std::to_string(i), 0.15f, false, true);
       p.adversaries = 1;
-      landmarks = n;
-      break;
+      return n;
     }
     case Scenario::Push:
       w.add_agent("adversary_0", 0.05f, true, true);
       w.add_agent("agent_0", 0.05f, true, true);
       p.adversaries = 1;
-      landmarks = 2;
-      break;
+      return 2;
     case Scenario::Reference:
       local_ratio();
       p.dim_c = 10;
       w.add_agent("agent_0", 0.05f, false, false);
       w.add_agent("agent_1", 0.05f, false, false);
-      landmarks = 3;
-      break;
+      return 3;
     case Scenario::SpeakerListener:
       p.dim_c = 3;
       w.add_agent("speaker_0", 0.075f, false, false, 5.0f, 0, false);
       w.add_agent("listener_0", 0.075f, false, true);
-      landmarks = 3;
-      break;
+      return 3;
     case Scenario::Crypto:
       p.dim_c = 4;
       w.add_agent("eve_0", 0.05f, false, false, 5.0f, 0, false);
       w.add_agent("bob_0", 0.05f, false, false, 5.0f, 0, false);
       w.add_agent("alice_0", 0.05f, false, false, 5.0f, 0, false);
       p.adversaries = 1;
-      landmarks = 2;
-      break;
+      return 2;
     case Scenario::WorldComm: {
       p.dim_c = 4;
       const int good = read_int(v, "num_good", 2, 1, kMaxAgents), adv = read_int(v, "num_adversaries", 4, 1, kMaxAgents);
@@ -133,11 +121,18 @@ Built build(Scenario scenario, const core::ConfigView* v) {
         w.add_agent(i == 0 ? "leadadversary_0" : "adversary_" + std::to_string(i - 1), 0.075f, true, i != 0, 3.0f, 1.0f);
       for (int i = 0; i < good; ++i) w.add_agent("agent_" + std::to_string(i), 0.045f, true, true, 4.0f, 1.3f);
       p.adversaries = adv;
-      landmarks = p.obstacles + p.food + p.forests;
-      break;
+      return p.obstacles + p.food + p.forests;
     }
   }
+  return 0;
+}
+
+// Landmarks follow the agents: fixed, of the scenario's sizes, some of them obstacles.
+void add_landmarks(Scenario scenario, int landmarks, Params& p) {
   p.entities = p.agents + landmarks;
+  if (p.entities > kMaxEntities)
+    throw ConfigError("mpe: " + std::to_string(p.entities) + " entities is more than the " + std::to_string(kMaxEntities) +
+                      " this build supports");
   for (int l = 0; l < landmarks; ++l) {
     const int e = p.agents + l;
     p.movable[e] = false;
@@ -153,9 +148,16 @@ Built build(Scenario scenario, const core::ConfigView* v) {
       default: p.size[e] = 0.05f; break;
     }
   }
-  if (p.entities > kMaxEntities)
-    throw ConfigError("mpe: " + std::to_string(p.entities) + " entities is more than the " + std::to_string(kMaxEntities) +
-                      " this build supports");
+}
+
+Built build(Scenario scenario, const core::ConfigView* v) {
+  WorldBuilder w;
+  Params& p = w.p;
+  p.scenario = scenario;
+  p.agents = 0;
+  p.continuous = v ? v->get<bool>("continuous_actions", false) : false;
+  const int max_cycles = read_int(v, "max_cycles", 25, 1, 1'000'000);
+  add_landmarks(scenario, add_agents(scenario, v, w), p);
 
   // Observation widths: observe() once on a zero state counts what each agent writes.
   std::vector<double> zeros(Mpe::state_vars(p), 0.0);

@@ -198,6 +198,40 @@ struct Mpe {
     return true;
   }
 
+  // simple_tag and simple_world_comm: adversaries are rewarded for each touch of a good agent,
+  // good agents penalized for it and for leaving the arena (world_comm: shaped by distances, and
+  // food to reach).
+  FLOTILLA_HD static void tag_rewards(const Params& p, StateRef s, float* reward) {
+    const int A = p.agents;
+    const bool wc = p.scenario == Scenario::WorldComm;
+    const double hit = wc ? 5.0 : 10.0;
+    for (int a = 0; a < A; ++a) {
+      double r = 0;
+      if (adversary(p, a)) {
+        if (wc) {  // shaped: distance to the nearest good agent
+          double best = 1e300;
+          for (int g = p.adversaries; g < A; ++g) best = fmin(best, dist(s, g, a));
+          r -= 0.1 * best;
+        }
+        for (int g = p.adversaries; g < A; ++g)
+          for (int b = 0; b < p.adversaries; ++b) r += touching(p, s, g, b) ? hit : 0.0;
+      } else {
+        for (int b = 0; b < p.adversaries; ++b) r -= touching(p, s, b, a) ? hit : 0.0;
+        for (int d = 0; d < 2; ++d) r -= (wc ? 2.0 : 1.0) * boundary_penalty(fabs(pos(s, a, d)));
+        if (wc) {
+          const int first_food = A + p.obstacles;
+          double best = 1e300;
+          for (int f = first_food; f < first_food + p.food; ++f) {
+            r += touching(p, s, a, f) ? 2.0 : 0.0;
+            best = fmin(best, dist(s, f, a));
+          }
+          r -= 0.05 * best;
+        }
+      }
+      reward[a] = static_cast<float>(r);
+    }
+  }
+
   FLOTILLA_HD static void rewards(const Params& p, StateRef s, float* reward) {
     const int A = p.agents, L = p.entities - p.agents;
     switch (p.scenario) {
@@ -219,36 +253,9 @@ struct Mpe {
         return;
       }
       case Scenario::Tag:
-      case Scenario::WorldComm: {
-        const bool wc = p.scenario == Scenario::WorldComm;
-        const double hit = wc ? 5.0 : 10.0;
-        for (int a = 0; a < A; ++a) {
-          double r = 0;
-          if (adversary(p, a)) {
-            if (wc) {  // shaped: distance to the nearest good agent
-              double best = 1e300;
-              for (int g = p.adversaries; g < A; ++g) best = fmin(best, dist(s, g, a));
-              r -= 0.1 * best;
-            }
-            for (int g = p.adversaries; g < A; ++g)
-              for (int b = 0; b < p.adversaries; ++b) r += touching(p, s, g, b) ? hit : 0.0;
-          } else {
-            for (int b = 0; b < p.adversaries; ++b) r -= touching(p, s, b, a) ? hit : 0.0;
-            for (int d = 0; d < 2; ++d) r -= (wc ? 2.0 : 1.0) * boundary_penalty(fabs(pos(s, a, d)));
-            if (wc) {
-              const int first_food = A + p.obstacles;
-              double best = 1e300;
-              for (int f = first_food; f < first_food + p.food; ++f) {
-                r += touching(p, s, a, f) ? 2.0 : 0.0;
-                best = fmin(best, dist(s, f, a));
-              }
-              r -= 0.05 * best;
-            }
-          }
-          reward[a] = static_cast<float>(r);
-        }
+      case Scenario::WorldComm:
+        tag_rewards(p, s, reward);
         return;
-      }
       case Scenario::Adversary: {
         const int g = landmark(p, goal(p, s, 0));
         double adv = 0, good = 1e300;
@@ -321,6 +328,31 @@ struct Mpe {
     c[l] = 0.75;
   }
 
+  // simple_push: an adversary sees every landmark and agent; a good agent also its goal, in color.
+  FLOTILLA_HD static void observe_push(const Params& p, StateRef s, int a, Out& o) {
+    const int A = p.agents, E = p.entities;
+    o.vel_of(s, a);
+    if (adversary(p, a)) {
+      for (int e = A; e < E; ++e) o.rel(s, e, a);
+      for (int b = 0; b < A; ++b)
+        if (b != a) o.rel(s, b, a);
+      return;
+    }
+    const int g = goal(p, s, 0);
+    o.rel(s, landmark(p, g), a);
+    double color[3] = {0.25, 0.25, 0.25};  // a good agent wears its goal's color
+    color[g + 1] += 0.5;
+    for (double c : color) o.put(c);
+    for (int e = A; e < E; ++e) o.rel(s, e, a);
+    for (int l = 0; l < E - A; ++l) {
+      double c[3];
+      push_landmark_color(l, c);
+      for (double v : c) o.put(v);
+    }
+    for (int b = 0; b < A; ++b)
+      if (b != a) o.rel(s, b, a);
+  }
+
   FLOTILLA_HD static void observe(const Params& p, StateRef s, int a, float* obs) {
     const int A = p.agents, E = p.entities;
     Out o{obs};
@@ -354,29 +386,9 @@ struct Mpe {
         for (int b = 0; b < A; ++b)
           if (b != a) o.rel(s, b, a);
         return;
-      case Scenario::Push: {
-        o.vel_of(s, a);
-        if (adversary(p, a)) {
-          for (int e = A; e < E; ++e) o.rel(s, e, a);
-          for (int b = 0; b < A; ++b)
-            if (b != a) o.rel(s, b, a);
-          return;
-        }
-        const int g = goal(p, s, 0);
-        o.rel(s, landmark(p, g), a);
-        double color[3] = {0.25, 0.25, 0.25};  // a good agent wears its goal's color
-        color[g + 1] += 0.5;
-        for (double c : color) o.put(c);
-        for (int e = A; e < E; ++e) o.rel(s, e, a);
-        for (int l = 0; l < E - A; ++l) {
-          double c[3];
-          push_landmark_color(l, c);
-          for (double v : c) o.put(v);
-        }
-        for (int b = 0; b < A; ++b)
-          if (b != a) o.rel(s, b, a);
+      case Scenario::Push:
+        observe_push(p, s, a, o);
         return;
-      }
       case Scenario::Reference: {
         o.vel_of(s, a);
         for (int e = A; e < E; ++e) o.rel(s, e, a);
