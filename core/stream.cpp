@@ -32,9 +32,8 @@ class ZmqSampleReceiver final : public SampleReceiver {
         if (!m) return std::nullopt;
         auto env = m->envelope();
         if (!env.isSamples()) throw DecodeError("unexpected-type", "a sample stream got a message that is not samples");
-        Samples s{m->batch(env.getSamples().getBatch()), env.getSamples().getPolicyVersion(), env.getSender().cStr(), {}};
-        for (auto v : env.getSamples().getStats()) s.stats.emplace_back(v.getName().cStr(), v.getValue());
-        return s;
+        return Samples{m->batch(env.getSamples().getBatch()), env.getSamples().getPolicyVersion(), env.getSender().cStr(),
+                       read_scalars(env.getSamples().getStats())};
       } catch (const DecodeError& e) {
         drops_.record(e, "sample stream " + endpoint_);
         if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
@@ -68,11 +67,7 @@ class ZmqSampleSender final : public SampleSender {
     OutMessage m(name_);
     auto samples = m.envelope().initSamples();
     samples.setPolicyVersion(policy_version);
-    auto list = samples.initStats(static_cast<unsigned>(stats.size()));
-    for (unsigned i = 0; i < stats.size(); ++i) {
-      list[i].setName(stats[i].first);
-      list[i].setValue(stats[i].second);
-    }
+    write_scalars(samples.initStats(static_cast<unsigned>(stats.size())), stats);
     m.put_batch(samples.initBatch(), batch);
     if (!m.send(socket_))
       throw TimeoutError("sample stream: no consumer at '" + endpoint_ + "' took a batch within " +

@@ -158,6 +158,19 @@ Batch InMessage::batch(proto::BatchMeta::Reader meta) const {
   return out;
 }
 
+void write_scalars(capnp::List<proto::Scalar>::Builder list, const Scalars& values) {
+  for (unsigned i = 0; i < values.size(); ++i) {
+    list[i].setName(values[i].first);
+    list[i].setValue(values[i].second);
+  }
+}
+
+Scalars read_scalars(capnp::List<proto::Scalar>::Reader list) {
+  Scalars out;
+  for (auto v : list) out.emplace_back(v.getName().cStr(), v.getValue());
+  return out;
+}
+
 int64_t InMessage::payload_bytes() const {
   int64_t n = 0;
   for (size_t i = 1; i < frames_.size(); ++i) n += static_cast<int64_t>(frames_[i]->size());

@@ -17,6 +17,7 @@
 
 #include "core/batch.hpp"
 #include "core/error.hpp"
+#include "core/metrics.hpp"
 #include "messages.capnp.h"
 
 namespace flotilla::core {
@@ -68,6 +69,10 @@ class InMessage {
   std::shared_ptr<capnp::FlatArrayMessageReader> reader_;
   proto::Envelope::Reader envelope_;
 };
+
+// Named numbers into a message (a Metrics row, the stats of Samples), and back.
+void write_scalars(capnp::List<proto::Scalar>::Builder list, const Scalars& values);
+Scalars read_scalars(capnp::List<proto::Scalar>::Reader list);
 
 // Counts dropped messages per kind and logs the first of each kind, so a bad peer cannot flood
 // the log; the counts feed the transport/dropped_<kind> metrics.

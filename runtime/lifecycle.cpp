@@ -1,5 +1,6 @@
 #include "runtime/lifecycle.hpp"
 
+#include <ATen/Parallel.h>
 #include <spdlog/spdlog.h>
 
 #include <cstdlib>
@@ -89,7 +90,8 @@ bool Lifecycle::checkpoint() {
 
 void Loop::start(const std::string& who, Lifecycle& life, std::function<void()> body) {
   if (thread_.joinable()) throw Error(who + ": its loop is already running");
-  thread_ = std::thread([who, &life, body = std::move(body)] {
+  thread_ = std::thread([who, &life, body = std::move(body), threads = at::get_num_threads()] {
+    at::set_num_threads(threads);  // a per-thread setting: the loop runs with its starter's
     try {
       Lifecycle::Section section(life);
       body();

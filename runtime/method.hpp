@@ -127,44 +127,28 @@ struct Configure {
   auto fields() { return std::tie(yaml); }
 };
 
-// Starts the role's background loops (if it has any) and marks the worker running.
-struct Start {
-  static constexpr MethodSpec spec{"start", Dispatch::OneToAll, Collect::AllRanks, "control"};
+// A method without arguments: its rows, if any, are its input.
+template <const MethodSpec& Spec, class R = Void>
+struct NoArgs {
+  static constexpr MethodSpec spec = Spec;
   using Wire = proto::Empty;
-  using Result = Status;
+  using Result = R;
   auto fields() { return std::tie(); }
 };
 
-// Parks the worker's loops and methods at their next safe point; returns once they are parked.
-struct Pause {
-  static constexpr MethodSpec spec{"pause", Dispatch::OneToAll, Collect::AllRanks, "control"};
-  using Wire = proto::Empty;
-  using Result = Status;
-  auto fields() { return std::tie(); }
-};
-
-struct Resume {
-  static constexpr MethodSpec spec{"resume", Dispatch::OneToAll, Collect::AllRanks, "control"};
-  using Wire = proto::Empty;
-  using Result = Status;
-  auto fields() { return std::tie(); }
-};
-
-// The worker's state and counters; answered at once, whatever else is running.
-struct Poll {
-  static constexpr MethodSpec spec{"poll", Dispatch::OneToAll, Collect::AllRanks, "control"};
-  using Wire = proto::Empty;
-  using Result = Status;
-  auto fields() { return std::tie(); }
-};
-
-// Ends the worker: answered by its I/O thread (whatever the lanes are doing), then the process
-// stops its loops and exits.
-struct Stop {
-  static constexpr MethodSpec spec{"stop", Dispatch::OneToAll, Collect::AllRanks, "control"};
-  using Wire = proto::Empty;
-  using Result = Void;
-  auto fields() { return std::tie(); }
-};
+// Start: the role's background loops (if it has any), and the worker runs. Pause: loops and
+// main-lane methods park at their next safe point; it returns once they have. Resume. Poll: the
+// worker's state and counters, answered at once whatever else runs. Stop: answered by the I/O
+// thread (whatever the lanes are doing), then the process stops its loops and exits.
+inline constexpr MethodSpec kStart{"start", Dispatch::OneToAll, Collect::AllRanks, "control"};
+inline constexpr MethodSpec kPause{"pause", Dispatch::OneToAll, Collect::AllRanks, "control"};
+inline constexpr MethodSpec kResume{"resume", Dispatch::OneToAll, Collect::AllRanks, "control"};
+inline constexpr MethodSpec kPoll{"poll", Dispatch::OneToAll, Collect::AllRanks, "control"};
+inline constexpr MethodSpec kStop{"stop", Dispatch::OneToAll, Collect::AllRanks, "control"};
+using Start = NoArgs<kStart, Status>;
+using Pause = NoArgs<kPause, Status>;
+using Resume = NoArgs<kResume, Status>;
+using Poll = NoArgs<kPoll, Status>;
+using Stop = NoArgs<kStop>;
 
 }  // namespace flotilla::runtime

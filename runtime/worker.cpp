@@ -4,6 +4,7 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <ATen/Parallel.h>
 #include <spdlog/spdlog.h>
 
 #include <condition_variable>
@@ -65,16 +66,23 @@ class Runtime {
     router_.set(zmq::sockopt::linger, 1000);
     router_.bind("tcp://" + info_.host + ":*");
     endpoint_ = router_.get(zmq::sockopt::last_endpoint);
-    for (const auto& lane : methods_.lanes()) lanes_.emplace(lane, std::make_unique<Lane>(*this, lane));
+    for (const auto& lane : methods_.lanes()) lanes_.emplace(lane, std::make_unique<Lane>(*this, lane, lane != "main"));
   }
 
   int serve() {
     const std::string key = core::names::worker_rpc(info_.experiment, info_.trial, info_.role, info_.rank);
     names_->put(key, endpoint_, info_.heartbeat * 10);
     std::thread heartbeat([&] { beat(info_.heartbeat_to, key); });
-    loop();
-    // Leaving: parked work wakes, the role ends its loops, the lanes finish what they run.
-    role_->life().stop();
+    std::thread io([this] {
+      loop();
+      // Leaving: parked work wakes, and the main lane ends after the method it runs.
+      role_->life().stop();
+      lanes_.at("main")->finish();
+    });
+    // The main lane runs on the process's main thread: the heavy work (models, updates) runs, and
+    // allocates, where a one-process program would.
+    lanes_.at("main")->run();
+    io.join();
     role_->stop();
     for (auto& [name, lane] : lanes_) lane->close();
     {
@@ -95,22 +103,29 @@ class Runtime {
 
   class Lane {
    public:
-    Lane(Runtime& rt, std::string name) : rt_(rt), name_(std::move(name)), thread_([this] { run(); }) {}
+    // A lane with a thread of its own, or (`threaded` false) one whose caller runs it.
+    Lane(Runtime& rt, std::string name, bool threaded) : rt_(rt), name_(std::move(name)) {
+      if (threaded) thread_ = std::thread([this] { run(); });
+    }
+    ~Lane() { close(); }
     void push(Task t) {
       std::lock_guard lock(mutex_);
       tasks_.push_back(std::move(t));
       ready_.notify_one();
     }
-    void close() {
+    // Ends run() once the tasks queued are done.
+    void finish() {
       {
         std::lock_guard lock(mutex_);
         closing_ = true;
       }
       ready_.notify_one();
+    }
+    void close() {
+      finish();
       if (thread_.joinable()) thread_.join();
     }
 
-   private:
     void run() {
       zmq::socket_t wake(rt_.context_, zmq::socket_type::push);
       wake.set(zmq::sockopt::linger, 0);
@@ -125,9 +140,13 @@ class Runtime {
           t = std::move(tasks_.front());
           tasks_.pop_front();
         }
+        // libtorch's thread count is a per-thread setting: every lane uses the one the role chose.
+        const int threads = rt_.threads_.load();
+        if (threads > 0 && at::get_num_threads() != threads) at::set_num_threads(threads);
         rt_.reply(t, rt_.execute(t, fetcher, name_ == "main"), wake);
       }
     }
+   private:
     Runtime& rt_;
     std::string name_;
     std::mutex mutex_;
@@ -142,6 +161,7 @@ class Runtime {
     methods_.on<Configure>([this](const Configure& c) {
       run_config_ = std::make_unique<core::Config>(core::ConfigTree::load_string(c.yaml, "the run's config"));
       role_->configure(run_config_->root());
+      threads_ = at::get_num_threads();  // what the role asked for, for every lane and loop
       role_->life().configured(info_.name());
       return Void{};
     });
@@ -352,6 +372,7 @@ class Runtime {
   std::mutex outbox_mutex_;
   std::deque<std::pair<std::shared_ptr<core::InMessage>, std::unique_ptr<core::OutMessage>>> replies_;
   std::atomic<bool> leaving_{false};
+  std::atomic<int> threads_{0};
   std::mutex beat_mutex_;
   std::condition_variable beat_wake_;
   bool stopping_ = false;

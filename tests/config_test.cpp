@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "core/config.hpp"
+#include "core/registry.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace flotilla;
@@ -175,4 +176,28 @@ TEST_CASE("closest_match_tolerates_small_typos_only") {
   CHECK(core::closest_match("trian", {"train", "seed"}) == "train");
   CHECK(core::closest_match("total_step", {"total_steps", "lr"}) == "total_steps");
   CHECK(core::closest_match("zzzzzz", {"train", "seed"}) == "");
+}
+
+TEST_CASE("registry_loads_builtins_on_first_use_and_names_an_unknown_entry_with_a_suggestion") {
+  int loads = 0;
+  core::Registry<int> r("widget", [&](core::Registry<int>& self) {
+    ++loads;
+    self.add("sprocket", 1);
+    self.add("gear", 2);
+  });
+  CHECK(loads == 0);
+  r.add("cog", 3);  // a user's entry joins the built-in ones
+  CHECK(loads == 1);
+  CHECK(r.at("gear") == 2);
+  CHECK((r.names() == std::vector<std::string>{"cog", "gear", "sprocket"}));
+  CHECK(r.find("chain") == nullptr);
+  CHECK_THROWS_WITH_AS(r.at("sprockett"),
+                       "unknown widget 'sprockett'; did you mean 'sprocket'? (known: cog, gear, sprocket)", ConfigError);
+  CHECK_THROWS_WITH_AS(r.at("zzzzzz"), "unknown widget 'zzzzzz' (known: cog, gear, sprocket)", ConfigError);
+  CHECK_THROWS_WITH_AS(r.add("gear", 4), "a widget named 'gear' is already registered", Error);
+  CHECK(loads == 1);
+  // A config key read against the registry points at the file and line.
+  core::Config c(core::ConfigTree::load_string("algo:\n  name: geer\n", "exp.yaml"));
+  CHECK_THROWS_WITH_AS(r.choose(c.root().section("algo"), "name", "gear"), doctest::Contains("exp.yaml:2"), ConfigError);
+  CHECK_THROWS_WITH_AS(r.choose(c.root().section("algo"), "name", "gear"), doctest::Contains("did you mean 'gear'?"), ConfigError);
 }

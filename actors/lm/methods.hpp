@@ -39,37 +39,25 @@ struct SyncWeights {
 };
 
 // The actor's weights as one flat tensor (`flat`), kept on rank 0 for the rollouts to fetch.
-struct ActorWeights {
-  static constexpr MethodSpec spec{"actor.weights", Dispatch::RankZero, Collect::Keep};
-  using Wire = proto::Empty;
-  using Result = runtime::Version;
-  auto fields() { return std::tie(); }
-};
-
-// A method whose only arguments are its input rows, and whose output rows are its result.
-template <const MethodSpec& Spec>
-struct OnRows {
-  static constexpr MethodSpec spec = Spec;
-  using Wire = proto::Empty;
-  using Result = runtime::Void;
-  auto fields() { return std::tie(); }
-};
+inline constexpr MethodSpec kActorWeights{"actor.weights", Dispatch::RankZero, Collect::Keep};
+using ActorWeights = runtime::NoArgs<kActorWeights, runtime::Version>;
 
 // Per-token log-probabilities of the input `tokens`: the actor's (`old_log_prob`) and the frozen
 // reference's (`ref_log_prob`); the critic's values (`values`).
 inline constexpr MethodSpec kActorLogProbs{"actor.log_probs", Dispatch::DpChunks, Collect::Keep};
 inline constexpr MethodSpec kRefLogProbs{"ref.log_probs", Dispatch::DpChunks, Collect::Keep};
 inline constexpr MethodSpec kCriticValues{"critic.values", Dispatch::DpChunks, Collect::Keep};
-using ActorLogProbs = OnRows<kActorLogProbs>;
-using RefLogProbs = OnRows<kRefLogProbs>;
-using CriticValues = OnRows<kCriticValues>;
+using ActorLogProbs = runtime::NoArgs<kActorLogProbs>;
+using RefLogProbs = runtime::NoArgs<kRefLogProbs>;
+using CriticValues = runtime::NoArgs<kCriticValues>;
 
 // Scores generated rows (`tokens`, `last`, `response_length`, `example`) against the examples of
 // a split with the configured reward (a rule, a command or a reward model), or with the task's
 // own check when `check` (held-out accuracy). `scores` come back to the caller; the result
-// counts failed reward commands.
+// counts failed reward commands. On a lane of its own: a colocated worker scores while it
+// computes log-probs.
 struct Score {
-  static constexpr MethodSpec spec{"reward.score", Dispatch::DpChunks, Collect::AllRanks};
+  static constexpr MethodSpec spec{"reward.score", Dispatch::DpChunks, Collect::AllRanks, "reward"};
   using Wire = proto::Scoring;
   using Result = runtime::Stats;
   std::string split = "train";
@@ -80,7 +68,7 @@ struct Score {
 // The reward head of the model the actor trains (reward-model training): `scores` of the input
 // rows at their `last` token.
 inline constexpr MethodSpec kRewardHeadScores{"actor.rewards", Dispatch::DpChunks, Collect::AllRanks};
-using RewardHeadScores = OnRows<kRewardHeadScores>;
+using RewardHeadScores = runtime::NoArgs<kRewardHeadScores>;
 
 // Advantages (and, with a critic, returns) of a whole step's rows: `scores`, `response_mask`,
 // `old_log_prob`, and `ref_log_prob` / `values` when the algorithm has them. Rank 0 takes every

@@ -44,7 +44,7 @@ core::Batch generate(RolloutWeights& weights, const RlhfConfig& c, const Generat
     }
     tokens += engine.stats().decode_tokens - counted;
     counted = engine.stats().decode_tokens;
-    life.checkpoint();
+    if (!life.checkpoint()) throw Error("the worker is stopping");
   }
   std::vector<models::Generation> gens = engine.take_finished();
   std::sort(gens.begin(), gens.end(), [](const auto& x, const auto& y) {

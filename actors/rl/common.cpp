@@ -25,11 +25,7 @@ void MetricsPusher::push(int64_t step, const core::Scalars& values) {
   core::OutMessage m(name_);
   auto metrics = m.envelope().initMetrics();
   metrics.setStep(step);
-  auto list = metrics.initValues(static_cast<unsigned>(values.size()));
-  for (unsigned i = 0; i < values.size(); ++i) {
-    list[i].setName(values[i].first);
-    list[i].setValue(values[i].second);
-  }
+  core::write_scalars(metrics.initValues(static_cast<unsigned>(values.size())), values);
   m.send(*socket_);
 }
 

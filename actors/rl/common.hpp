@@ -28,12 +28,8 @@ using runtime::Dispatch;
 using runtime::MethodSpec;
 
 // The trainers publish their parameters once, so policy workers and inline actors can start.
-struct Publish {
-  static constexpr MethodSpec spec{"trainer.publish", Dispatch::OneToAll, Collect::AllRanks};
-  using Wire = proto::Empty;
-  using Result = runtime::Version;
-  auto fields() { return std::tie(); }
-};
+inline constexpr MethodSpec kPublish{"trainer.publish", Dispatch::OneToAll, Collect::AllRanks};
+using Publish = runtime::NoArgs<kPublish, runtime::Version>;
 
 // A checkpoint shard: a trainer's state at version `step` (it is paused there), an env actor's at
 // the fragment boundary `step` (deterministic runs; else its newest), into `dir`; and loading it

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <dlfcn.h>
+#include <malloc.h>
 
 #include <cstdlib>
 #include <functional>
@@ -43,6 +44,17 @@ void pin_openblas_threads() {
   if (std::getenv("OPENBLAS_NUM_THREADS")) return;
   using SetThreads = void (*)(int);
   if (auto set = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set(1);
+}
+
+// glibc hands blocks of more than 128 KB to mmap and gives freed memory back to the kernel as soon
+// as it can, so every training step faults its tensors' pages in afresh: measured on a GRPO step
+// here, 570k page faults and 0.72 s a step against 73k and 0.43 s with these limits. Freed memory
+// stays with the process for the next step. A user's MALLOC_MMAP_THRESHOLD_ or
+// MALLOC_TRIM_THRESHOLD_ is left alone.
+void keep_freed_memory() {
+  if (std::getenv("MALLOC_MMAP_THRESHOLD_") || std::getenv("MALLOC_TRIM_THRESHOLD_")) return;
+  ::mallopt(M_MMAP_THRESHOLD, 32 << 20);   // the largest glibc allows
+  ::mallopt(M_TRIM_THRESHOLD, 256 << 20);  // keep up to 256 MB of freed heap
 }
 
 // Each command adds its options and the action that runs it once parsed.
@@ -348,6 +360,7 @@ void add_worker_command(CLI::App& app, Commands& commands) {
 
 int flotilla::controller::cli_main(int argc, char** argv) {
   pin_openblas_threads();
+  keep_freed_memory();
   CLI::App app{"Flotilla: distributed reinforcement learning and RLHF.\n"
                "Run `flotilla COMMAND --help` for the options of a command."};
   app.require_subcommand(1);

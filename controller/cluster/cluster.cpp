@@ -105,8 +105,7 @@ struct Cluster::Monitor {
   void metric(const core::InMessage& m) {
     if (!m.envelope().isMetrics()) return;
     auto r = m.envelope().getMetrics();
-    WorkerMetrics w{m.envelope().getSender().cStr(), r.getStep(), {}};
-    for (auto v : r.getValues()) w.values.emplace_back(v.getName().cStr(), v.getValue());
+    WorkerMetrics w{m.envelope().getSender().cStr(), r.getStep(), core::read_scalars(r.getValues())};
     {
       std::lock_guard lock(mutex);
       rows.push_back(std::move(w));

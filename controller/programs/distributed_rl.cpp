@@ -59,6 +59,7 @@ class DistributedRl final : public Program {
     spdlog::info("starting workers: {}", layout);
     Cluster cluster(ctx.dir, experiment_.name, specs, options);
     cluster_ = &cluster;
+    const auto woken = ctx.on_stop([&cluster] { cluster.wake(); });
     start_workers(core::read_file(ctx.dir / "config.yaml"));
     spdlog::info("workers running");
 
@@ -68,7 +69,7 @@ class DistributedRl final : public Program {
     while (true) {
       cluster.check();
       if (interrupted(ctx, result)) break;
-      take_metrics(ctx, cluster.metrics(std::chrono::seconds(1)));
+      take_metrics(ctx, cluster.metrics(std::chrono::seconds(10)));  // returns on rows, a failure or Ctrl-C
       if (stop_.stops(window_, env_steps_, clock_.seconds(), result)) break;
       if (env_steps_ >= c_.total_steps) break;
       if (c_.checkpoint_every > 0 && version_ >= last_checkpoint + c_.checkpoint_every) last_checkpoint = checkpoint(ctx);

@@ -169,7 +169,8 @@ int run_experiment(LoadedExperiment& loaded, const RunOptions& options) {
   metrics.add_sink(std::make_unique<ProgressSink>(progress));
 
   StopSignals signals;
-  RunContext ctx{e, dir, metrics, signals.requested(), [progress](int64_t step) { progress->update(step); }};
+  RunContext ctx{e, dir, metrics, signals.requested(), [progress](int64_t step) { progress->update(step); },
+                 [&signals](std::function<void()> f) { return signals.on_stop(std::move(f)); }};
   RunResult result;
   int code = 0;
   std::string error;

@@ -37,6 +37,9 @@ struct RunContext {
   core::Metrics& metrics;
   const std::atomic<bool>& stop_requested;  // Ctrl-C: finish the current step, checkpoint, return
   std::function<void(int64_t step)> report_progress;
+  // Registers a function Ctrl-C calls (after setting stop_requested), to end a program's wait; it
+  // is called as long as the returned handle lives.
+  std::function<std::shared_ptr<void>(std::function<void()>)> on_stop = [](std::function<void()>) { return std::shared_ptr<void>(); };
 };
 
 struct RunResult {

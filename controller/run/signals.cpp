@@ -26,6 +26,10 @@ void StopSignals::arm() {
       std::_Exit(130);
     }
     spdlog::warn("{}: stopping after the current step (press Ctrl-C again to stop at once)", what);
+    {
+      std::lock_guard lock(mutex_);
+      for (const auto& [id, f] : on_stop_) f();
+    }
     arm();
   });
 }
@@ -33,6 +37,16 @@ void StopSignals::arm() {
 StopSignals::StopSignals() : loop_(std::make_unique<Loop>()) {
   arm();
   loop_->thread = std::thread([this] { loop_->io.run(); });
+}
+
+std::shared_ptr<void> StopSignals::on_stop(std::function<void()> f) {
+  std::lock_guard lock(mutex_);
+  const uint64_t id = next_++;
+  on_stop_.emplace(id, std::move(f));
+  return std::shared_ptr<void>(nullptr, [this, id](void*) {
+    std::lock_guard lock(mutex_);
+    on_stop_.erase(id);
+  });
 }
 
 StopSignals::~StopSignals() {

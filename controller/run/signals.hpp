@@ -2,7 +2,11 @@
 // Ctrl-C and SIGTERM, handled on a Boost.Asio event loop: the first asks the run to stop at the
 // next safe point (a final checkpoint where the program has one), the second exits at once.
 #include <atomic>
+#include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <vector>
 
 namespace flotilla::controller {
 
@@ -14,11 +18,17 @@ class StopSignals {
   StopSignals& operator=(const StopSignals&) = delete;
 
   const std::atomic<bool>& requested() const { return requested_; }
+  // `f` runs on the first Ctrl-C (or SIGTERM), after requested() turns true, as long as the
+  // returned handle lives (its destructor waits for a call under way).
+  std::shared_ptr<void> on_stop(std::function<void()> f);
 
  private:
   struct Loop;
   void arm();
   std::atomic<bool> requested_{false};
+  std::mutex mutex_;  // held while the callbacks run and while one is removed
+  std::map<uint64_t, std::function<void()>> on_stop_;
+  uint64_t next_ = 0;
   std::unique_ptr<Loop> loop_;
 };
 

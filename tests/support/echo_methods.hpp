@@ -10,32 +10,26 @@ using runtime::Dispatch;
 using runtime::MethodSpec;
 
 // Each rank's rank.
-struct EchoRank {
-  static constexpr MethodSpec spec{"echo.rank", Dispatch::OneToAll, Collect::AllRanks};
-  using Wire = proto::Empty;
-  using Result = runtime::Version;
-  auto fields() { return std::tie(); }
-};
+inline constexpr MethodSpec kEchoRank{"echo.rank", Dispatch::OneToAll, Collect::AllRanks};
+using EchoRank = runtime::NoArgs<kEchoRank, runtime::Version>;
 
-// Input `x` times `factor`, with the rank that did it (`rank`); the result counts the rows.
-struct EchoScale {
-  static constexpr MethodSpec spec{"echo.scale", Dispatch::DpChunks, Collect::AllRanks};
+// Methods taking a Scale struct.
+template <const MethodSpec& Spec, class R>
+struct WithScale {
+  static constexpr MethodSpec spec = Spec;
   using Wire = proto::Scale;
-  using Result = runtime::Version;
+  using Result = R;
   double factor = 1;
   std::string note;
   auto fields() { return std::tie(factor, note); }
 };
 
-// The same, rank 0 only.
-struct EchoScaleOnZero {
-  static constexpr MethodSpec spec{"echo.scale", Dispatch::RankZero, Collect::RankZero};
-  using Wire = proto::Scale;
-  using Result = runtime::Version;
-  double factor = 1;
-  std::string note;
-  auto fields() { return std::tie(factor, note); }
-};
+// Input `x` times `factor`, with the rank that did it (`rank`); the result counts the rows. The
+// same method called on rank 0 only.
+inline constexpr MethodSpec kEchoScale{"echo.scale", Dispatch::DpChunks, Collect::AllRanks};
+inline constexpr MethodSpec kEchoScaleOnZero{"echo.scale", Dispatch::RankZero, Collect::RankZero};
+using EchoScale = WithScale<kEchoScale, runtime::Version>;
+using EchoScaleOnZero = WithScale<kEchoScaleOnZero, runtime::Version>;
 
 // The right name with the wrong argument type: the worker refuses it.
 struct EchoScaleWrongType {
@@ -47,14 +41,8 @@ struct EchoScaleWrongType {
 };
 
 // Throws with `note`.
-struct EchoFail {
-  static constexpr MethodSpec spec{"echo.fail", Dispatch::OneToAll, Collect::AllRanks};
-  using Wire = proto::Scale;
-  using Result = runtime::Void;
-  double factor = 1;
-  std::string note;
-  auto fields() { return std::tie(factor, note); }
-};
+inline constexpr MethodSpec kEchoFail{"echo.fail", Dispatch::OneToAll, Collect::AllRanks};
+using EchoFail = WithScale<kEchoFail, runtime::Void>;
 
 // `n` rows of random float and int64 fields (seeded by the rank), kept on the worker; the result
 // is a checksum of their bytes.
@@ -67,27 +55,15 @@ struct EchoMake {
 };
 
 // A checksum of the input's bytes, field by field, and its row count.
-struct EchoChecksum {
-  static constexpr MethodSpec spec{"echo.checksum", Dispatch::RankZero, Collect::RankZero};
-  using Wire = proto::Empty;
-  using Result = runtime::Stats;
-  auto fields() { return std::tie(); }
-};
+inline constexpr MethodSpec kEchoChecksum{"echo.checksum", Dispatch::RankZero, Collect::RankZero};
+using EchoChecksum = runtime::NoArgs<kEchoChecksum, runtime::Stats>;
 
 // Waits (on the main lane) until echo.release is called or 30 s pass; the result says which.
-struct EchoBlock {
-  static constexpr MethodSpec spec{"echo.block", Dispatch::OneToAll, Collect::AllRanks};
-  using Wire = proto::Empty;
-  using Result = runtime::Version;
-  auto fields() { return std::tie(); }
-};
+inline constexpr MethodSpec kEchoBlock{"echo.block", Dispatch::OneToAll, Collect::AllRanks};
+using EchoBlock = runtime::NoArgs<kEchoBlock, runtime::Version>;
 
 // Ends an echo.block, from another lane.
-struct EchoRelease {
-  static constexpr MethodSpec spec{"echo.release", Dispatch::OneToAll, Collect::AllRanks, "side"};
-  using Wire = proto::Empty;
-  using Result = runtime::Void;
-  auto fields() { return std::tie(); }
-};
+inline constexpr MethodSpec kEchoRelease{"echo.release", Dispatch::OneToAll, Collect::AllRanks, "side"};
+using EchoRelease = runtime::NoArgs<kEchoRelease>;
 
 }  // namespace flotilla::test
