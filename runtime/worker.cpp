@@ -156,7 +156,8 @@ class Runtime {
     std::thread thread_;
   };
 
-  // The lifecycle every role has; the control lane runs it, so a busy or paused worker answers.
+  // The lifecycle every role has: configure on the main lane (it builds the role's models and
+  // streams), the rest on the control lane, so a busy or paused worker answers.
   void add_lifecycle() {
     methods_.on<Configure>([this](const Configure& c) {
       run_config_ = std::make_unique<core::Config>(core::ConfigTree::load_string(c.yaml, "the run's config"));
