@@ -125,6 +125,34 @@ TEST_CASE("rlhf_configs_run_a_few_steps") {
   CHECK(contains(core::read_file(w.path() / "reward_model_grpo" / "log.txt"), "1 reward"));
 }
 
+TEST_CASE("synchronous_runs_repeat_the_stored_reference") {
+  // tests/data/rlhf_sync_reference.json: runs of the synchronous dataflow, kept so later changes to
+  // the dataflow are measured against them.
+  const auto ref = nlohmann::json::parse(core::read_file(fs::path(FLOTILLA_SOURCE_DIR) / "tests" / "data" / "rlhf_sync_reference.json"));
+  test::TempDir dir;
+  REQUIRE(test::run_cli(kCli, {"lm", "init", "--arch", "qwen3", "--preset", "tiny", "--vocab", "259", "--out", "init"}, dir.path(), dir.path()).code == 0);
+  REQUIRE(test::run_cli(kCli, {"data", "make", "addition", "--max-digits", "2", "--n", "64", "--seed", "2", "--out", "data/train.jsonl"},
+                        dir.path(), dir.path()).code == 0);
+  for (const auto& [file, rows] : ref["runs"].items()) {
+    CAPTURE(file);
+    std::vector<std::string> args = {"run", "-q", config(file), "run.dir=" + file};
+    for (const auto& o : ref["common"]) args.push_back(o.get<std::string>());
+    auto r = test::run_cli(kCli, args, dir.path(), dir.path());
+    REQUIRE_MESSAGE(r.code == 0, r.err);
+    const auto got = rows_of(dir.path() / file);
+    REQUIRE(got.size() == rows.size());
+    for (const auto& row : rows) {
+      const int64_t step = row["step"].get<int64_t>();
+      CAPTURE(step);
+      for (const auto& [name, value] : row["metrics"].items()) {
+        CAPTURE(name);
+        REQUIRE(got.at(step).count(name));
+        CHECK(got.at(step).at(name) == doctest::Approx(value.get<double>()).epsilon(1e-4).scale(1e-3));
+      }
+    }
+  }
+}
+
 TEST_CASE("split_placement_matches_colocated_and_data_parallel_actors_run") {
   Workspace w;
   // The same seed and one worker per role: a rollout that missed a weight sync would generate
