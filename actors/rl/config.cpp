@@ -3,6 +3,7 @@
 #include <limits>
 
 #include "algorithms/algorithm.hpp"
+#include "algorithms/staleness.hpp"
 #include "core/error.hpp"
 #include "envs/registry.hpp"
 #include "models/policy.hpp"
@@ -68,7 +69,7 @@ DistributedRlConfig DistributedRlConfig::read(core::ConfigView root) {
                               algo.get<std::string>("name", "ppo") + "'");
   if (c.buffer_mode == "replay" && c.deterministic)
     d.fail("buffer_mode", "replay draws fragments as they happen to be queued; a deterministic run cannot use it");
-  c.max_staleness = d.get<int64_t>("max_staleness", c.on_policy ? 1 : std::numeric_limits<int32_t>::max(), core::at_least<int64_t>(0));
+  c.max_staleness = d.get<int64_t>("max_staleness", c.on_policy ? 1 : algorithms::Staleness::kUnbounded, core::at_least<int64_t>(-1));
   c.max_delay_ms = d.get<int64_t>("max_delay_ms", c.max_delay_ms, core::at_least<int64_t>(0));
   c.heartbeat_timeout_ms = d.get<int64_t>("heartbeat_timeout_ms", c.heartbeat_timeout_ms, core::at_least<int64_t>(100));
   return c;

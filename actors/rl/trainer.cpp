@@ -11,6 +11,7 @@
 
 #include "actors/rl/common.hpp"
 #include "algorithms/algorithm.hpp"
+#include "algorithms/staleness.hpp"
 #include "core/error.hpp"
 #include "core/stream.hpp"
 #include "runtime/collective.hpp"
@@ -47,6 +48,7 @@ class Trainer final : public runtime::Role {
     if (actors_.empty())
       throw ConfigError("trainer " + info().name() + " would get no fragments: use at least as many env actors as trainers");
     metrics_ = std::make_unique<MetricsPusher>(context_, info());
+    staleness_ = algorithms::Staleness(c_.max_staleness, static_cast<int64_t>(actors_.size()));
   }
 
   void add_methods(runtime::Methods& m) override {
@@ -117,7 +119,7 @@ class Trainer final : public runtime::Role {
       if (!s) continue;
       for (const auto& kv : s->stats)
         if (kv.first.rfind("episode/", 0) == 0 || kv.first == "env_steps") got.episodes.push_back(kv);
-      const bool stale = c_.deterministic ? s->policy_version != version_ : version_ - s->policy_version > c_.max_staleness;
+      const bool stale = c_.deterministic ? s->policy_version != version_ : !staleness_.fresh(s->policy_version, version_);
       const bool repeat = c_.deterministic && std::any_of(got.fragments.begin(), got.fragments.end(),
                                                           [&](const core::Samples& f) { return f.sender == s->sender; });
       if (stale || repeat) {
@@ -171,6 +173,7 @@ class Trainer final : public runtime::Role {
   std::unique_ptr<MetricsPusher> metrics_;
   std::unique_ptr<runtime::Collective> collective_;
   std::vector<int> actors_;
+  algorithms::Staleness staleness_{1, 1};
   at::Generator gen_ = at::make_generator<at::CPUGeneratorImpl>(12345);
   std::atomic<int64_t> version_{0}, env_steps_{0};
   int64_t trained_ = 0, stale_ = 0;
