@@ -42,6 +42,18 @@ int64_t pow10(int digits) {
 
 std::vector<std::string> text_task_names() { return {"addition", "reverse", "sort"}; }
 
+namespace {
+// A list's length: `length`, or with a min_length a long-tailed draw in [min_length, length]
+// (u^3 for u uniform: half the lists in the shortest eighth of the range).
+int list_length(const TextTaskOptions& o, Draw& d, const std::string& task) {
+  if (o.length < 1 || o.length > 1000) throw ConfigError(task + ": length must be 1 to 1000");
+  if (o.min_length <= 0) return o.length;
+  if (o.min_length > o.length) throw ConfigError(task + ": min_length " + std::to_string(o.min_length) + " is above length " + std::to_string(o.length));
+  const double u = static_cast<double>(d.below(1 << 30)) / static_cast<double>(1 << 30);
+  return o.min_length + static_cast<int>(u * u * u * (o.length - o.min_length + 1));
+}
+}  // namespace
+
 std::vector<TextExample> make_text_task(const std::string& task, int64_t n, uint64_t seed, const TextTaskOptions& o) {
   if (n < 1) throw ConfigError("the number of examples must be at least 1, got " + std::to_string(n));
   Draw d(seed);
@@ -58,9 +70,8 @@ std::vector<TextExample> make_text_task(const std::string& task, int64_t n, uint
                      std::to_string(a + b), "", "", ""});
     }
   } else if (task == "sort") {
-    if (o.length < 1 || o.length > 1000) throw ConfigError("sort: length must be 1 to 1000");
     for (int64_t i = 0; i < n; ++i) {
-      std::vector<int64_t> v(static_cast<size_t>(o.length));
+      std::vector<int64_t> v(static_cast<size_t>(list_length(o, d, task)));
       for (auto& x : v) x = d.between(0, 99);
       std::string list, sorted;
       for (size_t k = 0; k < v.size(); ++k) list += (k ? " " : "") + std::to_string(v[k]);
@@ -69,10 +80,10 @@ std::vector<TextExample> make_text_task(const std::string& task, int64_t n, uint
       out.push_back({"Sort these numbers in ascending order, separated by spaces: " + list + "\n", sorted, "", "", ""});
     }
   } else if (task == "reverse") {
-    if (o.length < 1 || o.length > 1000) throw ConfigError("reverse: length must be 1 to 1000");
     for (int64_t i = 0; i < n; ++i) {
       std::string s;
-      for (int k = 0; k < o.length; ++k) s.push_back(static_cast<char>('a' + d.below(26)));
+      const int length = list_length(o, d, task);
+      for (int k = 0; k < length; ++k) s.push_back(static_cast<char>('a' + d.below(26)));
       out.push_back({"Reverse this string: " + s + "\n", std::string(s.rbegin(), s.rend()), "", "", ""});
     }
   } else {

@@ -18,6 +18,9 @@ struct TextExample {
 struct TextTaskOptions {
   int max_digits = 4;  // addition: operands of 1 .. max_digits digits
   int length = 6;      // sort: numbers in the list; reverse: letters in the string
+  // When > 0 (and below `length`): each example's length is drawn from min_length to length, most
+  // of them short and a few long (a long tail, as real responses have).
+  int min_length = 0;
 };
 
 // Names of the built-in tasks: addition, sort, reverse.

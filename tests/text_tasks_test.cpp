@@ -115,3 +115,24 @@ TEST_CASE("command_rewards_run_a_user_program_over_jsonl") {
   fails_with("cat > /dev/null; echo nonsense", "output line 1 is not");
   fails_with("head -c 10 > /dev/null; exit 0", "wrote 0 scores");  // stops reading early: no SIGPIPE death
 }
+
+TEST_CASE("long_tailed_list_lengths_stay_in_range_and_are_mostly_short") {
+  envs::TextTaskOptions o;
+  o.length = 24;
+  o.min_length = 2;
+  const auto a = envs::make_text_task("sort", 2000, 1, o);
+  CHECK(a.front().answer == envs::make_text_task("sort", 2000, 1, o).front().answer);  // the same for a seed
+  std::vector<int> lengths;
+  for (const auto& e : a) {
+    int words = 1;
+    for (char c : e.answer) words += c == ' ';
+    lengths.push_back(words);
+  }
+  CHECK(*std::min_element(lengths.begin(), lengths.end()) == 2);
+  CHECK(*std::max_element(lengths.begin(), lengths.end()) == 24);
+  std::sort(lengths.begin(), lengths.end());
+  CHECK(lengths[lengths.size() / 2] <= 5);            // the median list is short
+  CHECK(lengths[lengths.size() * 95 / 100] >= 16);   // and a tail is long
+  o.min_length = 30;
+  CHECK_THROWS_WITH_AS(envs::make_text_task("reverse", 1, 1, o), doctest::Contains("min_length 30 is above length 24"), ConfigError);
+}

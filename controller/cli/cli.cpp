@@ -313,6 +313,9 @@ void add_data_commands(CLI::App& app, Commands& commands) {
   data_make_cmd->add_option("--out", data_args->out, "output file (default: standard output)");
   data_make_cmd->add_option("--max-digits", data_args->max_digits, "addition: operands of 1 to this many digits")
       ->check(CLI::Range(1, 18));
+  data_make_cmd->add_option("--min-length", data_args->min_length,
+                            "sort, reverse: draw each length from this to --length, most short and a few long (a long tail)")
+      ->check(CLI::Range(1, 1000));
   data_make_cmd->add_option("--length", data_args->length, "sort: numbers per list; reverse: letters per string")
       ->check(CLI::Range(1, 1000));
   data_make_cmd->add_option("--kind", data_args->kind, "verifiable {prompt, answer}, sft {prompt, response} or preference {prompt, chosen, rejected}")

@@ -94,7 +94,7 @@ struct DataMakeArgs {
   std::string task, out;
   int64_t n = 1000;
   uint64_t seed = 0;
-  int max_digits = 4, length = 6;
+  int max_digits = 4, length = 6, min_length = 0;
   std::string kind = "verifiable";  // verifiable, sft or preference
 };
 // `flotilla data make TASK`: a JSONL dataset of a synthetic task with verifiable answers (or the

@@ -202,6 +202,7 @@ int data_make(const DataMakeArgs& args) {
   envs::TextTaskOptions o;
   o.max_digits = args.max_digits;
   o.length = args.length;
+  o.min_length = args.min_length;
   auto examples = envs::make_text_task(args.task, args.n, args.seed, o);
   envs::set_kind(examples, args.kind, args.seed);
   std::string text;
