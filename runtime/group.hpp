@@ -108,9 +108,11 @@ class WorkerGroup {
 
   template <WorkerMethod M>
   Future<M> call(const M& args, const Input& input = {}) {
+    static_assert(M::spec.dispatch != Dispatch::OneRank, "a OneRank method is called with call_on(rank, ...)");
     std::vector<int> ranks;
     std::vector<Input> parts;
     switch (M::spec.dispatch) {
+      case Dispatch::OneRank:
       case Dispatch::RankZero: ranks = {0}, parts = {input}; break;
       case Dispatch::OneToAll:
         for (int r = 0; r < size(); ++r) ranks.push_back(r), parts.push_back(input);
@@ -120,6 +122,27 @@ class WorkerGroup {
         for (int r = 0; r < size(); ++r) ranks.push_back(r);
         break;
     }
+    return send(args, ranks, parts);
+  }
+
+  // A OneRank method on `rank`.
+  template <WorkerMethod M>
+  Future<M> call_on(int rank, const M& args, const Input& input = {}) {
+    static_assert(M::spec.dispatch == Dispatch::OneRank, "call_on is for methods declared Dispatch::OneRank");
+    if (rank < 0 || rank >= size()) throw Error("worker group " + name_ + " has no rank " + std::to_string(rank));
+    return send(args, {rank}, {input});
+  }
+
+  // Ends every pending and later call with `failure` (a worker of the cluster died).
+  void fail(const std::string& failure);
+  // Tensor bytes sent to and received from this group's workers so far (calls and pulls).
+  int64_t transfer_bytes() const;
+  // The reference to an object kept by `rank`.
+  DataRef kept(int rank, proto::Kept::Reader kept) const;
+
+ private:
+  template <WorkerMethod M>
+  Future<M> send(const M& args, const std::vector<int>& ranks, const std::vector<Input>& parts) {
     std::vector<std::shared_ptr<PendingCall>> calls;
     for (size_t i = 0; i < ranks.size(); ++i) {
       auto message = std::make_unique<core::OutMessage>("controller");
@@ -134,14 +157,6 @@ class WorkerGroup {
     return Future<M>(*this, std::move(calls));
   }
 
-  // Ends every pending and later call with `failure` (a worker of the cluster died).
-  void fail(const std::string& failure);
-  // Tensor bytes sent to and received from this group's workers so far (calls and pulls).
-  int64_t transfer_bytes() const;
-  // The reference to an object kept by `rank`.
-  DataRef kept(int rank, proto::Kept::Reader kept) const;
-
- private:
   struct Io;
   std::shared_ptr<PendingCall> submit(int rank, std::unique_ptr<core::OutMessage> message, const std::string& method,
                                       int64_t bytes);
@@ -166,9 +181,10 @@ Reply<M> Future<M>::get() {
     auto r = in.envelope().getRpcReply();
     if (r.getResultType() != codec::type_id<typename M::Result>())
       throw FormatError("worker " + group_->worker(call->rank) + " answered '" + M::spec.name + "' with a result of another type");
-    if (M::spec.collect != Collect::RankZero || call->rank == 0) out.ranks.push_back(codec::read<typename M::Result>(r.getResult()));
+    const bool wanted = M::spec.collect != Collect::RankZero || call == calls_.front();
+    if (wanted) out.ranks.push_back(codec::read<typename M::Result>(r.getResult()));
     if (r.getOutput().isKept()) kept.push_back(group_->kept(call->rank, r.getOutput().getKept()));
-    else if (M::spec.collect != Collect::RankZero || call->rank == 0) rows.push_back(group_->received(in, r.getOutput().getBatch()));
+    else if (wanted) rows.push_back(group_->received(in, r.getOutput().getBatch()));
   }
   if (M::spec.collect == Collect::Keep) out.data = DataRef::concat(kept);
   else out.batch = concat_padded(std::move(rows));

@@ -77,6 +77,18 @@ Lifecycle::Section::~Section() {
   life_.changed_.notify_all();
 }
 
+Lifecycle::Idle::Idle(Lifecycle& life) : life_(life) {
+  std::lock_guard lock(life_.mutex_);
+  --life_.active_;
+  life_.changed_.notify_all();
+}
+
+Lifecycle::Idle::~Idle() {
+  std::unique_lock lock(life_.mutex_);
+  life_.changed_.wait(lock, [this] { return !life_.paused_ || life_.stopping_.load(); });
+  ++life_.active_;
+}
+
 bool Lifecycle::checkpoint() {
   std::unique_lock lock(mutex_);
   if (paused_ && !stopping_.load()) {

@@ -43,6 +43,18 @@ class Lifecycle {
   };
   // Inside a section: parks while the worker is paused. False once the worker is stopping.
   bool checkpoint();
+  // Inside a section, around a wait for work: the section counts as parked while it waits, and
+  // leaving waits while the worker is paused (as a checkpoint would).
+  class Idle {
+   public:
+    explicit Idle(Lifecycle& life);
+    ~Idle();
+    Idle(const Idle&) = delete;
+    Idle& operator=(const Idle&) = delete;
+
+   private:
+    Lifecycle& life_;
+  };
   // Sections running and not parked.
   int active() const;
 

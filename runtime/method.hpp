@@ -33,11 +33,12 @@ enum class Dispatch {
   OneToAll,  // every rank gets all of them
   RankZero,  // rank 0 only
   DpChunks,  // consecutive chunks, one per rank, as equal as whole groups allow (uneven is fine)
+  OneRank,   // the rank the caller names (WorkerGroup::call_on)
 };
 
 // What the caller gets back.
 enum class Collect {
-  RankZero,  // rank 0's result and output rows (every rank called is still waited for)
+  RankZero,  // the first rank's result and output rows (every rank called is still waited for)
   AllRanks,  // every rank's result; their output rows concatenated in rank order
   Keep,      // every rank's result; the output rows stay on the workers (a DataRef)
 };

@@ -27,15 +27,68 @@ struct Generate {
   auto fields() { return std::tie(n, temperature, top_p, top_k, max_new_tokens, seed, stop); }
 };
 
+// What a weight sync cost a rollout.
+struct Synced {
+  int64_t version = 0;
+  double pause_s = 0;    // how long generation stopped for the copy
+  int64_t inflight = 0;  // sequences being generated when it landed
+  int64_t step = 0;      // the engine step it landed before
+  using Wire = proto::Synced;
+  auto fields() { return std::tie(version, pause_s, inflight, step); }
+};
+
 // Brings the rollout's weights to `version`: from the input (the actor's flat weights) when the
 // rollout has a model of its own, or by reading the actor's when they share a worker. It has a lane
-// of its own: a generation in progress takes the new weights between two engine steps.
+// of its own: a generation in progress takes the new weights between two engine steps, and its
+// sequences then go on with them ("continue"), go on with their KV cache recomputed under them
+// ("recompute"), or start again ("abort").
 struct SyncWeights {
   static constexpr MethodSpec spec{"rollout.sync", Dispatch::OneToAll, Collect::AllRanks, "weights"};
-  using Wire = proto::Version;
-  using Result = runtime::Version;
+  using Wire = proto::Sync;
+  using Result = Synced;
   int64_t version = 0;
-  auto fields() { return std::tie(version); }
+  std::string on_update = "continue";
+  auto fields() { return std::tie(version, on_update); }
+};
+
+// Queues prompts for the rollout's continuous generation (`prompt_tokens`, `prompt_len`,
+// `example`, and per prompt its `group` id, sampling `seed` and `admitted` version: it starts only
+// with weights of that version or newer). Returns at once.
+struct Submit {
+  static constexpr MethodSpec spec{"rollout.submit", Dispatch::OneRank, Collect::RankZero, "submit"};
+  using Wire = proto::Sampling;
+  using Result = runtime::Void;
+  int64_t n = 1;
+  double temperature = 1.0, top_p = 1.0;
+  int64_t top_k = 0, max_new_tokens = 0;
+  uint64_t seed = 0;  // unused: each prompt has its own
+  std::vector<int32_t> stop;
+  auto fields() { return std::tie(n, temperature, top_p, top_k, max_new_tokens, seed, stop); }
+};
+
+// Where the rollout's engine-step count starts (a resumed run's) and, with `replay`, the recorded
+// schedule to follow: group start_groups[i] starts at step start_steps[i], and the weights of
+// sync_versions[i] land before step sync_steps[i].
+struct Follow {
+  static constexpr MethodSpec spec{"rollout.follow", Dispatch::OneRank, Collect::RankZero, "submit"};
+  using Wire = proto::Follow;
+  using Result = runtime::Void;
+  int64_t from_step = 0;
+  bool replay = false;
+  std::vector<int64_t> start_groups, start_steps, sync_versions, sync_steps;
+  auto fields() { return std::tie(from_step, replay, start_groups, start_steps, sync_versions, sync_steps); }
+};
+
+// The groups the continuous generation finished since the last call (waiting up to `milliseconds`
+// for one), kept on the rollout: rows as Generate's, plus `group`, `admitted` and
+// `oldest_version` (the version of each row's first token) and `start_step` (the engine step
+// its group started at). The result carries the rollout's counters (rollout/step, ...).
+struct CollectGroups {
+  static constexpr MethodSpec spec{"rollout.collect", Dispatch::OneRank, Collect::Keep, "collect"};
+  using Wire = proto::Wait;
+  using Result = runtime::Stats;
+  int64_t milliseconds = 0;
+  auto fields() { return std::tie(milliseconds); }
 };
 
 // The actor's weights as one flat tensor (`flat`), kept on rank 0 for the rollouts to fetch.

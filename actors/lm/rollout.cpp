@@ -10,6 +10,53 @@
 
 namespace flotilla::actors::lm {
 
+core::Batch sample_rows(const std::vector<Sample>& samples) {
+  const int64_t B = static_cast<int64_t>(samples.size());
+  if (B == 0) return {};
+  int64_t T = 1;
+  for (const auto& s : samples) T = std::max<int64_t>(T, static_cast<int64_t>(s.prompt->size() + s.tokens.size()));
+  at::Tensor ids = at::zeros({B, T}, at::kLong), mask = at::zeros({B, T - 1}), lp = at::zeros({B, T - 1});
+  at::Tensor versions = at::full({B, T - 1}, -1, at::kLong);
+  at::Tensor resp_len = at::zeros({B}, at::kLong), last = at::zeros({B}, at::kLong), truncated = at::zeros({B});
+  at::Tensor example = at::zeros({B}, at::kLong), group = at::zeros({B}, at::kLong), admitted = at::zeros({B}, at::kLong);
+  at::Tensor oldest = at::zeros({B}, at::kLong), start = at::zeros({B}, at::kLong);
+  auto tok = ids.accessor<int64_t, 2>(), ver = versions.accessor<int64_t, 2>();
+  auto m = mask.accessor<float, 2>(), l = lp.accessor<float, 2>();
+  for (int64_t b = 0; b < B; ++b) {
+    const Sample& s = samples[static_cast<size_t>(b)];
+    const int64_t len = static_cast<int64_t>(s.prompt->size()), R = static_cast<int64_t>(s.tokens.size());
+    for (int64_t t = 0; t < len; ++t) tok[b][t] = (*s.prompt)[static_cast<size_t>(t)];
+    for (int64_t i = 0; i < R; ++i) {
+      tok[b][len + i] = s.tokens[static_cast<size_t>(i)];
+      m[b][len - 1 + i] = 1.0f;
+      l[b][len - 1 + i] = s.logprobs[static_cast<size_t>(i)];
+      ver[b][len - 1 + i] = s.versions[static_cast<size_t>(i)];
+    }
+    resp_len[b] = R;
+    last[b] = len + R - 1;
+    truncated[b] = s.truncated ? 1.0 : 0.0;
+    example[b] = s.example;
+    group[b] = s.group;
+    admitted[b] = s.admitted;
+    start[b] = s.start_step;
+    oldest[b] = s.versions.empty() ? s.admitted : *std::min_element(s.versions.begin(), s.versions.end());
+  }
+  core::Batch out;
+  out.set("tokens", ids);
+  out.set("response_mask", mask);
+  out.set("last", last);
+  out.set("rollout_log_prob", lp);
+  out.set("token_version", versions);
+  out.set("response_length", resp_len);
+  out.set("truncated", truncated);
+  out.set("example", example);
+  out.set("group", group);
+  out.set("admitted", admitted);
+  out.set("oldest_version", oldest);
+  out.set("start_step", start);
+  return out;
+}
+
 core::Batch generate(RolloutWeights& weights, const RlhfConfig& c, const Generate& g, const core::Batch& prompts,
                      runtime::Lifecycle& life, std::atomic<int64_t>& tokens) {
   if (prompts.size() == 0) return {};  // a data-parallel rank's empty chunk
@@ -18,16 +65,13 @@ core::Batch generate(RolloutWeights& weights, const RlhfConfig& c, const Generat
   const auto prompt = pt.accessor<int64_t, 2>();
   const auto prompt_len = pl.accessor<int64_t, 1>();
   const int64_t P = pt.size(0), n = g.n;
-  models::SamplingParams sampling;
-  sampling.temperature = g.temperature;
-  sampling.top_p = g.top_p;
-  sampling.top_k = g.top_k;
-  sampling.max_new_tokens = g.max_new_tokens > 0 ? g.max_new_tokens : c.max_new_tokens;
-  sampling.stop_tokens = g.stop;
+  models::SamplingParams sampling = sampling_of(c, g.temperature, g.top_p, g.top_k, g.max_new_tokens, g.stop);
+  std::vector<std::vector<int32_t>> texts(static_cast<size_t>(P));
   for (int64_t p = 0; p < P; ++p) {
     models::GenerationRequest r;
     r.id = p;
     for (int64_t t = 0; t < prompt_len[p]; ++t) r.prompt.push_back(static_cast<int32_t>(prompt[p][t]));
+    texts[static_cast<size_t>(p)] = r.prompt;
     r.n = static_cast<int>(n);
     r.sampling = sampling;
     r.sampling.seed = g.seed + static_cast<uint64_t>(p) * static_cast<uint64_t>(n);
@@ -50,39 +94,25 @@ core::Batch generate(RolloutWeights& weights, const RlhfConfig& c, const Generat
   std::sort(gens.begin(), gens.end(), [](const auto& x, const auto& y) {
     return std::tie(x.request_id, x.sample) < std::tie(y.request_id, y.sample);
   });
-  const int64_t B = P * n;
-  if (static_cast<int64_t>(gens.size()) != B) throw Error("the engine returned " + std::to_string(gens.size()) + " of " + std::to_string(B) + " samples");
-  int64_t T = 1;
-  for (const auto& s : gens) T = std::max(T, prompt_len[s.request_id] + static_cast<int64_t>(s.tokens.size()));
-  at::Tensor ids = at::zeros({B, T}, at::kLong), mask = at::zeros({B, T - 1}), lp = at::zeros({B, T - 1});
-  at::Tensor versions = at::full({B, T - 1}, -1, at::kLong);
-  at::Tensor resp_len = at::zeros({B}, at::kLong), last = at::zeros({B}, at::kLong), truncated = at::zeros({B});
-  auto tok = ids.accessor<int64_t, 2>(), ver = versions.accessor<int64_t, 2>();
-  auto m = mask.accessor<float, 2>(), l = lp.accessor<float, 2>();
-  for (int64_t b = 0; b < B; ++b) {
-    const auto& s = gens[static_cast<size_t>(b)];
-    const int64_t len = prompt_len[s.request_id], R = static_cast<int64_t>(s.tokens.size());
-    for (int64_t t = 0; t < len; ++t) tok[b][t] = prompt[s.request_id][t];
-    for (int64_t i = 0; i < R; ++i) {
-      tok[b][len + i] = s.tokens[static_cast<size_t>(i)];
-      m[b][len - 1 + i] = 1.0f;
-      l[b][len - 1 + i] = s.logprobs[static_cast<size_t>(i)];
-      ver[b][len - 1 + i] = s.versions[static_cast<size_t>(i)];
-    }
-    resp_len[b] = R;
-    last[b] = len + R - 1;
-    truncated[b] = s.finish_reason == "length" ? 1.0 : 0.0;
-  }
-  core::Batch out;
-  out.set("tokens", ids);
-  out.set("response_mask", mask);
-  out.set("last", last);
-  out.set("rollout_log_prob", lp);
-  out.set("token_version", versions);
-  out.set("response_length", resp_len);
-  out.set("truncated", truncated);
-  if (prompts.contains("example")) out.set("example", prompts["example"].repeat_interleave(n));
-  return out;
+  if (static_cast<int64_t>(gens.size()) != P * n)
+    throw Error("the engine returned " + std::to_string(gens.size()) + " of " + std::to_string(P * n) + " samples");
+  const at::Tensor examples = prompts.contains("example") ? prompts["example"].contiguous() : at::zeros({P}, at::kLong);
+  std::vector<Sample> samples;
+  for (auto& s : gens)
+    samples.push_back({&texts[static_cast<size_t>(s.request_id)], std::move(s.tokens), std::move(s.logprobs), std::move(s.versions),
+                       s.finish_reason == "length", examples[s.request_id].item<int64_t>(), s.request_id, weights.version});
+  return sample_rows(samples);
+}
+
+models::SamplingParams sampling_of(const RlhfConfig& c, double temperature, double top_p, int64_t top_k,
+                                   int64_t max_new_tokens, const std::vector<int32_t>& stop) {
+  models::SamplingParams s;
+  s.temperature = temperature;
+  s.top_p = top_p;
+  s.top_k = top_k;
+  s.max_new_tokens = max_new_tokens > 0 ? max_new_tokens : c.max_new_tokens;
+  s.stop_tokens = stop;
+  return s;
 }
 
 at::Tensor flatten(const models::CausalLm& lm) {

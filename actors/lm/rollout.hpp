@@ -12,9 +12,7 @@
 #include "core/batch.hpp"
 #include "runtime/lifecycle.hpp"
 
-namespace flotilla::models {
-class CausalLm;
-}
+#include "models/generation.hpp"
 
 namespace flotilla::actors::lm {
 
@@ -31,6 +29,25 @@ struct RolloutWeights {
 // `tokens` counts generated tokens as they come.
 core::Batch generate(RolloutWeights& weights, const RlhfConfig& c, const Generate& g, const core::Batch& prompts,
                      runtime::Lifecycle& life, std::atomic<int64_t>& tokens);
+
+// One generated sample: its prompt, what was generated with each token's log-probability and
+// policy version, and where it came from.
+struct Sample {
+  const std::vector<int32_t>* prompt;
+  std::vector<int32_t> tokens;
+  std::vector<float> logprobs;
+  std::vector<int64_t> versions;
+  bool truncated = false;  // ended by the length limit
+  int64_t example = 0, group = 0, admitted = 0;
+  int64_t start_step = -1;  // the rollout's engine step the group started at (-1: not streamed)
+};
+// Samples as rows (the Generate method's output layout, with `group`, `admitted`,
+// `oldest_version` and `start_step`).
+core::Batch sample_rows(const std::vector<Sample>& samples);
+
+// The engine's sampling settings of a call (max_new_tokens 0: the config's).
+models::SamplingParams sampling_of(const RlhfConfig& c, double temperature, double top_p, int64_t top_k,
+                                   int64_t max_new_tokens, const std::vector<int32_t>& stop);
 
 // All parameters as one flat float tensor, and back (checking the sizes agree).
 at::Tensor flatten(const models::CausalLm& lm);

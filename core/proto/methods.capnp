@@ -77,3 +77,33 @@ struct Scale {
   factor @0 :Float64;
   note @1 :Text;
 }
+
+# A weight sync and what happens to the sequences a rollout is generating when it lands.
+struct Sync {
+  version @0 :Int64;
+  onUpdate @1 :Text;  # continue, recompute (continue with their KV cache recomputed) or abort (start again)
+}
+
+# What a weight sync cost a rollout: how long generation stopped for it, and what was in flight.
+struct Synced {
+  version @0 :Int64;
+  pauseSeconds @1 :Float64;
+  inflight @2 :Int64;  # sequences being generated when it landed
+  step @3 :Int64;      # the rollout's engine step it landed before
+}
+
+# Where a rollout's engine-step count starts and, to repeat a recorded run, the step each group
+# starts at and each weights version lands before.
+struct Follow {
+  fromStep @0 :Int64;
+  replay @1 :Bool;
+  startGroups @2 :List(Int64);
+  startSteps @3 :List(Int64);
+  syncVersions @4 :List(Int64);
+  syncSteps @5 :List(Int64);
+}
+
+# How long a call may wait for something to happen.
+struct Wait {
+  milliseconds @0 :Int64;
+}
