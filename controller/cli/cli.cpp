@@ -79,11 +79,15 @@ void add_run_commands(CLI::App& app, Commands& commands) {
   auto a = std::make_shared<Args>();
   auto* run = app.add_subcommand("run", "run an experiment; results go to a new run directory");
   add_config_args(run, a->config);
-  run->add_flag("-q,--quiet", a->quiet, "no progress bar or progress lines; warnings and errors only");
-  run->add_option("--progress", a->progress, "progress display: auto (bar on a terminal, lines otherwise), bar, lines")
-      ->check(CLI::IsMember({"auto", "bar", "lines"}));
-  run->add_option("--log-level", a->options.log_level, "trace, debug, info, warn or error")
-      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+  // run and resume take the same output options.
+  auto add_output_options = [a](CLI::App* command) {
+    command->add_flag("-q,--quiet", a->quiet, "no progress bar or progress lines; warnings and errors only");
+    command->add_option("--progress", a->progress, "progress display: auto (bar on a terminal, lines otherwise), bar, lines")
+        ->check(CLI::IsMember({"auto", "bar", "lines"}));
+    command->add_option("--log-level", a->options.log_level, "trace, debug, info, warn or error")
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
+  };
+  add_output_options(run);
   commands.emplace_back(run, [a] {
     a->options.progress = progress_mode(a->quiet, a->progress);
     controller::LoadedExperiment loaded = controller::load_experiment(a->config.file, a->config.overrides);
@@ -91,13 +95,13 @@ void add_run_commands(CLI::App& app, Commands& commands) {
   });
   auto* resume = app.add_subcommand("resume", "continue a stopped run from its newest checkpoint, in the same directory");
   resume->add_option("run_dir", a->resume_dir, "run directory")->required()->check(CLI::ExistingDirectory);
-  resume->add_flag("-q,--quiet", a->quiet, "no progress bar or progress lines; warnings and errors only");
+  add_output_options(resume);
   commands.emplace_back(resume, [a] {
     const std::filesystem::path dir = a->resume_dir;
     if (!std::filesystem::exists(dir / "config.yaml")) throw ConfigError(dir.string() + ": not a run directory (no config.yaml)");
     controller::LoadedExperiment loaded = controller::load_experiment(dir / "config.yaml", {});
     a->options.resume_dir = dir;
-    a->options.progress = progress_mode(a->quiet, "auto");
+    a->options.progress = progress_mode(a->quiet, a->progress);
     return controller::run_experiment(loaded, a->options);
   });
 }
