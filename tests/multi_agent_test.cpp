@@ -1,7 +1,10 @@
 #include <cmath>
 
+#include <nlohmann/json.hpp>
+
 #include "core/config.hpp"
 #include "core/error.hpp"
+#include "core/fs.hpp"
 #include "envs/multi_agent.hpp"
 #include "support/torch_doctest.hpp"
 #include "support/error_of.hpp"
@@ -91,14 +94,71 @@ TEST_CASE("mpe_constructor_arguments_change_the_world") {
   CHECK_THROWS_AS(make("mpe/simple_spread", "{local_ratio: 2}"), ConfigError);
 }
 
+TEST_CASE("mpe_steps_as_mpe2_does_from_random_states") {
+  // tests/data/mpe2_reference.json: MPE2's own code stepped from random states (velocities too)
+  // with random actions, by scripts/mpe2_reference.py. After every step the hidden state
+  // (positions and velocities, in double), each agent's observation and reward must agree.
+  auto data = nlohmann::json::parse(core::read_file(std::string(FLOTILLA_SOURCE_DIR) + "/tests/data/mpe2_reference.json"));
+  REQUIRE(data["scenarios"].size() >= 11);
+  for (const auto& scenario : data["scenarios"]) {
+    const std::string id = scenario["env"];
+    const bool continuous = scenario["params"]["continuous_actions"];
+    CAPTURE(id);
+    CAPTURE(continuous);
+    auto env = make(id, continuous ? "{continuous_actions: true}" : "{}");
+    const int64_t A = env->num_agents();
+    double worst_state = 0, worst_obs = 0, worst_reward = 0;
+    for (const auto& c : scenario["cases"]) {
+      env->reset(1);
+      env->set_state_json(0, c["init"].dump());
+      for (const auto& s : c["steps"]) {
+        if (continuous) {
+          const int64_t width = static_cast<int64_t>(s["actions"][0].size());
+          std::vector<float> flat;
+          for (const auto& a : s["actions"])
+            for (const auto& v : a) flat.push_back(v.get<float>());
+          env->step(at::tensor(flat).reshape({1, A, width}));
+        } else {
+          env->step(acts(s["actions"].get<std::vector<int64_t>>()));
+        }
+        at::Tensor state;
+        for (const auto& [name, t] : env->save())
+          if (name == "env.state") state = t.reshape({-1});
+        REQUIRE(state.defined());
+        for (size_t e = 0; e < s["pos"].size(); ++e)
+          for (int d = 0; d < 2; ++d) {
+            worst_state = std::max(worst_state, std::fabs(state[4 * e + d].item<double>() - s["pos"][e][d].get<double>()));
+            worst_state = std::max(worst_state, std::fabs(state[4 * e + 2 + d].item<double>() - s["vel"][e][d].get<double>()));
+          }
+        for (int64_t a = 0; a < A; ++a) {
+          const std::vector<float> o = obs_of(*env, static_cast<int>(a));
+          REQUIRE(o.size() == s["obs"][a].size());
+          for (size_t k = 0; k < o.size(); ++k) worst_obs = std::max(worst_obs, std::fabs(o[k] - s["obs"][a][k].get<double>()));
+          worst_reward = std::max(worst_reward, std::fabs(reward_of(*env, static_cast<int>(a)) - s["rewards"][a].get<double>()));
+        }
+      }
+    }
+    CHECK(worst_state < 1e-12);  // the same double arithmetic, up to the order of a few operations
+    CHECK(worst_obs < 1e-6);
+    CHECK(worst_reward < 1e-6);  // rewards are float32
+    MESSAGE(id << std::string(continuous ? " (continuous)" : "") << ": largest difference state " << worst_state << ", obs " << worst_obs
+               << ", reward " << worst_reward);
+  }
+}
+
 TEST_CASE("mpe_simple_rewards_minus_squared_distance") {
+  // MPE2's integration order: the position moves with the velocity from before the step, then the
+  // velocity is damped (x 0.75) and pushed by force * dt. Agent at (0.1, 0.2) moving (0.05, -0.1),
+  // action right (force 5): position (0.105, 0.19), velocity (0.5375, -0.075).
   auto env = make("mpe/simple");
   env->reset(1);
-  env->set_state_json(0, R"({"agents":[{"p_pos":[0.5,0.0]}],"landmarks":[{"p_pos":[0.0,0.25]}]})");
-  check_close(obs_of(*env, 0), {0, 0, -0.5, 0.25});
-  env->step(acts({2}));  // right: force 5, velocity 0.5, moves 0.05
-  check_close(obs_of(*env, 0), {0.5, 0, -0.55, 0.25});
-  CHECK(reward_of(*env, 0) == doctest::Approx(-(0.55 * 0.55 + 0.25 * 0.25)).epsilon(1e-6));
+  env->set_state_json(0, R"({"agents":[{"p_pos":[0.1,0.2],"p_vel":[0.05,-0.1]}],"landmarks":[{"p_pos":[0.5,-0.3]}]})");
+  check_close(obs_of(*env, 0), {0.05, -0.1, 0.4, -0.5});
+  env->step(acts({2}));
+  check_close(obs_of(*env, 0), {0.5375, -0.075, 0.395, -0.49});
+  CHECK(reward_of(*env, 0) == doctest::Approx(-(0.395 * 0.395 + 0.49 * 0.49)).epsilon(1e-6));  // -0.396125
+  env->step(acts({0}));  // no-op: moves by the new velocity, which decays
+  check_close(obs_of(*env, 0), {0.5375 * 0.75, -0.075 * 0.75, 0.395 - 0.05375, -0.49 + 0.0075});
 }
 
 TEST_CASE("mpe_spread_contact_forces_and_shared_reward") {
@@ -112,10 +172,18 @@ TEST_CASE("mpe_spread_contact_forces_and_shared_reward") {
   const std::vector<float> o0 = obs_of(*env, 0), o1 = obs_of(*env, 1);
   CHECK(o0[0] == doctest::Approx(-1.0));  // no-op, pushed left: 10 * dt
   CHECK(o1[0] == doctest::Approx(0.5));   // left (-5) plus the push (+10)
-  // global = -(sum over landmarks of the nearest agent's distance); half global, half collisions.
+  CHECK(o0[2] == doctest::Approx(0.0));   // positions move with the velocities before the step (zero)
+  CHECK(o1[2] == doctest::Approx(0.2));
+  // global = -(sum over landmarks of the nearest agent's distance); half global, half collisions:
+  // agents 0 and 1 still overlap and lose 1 each.
   auto d = [](double x, double y) { return std::sqrt(x * x + y * y); };
-  const double global = -(d(0.25, 0.5) + d(0.4, 0.5) + d(0.1, 1.0));
-  for (int a = 0; a < 3; ++a) CHECK(reward_of(*env, a) == doctest::Approx(0.5 * global).epsilon(1e-5));
+  const double global = -(d(0.3, 0.5) + d(0.5, 0.5) + d(0.0, 1.0));
+  CHECK(reward_of(*env, 0) == doctest::Approx(0.5 * global - 0.5).epsilon(1e-5));
+  CHECK(reward_of(*env, 1) == doctest::Approx(0.5 * global - 0.5).epsilon(1e-5));
+  CHECK(reward_of(*env, 2) == doctest::Approx(0.5 * global).epsilon(1e-5));
+  env->step(acts({0, 0, 0}));  // now they move apart: x -0.1 and 0.25
+  CHECK(obs_of(*env, 0)[2] == doctest::Approx(-0.1));
+  CHECK(obs_of(*env, 1)[2] == doctest::Approx(0.25));
   // Agents still overlapping after the step lose 1 each (times local_ratio).
   // 0.29 apart: the contact (force 1) is weaker than their actions (5) toward each other.
   env->set_state_json(0, R"({"agents":[{"p_pos":[0,0]},{"p_pos":[0.29,0]},{"p_pos":[1,1]}]})");
@@ -127,19 +195,23 @@ TEST_CASE("mpe_tag_rewards_captures_and_walls") {
   auto env = make("mpe/simple_tag");
   env->reset(1);
   // Adversary 0 overlaps the good agent (radii 0.075 + 0.05 at distance 0.1) and both push toward
-  // each other: the contact (force 2.5 each) moves them apart by less than their actions close,
-  // so they still touch after the step (adversary x 0.855, good x 0.935).
+  // each other. Positions move with the velocities before the step (zero), so they touch after it.
   env->set_state_json(0, R"({"agents":[{"p_pos":[0.85,0]},{"p_pos":[-0.5,-0.5]},{"p_pos":[-0.5,0.5]},{"p_pos":[0.95,0]}],
                              "landmarks":[{"p_pos":[0,0.8]},{"p_pos":[0,-0.8]}]})");
   env->step(acts({2, 0, 0, 1}));
   for (int a = 0; a < 3; ++a) CHECK(reward_of(*env, a) == doctest::Approx(10.0));  // adversaries share the capture
   // -10 for the capture and (x - 0.9) * 10 for standing past 0.9.
+  CHECK(reward_of(*env, 3) == doctest::Approx(-10.0 - (0.95 - 0.9) * 10).epsilon(1e-6));
+  std::vector<float> good = obs_of(*env, 3), adv = obs_of(*env, 0);
+  CHECK(good[2] == doctest::Approx(0.95));     // own position
+  CHECK(good[4] == doctest::Approx(-0.95));    // landmark 0, relative
+  CHECK(adv[0] == doctest::Approx(0.05));      // adversary velocity: -0.25 from the contact (force 2.5), +0.3 own
+  CHECK(adv[14] == doctest::Approx(-0.15));    // it sees the good agent's velocity last: -0.4 own, +0.25 contact
+  // The next step moves them by those velocities (adversary x 0.855, good x 0.935): still touching.
+  env->step(acts({0, 0, 0, 0}));
+  good = obs_of(*env, 3);
+  CHECK(good[2] == doctest::Approx(0.935));
   CHECK(reward_of(*env, 3) == doctest::Approx(-10.0 - (0.935 - 0.9) * 10).epsilon(1e-6));
-  const std::vector<float> good = obs_of(*env, 3), adv = obs_of(*env, 0);
-  CHECK(good[2] == doctest::Approx(0.935));    // own position
-  CHECK(good[4] == doctest::Approx(-0.935));   // landmark 0, relative
-  CHECK(adv[0] == doctest::Approx(0.05));      // adversary velocity: -0.25 from the contact, +0.3 own
-  CHECK(adv[14] == doctest::Approx(-0.15));    // it sees the good agent's velocity last
 }
 
 TEST_CASE("mpe_adversary_and_push_goal_observations") {

@@ -26,7 +26,7 @@ struct Built {
 struct WorldBuilder {
   Params p;
   std::vector<std::string> names;
-  int add_agent(std::string name, float size, bool collide, bool silent, float accel = 5.0f, float max_speed = 0,
+  int add_agent(std::string name, double size, bool collide, bool silent, double accel = 5.0, double max_speed = 0,
                 bool movable = true) {
     const int a = p.agents++;
     p.size[a] = size;
@@ -63,51 +63,51 @@ int add_agents(Scenario scenario, const core::ConfigView* v, WorldBuilder& w) {
   };
   switch (scenario) {
     case Scenario::Simple:
-      w.add_agent("agent_0", 0.05f, false, true);
+      w.add_agent("agent_0", 0.05, false, true);
       return 1;
     case Scenario::Spread: {
       const int n = read_int(v, "N", 3, 1, kMaxAgents);
       local_ratio();
-      for (int i = 0; i < n; ++i) w.add_agent("agent_" + std::to_string(i), 0.15f, true, true);
+      for (int i = 0; i < n; ++i) w.add_agent("agent_" + std::to_string(i), 0.15, true, true);
       return n;
     }
     case Scenario::Tag: {
       const int good = read_int(v, "num_good", 1, 1, kMaxAgents), adv = read_int(v, "num_adversaries", 3, 1, kMaxAgents);
       check_count(v, "num_good", good + adv, 2, kMaxAgents);
       const int obstacles = read_int(v, "num_obstacles", 2, 0, 16);
-      for (int i = 0; i < adv; ++i) w.add_agent("adversary_" + std::to_string(i), 0.075f, true, true, 3.0f, 1.0f);
-      for (int i = 0; i < good; ++i) w.add_agent("agent_" + std::to_string(i), 0.05f, true, true, 4.0f, 1.3f);
+      for (int i = 0; i < adv; ++i) w.add_agent("adversary_" + std::to_string(i), 0.075, true, true, 3.0, 1.0);
+      for (int i = 0; i < good; ++i) w.add_agent("agent_" + std::to_string(i), 0.05, true, true, 4.0, 1.3);
       p.adversaries = adv;
       return obstacles;
     }
     case Scenario::Adversary: {
       const int n = read_int(v, "N", 2, 1, kMaxAgents - 1);
-      w.add_agent("adversary_0", 0.15f, false, true);
-      for (int i = 0; i < n; ++i) w.add_agent("agent_" + std::to_string(i), 0.15f, false, true);
+      w.add_agent("adversary_0", 0.15, false, true);
+      for (int i = 0; i < n; ++i) w.add_agent("agent_" + std::to_string(i), 0.15, false, true);
       p.adversaries = 1;
       return n;
     }
     case Scenario::Push:
-      w.add_agent("adversary_0", 0.05f, true, true);
-      w.add_agent("agent_0", 0.05f, true, true);
+      w.add_agent("adversary_0", 0.05, true, true);
+      w.add_agent("agent_0", 0.05, true, true);
       p.adversaries = 1;
       return 2;
     case Scenario::Reference:
       local_ratio();
       p.dim_c = 10;
-      w.add_agent("agent_0", 0.05f, false, false);
-      w.add_agent("agent_1", 0.05f, false, false);
+      w.add_agent("agent_0", 0.05, false, false);
+      w.add_agent("agent_1", 0.05, false, false);
       return 3;
     case Scenario::SpeakerListener:
       p.dim_c = 3;
-      w.add_agent("speaker_0", 0.075f, false, false, 5.0f, 0, false);
-      w.add_agent("listener_0", 0.075f, false, true);
+      w.add_agent("speaker_0", 0.075, false, false, 5.0, 0, false);
+      w.add_agent("listener_0", 0.075, false, true);
       return 3;
     case Scenario::Crypto:
       p.dim_c = 4;
-      w.add_agent("eve_0", 0.05f, false, false, 5.0f, 0, false);
-      w.add_agent("bob_0", 0.05f, false, false, 5.0f, 0, false);
-      w.add_agent("alice_0", 0.05f, false, false, 5.0f, 0, false);
+      w.add_agent("eve_0", 0.05, false, false, 5.0, 0, false);
+      w.add_agent("bob_0", 0.05, false, false, 5.0, 0, false);
+      w.add_agent("alice_0", 0.05, false, false, 5.0, 0, false);
       p.adversaries = 1;
       return 2;
     case Scenario::WorldComm: {
@@ -118,8 +118,8 @@ int add_agents(Scenario scenario, const core::ConfigView* v, WorldBuilder& w) {
       p.food = read_int(v, "num_food", 2, 1, 8);
       p.forests = read_int(v, "num_forests", 2, 0, 8);
       for (int i = 0; i < adv; ++i)
-        w.add_agent(i == 0 ? "leadadversary_0" : "adversary_" + std::to_string(i - 1), 0.075f, true, i != 0, 3.0f, 1.0f);
-      for (int i = 0; i < good; ++i) w.add_agent("agent_" + std::to_string(i), 0.045f, true, true, 4.0f, 1.3f);
+        w.add_agent(i == 0 ? "leadadversary_0" : "adversary_" + std::to_string(i - 1), 0.075, true, i != 0, 3.0, 1.0);
+      for (int i = 0; i < good; ++i) w.add_agent("agent_" + std::to_string(i), 0.045, true, true, 4.0, 1.3);
       p.adversaries = adv;
       return p.obstacles + p.food + p.forests;
     }
@@ -138,14 +138,14 @@ void add_landmarks(Scenario scenario, int landmarks, Params& p) {
     p.movable[e] = false;
     p.max_speed[e] = 0;
     switch (scenario) {
-      case Scenario::Tag: p.size[e] = 0.2f, p.collide[e] = true; break;
-      case Scenario::Adversary: p.size[e] = 0.08f; break;
-      case Scenario::SpeakerListener: p.size[e] = 0.04f; break;
+      case Scenario::Tag: p.size[e] = 0.2, p.collide[e] = true; break;
+      case Scenario::Adversary: p.size[e] = 0.08; break;
+      case Scenario::SpeakerListener: p.size[e] = 0.04; break;
       case Scenario::WorldComm:
-        p.size[e] = l < p.obstacles ? 0.2f : l < p.obstacles + p.food ? 0.03f : 0.3f;
+        p.size[e] = l < p.obstacles ? 0.2 : l < p.obstacles + p.food ? 0.03 : 0.3;
         p.collide[e] = l < p.obstacles;
         break;
-      default: p.size[e] = 0.05f; break;
+      default: p.size[e] = 0.05; break;
     }
   }
 }

@@ -34,9 +34,10 @@ struct Params {
   int32_t obstacles = 0, food = 0, forests = 0;  // simple_world_comm's landmarks, in this order
   bool continuous = false;
   float local_ratio = -1.0f;  // < 0: no global reward
-  float size[kMaxEntities] = {};
-  float max_speed[kMaxEntities] = {};  // <= 0: none
-  float accel[kMaxAgents] = {};        // action sensitivity
+  // In double, as MPE2 holds them: a float32 0.15 would shift contact forces by ~1e-6.
+  double size[kMaxEntities] = {};
+  double max_speed[kMaxEntities] = {};  // <= 0: none
+  double accel[kMaxAgents] = {};        // action sensitivity
   bool movable[kMaxEntities] = {};
   bool collide[kMaxEntities] = {};
   bool silent[kMaxAgents] = {};
@@ -64,7 +65,7 @@ struct Mpe {
     return sqrt(dx * dx + dy * dy);
   }
   FLOTILLA_HD static bool touching(const Params& p, StateRef s, int a, int b) {
-    return dist(s, a, b) < static_cast<double>(p.size[a]) + static_cast<double>(p.size[b]);
+    return dist(s, a, b) < p.size[a] + p.size[b];
   }
   FLOTILLA_HD static bool adversary(const Params& p, int a) { return a < p.adversaries; }
 
@@ -105,16 +106,21 @@ struct Mpe {
         const double dx = pos(s, a, 0) - pos(s, b, 0), dy = pos(s, a, 1) - pos(s, b, 1);
         const double d = sqrt(dx * dx + dy * dy);
         if (d <= 0.0) continue;  // coincident centres: no direction to push along
-        const double x = -(d - (static_cast<double>(p.size[a]) + p.size[b])) / kContactMargin;
+        const double x = -(d - (p.size[a] + p.size[b])) / kContactMargin;
         const double softplus = x > 0 ? x + log1p(exp(-x)) : log1p(exp(x));  // logaddexp(0, x)
         const double scale = kContactForce * softplus * kContactMargin / d;
         if (p.movable[a]) force[a][0] += scale * dx, force[a][1] += scale * dy;
         if (p.movable[b]) force[b][0] -= scale * dx, force[b][1] -= scale * dy;
       }
     }
+    // MPE2's order (since PettingZoo's 2023 dynamics fix): the position moves with the velocity the
+    // entity had before this step; then the velocity is damped, pushed by force / mass * dt
+    // (mass 1) and capped.
     for (int e = 0; e < p.entities; ++e) {
       if (!p.movable[e]) continue;
-      double vx = vel(s, e, 0) * (1 - kDamping) + force[e][0] * kDt;  // mass 1
+      pos(s, e, 0) += vel(s, e, 0) * kDt;
+      pos(s, e, 1) += vel(s, e, 1) * kDt;
+      double vx = vel(s, e, 0) * (1 - kDamping) + force[e][0] * kDt;
       double vy = vel(s, e, 1) * (1 - kDamping) + force[e][1] * kDt;
       if (p.max_speed[e] > 0) {
         const double speed = sqrt(vx * vx + vy * vy);
@@ -125,8 +131,6 @@ struct Mpe {
       }
       vel(s, e, 0) = vx;
       vel(s, e, 1) = vy;
-      pos(s, e, 0) += vx * kDt;
-      pos(s, e, 1) += vy * kDt;
     }
     for (int a = 0; a < p.agents; ++a)
       for (int k = 0; k < p.dim_c; ++k) comm(p, s, a, k) = p.silent[a] ? 0.0 : message[a][k];
@@ -144,8 +148,9 @@ struct Mpe {
     if (p.continuous) {
       int offset = 0;
       if (moves) {
-        u[0] = static_cast<double>(actions.continuous(a, 2)) - actions.continuous(a, 1);
-        u[1] = static_cast<double>(actions.continuous(a, 4)) - actions.continuous(a, 3);
+        // The differences in float32, as MPE2 takes them from a float32 action.
+        u[0] = actions.continuous(a, 2) - actions.continuous(a, 1);
+        u[1] = actions.continuous(a, 4) - actions.continuous(a, 3);
         offset = 5;
       }
       if (!p.silent[a])
