@@ -24,6 +24,8 @@ constexpr int kMaxAgents = 16;
 constexpr int kMaxEntities = 48;
 constexpr int kMaxComm = 10;
 constexpr double kDt = 0.1, kDamping = 0.25, kContactForce = 100.0, kContactMargin = 1e-3;
+// Past this gap the soft contact force, 100 * log(1 + exp(-gap / 1e-3)) * 1e-3, is under 1e-18.
+constexpr double kContactReach = 0.04;
 
 struct Params {
   Scenario scenario = Scenario::Simple;
@@ -64,8 +66,13 @@ struct Mpe {
     const double dx = pos(s, a, 0) - pos(s, b, 0), dy = pos(s, a, 1) - pos(s, b, 1);
     return sqrt(dx * dx + dy * dy);
   }
+  FLOTILLA_HD static double dist2(StateRef s, int a, int b) {
+    const double dx = pos(s, a, 0) - pos(s, b, 0), dy = pos(s, a, 1) - pos(s, b, 1);
+    return dx * dx + dy * dy;
+  }
   FLOTILLA_HD static bool touching(const Params& p, StateRef s, int a, int b) {
-    return dist(s, a, b) < p.size[a] + p.size[b];
+    const double r = p.size[a] + p.size[b];
+    return dist2(s, a, b) < r * r;
   }
   FLOTILLA_HD static bool adversary(const Params& p, int a) { return a < p.adversaries; }
 
@@ -104,8 +111,11 @@ struct Mpe {
       for (int b = a + 1; b < p.entities; ++b) {
         if (!p.collide[b] || !(p.movable[a] || p.movable[b])) continue;
         const double dx = pos(s, a, 0) - pos(s, b, 0), dy = pos(s, a, 1) - pos(s, b, 1);
-        const double d = sqrt(dx * dx + dy * dy);
-        if (d <= 0.0) continue;  // coincident centres: no direction to push along
+        const double d2 = dx * dx + dy * dy, reach = p.size[a] + p.size[b] + kContactReach;
+        // Farther apart than kContactReach past touching, the force is below 1e-18: skipped, and
+        // with it the square root, exp and log1p of most pairs.
+        if (d2 >= reach * reach || d2 <= 0.0) continue;  // d2 0: coincident centres, no direction
+        const double d = sqrt(d2);
         const double x = -(d - (p.size[a] + p.size[b])) / kContactMargin;
         const double softplus = x > 0 ? x + log1p(exp(-x)) : log1p(exp(x));  // logaddexp(0, x)
         const double scale = kContactForce * softplus * kContactMargin / d;
@@ -183,11 +193,6 @@ struct Mpe {
     return sqrt(dx * dx + dy * dy);
   }
 
-  FLOTILLA_HD static double sq_dist(StateRef s, int a, int b) {
-    const double d = dist(s, a, b);
-    return d * d;
-  }
-
   // Sum of squares of (message of agent a - one-hot landmark color g), crypto's guess error.
   FLOTILLA_HD static double guess_error(const Params& p, StateRef s, int a, int g) {
     double e = 0;
@@ -241,14 +246,17 @@ struct Mpe {
     const int A = p.agents, L = p.entities - p.agents;
     switch (p.scenario) {
       case Scenario::Simple:
-        reward[0] = static_cast<float>(-sq_dist(s, 0, landmark(p, 0)));
+        reward[0] = static_cast<float>(-dist2(s, 0, landmark(p, 0)));
         return;
       case Scenario::Spread: {
         double global = 0;
         for (int l = 0; l < L; ++l) {
-          double best = 1e300;
-          for (int a = 0; a < A; ++a) best = fmin(best, dist(s, a, landmark(p, l)));
-          global -= best;
+          double best = 1e300;  // squared: one square root per landmark
+          for (int a = 0; a < A; ++a) {
+            const double d2 = dist2(s, a, landmark(p, l));
+            best = d2 < best ? d2 : best;
+          }
+          global -= sqrt(best);
         }
         for (int a = 0; a < A; ++a) {
           double local = 0;
@@ -287,7 +295,7 @@ struct Mpe {
         return;
       }
       case Scenario::SpeakerListener: {
-        const float r = static_cast<float>(-sq_dist(s, 1, landmark(p, goal(p, s, 0))));
+        const float r = static_cast<float>(-dist2(s, 1, landmark(p, goal(p, s, 0))));
         reward[0] = reward[1] = r;
         return;
       }
