@@ -3,6 +3,15 @@
 # so `#include "actors/..."` from envs/ fails to compile.
 set(FLOTILLA_LAYERS core kernels envs models algorithms runtime actors controller)
 
+# Precompiled libtorch and JSON headers for a target's C++ files (cmake/precompiled.hpp); files
+# compiled with flags of their own (fast math) skip them.
+option(FLOTILLA_PCH "Precompile the libtorch and JSON headers once per library" ON)
+function(flotilla_precompile target)
+  if(FLOTILLA_PCH)
+    target_precompile_headers(${target} PRIVATE "$<$<COMPILE_LANGUAGE:CXX>:${CMAKE_SOURCE_DIR}/cmake/precompiled.hpp>")
+  endif()
+endfunction()
+
 function(flotilla_layer name)
   cmake_parse_arguments(ARG "" "" "SOURCES;LINK" ${ARGN})
   set(view ${CMAKE_BINARY_DIR}/layer_include/${name})
@@ -19,6 +28,7 @@ function(flotilla_layer name)
     add_library(flotilla_${name} STATIC ${ARG_SOURCES})
     target_include_directories(flotilla_${name} PUBLIC ${view})
     target_link_libraries(flotilla_${name} PUBLIC ${ARG_LINK})
+    flotilla_precompile(flotilla_${name})
   else()  # headers only
     add_library(flotilla_${name} INTERFACE)
     target_include_directories(flotilla_${name} INTERFACE ${view})

@@ -85,7 +85,7 @@ TEST_CASE("rl_ctrl_c_then_resume_finishes_the_run_in_the_same_directory") {
   const size_t rows_before = core::read_metrics_jsonl(dir.path() / "r" / "metrics.jsonl").size();
   // Resume with a nearer end: override by editing nothing; the saved config is the run's.
   // resume takes run's output options.
-  auto resumed = test::CliProcess(kCli, {"resume", "--progress", "lines", "--log-level", "warn", "r"}, dir.path(), dir.path());
+  auto resumed = test::CliProcess(kCli, {"resume", "--progress", "lines", "r"}, dir.path(), dir.path());
   // Ctrl-C once the resumed run has logged rows of its own.
   const fs::path metrics = dir.path() / "r" / "metrics.jsonl";
   for (int i = 0; i < 3000 && core::read_metrics_jsonl(metrics).size() <= rows_before + 2; ++i)
