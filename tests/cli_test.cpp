@@ -151,9 +151,9 @@ TEST_CASE("cli_ctrl_c_stops_gracefully_and_a_second_stops_at_once") {
   {
     test::CliProcess p(kCli, {"run", cfg.string(), "run.dir=one"}, dir.path(), dir.path());
     // Wait until the run is under way (metrics flowing), then press Ctrl-C once.
-    for (int i = 0; i < 500 && !fs::exists(dir.path() / "one" / "metrics.jsonl"); ++i)
+    const fs::path one = dir.path() / "one" / "metrics.jsonl";
+    for (int i = 0; i < 3000 && !(fs::exists(one) && core::read_metrics_jsonl(one).size() >= 3); ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
     p.signal(SIGINT);
     auto r = p.wait(30);
     CHECK(r.code == 130);
@@ -167,11 +167,13 @@ TEST_CASE("cli_ctrl_c_stops_gracefully_and_a_second_stops_at_once") {
     // A program that ignores the first request is still stopped by the second.
     auto stubborn = dir.write("slow.yaml", "program: countdown\ncountdown: {steps: 100000, step_ms: 5, ignore_stop: true}\n");
     test::CliProcess p(kCli, {"run", stubborn.string(), "run.dir=two"}, dir.path(), dir.path());
-    for (int i = 0; i < 500 && !fs::exists(dir.path() / "two" / "metrics.jsonl"); ++i)
+    const fs::path two = dir.path() / "two" / "metrics.jsonl";
+    for (int i = 0; i < 3000 && !(fs::exists(two) && core::read_metrics_jsonl(two).size() >= 3); ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
     p.signal(SIGINT);
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    // The second Ctrl-C once the first has been taken (the program says so).
+    for (int i = 0; i < 3000 && !contains(p.err_so_far(), "stopping after the current step"); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
     p.signal(SIGINT);
     auto r = p.wait(30);
     CHECK(r.code == 130);

@@ -50,6 +50,8 @@ class CliProcess {
     }
   }
   void signal(int sig) const { ::kill(pid_, sig); }
+  // What the process has written to stderr so far.
+  std::string err_so_far() const { return slurp(err_path_); }
   // Waits up to `timeout_s`; on timeout kills the child and reports code -9.
   CliResult wait(double timeout_s = 120) {
     CliResult r;
