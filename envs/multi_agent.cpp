@@ -126,6 +126,12 @@ at::Tensor MultiAgentVecEnv::check_actions(const at::Tensor& actions) const {
   if (!a.device().is_cpu()) return a;
   if (spec_.discrete()) {
     const int64_t* p = a.data_ptr<int64_t>();
+    std::vector<uint64_t> n(A);  // as unsigned, one compare also rejects negative actions
+    for (int64_t k = 0; k < A; ++k) n[k] = static_cast<uint64_t>(spec_.agents[k].action.n);
+    bool valid = true;
+    for (int64_t i = 0; i < num_envs_; ++i)
+      for (int64_t k = 0; k < A; ++k) valid &= static_cast<uint64_t>(p[i * A + k]) < n[k];
+    if (valid) return a;
     for (int64_t i = 0; i < num_envs_ * A; ++i) {
       const Space& space = spec_.agents[i % A].action;
       if (p[i] < 0 || p[i] >= space.n)

@@ -304,6 +304,14 @@ TEST_CASE("multi_agent_actions_are_checked_per_agent") {
   CHECK(e.find("speaker_0") != std::string::npos);
   CHECK(e.find("Discrete(3)") != std::string::npos);
   CHECK(error_of([&] { sl->step(acts({0, 0, 0})); }).find("expected [1, 2]") != std::string::npos);
+  // Negative, and in a later env: the first bad action is named, env and agent.
+  CHECK(error_of([&] { sl->step(acts({-1, 0})); }).find("agent 'speaker_0': action -1 is outside Discrete(3)") != std::string::npos);
+  auto many = make("mpe/simple_speaker_listener", "{}", 3);
+  many->reset(1);
+  const at::Tensor before = many->obs().clone();
+  const std::string late = error_of([&] { many->step(at::tensor({0, 4, 2, 1, 1, 5}, at::kLong).reshape({3, 2})); });
+  CHECK(late.find("env 2, agent 'listener_0': action 5 is outside Discrete(5)") != std::string::npos);
+  CHECK(many->obs().equal(before));  // a rejected batch steps no env
   CHECK(error_of([&] { sl->step(at::zeros({1, 2})); }).find("int64") != std::string::npos);
   // The speaker's padding actions (3, 4 of the listener's 5) are masked out.
   at::Tensor avail = sl->avail_actions()[0];
