@@ -176,19 +176,44 @@ TEST_CASE("sample_streams_deliver_in_order_over_tcp_and_in_process") {
 
 TEST_CASE("parameter_stream_delivers_the_newest_version") {
   zmq::context_t context(1);
-  auto pub = core::zmq_parameter_publisher(context, "tcp://127.0.0.1:*", "trainer/0");
-  auto sub = core::zmq_parameter_subscriber(context, pub->endpoint());
-  std::this_thread::sleep_for(200ms);  // a SUB socket misses what is published before it joins
-  for (int v = 1; v <= 3; ++v) {
+  auto params = [](int v) {
     core::Batch p;
     p.set("w", at::full({2, 2}, static_cast<float>(v)));
-    pub->publish(v, p);
-  }
-  std::this_thread::sleep_for(100ms);
-  auto got = sub->latest(1s);
+    return p;
+  };
+  // A SUB socket misses what is published before it has joined: version 0 is published until one
+  // arrives, which proves the subscription is in place.
+  auto join = [&](core::ParameterPublisher& pub, core::ParameterSubscriber& sub) {
+    for (int tries = 0; tries < 200; ++tries) {
+      pub.publish(0, params(0));
+      if (auto got = sub.latest(25ms)) return got->version == 0;
+    }
+    return false;
+  };
+  // In process, a message is in the subscriber's queue when publish returns: latest() takes all
+  // three and hands back only the newest.
+  auto pub_in = core::zmq_parameter_publisher(context, "inproc://parameters", "trainer/0");
+  auto sub_in = core::zmq_parameter_subscriber(context, pub_in->endpoint());
+  REQUIRE(join(*pub_in, *sub_in));
+  for (int v = 1; v <= 3; ++v) pub_in->publish(v, params(v));
+  auto got = sub_in->latest(1s);
   REQUIRE(got.has_value());
   CHECK(got->version == 3);
   CHECK(got->tensors["w"][1][1].item<float>() == 3.0f);
+  CHECK_FALSE(sub_in->latest(50ms).has_value());
+
+  // Over TCP the versions arrive in order, never an older one after a newer one, up to the last.
+  auto pub = core::zmq_parameter_publisher(context, "tcp://127.0.0.1:*", "trainer/0");
+  auto sub = core::zmq_parameter_subscriber(context, pub->endpoint());
+  REQUIRE(join(*pub, *sub));
+  for (int v = 1; v <= 3; ++v) pub->publish(v, params(v));
+  int64_t last = 0;
+  for (auto next = sub->latest(5s); next; next = last < 3 ? sub->latest(5s) : std::nullopt) {
+    CHECK(next->version > last);
+    CHECK(next->tensors["w"][1][1].item<float>() == static_cast<float>(next->version));
+    last = next->version;
+  }
+  CHECK(last == 3);
   CHECK_FALSE(sub->latest(50ms).has_value());
 }
 
