@@ -75,10 +75,11 @@ at::Tensor sequence_mean(const at::Tensor& x, const at::Tensor& mask) {
 }
 
 LmPolicyLoss ppo_token_loss(const at::Tensor& lp, const at::Tensor& old, const at::Tensor& adv, const at::Tensor& mask,
-                            double clip_low, double clip_high, const std::string& aggregation) {
+                            double clip_low, double clip_high, const std::string& aggregation, const at::Tensor& weight) {
   const at::Tensor log_ratio = lp - old;
   const at::Tensor ratio = log_ratio.exp();
-  const at::Tensor surrogate = at::max(-adv * ratio, -adv * ratio.clamp(1 - clip_low, 1 + clip_high));
+  at::Tensor surrogate = at::max(-adv * ratio, -adv * ratio.clamp(1 - clip_low, 1 + clip_high));
+  if (weight.defined()) surrogate = surrogate * weight;
   LmPolicyLoss l;
   if (aggregation == "token-mean") l.loss = masked_mean(surrogate, mask);
   else if (aggregation == "seq-sum") l.loss = (surrogate * mask).sum(1).mean();
@@ -88,6 +89,11 @@ LmPolicyLoss ppo_token_loss(const at::Tensor& lp, const at::Tensor& old, const a
   l.clipfrac = masked_mean(((ratio < 1 - clip_low) | (ratio > 1 + clip_high)).to(lp.scalar_type()), mask);
   l.approx_kl = masked_mean((ratio - 1) - log_ratio, mask);
   return l;
+}
+
+at::Tensor behaviour_weight(const at::Tensor& proximal_log_prob, const at::Tensor& behaviour_log_prob, double cap) {
+  at::NoGradGuard no_grad;
+  return (proximal_log_prob - behaviour_log_prob).exp().clamp_max(cap);
 }
 
 at::Tensor dpo_loss(const at::Tensor& chosen, const at::Tensor& rejected, const at::Tensor& ref_chosen,

@@ -36,10 +36,16 @@ at::Tensor sequence_mean(const at::Tensor& x, const at::Tensor& mask);
 
 // PPO's clipped surrogate per token (ratio clipped to [1 - clip_low, 1 + clip_high]), averaged
 // over masked tokens ("token-mean"), averaged per sequence then over sequences ("seq-mean"), or
-// summed per sequence and averaged over sequences ("seq-sum").
+// summed per sequence and averaged over sequences ("seq-sum"). `weight` (optional, per token,
+// no gradient) scales each token's surrogate: the decoupled objective's behaviour weight.
 LmPolicyLoss ppo_token_loss(const at::Tensor& log_prob, const at::Tensor& old_log_prob, const at::Tensor& advantages,
                             const at::Tensor& mask, double clip_low, double clip_high,
-                            const std::string& aggregation = "token-mean");
+                            const std::string& aggregation = "token-mean", const at::Tensor& weight = {});
+
+// The decoupled PPO objective's behaviour weight (Hilton et al., as AReaL uses it for stale
+// samples): pi_proximal / pi_behaviour per token, from the trainer's log-probs before the update
+// and the rollout's, capped at `cap` so a token the rollout found unlikely cannot dominate.
+at::Tensor behaviour_weight(const at::Tensor& proximal_log_prob, const at::Tensor& behaviour_log_prob, double cap);
 
 // DPO (Rafailov et al.) on summed response log-probabilities [B]: "sigmoid" with label smoothing,
 // or "ipo" (Azar et al.). Returns the mean loss.

@@ -181,7 +181,19 @@ at::Tensor dpo_policy_loss(models::CausalLm& model, const core::Batch& micro, co
 at::Tensor ppo_policy_loss(models::CausalLm& model, const core::Batch& micro, const PolicyLossConfig& c, core::Scalars& stats) {
   const at::Tensor& mask = micro["response_mask"];
   const TokenLogProbs t = token_log_probs(model, micro);
-  LmPolicyLoss pl = ppo_token_loss(t.lp, micro["old_log_prob"], micro["advantages"], mask, c.clip_low, c.clip_high, c.aggregation);
+  at::Tensor old = micro["old_log_prob"], weight;
+  if (micro.contains("behaviour_log_prob")) {
+    const at::Tensor& behaviour = micro["behaviour_log_prob"];
+    if (c.off_policy == "plain") old = behaviour;
+    else if (c.off_policy == "decoupled") weight = behaviour_weight(old, behaviour, c.is_cap);
+    else throw ConfigError("off-policy objective '" + c.off_policy + "' is not one of decoupled, plain");
+    if (weight.defined()) {
+      torch::NoGradGuard ng;
+      stats.push_back({"actor/behaviour_weight/mean", masked_mean(weight, mask).item<double>()});
+      stats.push_back({"actor/behaviour_weight/capped", masked_mean((weight >= c.is_cap).to(weight.scalar_type()), mask).item<double>()});
+    }
+  }
+  LmPolicyLoss pl = ppo_token_loss(t.lp, old, micro["advantages"], mask, c.clip_low, c.clip_high, c.aggregation, weight);
   at::Tensor loss = pl.loss;
   stats.push_back({"actor/pg_loss", pl.loss.item<double>()});
   stats.push_back({"actor/pg_clipfrac", pl.clipfrac.item<double>()});

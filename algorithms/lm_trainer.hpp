@@ -47,6 +47,12 @@ struct PolicyLossConfig {
   std::string dpo_kind = "sigmoid";  // sigmoid, ipo
   double label_smoothing = 0;
   double dpo_nll_coef = 0;  // > 0: plus the chosen responses' NLL (RPO)
+  // Samples made by older weights (asynchronous RLHF) carry `behaviour_log_prob`, the rollout's:
+  // "decoupled" clips against `old_log_prob` (the trainer's weights before this update, the
+  // proximal policy) and weights each token by behaviour_weight(), capped at `is_cap`; "plain"
+  // clips against the behaviour log-probs. Rows without them train as on-policy PPO.
+  std::string off_policy = "decoupled";
+  double is_cap = 5.0;
 };
 
 // A policy loss by name: the loss of one micro-batch, adding its statistics to `stats`.

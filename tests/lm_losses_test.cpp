@@ -60,6 +60,30 @@ TEST_CASE("ppo_token_loss_clips_the_ratio") {
   CHECK(at0(ppo_token_loss(lp, old, adv, mask, 0.2, 0.6).loss) == doctest::Approx((-1.5 + 0.8) / 2));  // a higher upper clip
 }
 
+TEST_CASE("decoupled_ppo_weights_tokens_by_proximal_over_behaviour_capped") {
+  // Proximal probabilities 0.5 and 0.4; the rollout's (behaviour) 0.25 and 0.01: weights 2 and 40,
+  // the second capped at 5.
+  const at::Tensor prox = at::log(t2({0.5, 0.4}, 1)), behaviour = at::log(t2({0.25, 0.01}, 1));
+  const at::Tensor w = behaviour_weight(prox, behaviour, 5.0);
+  CHECK(w[0][0].item<float>() == doctest::Approx(2.0));
+  CHECK(w[0][1].item<float>() == doctest::Approx(5.0));
+  // The current policy's ratios to the proximal one: 1.5 and 0.5, so the clipped surrogates are
+  // -1.2 and 0.8 (as in the test above), then weighted: (2 * -1.2 + 5 * 0.8) / 2.
+  const at::Tensor lp = (prox + at::log(t2({1.5, 0.5}, 1))).requires_grad_(), adv = t2({1, -1}, 1), mask = at::ones({1, 2});
+  LmPolicyLoss l = ppo_token_loss(lp, prox, adv, mask, 0.2, 0.2, "token-mean", w);
+  CHECK(at0(l.loss) == doctest::Approx((2 * -1.2 + 5 * 0.8) / 2).epsilon(1e-5));
+  // Both tokens are clipped, so no gradient flows; unclipped, the weight scales it.
+  l.loss.backward();
+  CHECK(lp.grad().abs().sum().item<float>() == 0.0f);
+  const at::Tensor lp2 = prox.clone().requires_grad_();  // ratio 1: -A * w / 2 per token
+  ppo_token_loss(lp2, prox, adv, mask, 0.2, 0.2, "token-mean", w).loss.backward();
+  CHECK(lp2.grad()[0][0].item<float>() == doctest::Approx(-1.0));  // -1 * 2 / 2
+  CHECK(lp2.grad()[0][1].item<float>() == doctest::Approx(2.5));   // +1 * 5 / 2
+  // No weight is weight one.
+  CHECK(at0(ppo_token_loss(lp, prox, adv, mask, 0.2, 0.2).loss) ==
+        doctest::Approx(at0(ppo_token_loss(lp, prox, adv, mask, 0.2, 0.2, "token-mean", at::ones({1, 2})).loss)));
+}
+
 TEST_CASE("sequence_mean_weights_sequences_not_tokens") {
   // Row 0: three tokens of 1; row 1: one token of 4; row 2: no tokens (left out).
   const at::Tensor x = t2({1, 1, 1, 4, 9, 9, 9, 9, 9}, 3), mask = t2({1, 1, 1, 1, 0, 0, 0, 0, 0}, 3);

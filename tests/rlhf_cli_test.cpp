@@ -257,4 +257,10 @@ TEST_CASE("rlhf_config_errors_name_the_problem") {
   check({"data.chat_template=hello"}, "{prompt}");
   check({"algo.overlong.buffer=64"}, "rollout.max_new_tokens");
   check({"data.kind=sft"}, "grpo trains on verifiable data");
+  check({"async.max_staleness=1"}, "with placement: colocated one worker both generates and trains");
+  check({"async.max_staleness=-2"}, "max_staleness");
+  check({"async.on_update=pause", "placement=split"}, "continue, recompute, abort");
+  check({"async.objective=naive"}, "decoupled, plain");
+  check({"async.is_cap=0.5"}, "is_cap");
+  check({"async.max_stalenes=1"}, "max_stalenes");
 }

@@ -103,6 +103,27 @@ void read_rollout(core::ConfigView rollout, RlhfConfig& c) {
   c.max_batch = rollout.get<int64_t>("max_batch", 64, core::at_least<int64_t>(1));
 }
 
+// async: checked against the algorithm and the placement, which decide whether it can overlap.
+void read_async(core::ConfigView a, RlhfConfig& c) {
+  AsyncConfig& x = c.async;
+  x.max_staleness = a.get<int64_t>("max_staleness", 0, core::at_least<int64_t>(AsyncConfig::kUnbounded));
+  x.on_update = a.choice("on_update", "continue", {"continue", "recompute", "abort"});
+  x.objective = a.choice("objective", "decoupled", {"decoupled", "plain"});
+  x.is_cap = a.get<double>("is_cap", 5.0, core::greater_than(1.0));
+  x.max_inflight = a.get<int64_t>("max_inflight", 0, core::at_least<int64_t>(0));
+  x.deterministic = a.get<bool>("deterministic", false);
+  x.wait_timeout_s = a.get<double>("wait_timeout_s", 600.0, core::greater_than(0.0));
+  c.loss.off_policy = x.objective;
+  c.loss.is_cap = x.is_cap;
+  if (!x.overlaps()) return;
+  if (!c.family.generates())
+    a.fail("max_staleness", c.algo + " trains on a fixed dataset and generates nothing, so there is nothing to overlap; "
+                            "async applies to the algorithms that sample (ppo, grpo, rloo, reinforce_pp, online_dpo)");
+  if (c.placement == "colocated")
+    a.fail("max_staleness", "with placement: colocated one worker both generates and trains, so the two cannot overlap; "
+                            "use placement: split for asynchronous training, or max_staleness: 0");
+}
+
 // placement: and workers: the process groups to start.
 void read_workers(core::ConfigView root, RlhfConfig& c) {
   c.placement = root.choice("placement", "colocated", {"colocated", "split"});
@@ -154,6 +175,7 @@ RlhfConfig RlhfConfig::read(core::ConfigView root) {
   if (c.needs_ref()) c.roles.push_back("ref");
   if (c.family.critic) c.roles.push_back("critic");
   read_workers(root, c);
+  read_async(root.section("async"), c);
   return c;
 }
 

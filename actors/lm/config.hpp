@@ -25,6 +25,20 @@ struct RewardConfig {
   std::string on_error = "stop";  // stop or zero
 };
 
+// async: generation and training overlap, the trainer learning from samples up to
+// `max_staleness` versions old (0: synchronous, every sample made by the weights it trains).
+struct AsyncConfig {
+  static constexpr int64_t kUnbounded = -1;
+  int64_t max_staleness = 0;
+  std::string on_update = "continue";   // in-flight sequences at a weight sync: continue, recompute (the KV cache), abort
+  std::string objective = "decoupled";  // decoupled (behaviour, proximal and current policies) or plain (PPO against the behaviour policy)
+  double is_cap = 5.0;                  // the decoupled objective's cap on the behaviour importance weight
+  int64_t max_inflight = 0;             // prompts generating at once per rollout worker; 0: as many as the bound admits
+  bool deterministic = false;           // record the schedule (group starts, sync landings) and replay it on resume
+  double wait_timeout_s = 600;          // the longest any wait for samples may take before the run stops naming it
+  bool overlaps() const { return max_staleness != 0; }
+};
+
 struct RlhfConfig {
   // model:
   std::string model_path, tokenizer, ref_path, critic_path, reward_path;
@@ -52,6 +66,8 @@ struct RlhfConfig {
   double temperature = 1.0, top_p = 1.0;
   int64_t top_k = 0;
   int64_t block_size = 16, num_blocks = 1024, max_batch = 64;
+  // async:
+  AsyncConfig async;
   // workers:
   std::string placement = "colocated";
   struct Group {

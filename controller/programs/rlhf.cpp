@@ -58,6 +58,9 @@ class RlhfProgram final : public Program {
     ckpt_every_ = ckpt.get<int64_t>("every", 0, core::at_least<int64_t>(0));
     ckpt_keep_ = ckpt.get<int>("keep", 2, core::at_least(1));
     seed_ = static_cast<uint64_t>(root.get<int64_t>("seed", 1));
+    if (c_.async.overlaps())
+      root.section("async").fail("max_staleness", "the asynchronous dataflow (max_staleness other than 0) is not in this build yet; "
+                                                  "use max_staleness: 0, the synchronous dataflow");
     kl_coef_ = c_.kl_coef;
     if (c_.kl_target > 0) adaptive_kl_ = algorithms::AdaptiveKl(c_.kl_coef, c_.kl_target, c_.kl_horizon);
 
