@@ -92,21 +92,21 @@ TEST_CASE("typed_dispatch_one_to_all_rank_zero_and_uneven_chunks_that_keep_group
   REQUIRE(all.ranks.size() == 3);
   for (int r = 0; r < 3; ++r) CHECK(all.ranks[r].version == r);
   // Rank zero: one reply, all the rows.
-  auto zero = g.call(EchoScaleOnZero{.factor = 3}, rows(4)).get();
+  auto zero = g.call(EchoScaleOnZero{.factor = 3, .note = ""}, rows(4)).get();
   REQUIRE(zero.ranks.size() == 1);
   CHECK(zero.result().version == 4);
   CHECK(at::equal(zero.batch["x"], at::arange(4, at::kFloat) * 3));
   // Data-parallel chunks of 7 rows over 3 ranks: 3, 2, 2, concatenated back in order.
-  auto chunked = g.call(EchoScale{.factor = 2}, rows(7)).get();
+  auto chunked = g.call(EchoScale{.factor = 2, .note = ""}, rows(7)).get();
   CHECK((ranks_of(chunked) == std::vector<int64_t>{3, 2, 2}));
   CHECK(at::equal(chunked.batch["x"], at::arange(7, at::kFloat) * 2));
   CHECK(at::equal(chunked.batch["rank"], at::tensor(std::vector<int64_t>{0, 0, 0, 1, 1, 2, 2})));
   // Fewer rows than ranks: the last rank gets an empty chunk and still answers.
-  auto tiny = g.call(EchoScale{.factor = 2}, rows(2)).get();
+  auto tiny = g.call(EchoScale{.factor = 2, .note = ""}, rows(2)).get();
   CHECK((ranks_of(tiny) == std::vector<int64_t>{1, 1, 0}));
   CHECK(tiny.batch.size() == 2);
   // Groups kept whole (GRPO groups, DPO pairs): 5 pairs over 3 ranks are 2, 2 and 1 pairs.
-  auto grouped = g.call(EchoScale{.factor = 1}, runtime::Input(rows(10)).grouped(2)).get();
+  auto grouped = g.call(EchoScale{.factor = 1, .note = ""}, runtime::Input(rows(10)).grouped(2)).get();
   CHECK((ranks_of(grouped) == std::vector<int64_t>{4, 4, 2}));
   // Groups of 4 over 3 ranks from 12 rows: 4 each; from 8 rows: 4, 4, 0.
   CHECK((ranks_of(g.call(EchoScale{}, runtime::Input(rows(8)).grouped(4)).get()) == std::vector<int64_t>{4, 4, 0}));
@@ -329,7 +329,7 @@ TEST_CASE("an_lm_rollout_pauses_mid_generation_takes_new_weights_while_paused_an
   core::Batch prompts;
   prompts.set("prompt_tokens", at::randint(0, 256, {4, 5}, at::kLong));
   prompts.set("prompt_len", at::full({4}, 5, at::kLong));
-  auto generating = rollout.call(actors::lm::Generate{.n = 2, .temperature = 1.0, .seed = 7}, prompts);
+  auto generating = rollout.call(actors::lm::Generate{.n = 2, .temperature = 1.0, .seed = 7, .stop = {}}, prompts);
   auto tokens = [&] { return rollout.call(runtime::Poll{}).get().result().counter("rollout/tokens"); };
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   while (tokens() == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));
