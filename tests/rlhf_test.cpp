@@ -1,15 +1,20 @@
 // RLHF training pieces at hand-computed values: the advantage estimators (GAE with and without a
 // KL penalty, GRPO over uneven groups), the trainers' updates (SFT, DPO pairs, reward model), a
-// model loaded with another head, and preference data made from a verifiable task.
+// model loaded with another head, preference data made from a verifiable task, and the bookkeeping of
+// asynchronous RLHF's sample stream (admission, placement, seeds, batches within the staleness bound).
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <deque>
+#include <map>
+#include <random>
 #include <set>
 
 #include "algorithms/advantages.hpp"
 #include "algorithms/lm_losses.hpp"
 #include "algorithms/lm_trainer.hpp"
 #include "actors/lm/data.hpp"
+#include "controller/programs/rlhf_stream.hpp"
 #include "core/fs.hpp"
 #include "core/error.hpp"
 #include "envs/text_tasks.hpp"
@@ -252,4 +257,156 @@ TEST_CASE("prompts_are_formatted_tokenized_and_limited_as_configured") {
   actors::lm::Sampler again(5, 9);
   again.restore(s.state());
   CHECK((again.next(3) == s.next(3)));
+}
+
+// ---- the asynchronous sample stream's bookkeeping (controller/programs/rlhf_stream.hpp) ----
+
+namespace {
+using controller::GroupLedger;
+// Example indices 100, 101, ... in order.
+struct Counting {
+  int64_t next = 100;
+  std::vector<int64_t> operator()(int64_t k) {
+    std::vector<int64_t> out;
+    for (int64_t i = 0; i < k; ++i) out.push_back(next++);
+    return out;
+  }
+};
+}  // namespace
+
+TEST_CASE("group_ledger_places_and_seeds_groups_as_the_synchronous_generate_call") {
+  // 5 prompts per step over 2 rollout ranks: data-parallel chunks of 3 and 2, and within a chunk
+  // the seed advances by n per prompt from the step's base, as rollout.generate seeds them.
+  GroupLedger ledger(Staleness(1, 5), 4, 2, 0, 1000);
+  Counting examples;
+  const auto groups = ledger.admit(0, std::ref(examples));
+  REQUIRE(groups.size() == 10);  // bound 1: this version's batch and the next one's
+  const std::vector<int64_t> rank = {0, 0, 0, 1, 1, 0, 0, 0, 1, 1};
+  const std::vector<uint64_t> seed = {1001, 1005, 1009, 1001, 1005, 1002, 1006, 1010, 1002, 1006};
+  for (size_t i = 0; i < groups.size(); ++i) {
+    CAPTURE(i);
+    CHECK(groups[i].id == static_cast<int64_t>(i));
+    CHECK(groups[i].example == 100 + static_cast<int64_t>(i));
+    CHECK(groups[i].admitted == 0);
+    CHECK(groups[i].rank == rank[i]);
+    CHECK(groups[i].seed == seed[i]);
+  }
+  CHECK(ledger.admit(0, std::ref(examples)).empty());
+  CHECK(ledger.running() == 10);
+}
+
+TEST_CASE("group_ledger_takes_batches_in_admission_order_within_the_bound") {
+  Counting examples;
+  // Staleness 0 is synchronous: one batch at a time, taken only when all of it has finished.
+  GroupLedger sync(Staleness(0, 3), 2, 1, 0, 0);
+  CHECK(sync.admit(0, std::ref(examples)).size() == 3);
+  CHECK(sync.admit(0, std::ref(examples)).empty());
+  sync.finished(2, 0);
+  sync.finished(0, 0);
+  CHECK(sync.take(0).empty());
+  sync.finished(1, 0);
+  const auto batch = sync.take(0);
+  REQUIRE(batch.size() == 3);
+  for (int64_t i = 0; i < 3; ++i) CHECK(batch[static_cast<size_t>(i)].id == i);  // admission order
+  CHECK(sync.admit(1, std::ref(examples)).size() == 3);
+  CHECK_THROWS_AS(sync.finished(0, 0), Error);  // already taken
+  CHECK_THROWS_AS(sync.finished(99, 0), Error);
+
+  // Bound 1: groups of the same admission may train in either order, but a batch is not taken
+  // while older groups that are due now still run.
+  GroupLedger one(Staleness(1, 2), 1, 1, 0, 0);
+  CHECK(one.admit(0, std::ref(examples)).size() == 4);  // ids 0-3, admitted at version 0
+  one.finished(2, 0);
+  one.finished(3, 0);
+  auto b = one.take(0);  // 0 and 1 can still train version 1
+  REQUIRE(b.size() == 2);
+  CHECK(b[0].id == 2);
+  CHECK(b[1].id == 3);
+  CHECK(one.admit(1, std::ref(examples)).size() == 2);  // ids 4, 5
+  one.finished(5, 1);
+  one.finished(4, 1);
+  CHECK(one.take(1).empty());  // 0 and 1 are due at version 1 and still generating
+  one.finished(1, 0);
+  one.finished(0, 0);
+  b = one.take(1);
+  REQUIRE(b.size() == 2);
+  CHECK(b[0].id == 0);
+  CHECK(b[1].id == 1);
+  CHECK(one.take(2).size() == 2);
+  // The in-flight cap holds admissions below what the bound allows.
+  GroupLedger capped(Staleness(4, 2), 1, 1, 3, 0);
+  CHECK(capped.admit(0, std::ref(examples)).size() == 3);
+  capped.finished(0, 0);
+  CHECK(capped.admit(0, std::ref(examples)).size() == 1);
+  CHECK_THROWS_AS(GroupLedger(Staleness(0, 2), 0, 1, 0, 0), Error);
+}
+
+TEST_CASE("group_ledger_state_holds_the_counter_and_finished_groups") {
+  Counting examples;
+  GroupLedger a(Staleness(1, 2), 1, 1, 0, 0);
+  a.admit(0, std::ref(examples));
+  CHECK_THROWS_AS(a.state(), Error);  // groups are generating
+  for (int64_t i = 0; i < 4; ++i) a.finished(i, i / 2);
+  a.take(0);
+  const nlohmann::json s = a.state();
+  GroupLedger b(Staleness(1, 2), 1, 1, 0, 0);
+  b.restore(s);
+  CHECK(b.submitted() == 4);
+  CHECK(b.ready() == 2);
+  CHECK_THROWS_AS(b.restore(s), Error);  // only into an empty ledger
+  const auto batch = b.take(1);
+  REQUIRE(batch.size() == 2);
+  CHECK(batch[0].id == 2);
+  CHECK(batch[0].oldest == 1);
+  CHECK(batch[1].example == 103);
+}
+
+TEST_CASE("group_ledger_never_trains_past_the_bound_with_skewed_rollouts") {
+  // A simulated run over the ledger: 3 rollout ranks, one 20 times slower than another, long-tailed
+  // generation times, each rank working its queue in order with the weights current when a group
+  // starts; the trainer takes a batch whenever the ledger gives one. 10,200 groups are trained per
+  // bound; none may be staler than the bound, counted from its oldest token.
+  std::mt19937_64 rng(11);
+  std::lognormal_distribution<double> length(0.0, 1.0);
+  const std::vector<double> speed = {1.0, 0.25, 0.05};
+  for (int64_t max : {int64_t{0}, int64_t{1}, int64_t{2}, int64_t{4}, Staleness::kUnbounded}) {
+    CAPTURE(max);
+    const int64_t batch = 6, versions = 1700;
+    GroupLedger ledger(Staleness(max, batch), 2, 3, 0, 0);
+    Counting examples;
+    std::vector<std::deque<GroupLedger::Group>> queue(3);
+    std::vector<double> free_at(3, 0.0);
+    // (finish time, id, made-by version) of what is generating
+    std::multimap<double, std::pair<int64_t, int64_t>> generating;
+    std::vector<bool> busy(3, false);
+    int64_t version = 0, worst = 0, trained = 0;
+    double now = 0;
+    while (version < versions) {
+      for (const auto& g : ledger.admit(version, std::ref(examples))) queue[static_cast<size_t>(g.rank)].push_back(g);
+      for (size_t r = 0; r < 3; ++r)
+        if (!busy[r] && !queue[r].empty()) {
+          const auto g = queue[r].front();
+          queue[r].pop_front();
+          busy[r] = true;
+          generating.insert({now + length(rng) / speed[r], {g.id * 8 + static_cast<int64_t>(r), version}});
+        }
+      auto batch_groups = ledger.take(version);
+      if (!batch_groups.empty()) {
+        for (const auto& g : batch_groups) worst = std::max(worst, version - g.oldest);
+        trained += static_cast<int64_t>(batch_groups.size());
+        ++version;
+        continue;
+      }
+      if (generating.empty()) FAIL("nothing to train and nothing generating: the stream is stuck at version " << version);
+      const auto next = generating.begin();
+      now = next->first;
+      const int64_t id = next->second.first / 8, r = next->second.first % 8;
+      ledger.finished(id, next->second.second);
+      busy[static_cast<size_t>(r)] = false;
+      generating.erase(next);
+    }
+    CHECK(trained == versions * batch);
+    if (max >= 0) CHECK(worst <= max);
+    if (max > 0) CHECK(worst >= 1);  // the bound was used, not only respected by never going async
+  }
 }
