@@ -182,8 +182,8 @@ at::Tensor ppo_policy_loss(models::CausalLm& model, const core::Batch& micro, co
   const at::Tensor& mask = micro["response_mask"];
   const TokenLogProbs t = token_log_probs(model, micro);
   at::Tensor old = micro["old_log_prob"], weight;
-  if (micro.contains("behaviour_log_prob")) {
-    const at::Tensor& behaviour = micro["behaviour_log_prob"];
+  if (micro.contains("rollout_log_prob")) {
+    const at::Tensor& behaviour = micro["rollout_log_prob"];
     if (c.off_policy == "plain") old = behaviour;
     else if (c.off_policy == "decoupled") weight = behaviour_weight(old, behaviour, c.is_cap);
     else throw ConfigError("off-policy objective '" + c.off_policy + "' is not one of decoupled, plain");
@@ -247,7 +247,10 @@ core::Scalars LmTrainer::update_critic(const core::Batch& batch, double clip, ui
     const at::Tensor l1 = (v - ret).pow(2), l2 = (clipped - ret).pow(2);
     const torch::Tensor loss = 0.5 * masked_mean(at::max(l1, l2), mask);
     stats.push_back({"critic/vf_loss", loss.item<double>()});
-    stats.push_back({"critic/vf_clipfrac", masked_mean((l2 > l1).to(at::kFloat), mask).item<double>()});
+    // Tokens whose value moved past the clip and whose clipped loss is the larger: where clipping
+    // decided the loss. (l2 > l1 alone also counts unclipped tokens by a rounding of old + (v - old).)
+    const at::Tensor decided = ((v - old).abs() > clip) & (l2 > l1);
+    stats.push_back({"critic/vf_clipfrac", masked_mean(decided.to(at::kFloat), mask).item<double>()});
     stats.push_back({"critic/vpred_mean", masked_mean(v.detach(), mask).item<double>()});
     return loss * share.tokens;
   };

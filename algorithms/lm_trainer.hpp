@@ -47,7 +47,7 @@ struct PolicyLossConfig {
   std::string dpo_kind = "sigmoid";  // sigmoid, ipo
   double label_smoothing = 0;
   double dpo_nll_coef = 0;  // > 0: plus the chosen responses' NLL (RPO)
-  // Samples made by older weights (asynchronous RLHF) carry `behaviour_log_prob`, the rollout's:
+  // Samples made by older weights (asynchronous RLHF) carry `rollout_log_prob`, the behaviour's:
   // "decoupled" clips against `old_log_prob` (the trainer's weights before this update, the
   // proximal policy) and weights each token by behaviour_weight(), capped at `is_cap`; "plain"
   // clips against the behaviour log-probs. Rows without them train as on-policy PPO.

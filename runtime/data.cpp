@@ -154,6 +154,10 @@ DataRef DataRef::index(const std::vector<int64_t>& indices) const {
   return out;
 }
 
+bool DataRef::is_local() const {
+  return std::all_of(columns_.begin(), columns_.end(), [](const Column& c) { return c.is_local; });
+}
+
 DataRef DataRef::concat(const std::vector<DataRef>& parts) {
   DataRef out;
   for (const auto& p : parts) {

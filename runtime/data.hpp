@@ -78,6 +78,8 @@ class DataRef {
   bool empty() const { return columns_.empty(); }
   std::vector<std::string> fields() const;
   bool contains(const std::string& field) const;
+  // Whether every field is held here (no worker keeps any of it).
+  bool is_local() const;
 
   // Only the named fields (each must exist).
   DataRef select(const std::vector<std::string>& fields) const;

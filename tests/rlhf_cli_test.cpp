@@ -126,8 +126,9 @@ TEST_CASE("rlhf_configs_run_a_few_steps") {
 }
 
 TEST_CASE("synchronous_runs_repeat_the_stored_reference") {
-  // tests/data/rlhf_sync_reference.json: runs of the synchronous dataflow, kept so later changes to
-  // the dataflow are measured against them.
+  // tests/data/rlhf_sync_reference.json: runs of the synchronous dataflow from before the sample
+  // stream existed. The stream at max_staleness 0 (the default) must give the same numbers: the
+  // same prompts, seeds and engine batches, so the same samples, and the same updates.
   const auto ref = nlohmann::json::parse(core::read_file(fs::path(FLOTILLA_SOURCE_DIR) / "tests" / "data" / "rlhf_sync_reference.json"));
   test::TempDir dir;
   REQUIRE(test::run_cli(kCli, {"lm", "init", "--arch", "qwen3", "--preset", "tiny", "--vocab", "259", "--out", "init"}, dir.path(), dir.path()).code == 0);
@@ -147,7 +148,10 @@ TEST_CASE("synchronous_runs_repeat_the_stored_reference") {
       for (const auto& [name, value] : row["metrics"].items()) {
         CAPTURE(name);
         REQUIRE(got.at(step).count(name));
-        CHECK(got.at(step).at(name) == doctest::Approx(value.get<double>()).epsilon(1e-4).scale(1e-3));
+        // Whitened advantages average to zero by construction: their mean is rounding (~1e-7),
+        // which depends on how rows were batched, so it is held to 1e-5 absolute.
+        const double scale = name == "critic/advantages/mean" ? 0.1 : 1e-3;
+        CHECK(got.at(step).at(name) == doctest::Approx(value.get<double>()).epsilon(1e-4).scale(scale));
       }
     }
   }
@@ -226,7 +230,7 @@ TEST_CASE("external_reward_command_errors_stop_or_score_zero_as_configured") {
   auto zero = w.run("addition_grpo.yaml", args, "zero");
   REQUIRE_MESSAGE(zero.code == 0, zero.err);
   auto rows = rows_of(w.path() / "zero");
-  CHECK(rows[2]["reward/errors"] == 2.0);
+  CHECK(rows[2]["reward/errors"] == 16.0);  // every response of 2 steps of 4 prompts x 2 samples
   CHECK(rows[2]["critic/score/mean"] == 0.0);
   // A command that answers: its scores are the rewards.
   args.pop_back();

@@ -69,7 +69,7 @@ Scorer::Scores Scorer::score(const core::Batch& rows, const std::string& split, 
     } catch (const Error& e) {
       if (c_.reward.on_error == "stop") throw;
       spdlog::warn("reward command failed, scoring these {} responses 0 (reward.on_error: zero): {}", queries.size(), e.what());
-      out.errors = 1;
+      out.errors = static_cast<int64_t>(queries.size());  // responses scored 0 for it
     }
   } else {
     RewardConfig rule;  // the task's own check: exact or numeric match only

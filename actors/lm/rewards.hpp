@@ -27,7 +27,7 @@ class Scorer {
 
   struct Scores {
     at::Tensor scores;   // [B] float
-    int64_t errors = 0;  // reward commands that failed (scored 0, with reward.on_error: zero)
+    int64_t errors = 0;  // responses scored 0 because the reward command failed (reward.on_error: zero)
   };
   // Scores rows with `tokens`, `last`, `response_length` and `example` (an index into `split`:
   // "train" or "val"); `check` scores with the task's own check only.

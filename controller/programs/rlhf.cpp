@@ -22,10 +22,12 @@
 #include "actors/lm/methods.hpp"
 #include "algorithms/lm_losses.hpp"
 #include "controller/cluster/cluster.hpp"
+#include "controller/programs/rlhf_stream.hpp"
 #include "controller/run/checkpoint.hpp"
 #include "controller/run/program.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "core/safetensors.hpp"
 #include "models/tokenizer.hpp"
 
 namespace flotilla::controller {
@@ -58,9 +60,6 @@ class RlhfProgram final : public Program {
     ckpt_every_ = ckpt.get<int64_t>("every", 0, core::at_least<int64_t>(0));
     ckpt_keep_ = ckpt.get<int>("keep", 2, core::at_least(1));
     seed_ = static_cast<uint64_t>(root.get<int64_t>("seed", 1));
-    if (c_.async.overlaps())
-      root.section("async").fail("max_staleness", "the asynchronous dataflow (max_staleness other than 0) is not in this build yet; "
-                                                  "use max_staleness: 0, the synchronous dataflow");
     kl_coef_ = c_.kl_coef;
     if (c_.kl_target > 0) adaptive_kl_ = algorithms::AdaptiveKl(c_.kl_coef, c_.kl_target, c_.kl_horizon);
 
@@ -94,11 +93,13 @@ class RlhfProgram final : public Program {
     Cluster cluster(ctx.dir, experiment_.name, worker_specs(), cluster_options());
     cluster_ = &cluster;
     for (const auto& g : c_.workers) cluster.run(g.role, runtime::Configure{core::read_file(ctx.dir / "config.yaml")});
+    for (const auto& g : c_.workers) cluster.run(g.role, runtime::Start{});  // the rollouts' continuous generation
 
     Sampler sampler(static_cast<int64_t>(train_.examples.size()), seed_);
     int64_t start = 0;
     if (!resume_.is_null()) start = restore(ctx.dir, sampler);
     ctx.report_progress(start);
+    if (c_.family.generates()) start_stream(sampler, start);
     RunResult result;
     const TrainClock clock(resume_.is_null() ? 0.0 : resume_.value("train_time_s", 0.0));
     if (start == 0 && eval_at_start_ && !val_.examples.empty()) log_eval(ctx, 0, result);
@@ -126,6 +127,7 @@ class RlhfProgram final : public Program {
     result.summary.push_back({"data/prompts_truncated", static_cast<double>(train_.truncated + val_.truncated)});
     result.summary.push_back({"data/responses_truncated", static_cast<double>(train_.responses_truncated)});
     result.summary.push_back({"train_time_s", clock.seconds()});
+    stream_.reset();
     cluster_ = nullptr;
     return result;
   }
@@ -156,7 +158,7 @@ class RlhfProgram final : public Program {
     switch (c_.family.step) {
       case Step::Supervised: return supervised_step(sampler, step, row);
       case Step::Pairs: return pair_step(sampler, step, row);
-      case Step::Rl: return rl_step(sampler, step, row);
+      case Step::Rl: return rl_step(step, row);
     }
     return 0;
   }
@@ -189,32 +191,30 @@ class RlhfProgram final : public Program {
     return tokens_in(batch["last"]);
   }
 
-  double rl_step(Sampler& sampler, int64_t step, core::Scalars& row) {
+  double rl_step(int64_t step, core::Scalars& row) {
     const int64_t n = c_.group_size;
-    // 1. generate: n samples per prompt, rows p*n .. p*n+n-1, kept by the rollout workers
-    auto t = clock_type::now();
-    const DataRef samples = generate(train_, sampler.next(c_.batch_size), n, c_.temperature, seed_ * 1000003 + static_cast<uint64_t>(step));
-    row.push_back({"timing_s/gen", seconds_since(t)});
+    // 1. the samples that train this version, from the stream: n per prompt, rows p*n .. p*n+n-1
+    // in admission order, scored and with reference log-probs and values as they finished
+    SampleStream::Taken taken = stream_->take(version_);
+    row.push_back({"timing_s/gen", taken.waited_s});
+    row.push_back({"timing_s/reward", taken.reward_s});
+    if (c_.needs_ref()) row.push_back({"timing_s/ref", taken.ref_s});
+    if (c_.reward.kind == "command") row.push_back({"reward/errors", static_cast<double>(stream_->reward_errors())});
+    log_stream(taken, row);
 
-    // 2. reward, old log-probs, reference log-probs and values: independent, in flight together
-    const auto issued = clock_type::now();
-    const Input tokens = Input(samples.select({"tokens"})).grouped(n);
-    auto old_lp = group("actor").call(ActorLogProbs{}, tokens);
-    std::optional<runtime::Future<RefLogProbs>> ref_lp;
-    std::optional<runtime::Future<CriticValues>> values;
-    if (c_.needs_ref()) ref_lp = group("ref").call(RefLogProbs{}, tokens);
-    if (c_.family.critic) values = group("critic").call(CriticValues{}, tokens);
-    at::Tensor scores = score(samples, "train", false, n, row);
-    const core::Batch lengths = samples.pull({"response_length", "truncated", "last"});
-    row.push_back({"timing_s/reward", seconds_since(issued)});
-    std::vector<DataRef> parts = {samples.select({"tokens", "response_mask"}), old_lp.get().data};
-    row.push_back({"timing_s/old_log_prob", seconds_since(issued)});
-    if (ref_lp) {
-      parts.push_back(ref_lp->get().data);
-      row.push_back({"timing_s/ref", seconds_since(issued)});
-    }
-    if (values) parts.push_back(values->get().data);
-    DataRef joined = DataRef::join(parts);
+    // 2. old log-probs: the actor's weights now, before this update (the proximal policy)
+    auto t = clock_type::now();
+    const DataRef& samples = taken.rows;
+    auto old_lp = group("actor").call(ActorLogProbs{}, Input(samples.select({"tokens"})).grouped(n)).get();
+    row.push_back({"timing_s/old_log_prob", seconds_since(t)});
+    std::vector<std::string> kept = {"tokens", "response_mask"};
+    for (const char* f : {"ref_log_prob", "values"})
+      if (samples.contains(f)) kept.push_back(f);
+    // Samples made by older weights carry the rollout's log-probs into the loss (async.objective).
+    if (c_.async.overlaps()) kept.push_back("rollout_log_prob");
+    DataRef joined = DataRef::join({samples.select(kept), old_lp.data});
+    at::Tensor scores = taken.scores;
+    const core::Batch& lengths = taken.lengths;
 
     // 3. shaping: the overlong penalty, then dynamic sampling drops groups without signal
     const at::Tensor resp_len = lengths["response_length"].to(at::kDouble);
@@ -231,6 +231,7 @@ class RlhfProgram final : public Program {
     if (c_.family.pairs_from_groups) {
       const std::vector<int64_t> pairs = best_and_worst(scores, n, row);
       if (!pairs.empty()) update_actor(joined.index(pairs).select({"tokens", "response_mask", "ref_log_prob"}), step, 2, row);
+      else row.push_back({"batch/skipped", 1.0});
       return tokens_processed;
     }
 
@@ -259,9 +260,63 @@ class RlhfProgram final : public Program {
       row.push_back({"timing_s/update_critic", seconds_since(t)});
     }
     std::vector<std::string> actor_fields = {"tokens", "response_mask", "old_log_prob"};
-    if (joined.contains("ref_log_prob")) actor_fields.push_back("ref_log_prob");
+    for (const char* f : {"ref_log_prob", "rollout_log_prob"})
+      if (joined.contains(f)) actor_fields.push_back(f);
     update_actor(DataRef::join({joined.select(actor_fields), adv.data.select({"advantages"})}), step, n, row);
     return tokens_processed;
+  }
+
+  // The stream of training samples. The ledger resumes the admission count (the prompts of the
+  // steps before `start`, or a checkpoint's record) and its finished groups.
+  void start_stream(Sampler& sampler, int64_t start) {
+    GroupLedger ledger(algorithms::Staleness(c_.async.max_staleness, c_.batch_size), c_.group_size, group("rollout").size(),
+                       c_.async.max_inflight, seed_ * 1000003);
+    const bool saved = !resume_.is_null() && resume_.contains("stream");
+    ledger.restore(saved ? resume_.at("stream") : json{{"submitted", start * c_.batch_size}, {"ready", json::array()}});
+    const Submit sampling{.n = c_.group_size, .temperature = c_.temperature, .top_p = c_.top_p, .top_k = c_.top_k,
+                          .max_new_tokens = 0, .seed = 0, .stop = {format_->eos()}};
+    const SampleStream::Roles roles{&group("rollout"), &group("reward"), c_.needs_ref() ? &group("ref") : nullptr,
+                                    c_.family.critic ? &group("critic") : nullptr};
+    const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(c_.async.wait_timeout_s * 1000));
+    stream_ = std::make_unique<SampleStream>(roles, std::move(ledger), train_, sampler, sampling, timeout);
+    if (saved && stream_->ledger().ready() > 0)
+      stream_->restore_ready(load_stream_rows(resume_dir_ / "stream.safetensors"));
+    if (c_.async.overlaps())
+      spdlog::info("async: samples up to {} versions old, in-flight sequences {} at a weight sync, {} objective",
+                   algorithms::Staleness(c_.async.max_staleness, 1).str(), c_.async.on_update, c_.async.objective);
+  }
+
+  // Staleness of the batch (the trainer's version minus each group's oldest token's), the
+  // rollouts' counters and what the last weight sync cost.
+  void log_stream(const SampleStream::Taken& taken, core::Scalars& row) {
+    int64_t most = 0;
+    double sum = 0;
+    std::map<int64_t, int64_t> hist;
+    for (const auto& g : taken.groups) {
+      const int64_t s = version_ - g.oldest;
+      most = std::max(most, s);
+      sum += static_cast<double>(s);
+      ++hist[s];
+    }
+    row.push_back({"async/staleness_mean", sum / static_cast<double>(taken.groups.size())});
+    row.push_back({"async/staleness_max", static_cast<double>(most)});
+    for (const auto& [s, count] : hist) row.push_back({"async/staleness_hist/" + std::to_string(s), static_cast<double>(count)});
+    row.push_back({"async/actor_wait_s", taken.waited_s});
+    const core::Scalars counters = stream_->rollout_counters();
+    for (const auto& [k, v] : counters) {
+      if (k == "rollout/tokens") {
+        const auto now = clock_type::now();
+        if (gen_tokens_at_ > 0) row.push_back({"perf/gen_tokens_per_s", (v - gen_tokens_) / std::max(seconds_since(gen_clock_), 1e-9)});
+        gen_tokens_ = v, gen_tokens_at_ = 1, gen_clock_ = now;
+      }
+      row.push_back({k, v});
+    }
+    double pause = 0, inflight = 0;
+    for (const auto& s : last_sync_) pause = std::max(pause, s.pause_s), inflight += static_cast<double>(s.inflight);
+    if (!last_sync_.empty()) {
+      row.push_back({"async/sync_pause_s", pause});
+      row.push_back({"async/inflight_at_update", inflight});
+    }
   }
 
   // Keeps the groups whose rewards differ (in `joined` and `scores`); false when none do.
@@ -318,7 +373,8 @@ class RlhfProgram final : public Program {
                     std::to_string(w.result().version));
       weights = w.data;
     }
-    group("rollout").call(SyncWeights{version_}, weights).get();
+    const auto synced = group("rollout").call(SyncWeights{version_, c_.async.on_update}, weights).get();
+    last_sync_ = synced.ranks;
   }
 
   // Samples of the examples `indices` of `d`, kept by the rollout workers; every rank must have
@@ -382,12 +438,24 @@ class RlhfProgram final : public Program {
 
   // ---- checkpoints: the models (with their optimizers) under checkpoints/step-N, then the manifest ----
 
+  // The stream drains first: the groups admitted for later versions finish generating, and those
+  // not trained yet are saved with the checkpoint, so a resumed run trains every prompt once.
   void checkpoint(const fs::path& run_dir, int64_t step, const Sampler& sampler, double train_time_s) {
     const std::string dir = step_dir(step);
     group("actor").call(SaveActor{.dir = (run_dir / dir / "actor").string(), .step = step}).get();
     if (c_.family.critic) group("critic").call(SaveCritic{.dir = (run_dir / dir / "critic").string(), .step = step}).get();
-    const json manifest = {{"program", "rlhf"}, {"step", step}, {"version", version_}, {"dir", dir}, {"sampler", sampler.state()},
-                           {"kl_coef", kl_coef_}, {"train_time_s", train_time_s}};
+    json manifest = {{"program", "rlhf"}, {"step", step}, {"version", version_}, {"dir", dir}, {"sampler", sampler.state()},
+                     {"kl_coef", kl_coef_}, {"train_time_s", train_time_s}};
+    if (stream_) {
+      stream_->drain();
+      manifest["stream"] = stream_->ledger().state();
+      const core::Batch ready = stream_->ready_rows();
+      if (ready.size() > 0) {
+        std::vector<std::pair<std::string, at::Tensor>> tensors;
+        for (const auto& name : ready.names()) tensors.emplace_back(name, ready[name]);
+        core::save_safetensors(run_dir / dir / "stream.safetensors", tensors, {{"format", "flotilla-stream"}});
+      }
+    }
     save_checkpoint(run_dir, step, {}, manifest.dump(2), ckpt_keep_);
   }
 
@@ -395,6 +463,7 @@ class RlhfProgram final : public Program {
   int64_t restore(const fs::path& run_dir, Sampler& sampler) {
     const int64_t step = resume_.at("step").get<int64_t>();
     const fs::path dir = run_dir / resume_.at("dir").get<std::string>();
+    resume_dir_ = dir;
     sampler.restore(resume_.at("sampler"));
     kl_coef_ = resume_.value("kl_coef", kl_coef_);
     version_ = resume_.value("version", step);
@@ -414,6 +483,13 @@ class RlhfProgram final : public Program {
     spdlog::info("final model: {}", final_dir.string());
   }
 
+  static core::Batch load_stream_rows(const fs::path& path) {
+    if (!fs::exists(path)) throw FormatError(path.string() + ": missing; the checkpoint records finished groups not trained yet");
+    core::Batch rows;
+    for (auto& [name, t] : core::load_safetensors(path).tensors) rows.set(name, t);
+    return rows;
+  }
+
   const Example& ex(int64_t i) const { return train_.examples[static_cast<size_t>(i)]; }
 
   Experiment experiment_;
@@ -427,7 +503,12 @@ class RlhfProgram final : public Program {
   std::unique_ptr<Formatter> format_;
   Dataset train_, val_;
   json resume_;
+  fs::path resume_dir_;  // the checkpoint's directory, when resuming
   Cluster* cluster_ = nullptr;
+  std::unique_ptr<SampleStream> stream_;  // the training samples, for the algorithms that generate
+  std::vector<Synced> last_sync_;         // what the last weight sync cost each rollout
+  double gen_tokens_ = 0, gen_tokens_at_ = 0;
+  clock_type::time_point gen_clock_;
   int64_t version_ = 0, reward_errors_ = 0;
   double kl_coef_ = 0;
   algorithms::AdaptiveKl adaptive_kl_{0, 1, 1};

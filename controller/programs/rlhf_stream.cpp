@@ -1,6 +1,10 @@
 #include "controller/programs/rlhf_stream.hpp"
 
+#include <ATen/ATen.h>
+
 #include <algorithm>
+#include <set>
+#include <thread>
 
 #include "core/batch.hpp"
 #include "core/error.hpp"
@@ -87,6 +91,245 @@ void GroupLedger::restore(const nlohmann::json& s) {
     ready_.push_back(Group{.id = r.at("id").get<int64_t>(), .example = r.at("example").get<int64_t>(),
                            .admitted = r.at("admitted").get<int64_t>(), .rank = r.at("rank").get<int64_t>(),
                            .seed = r.at("seed").get<uint64_t>(), .oldest = r.at("oldest").get<int64_t>()});
+}
+
+// ---- the stream ----
+
+using actors::lm::CollectGroups;
+using actors::lm::CriticValues;
+using actors::lm::RefLogProbs;
+using actors::lm::Score;
+using runtime::DataRef;
+using runtime::Input;
+
+struct SampleStream::Arrival {
+  DataRef rows;  // as collected, kept on the rollout
+  std::vector<int64_t> group_of_row, oldest_of_row;
+  core::Batch lengths;
+  std::optional<runtime::Future<Score>> score;
+  std::optional<runtime::Future<RefLogProbs>> ref;
+  std::optional<runtime::Future<CriticValues>> values;
+  bool complete = false;
+  using time_point = std::chrono::steady_clock::time_point;
+  time_point arrived = std::chrono::steady_clock::now();
+  std::optional<time_point> scored, ref_done;  // when each answer was first seen
+  DataRef joined;  // rows, reference log-probs and values side by side, once complete
+  at::Tensor scores;
+  std::map<int64_t, int64_t> first_row;  // group id -> its first row
+  std::set<int64_t> taken;               // groups handed to the trainer
+  int64_t untaken = 0;                   // groups not taken yet
+
+  bool answered() const { return score->ready() && (!ref || ref->ready()) && (!values || values->ready()); }
+};
+
+SampleStream::SampleStream(Roles roles, GroupLedger ledger, const actors::lm::Dataset& train, actors::lm::Sampler& sampler,
+                           actors::lm::Submit sampling, std::chrono::milliseconds timeout)
+    : roles_(roles), ledger_(std::move(ledger)), train_(train), sampler_(sampler), sampling_(std::move(sampling)), timeout_(timeout) {
+  if (!roles_.rollout || !roles_.reward) throw Error("a sample stream needs rollout and reward workers");
+  polls_.resize(static_cast<size_t>(roles_.rollout->size()));
+  counters_.resize(polls_.size());
+}
+
+SampleStream::~SampleStream() = default;
+
+void SampleStream::admit(int64_t version) {
+  const auto groups = ledger_.admit(version, [this](int64_t k) { return sampler_.next(k); });
+  std::map<int64_t, std::vector<GroupLedger::Group>> by_rank;
+  for (const auto& g : groups) by_rank[g.rank].push_back(g);
+  for (const auto& [rank, gs] : by_rank) {
+    std::vector<int64_t> examples, ids, seeds, admitted;
+    for (const auto& g : gs) {
+      examples.push_back(g.example);
+      ids.push_back(g.id);
+      seeds.push_back(static_cast<int64_t>(g.seed));
+      admitted.push_back(g.admitted);
+    }
+    core::Batch rows = actors::lm::prompt_batch(train_, examples);
+    rows.set("group", at::tensor(ids, at::kLong));
+    rows.set("seed", at::tensor(seeds, at::kLong));
+    rows.set("admitted", at::tensor(admitted, at::kLong));
+    roles_.rollout->call_on(static_cast<int>(rank), sampling_, Input(DataRef::of(std::move(rows)))).get();
+  }
+}
+
+bool SampleStream::pump() {
+  bool moved = false;
+  const int64_t n = sampling_.n;
+  for (size_t r = 0; r < polls_.size(); ++r) {
+    if (!polls_[r]) {
+      polls_[r] = roles_.rollout->call_on(static_cast<int>(r), CollectGroups{.milliseconds = 50});
+      continue;
+    }
+    if (!polls_[r]->ready()) continue;
+    auto reply = polls_[r]->get();
+    polls_[r].reset();
+    counters_[r] = reply.result().values;
+    if (reply.data.empty() || reply.data.rows() == 0) continue;
+    moved = true;
+    auto a = std::make_unique<Arrival>();
+    a->rows = reply.data;
+    const core::Batch meta = a->rows.pull({"group", "oldest_version", "response_length", "truncated", "last"});
+    const at::Tensor g = meta["group"].contiguous(), o = meta["oldest_version"].contiguous();
+    a->group_of_row.assign(g.data_ptr<int64_t>(), g.data_ptr<int64_t>() + g.numel());
+    a->oldest_of_row.assign(o.data_ptr<int64_t>(), o.data_ptr<int64_t>() + o.numel());
+    for (const char* f : {"response_length", "truncated", "last"}) a->lengths.set(f, meta[f]);
+    for (int64_t row = 0; row < a->rows.rows(); row += n) a->first_row[a->group_of_row[static_cast<size_t>(row)]] = row;
+    a->untaken = static_cast<int64_t>(a->first_row.size());
+    const Input tokens = Input(a->rows.select({"tokens"})).grouped(n);
+    a->score = roles_.reward->call(Score{.split = "train", .check = false},
+                                   Input(a->rows.select({"tokens", "last", "response_length", "example"})).grouped(n));
+    if (roles_.ref) a->ref = roles_.ref->call(RefLogProbs{}, tokens);
+    if (roles_.critic) a->values = roles_.critic->call(CriticValues{}, tokens);
+    arrivals_.push_back(std::move(a));
+  }
+  const auto now = std::chrono::steady_clock::now();
+  for (auto& a : arrivals_) {
+    if (a->complete) continue;
+    if (!a->scored && a->score->ready()) a->scored = now;
+    if (!a->ref_done && a->ref && a->ref->ready()) a->ref_done = now;
+    if (!a->answered()) continue;
+    moved = true;
+    const auto scored = a->score->get();
+    for (const auto& rank : scored.ranks)
+      for (const auto& [k, v] : rank.values) reward_errors_ += static_cast<int64_t>(v);
+    a->scores = scored.batch["scores"].to(at::kFloat);
+    std::vector<DataRef> parts = {a->rows.select({"tokens", "response_mask", "rollout_log_prob", "token_version"})};
+    if (a->ref) parts.push_back(a->ref->get().data);
+    if (a->values) parts.push_back(a->values->get().data);
+    a->joined = DataRef::join(parts);
+    a->complete = true;
+    for (const auto& [group, row] : a->first_row) {
+      int64_t oldest = a->oldest_of_row[static_cast<size_t>(row)];
+      for (int64_t k = 1; k < n; ++k) oldest = std::min(oldest, a->oldest_of_row[static_cast<size_t>(row + k)]);
+      ledger_.finished(group, oldest);
+    }
+  }
+  return moved;
+}
+
+void SampleStream::wait_until(const std::function<bool()>& done, const std::string& what) {
+  auto progress = std::chrono::steady_clock::now();
+  while (!done()) {
+    if (pump()) {
+      progress = std::chrono::steady_clock::now();
+      continue;
+    }
+    if (std::chrono::steady_clock::now() - progress > timeout_)
+      throw TimeoutError("waited " + std::to_string(timeout_.count() / 1000) + " s for " + what + " without a group finishing: " +
+                         state_str() + " (async.wait_timeout_s sets the limit)");
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+std::string SampleStream::state_str() const {
+  int64_t scoring = 0;
+  for (const auto& a : arrivals_) scoring += a->complete ? 0 : static_cast<int64_t>(a->first_row.size());
+  return std::to_string(ledger_.running()) + " groups admitted and not back from the rollout workers, " + std::to_string(scoring) +
+         " being scored, " + std::to_string(ledger_.ready()) + " ready";
+}
+
+SampleStream::Taken SampleStream::take(int64_t version) {
+  const auto t0 = std::chrono::steady_clock::now();
+  Taken out;
+  wait_until(
+      [&] {
+        admit(version);  // a finished group may make room under the in-flight cap
+        out.groups = ledger_.take(version);
+        return !out.groups.empty();
+      },
+      "the samples that train version " + std::to_string(version));
+  std::map<int64_t, Arrival*> holder;
+  for (auto& a : arrivals_)
+    for (const auto& [group, row] : a->first_row) holder[group] = a.get();
+  const int64_t n = sampling_.n;
+  std::vector<DataRef> rows;
+  std::vector<at::Tensor> scores, resp_len, truncated, last;
+  for (const auto& g : out.groups) {
+    Arrival* a = holder.at(g.id);
+    const int64_t first = a->first_row.at(g.id);
+    rows.push_back(a->joined.slice(first, first + n));
+    scores.push_back(a->scores.slice(0, first, first + n));
+    resp_len.push_back(a->lengths["response_length"].slice(0, first, first + n));
+    truncated.push_back(a->lengths["truncated"].slice(0, first, first + n));
+    last.push_back(a->lengths["last"].slice(0, first, first + n));
+    --a->untaken;
+    a->taken.insert(g.id);
+    auto seconds = [](auto from, auto to) { return std::chrono::duration<double>(to - from).count(); };
+    out.reward_s = std::max(out.reward_s, seconds(a->arrived, *a->scored));
+    if (a->ref_done) out.ref_s = std::max(out.ref_s, seconds(a->arrived, *a->ref_done));
+  }
+  arrivals_.erase(std::remove_if(arrivals_.begin(), arrivals_.end(), [](const auto& a) { return a->complete && a->untaken == 0; }),
+                  arrivals_.end());
+  // Rows restored from a checkpoint are held here; with them, the kept rows are fetched too.
+  bool local = false, kept = false;
+  for (const auto& g : out.groups) (holder.at(g.id)->joined.is_local() ? local : kept) = true;
+  if (local && kept) {
+    std::vector<core::Batch> pulled;
+    for (const auto& r : rows) pulled.push_back(r.pull());
+    out.rows = DataRef::of(runtime::concat_padded(std::move(pulled)));
+  } else {
+    out.rows = DataRef::concat(rows);
+  }
+  out.scores = at::cat(scores);
+  out.lengths.set("response_length", at::cat(resp_len));
+  out.lengths.set("truncated", at::cat(truncated));
+  out.lengths.set("last", at::cat(last));
+  out.waited_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return out;
+}
+
+void SampleStream::drain() {
+  wait_until(
+      [&] {
+        return ledger_.running() == 0 && std::all_of(arrivals_.begin(), arrivals_.end(), [](const auto& a) { return a->complete; });
+      },
+      "the stream to drain before a checkpoint");
+}
+
+core::Batch SampleStream::ready_rows() const {
+  const int64_t n = sampling_.n;
+  std::vector<core::Batch> parts;
+  for (const auto& a : arrivals_) {
+    if (!a->complete) throw Error("the sample stream is saved only once it has drained");
+    if (a->untaken == 0) continue;
+    core::Batch rows = a->joined.pull();
+    rows.set("scores", a->scores);
+    for (const char* f : {"response_length", "truncated", "last"}) rows.set(f, a->lengths[f]);
+    rows.set("group", at::tensor(a->group_of_row, at::kLong));
+    rows.set("oldest_version", at::tensor(a->oldest_of_row, at::kLong));
+    for (const auto& [id, first] : a->first_row)
+      if (!a->taken.count(id)) parts.push_back(rows.slice(first, first + n));
+  }
+  return runtime::concat_padded(std::move(parts));
+}
+
+void SampleStream::restore_ready(const core::Batch& rows) {
+  const int64_t n = sampling_.n;
+  if (rows.size() % n != 0) throw FormatError("a checkpoint's stream rows are not whole groups of " + std::to_string(n));
+  auto a = std::make_unique<Arrival>();
+  const at::Tensor g = rows["group"].contiguous(), o = rows["oldest_version"].contiguous();
+  a->group_of_row.assign(g.data_ptr<int64_t>(), g.data_ptr<int64_t>() + g.numel());
+  a->oldest_of_row.assign(o.data_ptr<int64_t>(), o.data_ptr<int64_t>() + o.numel());
+  for (int64_t row = 0; row < rows.size(); row += n) a->first_row[a->group_of_row[static_cast<size_t>(row)]] = row;
+  a->untaken = static_cast<int64_t>(a->first_row.size());
+  if (a->untaken != ledger_.ready()) throw FormatError("a checkpoint's stream rows do not match its record of finished groups");
+  a->scores = rows["scores"];
+  for (const char* f : {"response_length", "truncated", "last"}) a->lengths.set(f, rows[f]);
+  std::vector<std::string> fields;
+  for (const auto& f : rows.names())
+    if (f != "scores" && f != "response_length" && f != "truncated" && f != "last" && f != "group" && f != "oldest_version")
+      fields.push_back(f);
+  a->joined = DataRef::of(rows.select(fields));
+  a->complete = true;
+  a->scored = a->arrived;
+  arrivals_.push_back(std::move(a));
+}
+
+core::Scalars SampleStream::rollout_counters() const {
+  std::map<std::string, double> sum;
+  for (const auto& c : counters_)
+    for (const auto& [k, v] : c) sum[k] += v;
+  return core::Scalars(sum.begin(), sum.end());
 }
 
 }  // namespace flotilla::controller

@@ -11,12 +11,18 @@
 // exactly what the synchronous dataflow generates.
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
+#include <optional>
 #include <vector>
 
+#include "actors/lm/data.hpp"
+#include "actors/lm/methods.hpp"
 #include "algorithms/staleness.hpp"
+#include "runtime/group.hpp"
 
 namespace flotilla::controller {
 
@@ -61,6 +67,72 @@ class GroupLedger {
   int64_t next_ = 0;                 // groups admitted so far (the next group's id)
   std::map<int64_t, Group> running_;  // by id
   std::vector<Group> ready_;          // finished, in admission order
+};
+
+// The stream itself, on the controller: admitted groups go to their rollout rank's continuous
+// generation (rollout.submit); finished groups come back by long-polling each rank
+// (rollout.collect) and are scored, and get reference log-probs and critic values, at once, a
+// collection at a time; take() hands the trainer a batch when the ledger allows one. The rows
+// stay on the workers; the controller pulls scores, lengths and versions.
+class SampleStream {
+ public:
+  struct Roles {
+    runtime::WorkerGroup* rollout = nullptr;
+    runtime::WorkerGroup* reward = nullptr;
+    runtime::WorkerGroup* ref = nullptr;     // when the algorithm uses a reference
+    runtime::WorkerGroup* critic = nullptr;  // when it trains a critic
+  };
+  // A batch for the trainer: rows in admission order (`tokens`, `response_mask`,
+  // `rollout_log_prob`, `token_version`, and `ref_log_prob`, `values` as the roles give them),
+  // their `scores` and `lengths` (`response_length`, `truncated`, `last`), and the groups.
+  struct Taken {
+    runtime::DataRef rows;
+    at::Tensor scores;
+    core::Batch lengths;
+    std::vector<GroupLedger::Group> groups;
+    double waited_s = 0;  // how long take() waited for it
+    double reward_s = 0;  // the longest scoring of its collections, from collection to scores
+    double ref_s = 0;     // the same for reference log-probs
+  };
+
+  SampleStream(Roles roles, GroupLedger ledger, const actors::lm::Dataset& train, actors::lm::Sampler& sampler,
+               actors::lm::Submit sampling, std::chrono::milliseconds timeout);
+  ~SampleStream();
+
+  // Submits the groups the ledger admits at `version`.
+  void admit(int64_t version);
+  // Waits for the batch that trains `version`; throws TimeoutError naming what it waited for.
+  Taken take(int64_t version);
+  // Waits until nothing is generating or being scored (before a checkpoint).
+  void drain();
+
+  // The finished groups not yet trained, every field of their rows plus `scores`, `group` and
+  // `oldest_version`, for a checkpoint (after drain()); and the same rows back into a new stream
+  // whose ledger was restored from the same checkpoint.
+  core::Batch ready_rows() const;
+  void restore_ready(const core::Batch& rows);
+
+  GroupLedger& ledger() { return ledger_; }
+  // Failed reward commands so far, and the rollouts' latest counters (rollout/idle_s, ...), summed.
+  int64_t reward_errors() const { return reward_errors_; }
+  core::Scalars rollout_counters() const;
+
+ private:
+  struct Arrival;  // one collection of finished groups, being scored
+  bool pump();     // one round of polling; true when something moved
+  void wait_until(const std::function<bool()>& done, const std::string& what);
+  std::string state_str() const;
+
+  Roles roles_;
+  GroupLedger ledger_;
+  const actors::lm::Dataset& train_;
+  actors::lm::Sampler& sampler_;
+  actors::lm::Submit sampling_;
+  std::chrono::milliseconds timeout_;
+  std::vector<std::optional<runtime::Future<actors::lm::CollectGroups>>> polls_;  // one per rollout rank
+  std::vector<core::Scalars> counters_;                                            // per rollout rank
+  std::vector<std::unique_ptr<Arrival>> arrivals_;
+  int64_t reward_errors_ = 0;
 };
 
 }  // namespace flotilla::controller
