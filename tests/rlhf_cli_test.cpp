@@ -13,6 +13,7 @@
 #include "core/metrics.hpp"
 #include "support/cli.hpp"
 #include "support/cli_checks.hpp"
+#include "support/rlhf_workspace.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace flotilla;
@@ -23,37 +24,8 @@ using test::contains;
 using test::metric_names;
 using test::rows_of;
 const std::string kCli = FLOTILLA_TEST_CLI;
-std::string config(const std::string& name) { return test::config_path("rlhf/" + name); }
-
-// A tiny model and the addition task's data sets, made as a user makes them.
-struct Workspace {
-  test::TempDir dir;
-  Workspace() {
-    auto run = [&](std::vector<std::string> args) {
-      auto r = test::run_cli(kCli, args, dir.path(), dir.path());
-      REQUIRE_MESSAGE(r.code == 0, r.err);
-    };
-    run({"lm", "init", "--arch", "qwen3", "--preset", "tiny", "--vocab", "259", "--out", "init"});
-    run({"data", "make", "addition", "--max-digits", "2", "--n", "64", "--seed", "1", "--kind", "sft", "--out", "sft.jsonl"});
-    run({"data", "make", "addition", "--max-digits", "2", "--n", "64", "--seed", "2", "--out", "data/train.jsonl"});
-    run({"data", "make", "addition", "--max-digits", "2", "--n", "8", "--seed", "3", "--out", "val.jsonl"});
-    run({"data", "make", "addition", "--max-digits", "2", "--n", "64", "--seed", "4", "--kind", "preference", "--out", "pairs.jsonl"});
-    run({"data", "make", "addition", "--max-digits", "2", "--n", "8", "--seed", "5", "--kind", "preference", "--out", "pairs_val.jsonl"});
-  }
-  fs::path path() const { return dir.path(); }
-  test::CliResult run(const std::string& file, std::vector<std::string> overrides, const std::string& run_dir) const {
-    std::vector<std::string> args = {"run", "-q", config(file), "run.dir=" + run_dir, "model.path=init", "eval.n=8"};
-    args.insert(args.end(), overrides.begin(), overrides.end());
-    return test::run_cli(kCli, args, dir.path(), dir.path());
-  }
-  // A run that must succeed, with `extra` overrides after `overrides`.
-  void run_ok(const std::string& file, std::vector<std::string> overrides, const std::vector<std::string>& extra,
-              const std::string& run_dir) const {
-    overrides.insert(overrides.end(), extra.begin(), extra.end());
-    auto r = run(file, overrides, run_dir);
-    REQUIRE_MESSAGE(r.code == 0, r.err);
-  }
-};
+using test::config;
+using test::Workspace;
 
 const std::vector<std::string> kRl = {"data.train=data/train.jsonl", "data.val=val.jsonl", "train.steps=2", "eval.every=2",
                                       "algo.batch_size=4"};

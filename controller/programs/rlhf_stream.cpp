@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <set>
 #include <thread>
 
@@ -94,6 +95,14 @@ void GroupLedger::restore(const nlohmann::json& s) {
 }
 
 // ---- the stream ----
+
+namespace {
+std::string seconds_str(std::chrono::milliseconds d) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g s", static_cast<double>(d.count()) / 1000.0);
+  return buf;
+}
+}  // namespace
 
 using actors::lm::CollectGroups;
 using actors::lm::CriticValues;
@@ -215,8 +224,8 @@ void SampleStream::wait_until(const std::function<bool()>& done, const std::stri
       continue;
     }
     if (std::chrono::steady_clock::now() - progress > timeout_)
-      throw TimeoutError("waited " + std::to_string(timeout_.count() / 1000) + " s for " + what + " without a group finishing: " +
-                         state_str() + " (async.wait_timeout_s sets the limit)");
+      throw TimeoutError("waited " + seconds_str(timeout_) + " for " + what + " without a group finishing: " + state_str() +
+                         " (async.wait_timeout_s sets the limit)");
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
 }

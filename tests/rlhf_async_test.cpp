@@ -1,0 +1,112 @@
+// Asynchronous RLHF from the command line: runs under each staleness bound stay within it and use
+// it, the decoupled objective weights stale samples, a checkpoint keeps the finished groups not yet
+// trained, and a stream that stops delivering ends the run with an error naming the wait.
+#include <doctest/doctest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+
+#include "core/fs.hpp"
+#include "core/safetensors.hpp"
+#include "support/cli.hpp"
+#include "support/cli_checks.hpp"
+#include "support/rlhf_workspace.hpp"
+
+using namespace flotilla;
+namespace fs = std::filesystem;
+
+namespace {
+using test::contains;
+using test::rows_of;
+const std::string kCli = FLOTILLA_TEST_CLI;
+// GRPO on the addition task with split workers; the untrained model earns the format reward (a
+// digit in the response) on about a quarter of its samples.
+const std::vector<std::string> kAsync = {"data.train=data/train.jsonl", "data.val=val.jsonl", "algo.batch_size=4", "algo.group_size=4",
+                                         "placement=split", "eval.every=0", "eval.at_start=false", "reward.format=.*[0-9].*",
+                                         "reward.format_weight=1", "algo.actor.lr=0.01"};
+std::vector<std::string> with(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+}  // namespace
+
+TEST_CASE("async_runs_stay_within_the_staleness_bound_and_use_it") {
+  test::Workspace w;
+  for (int64_t max : {int64_t{1}, int64_t{2}, int64_t{-1}}) {
+    CAPTURE(max);
+    const std::string run = "s" + std::to_string(max);
+    w.run_ok("addition_grpo.yaml", kAsync, {"train.steps=6", "async.max_staleness=" + std::to_string(max)}, run);
+    const auto rows = rows_of(w.path() / run);
+    int64_t most = 0;
+    for (int64_t step = 1; step <= 6; ++step) {
+      CAPTURE(step);
+      REQUIRE(rows.count(step));
+      const auto& r = rows.at(step);
+      const auto stale = static_cast<int64_t>(r.at("async/staleness_max"));
+      if (max >= 0) CHECK(stale <= max);
+      most = std::max(most, stale);
+      // Stale samples are weighted by pi_proximal / pi_behaviour, near 1 for these small updates.
+      CHECK(r.at("actor/behaviour_weight/mean") > 0.5);
+      CHECK(r.at("actor/behaviour_weight/mean") < 2.0);
+      double counted = 0;
+      for (int64_t s = 0; s <= 8; ++s)
+        if (r.count("async/staleness_hist/" + std::to_string(s))) counted += r.at("async/staleness_hist/" + std::to_string(s));
+      CHECK(counted == 4);  // every group of the batch, once
+    }
+    // Generation ran ahead of training: some batch was made by weights older than the trainer's.
+    CHECK(most >= 1);
+  }
+  // The plain objective clips against the rollout's log-probs and has no behaviour weight; the
+  // other ways in-flight sequences take a weight sync run too.
+  for (const std::string extra : {"async.objective=plain", "async.on_update=abort", "async.on_update=recompute"}) {
+    CAPTURE(extra);
+    w.run_ok("addition_grpo.yaml", kAsync, {"train.steps=3", "async.max_staleness=1", extra}, "other");
+    const auto rows = rows_of(w.path() / "other");
+    REQUIRE(rows.count(3));
+    CHECK(rows.at(3).count("actor/behaviour_weight/mean") == (extra == "async.objective=plain" ? 0u : 1u));
+    fs::remove_all(w.path() / "other");
+  }
+}
+
+TEST_CASE("async_checkpoints_keep_the_finished_groups_and_resume_trains_them") {
+  test::Workspace w;
+  const auto args = with(kAsync, {"async.max_staleness=2", "checkpoint.every=2"});
+  w.run_ok("addition_grpo.yaml", args, {"train.steps=2"}, "half");
+  // At version 1 the bound admits prompts up to version 3's batch: 16 groups, 8 trained.
+  const auto manifest = nlohmann::json::parse(core::read_file(w.path() / "half" / "checkpoints" / "ckpt-2.json"));
+  CHECK(manifest.at("stream").at("submitted") == 16);
+  CHECK(manifest.at("stream").at("ready").size() == 8);
+  const auto saved = core::load_safetensors(w.path() / "half" / "checkpoints" / "step-2" / "stream.safetensors");
+  CHECK(saved.at("tokens").size(0) == 32);  // 8 groups of 4 samples
+  CHECK(saved.at("scores").size(0) == 32);
+  // Extend the run to 4 steps and resume: steps 3 and 4 train the saved groups (made by the
+  // weights of versions 0 and 1, so at least one version old).
+  std::string yaml = core::read_file(w.path() / "half" / "config.yaml");
+  const size_t at = yaml.find("steps: 2");
+  REQUIRE(at != std::string::npos);
+  yaml.replace(at, 8, "steps: 4");
+  core::write_file_atomically(w.path() / "half" / "config.yaml", [&](std::ostream& o) { o << yaml; });
+  auto resumed = test::run_cli(kCli, {"resume", "-q", "half"}, w.path(), w.path());
+  REQUIRE_MESSAGE(resumed.code == 0, resumed.err);
+  const auto rows = rows_of(w.path() / "half");
+  for (int64_t step : {3, 4}) {
+    CAPTURE(step);
+    REQUIRE(rows.count(step));
+    CHECK(rows.at(step).at("async/staleness_max") >= 1);
+    CHECK(rows.at(step).at("async/staleness_max") <= 2);
+  }
+}
+
+TEST_CASE("async_waits_end_with_an_error_naming_what_they_waited_for") {
+  test::Workspace w;
+  // A reward command slower than the wait limit: no group finishes scoring in time.
+  auto r = w.run("addition_grpo.yaml",
+                 with(kAsync, {"train.steps=2", "async.max_staleness=1", "async.wait_timeout_s=0.5", "reward.kind=command",
+                               "reward.command=sleep 5", "reward.timeout_s=30"}),
+                 "slow");
+  CHECK(r.code == 1);
+  CHECK_MESSAGE(contains(r.err, "waited 0.5 s for the samples that train version 0"), r.err);
+  CHECK_MESSAGE(contains(r.err, "being scored"), r.err);
+  CHECK_MESSAGE(contains(r.err, "async.wait_timeout_s"), r.err);
+}
