@@ -161,6 +161,9 @@ class Trainer final : public runtime::Role {
       row.insert(row.end(), episodes.begin(), episodes.end());
       env_steps_ += steps;
       metrics_->push(env_steps_, row);
+      // The run's env steps so far (every rank trains on as many fragments per actor); no update
+      // past train.total_steps, however late the controller's stop arrives.
+      if (env_steps_ * c_.count("env_actor") / static_cast<int64_t>(actors_.size()) >= c_.total_steps) break;
     }
   }
 
