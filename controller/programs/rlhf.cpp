@@ -3,12 +3,13 @@
 // and the rows they make; this file holds the dataset and the dataflow, one step of which reads
 // top to bottom:
 //
-//   generate -> reward | old log-probs | ref log-probs | values -> advantages -> critic update
-//            -> actor update -> weight sync
+//   take a batch from the sample stream -> old log-probs -> advantages -> critic update
+//                                       -> actor update -> weight sync
 //
-// Stages that do not depend on each other are in flight together (split workers run them in
-// parallel). Generated sequences, log-probs, values and advantages stay on the workers that made
-// them (runtime::DataRef) and go worker to worker; the controller pulls only scores and lengths.
+// The stream (rlhf_stream.hpp) generates, scores and computes reference log-probs and values as
+// groups finish, within async.max_staleness versions of the trainer (0: synchronous). Generated
+// sequences, log-probs, values and advantages stay on the workers that made them
+// (runtime::DataRef) and go worker to worker; the controller pulls only scores and lengths.
 // SFT, reward-model training and offline DPO use the same workers without generation.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -286,28 +287,15 @@ class RlhfProgram final : public Program {
                    algorithms::Staleness(c_.async.max_staleness, 1).str(), c_.async.on_update, c_.async.objective);
   }
 
-  // Staleness of the batch (the trainer's version minus each group's oldest token's), the
-  // rollouts' counters and what the last weight sync cost.
+  // Staleness of the batch, the rollouts' counters and what the last weight sync cost.
   void log_stream(const SampleStream::Taken& taken, core::Scalars& row) {
-    int64_t most = 0;
-    double sum = 0;
-    std::map<int64_t, int64_t> hist;
-    for (const auto& g : taken.groups) {
-      const int64_t s = version_ - g.oldest;
-      most = std::max(most, s);
-      sum += static_cast<double>(s);
-      ++hist[s];
-    }
-    row.push_back({"async/staleness_mean", sum / static_cast<double>(taken.groups.size())});
-    row.push_back({"async/staleness_max", static_cast<double>(most)});
-    for (const auto& [s, count] : hist) row.push_back({"async/staleness_hist/" + std::to_string(s), static_cast<double>(count)});
+    const core::Scalars stale = taken.staleness(version_);
+    row.insert(row.end(), stale.begin(), stale.end());
     row.push_back({"async/actor_wait_s", taken.waited_s});
-    const core::Scalars counters = stream_->rollout_counters();
-    for (const auto& [k, v] : counters) {
+    for (const auto& [k, v] : stream_->rollout_counters()) {
       if (k == "rollout/tokens") {
-        const auto now = clock_type::now();
-        if (gen_tokens_at_ > 0) row.push_back({"perf/gen_tokens_per_s", (v - gen_tokens_) / std::max(seconds_since(gen_clock_), 1e-9)});
-        gen_tokens_ = v, gen_tokens_at_ = 1, gen_clock_ = now;
+        if (gen_clock_) row.push_back({"perf/gen_tokens_per_s", (v - gen_tokens_) / std::max(seconds_since(*gen_clock_), 1e-9)});
+        gen_tokens_ = v, gen_clock_ = clock_type::now();
       }
       row.push_back({k, v});
     }
@@ -507,8 +495,8 @@ class RlhfProgram final : public Program {
   Cluster* cluster_ = nullptr;
   std::unique_ptr<SampleStream> stream_;  // the training samples, for the algorithms that generate
   std::vector<Synced> last_sync_;         // what the last weight sync cost each rollout
-  double gen_tokens_ = 0, gen_tokens_at_ = 0;
-  clock_type::time_point gen_clock_;
+  double gen_tokens_ = 0;                         // the rollouts' token count at the last row
+  std::optional<clock_type::time_point> gen_clock_;  // and when it was logged
   int64_t version_ = 0, reward_errors_ = 0;
   double kl_coef_ = 0;
   algorithms::AdaptiveKl adaptive_kl_{0, 1, 1};

@@ -287,6 +287,22 @@ SampleStream::Taken SampleStream::take(int64_t version) {
   return out;
 }
 
+core::Scalars SampleStream::Taken::staleness(int64_t version) const {
+  int64_t most = 0;
+  double sum = 0;
+  std::map<int64_t, int64_t> hist;
+  for (const auto& g : groups) {
+    const int64_t s = version - g.oldest;
+    most = std::max(most, s);
+    sum += static_cast<double>(s);
+    ++hist[s];
+  }
+  core::Scalars out = {{"async/staleness_mean", groups.empty() ? 0.0 : sum / static_cast<double>(groups.size())},
+                       {"async/staleness_max", static_cast<double>(most)}};
+  for (const auto& [s, count] : hist) out.push_back({"async/staleness_hist/" + std::to_string(s), static_cast<double>(count)});
+  return out;
+}
+
 void SampleStream::drain() {
   wait_until(
       [&] {

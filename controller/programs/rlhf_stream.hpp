@@ -93,6 +93,9 @@ class SampleStream {
     double waited_s = 0;  // how long take() waited for it
     double reward_s = 0;  // the longest scoring of its collections, from collection to scores
     double ref_s = 0;     // the same for reference log-probs
+    // async/staleness_mean, _max and _hist/K: the trainer's `version` minus each group's oldest
+    // token's version.
+    core::Scalars staleness(int64_t version) const;
   };
 
   SampleStream(Roles roles, GroupLedger ledger, const actors::lm::Dataset& train, actors::lm::Sampler& sampler,
