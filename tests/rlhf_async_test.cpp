@@ -6,6 +6,8 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <map>
+#include <string>
 
 #include "core/fs.hpp"
 #include "core/safetensors.hpp"
@@ -109,4 +111,68 @@ TEST_CASE("async_waits_end_with_an_error_naming_what_they_waited_for") {
   CHECK_MESSAGE(contains(r.err, "waited 0.5 s for the samples that train version 0"), r.err);
   CHECK_MESSAGE(contains(r.err, "being scored"), r.err);
   CHECK_MESSAGE(contains(r.err, "async.wait_timeout_s"), r.err);
+}
+
+namespace {
+// A run's rows without wall-clock figures and the rollouts' live counters (snapshots taken when a
+// collection happened to return).
+std::map<int64_t, std::map<std::string, double>> trained_rows(const fs::path& run) {
+  auto rows = rows_of(run);
+  for (auto& [step, row] : rows)
+    for (auto it = row.begin(); it != row.end();) {
+      const std::string& k = it->first;
+      const bool live = k.rfind("timing_s/", 0) == 0 || k.rfind("perf/", 0) == 0 || k.rfind("rollout/", 0) == 0 ||
+                        k.rfind("transfer/", 0) == 0 || k == "async/actor_wait_s" || k == "async/sync_pause_s" ||
+                        k == "async/inflight_at_update";
+      it = live ? row.erase(it) : std::next(it);
+    }
+  return rows;
+}
+}  // namespace
+
+TEST_CASE("a_deterministic_async_run_repeats_bit_for_bit_from_its_schedule_and_across_a_resume") {
+  test::Workspace w;
+  const auto args = with(kAsync, {"async.max_staleness=2", "async.deterministic=true", "eval.every=2", "eval.at_start=true"});
+  w.run_ok("addition_grpo.yaml", args, {"train.steps=6"}, "recorded");
+  REQUIRE(fs::exists(w.path() / "recorded" / "schedule.json"));
+  const std::string schedule = "async.schedule=recorded/schedule.json";
+  w.run_ok("addition_grpo.yaml", args, {"train.steps=6", schedule}, "repeat");
+  const auto a = trained_rows(w.path() / "recorded"), b = trained_rows(w.path() / "repeat");
+  REQUIRE(a.size() == b.size());
+  CHECK(a == b);  // every loss, score, staleness and accuracy, bit for bit
+  // The recorded run was asynchronous for real: stale batches, and a stream of them.
+  double most = 0;
+  for (const auto& [step, row] : a)
+    if (row.count("async/staleness_max")) most = std::max(most, row.at("async/staleness_max"));
+  CHECK(most >= 1);
+
+  // Following the schedule, stopped at a checkpoint after step 2 and resumed to step 6.
+  w.run_ok("addition_grpo.yaml", args, {"train.steps=2", "checkpoint.every=2", schedule}, "resumed");
+  std::string yaml = core::read_file(w.path() / "resumed" / "config.yaml");
+  const size_t at = yaml.find("steps: 2");
+  REQUIRE(at != std::string::npos);
+  yaml.replace(at, 8, "steps: 6");
+  core::write_file_atomically(w.path() / "resumed" / "config.yaml", [&](std::ostream& o) { o << yaml; });
+  auto r = test::run_cli(kCli, {"resume", "-q", "resumed"}, w.path(), w.path());
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  const auto c = trained_rows(w.path() / "resumed");
+  REQUIRE(c.size() == a.size());
+  CHECK(c == a);
+
+  // What a schedule needs, said as config errors.
+  auto check = [&](std::vector<std::string> overrides, const std::string& expected) {
+    std::vector<std::string> v = {"validate", test::config("addition_grpo.yaml"), "model.path=init"};
+    for (const auto& o : with(kAsync, overrides)) v.push_back(o);
+    test::check_config_error(kCli, v, w.path(), expected);
+  };
+  check({"async.max_staleness=1", schedule}, "only with async.deterministic: true");
+  check({"async.max_staleness=1", "async.deterministic=true", "async.max_inflight=2"}, "leave max_inflight at 0");
+  check({"async.max_staleness=-1", "async.deterministic=true"}, "needs a staleness bound");
+  core::write_file_atomically(w.path() / "bad.json", [](std::ostream& o) { o << "{\"starts\": 3}"; });
+  auto bad = w.run("addition_grpo.yaml", with(kAsync, {"train.steps=1", "async.deterministic=true", "async.schedule=bad.json"}), "bad");
+  CHECK(bad.code != 0);
+  CHECK_MESSAGE(contains(bad.err, "bad.json: not a schedule recorded by an RLHF run"), bad.err);
+  auto missing = w.run("addition_grpo.yaml", with(kAsync, {"train.steps=1", "async.deterministic=true", "async.schedule=nope.json"}), "missing");
+  CHECK(missing.code == 2);
+  CHECK_MESSAGE(contains(missing.err, "nope.json does not exist"), missing.err);
 }

@@ -329,7 +329,7 @@ TEST_CASE("an_lm_rollout_pauses_mid_generation_takes_new_weights_while_paused_an
   core::Batch prompts;
   prompts.set("prompt_tokens", at::randint(0, 256, {4, 5}, at::kLong));
   prompts.set("prompt_len", at::full({4}, 5, at::kLong));
-  auto generating = rollout.call(actors::lm::Generate{.n = 2, .temperature = 1.0, .seed = 7, .stop = {}}, prompts);
+  auto generating = rollout.call(actors::lm::Generate{.n = 2, .temperature = 1.0, .seed = 7, .stop = {}, .width = 0}, prompts);
   auto tokens = [&] { return rollout.call(runtime::Poll{}).get().result().counter("rollout/tokens"); };
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   while (tokens() == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));

@@ -112,6 +112,11 @@ void read_async(core::ConfigView a, RlhfConfig& c) {
   x.is_cap = a.get<double>("is_cap", 5.0, core::greater_than(1.0));
   x.max_inflight = a.get<int64_t>("max_inflight", 0, core::at_least<int64_t>(0));
   x.deterministic = a.get<bool>("deterministic", false);
+  x.schedule = a.get<std::string>("schedule", "");
+  if (!x.schedule.empty() && !x.deterministic) a.fail("schedule", "a schedule is followed only with async.deterministic: true");
+  if (x.deterministic && x.max_inflight > 0) a.fail("max_inflight", "a deterministic run admits by the staleness bound alone; leave max_inflight at 0");
+  if (x.deterministic && x.max_staleness == AsyncConfig::kUnbounded)
+    a.fail("deterministic", "a deterministic run needs a staleness bound (max_staleness 0 or more)");
   x.wait_timeout_s = a.get<double>("wait_timeout_s", 600.0, core::greater_than(0.0));
   c.loss.off_policy = x.objective;
   c.loss.is_cap = x.is_cap;

@@ -34,7 +34,8 @@ struct AsyncConfig {
   std::string objective = "decoupled";  // decoupled (behaviour, proximal and current policies) or plain (PPO against the behaviour policy)
   double is_cap = 5.0;                  // the decoupled objective's cap on the behaviour importance weight
   int64_t max_inflight = 0;             // prompts generating at once per rollout worker; 0: as many as the bound admits
-  bool deterministic = false;           // record the schedule (group starts, sync landings) and replay it on resume
+  bool deterministic = false;           // rows of one width, so a run can be repeated from its schedule
+  std::string schedule;                 // with deterministic: the schedule.json of an earlier deterministic run, to repeat it
   double wait_timeout_s = 600;          // the longest any wait for samples may take before the run stops naming it
   bool overlaps() const { return max_staleness != 0; }
 };

@@ -24,7 +24,8 @@ struct Generate {
   int64_t top_k = 0, max_new_tokens = 0;  // 0: the config's
   uint64_t seed = 0;
   std::vector<int32_t> stop;
-  auto fields() { return std::tie(n, temperature, top_p, top_k, max_new_tokens, seed, stop); }
+  int64_t width = 0;  // rows padded to at least this many tokens (a deterministic run's fixed width)
+  auto fields() { return std::tie(n, temperature, top_p, top_k, max_new_tokens, seed, stop, width); }
 };
 
 // What a weight sync cost a rollout.
@@ -63,7 +64,8 @@ struct Submit {
   int64_t top_k = 0, max_new_tokens = 0;
   uint64_t seed = 0;  // unused: each prompt has its own
   std::vector<int32_t> stop;
-  auto fields() { return std::tie(n, temperature, top_p, top_k, max_new_tokens, seed, stop); }
+  int64_t width = 0;  // as Generate's
+  auto fields() { return std::tie(n, temperature, top_p, top_k, max_new_tokens, seed, stop, width); }
 };
 
 // Where the rollout's engine-step count starts (a resumed run's) and, with `replay`, the recorded

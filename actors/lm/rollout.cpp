@@ -10,10 +10,10 @@
 
 namespace flotilla::actors::lm {
 
-core::Batch sample_rows(const std::vector<Sample>& samples) {
+core::Batch sample_rows(const std::vector<Sample>& samples, int64_t width) {
   const int64_t B = static_cast<int64_t>(samples.size());
   if (B == 0) return {};
-  int64_t T = 1;
+  int64_t T = std::max<int64_t>(1, width);
   for (const auto& s : samples) T = std::max<int64_t>(T, static_cast<int64_t>(s.prompt->size() + s.tokens.size()));
   at::Tensor ids = at::zeros({B, T}, at::kLong), mask = at::zeros({B, T - 1}), lp = at::zeros({B, T - 1});
   at::Tensor versions = at::full({B, T - 1}, -1, at::kLong);
@@ -101,7 +101,7 @@ core::Batch generate(RolloutWeights& weights, const RlhfConfig& c, const Generat
   for (auto& s : gens)
     samples.push_back({&texts[static_cast<size_t>(s.request_id)], std::move(s.tokens), std::move(s.logprobs), std::move(s.versions),
                        s.finish_reason == "length", examples[s.request_id].item<int64_t>(), s.request_id, weights.version});
-  return sample_rows(samples);
+  return sample_rows(samples, g.width);
 }
 
 models::SamplingParams sampling_of(const RlhfConfig& c, double temperature, double top_p, int64_t top_k,

@@ -43,7 +43,7 @@ struct Sample {
 };
 // Samples as rows (the Generate method's output layout, with `group`, `admitted`,
 // `oldest_version` and `start_step`).
-core::Batch sample_rows(const std::vector<Sample>& samples);
+core::Batch sample_rows(const std::vector<Sample>& samples, int64_t width = 0);
 
 // The engine's sampling settings of a call (max_new_tokens 0: the config's).
 models::SamplingParams sampling_of(const RlhfConfig& c, double temperature, double top_p, int64_t top_k,

@@ -35,6 +35,7 @@ void RolloutStream::submit(const Submit& s, const core::Batch& rows) {
     x.seed = static_cast<uint64_t>(rows["seed"][p].item<int64_t>());
     x.sampling = sampling;
     x.n = static_cast<int>(s.n);
+    x.width = s.width;
     prompts.push_back(std::move(x));
   }
   {
@@ -264,7 +265,7 @@ void RolloutStream::publish(Running& r) {
     x.admitted = r.prompt.admitted;
     x.start_step = r.prompt.start_step;
   }
-  core::Batch group = sample_rows(r.done);
+  core::Batch group = sample_rows(r.done, r.prompt.width);
   {
     std::lock_guard lock(mutex_);
     done_.push_back(std::move(group));

@@ -61,6 +61,7 @@ class RolloutStream {
     uint64_t seed = 0;
     models::SamplingParams sampling;
     int n = 1;
+    int64_t width = 0;
   };
   // A group in the engine: its samples as they finish, and what a restart must resubmit.
   struct Running {

@@ -71,6 +71,8 @@ class RlhfProgram final : public Program {
     for (const auto& [key, path] : {std::pair<std::string, std::string>{"train", c_.data.train}, {"val", c_.data.val}})
       if (!path.empty() && !fs::exists(path))
         root.section("data").fail(key, path + " does not exist; make a synthetic set with `flotilla data make TASK --out " + path + "`");
+    if (!c_.async.schedule.empty() && !fs::exists(c_.async.schedule))
+      root.section("async").fail("schedule", c_.async.schedule + " does not exist; a deterministic run records its schedule as RUN_DIR/schedule.json");
     tokenizer_ = models::load_tokenizer(c_.tokenizer.empty() ? c_.model_path : c_.tokenizer);
     format_ = std::make_unique<Formatter>(c_.data, *tokenizer_);
     train_ = format_->load(c_.data.train, c_.data.train_kind);
@@ -128,6 +130,7 @@ class RlhfProgram final : public Program {
     result.summary.push_back({"data/prompts_truncated", static_cast<double>(train_.truncated + val_.truncated)});
     result.summary.push_back({"data/responses_truncated", static_cast<double>(train_.responses_truncated)});
     result.summary.push_back({"train_time_s", clock.seconds()});
+    if (stream_) save_schedule(ctx.dir);
     stream_.reset();
     cluster_ = nullptr;
     return result;
@@ -274,14 +277,33 @@ class RlhfProgram final : public Program {
                        c_.async.max_inflight, seed_ * 1000003);
     const bool saved = !resume_.is_null() && resume_.contains("stream");
     ledger.restore(saved ? resume_.at("stream") : json{{"submitted", start * c_.batch_size}, {"ready", json::array()}});
+    // A deterministic run's rows all have one width, so no computation depends on which groups
+    // happened to be collected together (a batch's width changes how sums over it round).
+    int64_t width = 0;
+    if (c_.async.deterministic)
+      for (const auto& e : train_.examples) width = std::max<int64_t>(width, static_cast<int64_t>(e.prompt.size()) + c_.max_new_tokens);
     const Submit sampling{.n = c_.group_size, .temperature = c_.temperature, .top_p = c_.top_p, .top_k = c_.top_k,
-                          .max_new_tokens = 0, .seed = 0, .stop = {format_->eos()}};
+                          .max_new_tokens = 0, .seed = 0, .stop = {format_->eos()}, .width = width};
     const SampleStream::Roles roles{&group("rollout"), &group("reward"), c_.needs_ref() ? &group("ref") : nullptr,
                                     c_.family.critic ? &group("critic") : nullptr};
     const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(c_.async.wait_timeout_s * 1000));
     stream_ = std::make_unique<SampleStream>(roles, std::move(ledger), train_, sampler, sampling, timeout);
     if (saved && stream_->ledger().ready() > 0)
       stream_->restore_ready(load_stream_rows(resume_dir_ / "stream.safetensors"));
+    // The schedule: recorded on from the checkpoint's, and followed when the config names one.
+    if (saved && resume_.contains("schedule")) stream_->schedule() = Schedule::from_json(resume_.at("schedule"), "the checkpoint");
+    std::vector<int64_t> from(static_cast<size_t>(group("rollout").size()), 0);
+    if (saved && resume_.contains("rollout_steps")) from = resume_.at("rollout_steps").get<std::vector<int64_t>>();
+    if (!c_.async.schedule.empty()) {
+      stream_->follow(Schedule::from_json(json::parse(core::read_file(c_.async.schedule)), c_.async.schedule), from);
+      spdlog::info("async: following the schedule in {}", c_.async.schedule);
+    } else if (saved) {
+      for (int r = 0; r < group("rollout").size(); ++r) {
+        Follow f;  // counts engine steps on from the checkpoint, so the recorded schedule goes on
+        f.from_step = from[static_cast<size_t>(r)];
+        group("rollout").call_on(r, f).get();
+      }
+    }
     if (c_.async.overlaps())
       spdlog::info("async: samples up to {} versions old, in-flight sequences {} at a weight sync, {} objective",
                    algorithms::Staleness(c_.async.max_staleness, 1).str(), c_.async.on_update, c_.async.objective);
@@ -363,12 +385,17 @@ class RlhfProgram final : public Program {
     }
     const auto synced = group("rollout").call(SyncWeights{version_, c_.async.on_update}, weights).get();
     last_sync_ = synced.ranks;
+    if (stream_) {
+      std::vector<int64_t>& steps = stream_->schedule().syncs[version_];
+      steps.clear();
+      for (const auto& s : synced.ranks) steps.push_back(s.step);
+    }
   }
 
   // Samples of the examples `indices` of `d`, kept by the rollout workers; every rank must have
   // generated with the actor's current version.
   DataRef generate(const Dataset& d, const std::vector<int64_t>& indices, int64_t n, double temperature, uint64_t seed) {
-    Generate g{.n = n, .temperature = temperature, .top_p = c_.top_p, .top_k = c_.top_k, .seed = seed, .stop = {format_->eos()}};
+    Generate g{.n = n, .temperature = temperature, .top_p = c_.top_p, .top_k = c_.top_k, .seed = seed, .stop = {format_->eos()}, .width = 0};
     auto r = group("rollout").call(g, Input(prompt_batch(d, indices))).get();
     for (const auto& v : r.ranks)
       if (v.version != version_)
@@ -437,6 +464,11 @@ class RlhfProgram final : public Program {
     if (stream_) {
       stream_->drain();
       manifest["stream"] = stream_->ledger().state();
+      manifest["schedule"] = stream_->schedule().to_json();
+      std::vector<int64_t> steps;
+      for (const auto& s : group("rollout").call(runtime::Poll{}).get().ranks) steps.push_back(static_cast<int64_t>(s.counter("rollout/step")));
+      manifest["rollout_steps"] = steps;
+      save_schedule(run_dir);
       const core::Batch ready = stream_->ready_rows();
       if (ready.size() > 0) {
         std::vector<std::pair<std::string, at::Tensor>> tensors;
@@ -469,6 +501,12 @@ class RlhfProgram final : public Program {
     const fs::path tok = c_.tokenizer.empty() ? c_.model_path : c_.tokenizer;
     fs::copy_file(fs::is_directory(tok) ? tok / "tokenizer.json" : tok, final_dir / "tokenizer.json", fs::copy_options::overwrite_existing);
     spdlog::info("final model: {}", final_dir.string());
+  }
+
+  // RUN_DIR/schedule.json: what async.schedule takes to repeat this run.
+  void save_schedule(const fs::path& run_dir) const {
+    const std::string text = stream_->schedule().to_json().dump();
+    core::write_file_atomically(run_dir / "schedule.json", [&](std::ostream& o) { o << text << "\n"; });
   }
 
   static core::Batch load_stream_rows(const fs::path& path) {

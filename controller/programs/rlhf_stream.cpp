@@ -12,6 +12,42 @@
 
 namespace flotilla::controller {
 
+// ---- schedule ----
+
+nlohmann::json Schedule::to_json() const {
+  nlohmann::json j = {{"starts", nlohmann::json::array()}, {"syncs", nlohmann::json::array()}, {"trained", nlohmann::json::array()}};
+  for (const auto& [group, at] : starts) j["starts"].push_back({group, at.first, at.second});
+  for (const auto& [version, steps] : syncs) j["syncs"].push_back({{"version", version}, {"steps", steps}});
+  for (const auto& [version, groups] : trained) j["trained"].push_back({{"version", version}, {"groups", groups}});
+  return j;
+}
+
+Schedule Schedule::from_json(const nlohmann::json& j, const std::string& source) {
+  try {
+    Schedule s;
+    for (const auto& x : j.at("starts")) s.starts[x.at(0).get<int64_t>()] = {x.at(1).get<int64_t>(), x.at(2).get<int64_t>()};
+    for (const auto& x : j.at("syncs")) s.syncs[x.at("version").get<int64_t>()] = x.at("steps").get<std::vector<int64_t>>();
+    for (const auto& x : j.at("trained")) s.trained[x.at("version").get<int64_t>()] = x.at("groups").get<std::vector<int64_t>>();
+    return s;
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(source + ": not a schedule recorded by an RLHF run (" + e.what() + ")");
+  }
+}
+
+actors::lm::Follow Schedule::follow(int rank, int64_t from_step) const {
+  actors::lm::Follow f;
+  f.from_step = from_step;
+  f.replay = true;
+  for (const auto& [group, at] : starts)
+    if (at.first == rank && at.second >= from_step) f.start_groups.push_back(group), f.start_steps.push_back(at.second);
+  for (const auto& [version, steps] : syncs)
+    if (rank < static_cast<int>(steps.size()) && steps[static_cast<size_t>(rank)] >= from_step)
+      f.sync_versions.push_back(version), f.sync_steps.push_back(steps[static_cast<size_t>(rank)]);
+  return f;
+}
+
+// ---- ledger ----
+
 GroupLedger::GroupLedger(algorithms::Staleness bound, int64_t n, int ranks, int64_t max_inflight, uint64_t base)
     : bound_(bound), n_(n), max_inflight_(max_inflight), ranks_(ranks), base_(base) {
   if (n < 1 || ranks < 1 || max_inflight < 0)
@@ -72,6 +108,14 @@ std::vector<GroupLedger::Group> GroupLedger::take(int64_t version) {
   std::vector<Group> rest;
   for (size_t i = 0; i < ready_.size(); ++i)
     if (!taken[i]) rest.push_back(ready_[i]);
+  ready_.swap(rest);
+  return out;
+}
+
+std::vector<GroupLedger::Group> GroupLedger::take_ids(const std::vector<int64_t>& ids) {
+  std::vector<Group> out, rest;
+  for (const auto& g : ready_) (std::find(ids.begin(), ids.end(), g.id) != ids.end() ? out : rest).push_back(g);
+  if (out.size() != ids.size()) return {};
   ready_.swap(rest);
   return out;
 }
@@ -177,12 +221,15 @@ bool SampleStream::pump() {
     moved = true;
     auto a = std::make_unique<Arrival>();
     a->rows = reply.data;
-    const core::Batch meta = a->rows.pull({"group", "oldest_version", "response_length", "truncated", "last"});
+    const core::Batch meta = a->rows.pull({"group", "oldest_version", "start_step", "response_length", "truncated", "last"});
     const at::Tensor g = meta["group"].contiguous(), o = meta["oldest_version"].contiguous();
     a->group_of_row.assign(g.data_ptr<int64_t>(), g.data_ptr<int64_t>() + g.numel());
     a->oldest_of_row.assign(o.data_ptr<int64_t>(), o.data_ptr<int64_t>() + o.numel());
     for (const char* f : {"response_length", "truncated", "last"}) a->lengths.set(f, meta[f]);
-    for (int64_t row = 0; row < a->rows.rows(); row += n) a->first_row[a->group_of_row[static_cast<size_t>(row)]] = row;
+    for (int64_t row = 0; row < a->rows.rows(); row += n) {
+      a->first_row[a->group_of_row[static_cast<size_t>(row)]] = row;
+      recorded_.starts[a->group_of_row[static_cast<size_t>(row)]] = {static_cast<int64_t>(r), meta["start_step"][row].item<int64_t>()};
+    }
     a->untaken = static_cast<int64_t>(a->first_row.size());
     const Input tokens = Input(a->rows.select({"tokens"})).grouped(n);
     a->score = roles_.reward->call(Score{.split = "train", .check = false},
@@ -243,10 +290,14 @@ SampleStream::Taken SampleStream::take(int64_t version) {
   wait_until(
       [&] {
         admit(version);  // a finished group may make room under the in-flight cap
-        out.groups = ledger_.take(version);
+        const auto scheduled = replay_ ? replay_->trained.find(version) : std::map<int64_t, std::vector<int64_t>>::const_iterator{};
+        if (replay_ && scheduled == replay_->trained.end())
+          throw Error("the schedule this run follows ends before version " + std::to_string(version));
+        out.groups = replay_ ? ledger_.take_ids(scheduled->second) : ledger_.take(version);
         return !out.groups.empty();
       },
       "the samples that train version " + std::to_string(version));
+  for (const auto& g : out.groups) recorded_.trained[version].push_back(g.id);
   std::map<int64_t, Arrival*> holder;
   for (auto& a : arrivals_)
     for (const auto& [group, row] : a->first_row) holder[group] = a.get();
@@ -301,6 +352,14 @@ core::Scalars SampleStream::Taken::staleness(int64_t version) const {
                        {"async/staleness_max", static_cast<double>(most)}};
   for (const auto& [s, count] : hist) out.push_back({"async/staleness_hist/" + std::to_string(s), static_cast<double>(count)});
   return out;
+}
+
+void SampleStream::follow(const Schedule& s, const std::vector<int64_t>& from_steps) {
+  if (from_steps.size() != polls_.size())
+    throw Error("a schedule is followed from " + std::to_string(from_steps.size()) + " rollout step counts, for " +
+                std::to_string(polls_.size()) + " rollout workers");
+  replay_ = s;
+  for (size_t r = 0; r < polls_.size(); ++r) roles_.rollout->call_on(static_cast<int>(r), s.follow(static_cast<int>(r), from_steps[r])).get();
 }
 
 void SampleStream::drain() {

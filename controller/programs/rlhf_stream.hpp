@@ -26,6 +26,21 @@
 
 namespace flotilla::controller {
 
+// A run's schedule: where each group started (rollout rank and engine step), before which engine
+// step each weight sync landed on each rollout, and which groups trained each version. Every run
+// records one (RUN_DIR/schedule.json); a run with `async.deterministic` and `async.schedule`
+// follows one, and then generates and trains as the recorded run did, bit for bit.
+struct Schedule {
+  std::map<int64_t, std::pair<int64_t, int64_t>> starts;  // group -> (rank, engine step)
+  std::map<int64_t, std::vector<int64_t>> syncs;          // version -> engine step, per rollout rank
+  std::map<int64_t, std::vector<int64_t>> trained;        // version -> its groups, in admission order
+
+  nlohmann::json to_json() const;
+  static Schedule from_json(const nlohmann::json& j, const std::string& source);
+  // What rollout `rank` follows, counting engine steps from `from_step`.
+  actors::lm::Follow follow(int rank, int64_t from_step) const;
+};
+
 class GroupLedger {
  public:
   struct Group {
@@ -46,6 +61,8 @@ class GroupLedger {
   // The groups that train `version` (as Staleness::pick chooses, by admission version), removed
   // from the ledger; empty when no batch can be taken yet.
   std::vector<Group> take(int64_t version);
+  // Exactly the groups `ids` (a schedule's), once all have finished; else empty.
+  std::vector<Group> take_ids(const std::vector<int64_t>& ids);
 
   int64_t submitted() const { return next_; }
   int64_t running() const { return static_cast<int64_t>(running_.size()); }
@@ -116,6 +133,10 @@ class SampleStream {
   void restore_ready(const core::Batch& rows);
 
   GroupLedger& ledger() { return ledger_; }
+  // What this run did so far (recorded as it goes), and a schedule to follow instead of timing:
+  // each rollout rank r counts its engine steps from from_steps[r].
+  Schedule& schedule() { return recorded_; }
+  void follow(const Schedule& s, const std::vector<int64_t>& from_steps);
   // Failed reward commands so far, and the rollouts' latest counters (rollout/idle_s, ...), summed.
   int64_t reward_errors() const { return reward_errors_; }
   core::Scalars rollout_counters() const;
@@ -136,6 +157,8 @@ class SampleStream {
   std::vector<core::Scalars> counters_;                                            // per rollout rank
   std::vector<std::unique_ptr<Arrival>> arrivals_;
   int64_t reward_errors_ = 0;
+  Schedule recorded_;
+  std::optional<Schedule> replay_;
 };
 
 }  // namespace flotilla::controller

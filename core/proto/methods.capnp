@@ -59,6 +59,7 @@ struct Sampling {
   maxNewTokens @4 :Int64;
   seed @5 :UInt64;
   stop @6 :List(Int32);        # stop tokens
+  width @7 :Int64;             # rows at least this many tokens wide (0: as wide as the longest)
 }
 
 # Advantage estimation over a step's samples.
