@@ -176,3 +176,36 @@ TEST_CASE("a_deterministic_async_run_repeats_bit_for_bit_from_its_schedule_and_a
   CHECK(missing.code == 2);
   CHECK_MESSAGE(contains(missing.err, "nope.json does not exist"), missing.err);
 }
+
+TEST_CASE("bench_rlhf_compares_variants_by_accuracy_against_wall_time") {
+  test::Workspace w;
+  std::vector<std::string> args = {"bench", "rlhf", test::config("addition_grpo.yaml"), "model.path=init", "data.train=data/train.jsonl",
+                                   "data.val=val.jsonl", "train.steps=2", "eval.every=1", "eval.n=8", "algo.batch_size=4",
+                                   "algo.group_size=4", "--out", "bench", "--json"};
+  auto with_variants = [&](std::vector<std::string> v) {
+    std::vector<std::string> a = args;
+    a.insert(a.end(), v.begin(), v.end());
+    return a;
+  };
+  auto r = test::run_cli(kCli, with_variants({"--variant", "sync:placement=split", "--variant", "s1:placement=split,async.max_staleness=1"}),
+                         w.path(), w.path());
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  const auto out = nlohmann::json::parse(r.out.substr(r.out.find('{')));
+  CHECK(out.at("baseline") == "sync");
+  REQUIRE(out.at("variants").size() == 2);
+  CHECK(out["variants"][0]["label"] == "sync");
+  CHECK(out["variants"][0]["mean_staleness"].get<double>() == 0.0);
+  CHECK(out["variants"][1]["mean_staleness"].get<double>() > 0.0);  // the s1 run was stale, the baseline not
+  CHECK(out["variants"][1]["median_step_s"].get<double>() > 0.0);
+  const fs::path runs = out.at("runs").get<std::string>();
+  const std::string curves = core::read_file(w.path() / runs / "curves.csv");
+  CHECK(contains(curves, "variant,step,wall_s,val_accuracy\nsync,0,"));
+  CHECK(contains(curves, "\ns1,2,"));
+  // Variants and baselines are checked before anything runs.
+  auto bad = test::run_cli(kCli, with_variants({"--variant", "placement=split"}), w.path(), w.path());
+  CHECK(bad.code == 2);
+  CHECK_MESSAGE(contains(bad.err, "LABEL:key=value"), bad.err);
+  auto base = test::run_cli(kCli, with_variants({"--variant", "a:seed=1", "--baseline", "b"}), w.path(), w.path());
+  CHECK(base.code == 2);
+  CHECK_MESSAGE(contains(base.err, "--baseline 'b' is not one of"), base.err);
+}

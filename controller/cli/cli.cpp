@@ -227,6 +227,18 @@ void add_bench_commands(CLI::App& app, Commands& commands) {
   bench_train_cmd->add_option("--out", train_args->out_dir, "where the runs go (default runs/bench)");
   bench_train_cmd->add_flag("--json", train_args->json, "print one JSON object");
 
+  auto rlhf_args = std::make_shared<controller::RlhfBenchArgs>();
+  auto* bench_rlhf_cmd = bench->add_subcommand(
+      "rlhf", "an RLHF config once per variant (e.g. synchronous and asynchronous): held-out accuracy against wall time");
+  bench_rlhf_cmd->add_option("config", rlhf_args->config, "experiment YAML file (program: rlhf)")->required()->check(CLI::ExistingFile);
+  bench_rlhf_cmd->add_option("overrides", rlhf_args->overrides, "key.path=value overrides for every variant");
+  bench_rlhf_cmd->add_option("--variant", rlhf_args->variants,
+                             "LABEL:key=value,... one run each, in order (e.g. s1:placement=split,async.max_staleness=1)")
+      ->required();
+  bench_rlhf_cmd->add_option("--baseline", rlhf_args->baseline, "the variant the others are compared with (default: the first)");
+  bench_rlhf_cmd->add_option("--out", rlhf_args->out_dir, "where the runs go (default runs/bench)");
+  bench_rlhf_cmd->add_flag("--json", rlhf_args->json, "print one JSON object");
+
   auto tok_args = std::make_shared<controller::TokenizeBenchArgs>();
   auto* bench_tok_cmd = bench->add_subcommand("tokenize", "tokenizer encoding throughput (MB per second) over a file");
   bench_tok_cmd->add_option("--tokenizer", tok_args->tokenizer, "tokenizer.json, model directory, encoder.json or bytes")
@@ -259,6 +271,7 @@ void add_bench_commands(CLI::App& app, Commands& commands) {
 
   commands.emplace_back(bench_env_cmd, [env_args] { return controller::bench_env(*env_args); });
   commands.emplace_back(bench_train_cmd, [train_args] { return controller::bench_train(*train_args); });
+  commands.emplace_back(bench_rlhf_cmd, [rlhf_args] { return controller::bench_rlhf(*rlhf_args); });
   commands.emplace_back(bench_tok_cmd, [tok_args] { return controller::bench_tokenize(*tok_args); });
   commands.emplace_back(bench_gen_cmd, [gen_args] { return controller::bench_generate(*gen_args); });
   commands.emplace_back(bench_stream_cmd, [stream_args] { return controller::bench_stream(*stream_args); });

@@ -44,6 +44,19 @@ struct TrainBenchArgs {
 // env steps and wall seconds to the stop condition.
 int bench_train(const TrainBenchArgs& args);
 
+struct RlhfBenchArgs {
+  std::string config;
+  std::vector<std::string> overrides;  // for every variant
+  std::vector<std::string> variants;   // "label:key=value,key=value"
+  std::string baseline;                // a variant's label; default the first
+  std::string out_dir = "runs/bench";
+  bool json = false;
+};
+// `flotilla bench rlhf`: runs an RLHF config once per variant and compares held-out accuracy
+// against wall time: each variant's final accuracy, step time, the trainer's share of a step spent
+// waiting for samples, staleness, and when it first reached the baseline's final accuracy.
+int bench_rlhf(const RlhfBenchArgs& args);
+
 struct StreamBenchArgs {
   int64_t bytes = 1 << 20;
   int64_t count = 1000;
