@@ -12,6 +12,7 @@
 #include "core/fs.hpp"
 #include "core/metrics.hpp"
 #include "support/cli.hpp"
+#include "support/processes.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace flotilla;
@@ -19,44 +20,11 @@ namespace fs = std::filesystem;
 
 namespace {
 using test::contains;
+using test::wait_until;
+using test::workers_of;
 const std::string kCli = FLOTILLA_TEST_CLI;
 const std::string kConfig = std::string(FLOTILLA_SOURCE_DIR) + "/configs/cartpole_ppo_distributed.yaml";
 
-// Pids of worker processes whose command line mentions `marker` (their run's name directory).
-std::vector<pid_t> workers_of(const std::string& marker) {
-  std::vector<pid_t> out;
-  for (const auto& e : fs::directory_iterator("/proc")) {
-    const std::string name = e.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::string cmd;
-    try {
-      cmd = core::read_file(e.path() / "cmdline");
-    } catch (...) {
-      continue;
-    }
-    for (char& c : cmd)
-      if (c == '\0') c = ' ';
-    if (contains(cmd, " worker ") && contains(cmd, marker)) {
-      std::string state;
-      try {
-        state = core::read_file(e.path() / "stat");
-      } catch (...) {
-        continue;
-      }
-      if (state.find(") Z") == std::string::npos) out.push_back(std::stoi(name));  // zombies are not running
-    }
-  }
-  return out;
-}
-
-bool wait_until(const std::function<bool()>& pred, double seconds) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return pred();
-}
 }  // namespace
 
 TEST_CASE("distributed_ppo_runs_a_short_job_end_to_end") {

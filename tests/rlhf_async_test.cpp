@@ -1,10 +1,13 @@
 // Asynchronous RLHF from the command line: runs under each staleness bound stay within it and use
 // it, the decoupled objective weights stale samples, a checkpoint keeps the finished groups not yet
-// trained, and a stream that stops delivering ends the run with an error naming the wait.
+// trained, a stream that stops delivering ends the run with an error naming the wait, a killed
+// rollout ends it naming the worker, a deterministic run repeats from its schedule, and `bench rlhf`
+// compares variants.
 #include <doctest/doctest.h>
 
 #include <nlohmann/json.hpp>
 
+#include <csignal>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -13,6 +16,7 @@
 #include "core/safetensors.hpp"
 #include "support/cli.hpp"
 #include "support/cli_checks.hpp"
+#include "support/processes.hpp"
 #include "support/rlhf_workspace.hpp"
 
 using namespace flotilla;
@@ -208,4 +212,31 @@ TEST_CASE("bench_rlhf_compares_variants_by_accuracy_against_wall_time") {
   auto base = test::run_cli(kCli, with_variants({"--variant", "a:seed=1", "--baseline", "b"}), w.path(), w.path());
   CHECK(base.code == 2);
   CHECK_MESSAGE(contains(base.err, "--baseline 'b' is not one of"), base.err);
+}
+
+TEST_CASE("async_run_fails_naming_a_killed_rollout_and_leaves_no_workers") {
+  test::Workspace w;
+  const std::string run = (w.path() / "r").string();
+  std::vector<std::string> args = {"run", "-q", test::config("addition_grpo.yaml"), "run.dir=r", "model.path=init", "train.steps=100000"};
+  for (const auto& a : with(kAsync, {"async.max_staleness=2"})) args.push_back(a);
+  test::CliProcess p(kCli, args, w.path(), w.path());
+  REQUIRE(test::wait_until([&] { return fs::exists(w.path() / "r" / "metrics.jsonl") && rows_of(w.path() / "r").size() >= 3; }, 120));
+  std::string victim;
+  for (pid_t pid : test::workers_of(run)) {
+    std::string cmd = core::read_file("/proc/" + std::to_string(pid) + "/cmdline");
+    for (char& c : cmd)
+      if (c == '\0') c = ' ';
+    if (contains(cmd, "--role rollout")) {
+      ::kill(pid, SIGKILL);
+      victim = "rollout/0";
+    }
+  }
+  REQUIRE_FALSE(victim.empty());
+  // The trainer was waiting on the stream, or soon is: the run ends, naming the dead worker.
+  auto r = p.wait(60);
+  CAPTURE(r.err);
+  CHECK(r.code == 1);
+  CHECK(contains(r.err, "worker rollout/0"));
+  CHECK(contains(r.err, "killed by signal 9"));
+  CHECK(test::wait_until([&] { return test::workers_of(run).empty(); }, 10));
 }
