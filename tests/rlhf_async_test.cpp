@@ -73,6 +73,16 @@ TEST_CASE("async_runs_stay_within_the_staleness_bound_and_use_it") {
     CHECK(rows.at(3).count("actor/behaviour_weight/mean") == (extra == "async.objective=plain" ? 0u : 1u));
     fs::remove_all(w.path() / "other");
   }
+  // Online DPO learns from the stale pairs as they are.
+  w.run_ok("addition_online_dpo.yaml", kAsync, {"train.steps=3", "async.max_staleness=1"}, "dpo");
+  const auto dpo = rows_of(w.path() / "dpo");
+  bool trained = false;
+  for (int64_t step = 1; step <= 3; ++step) {
+    REQUIRE(dpo.count(step));
+    CHECK(dpo.at(step).at("async/staleness_max") <= 1);
+    trained |= dpo.at(step).count("actor/dpo_loss") > 0;
+  }
+  CHECK(trained);
 }
 
 TEST_CASE("async_checkpoints_keep_the_finished_groups_and_resume_trains_them") {
