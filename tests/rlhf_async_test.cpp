@@ -201,7 +201,8 @@ TEST_CASE("bench_rlhf_compares_variants_by_accuracy_against_wall_time") {
     a.insert(a.end(), v.begin(), v.end());
     return a;
   };
-  auto r = test::run_cli(kCli, with_variants({"--variant", "sync:placement=split", "--variant", "s1:placement=split,async.max_staleness=1"}),
+  auto r = test::run_cli(kCli, with_variants({"--variant", "sync:placement=split,workers=[{role: actor, threads: 1}, {role: rollout}]",
+                                              "--variant", "s1:placement=split,async.max_staleness=1"}),
                          w.path(), w.path());
   REQUIRE_MESSAGE(r.code == 0, r.err);
   const auto out = nlohmann::json::parse(r.out.substr(r.out.find('{')));

@@ -9,7 +9,6 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
-#include <sstream>
 
 #include "controller/cli/commands.hpp"
 #include "controller/run/experiment.hpp"
@@ -27,15 +26,24 @@ struct Variant {
   std::vector<std::string> overrides;
 };
 
-// "label:key=value,key=value" (a value holds no comma).
+// "label:key=value,key=value"; commas inside [] or {} belong to a value (a YAML list or map).
 Variant parse_variant(const std::string& text) {
   const size_t colon = text.find(':');
-  if (colon == std::string::npos || colon == 0)
+  if (colon == std::string::npos || colon == 0 || text.find('=') < colon)
     throw ConfigError("--variant '" + text + "': write it as LABEL:key=value,key=value (e.g. s1:placement=split,async.max_staleness=1)");
   Variant v{text.substr(0, colon), {}};
-  std::stringstream rest(text.substr(colon + 1));
-  for (std::string item; std::getline(rest, item, ',');)
-    if (!item.empty()) v.overrides.push_back(item);
+  std::string item;
+  int depth = 0;
+  for (char ch : text.substr(colon + 1)) {
+    depth += (ch == '[' || ch == '{') - (ch == ']' || ch == '}');
+    if (ch == ',' && depth == 0) {
+      if (!item.empty()) v.overrides.push_back(item);
+      item.clear();
+    } else {
+      item += ch;
+    }
+  }
+  if (!item.empty()) v.overrides.push_back(item);
   return v;
 }
 
