@@ -73,6 +73,9 @@ struct GenerationEngine::Impl {
   int64_t blocks_for(int64_t positions) const { return (positions + config.block_size - 1) / config.block_size; }
 
   int64_t take_block() {
+    if (free.empty())
+      throw Error("the KV cache has no free block left (" + std::to_string(config.num_blocks) + " blocks of " +
+                  std::to_string(config.block_size) + " tokens, " + std::to_string(active.size()) + " sequences active)");
     const int64_t b = free.back();
     free.pop_back();
     refs[static_cast<size_t>(b)] = 1;
@@ -110,11 +113,26 @@ struct GenerationEngine::Impl {
     return s;
   }
 
+  // What the groups started but not yet spread still claim: their followers, and the blocks those
+  // will take (all but the shared prompt blocks).
+  std::pair<int64_t, int64_t> promised() const {
+    int64_t seqs = 0, blocks = 0;
+    for (const auto& s : active) {
+      if (s->followers == 0) continue;
+      const int64_t longest = static_cast<int64_t>(s->prompt_len) + s->sampling.max_new_tokens;
+      const int64_t shared = (static_cast<int64_t>(s->prompt_len) - 1) / config.block_size;
+      seqs += s->followers;
+      blocks += s->followers * (blocks_for(longest) - shared);
+    }
+    return {seqs, blocks};
+  }
+
   void admit() {
     while (!waiting.empty()) {
       const GenerationRequest& r = waiting.front();
-      if (static_cast<int64_t>(active.size()) + r.n > config.max_batch) return;
-      if (blocks_needed(r) > static_cast<int64_t>(free.size())) return;
+      const auto [seqs, blocks] = promised();
+      if (static_cast<int64_t>(active.size()) + seqs + r.n > config.max_batch) return;
+      if (blocks_needed(r) + blocks > static_cast<int64_t>(free.size())) return;
       const int64_t longest = static_cast<int64_t>(r.prompt.size()) + r.sampling.max_new_tokens;
       const bool group = r.n > 1 && r.resume.empty();
       for (int k = 0; k < (group ? 1 : r.n); ++k) {
@@ -303,5 +321,6 @@ std::vector<Generation> GenerationEngine::take_finished() {
 
 const EngineStats& GenerationEngine::stats() const { return impl_->stats; }
 int64_t GenerationEngine::free_blocks() const { return static_cast<int64_t>(impl_->free.size()); }
+int64_t GenerationEngine::active() const { return static_cast<int64_t>(impl_->active.size()) + impl_->promised().first; }
 
 }  // namespace flotilla::models

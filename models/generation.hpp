@@ -72,6 +72,8 @@ class GenerationEngine {
   std::vector<Generation> take_finished();
   const EngineStats& stats() const;
   int64_t free_blocks() const;
+  // Sequences being decoded, with the samples of started groups that have not spread yet.
+  int64_t active() const;
 
  private:
   struct Impl;

@@ -136,6 +136,28 @@ TEST_CASE("a_group_prefills_its_prompt_once_and_shares_its_blocks") {
   CHECK(engine.free_blocks() == c.num_blocks);
 }
 
+TEST_CASE("groups_start_only_when_their_samples_and_blocks_fit") {
+  models::CausalLm lm = spread_model();
+  // Groups of 4 samples, 6 prompt tokens and up to 10 new: 4 blocks per sample, 13 per group (the
+  // first prompt block shared). 20 blocks hold one group at a time, though after the first
+  // group's leader took its 4 the free count alone (16) would let the second in.
+  models::GenerationEngine tight(lm, {.block_size = 4, .num_blocks = 20, .max_batch = 16});
+  for (int64_t id = 0; id < 3; ++id) tight.submit(request(id, prompt_of(6, static_cast<int>(id)), 10, 1.0, 4));
+  const auto out = tight.run();  // the second group's followers would find no block left
+  CHECK(out.size() == 12);
+  CHECK(tight.free_blocks() == 20);
+  // max_batch counts the samples a group will spread into.
+  models::GenerationEngine narrow(lm, {.num_blocks = 256, .max_batch = 5});  // room for one group of 4, not two
+  for (int64_t id = 0; id < 3; ++id) narrow.submit(request(id, prompt_of(5, static_cast<int>(id)), 6, 1.0, 4));
+  int64_t most = 0, done = 0;
+  while (narrow.step()) {
+    most = std::max(most, narrow.active());
+    done += static_cast<int64_t>(narrow.take_finished().size());
+  }
+  CHECK(done == 12);
+  CHECK(most == 4);
+}
+
 TEST_CASE("continuous_batching_refills_finished_slots") {
   models::CausalLm lm = spread_model();
   models::GenerationEngine engine(lm, {.max_batch = 2});

@@ -99,8 +99,8 @@ void read_rollout(core::ConfigView rollout, RlhfConfig& c) {
   c.top_p = rollout.get<double>("top_p", 1.0, core::in_range(0.0, 1.0));
   c.top_k = rollout.get<int64_t>("top_k", 0, core::at_least<int64_t>(0));
   c.block_size = rollout.get<int64_t>("block_size", 16, core::in_range<int64_t>(1, 4096));
-  c.num_blocks = rollout.get<int64_t>("num_blocks", 1024, core::at_least<int64_t>(1));
-  c.max_batch = rollout.get<int64_t>("max_batch", 64, core::at_least<int64_t>(1));
+  c.num_blocks = rollout.get<int64_t>("num_blocks", 4096, core::at_least<int64_t>(1));
+  c.max_batch = rollout.get<int64_t>("max_batch", 256, core::at_least<int64_t>(1));
 }
 
 // async: checked against the algorithm and the placement, which decide whether it can overlap.

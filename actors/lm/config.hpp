@@ -66,7 +66,7 @@ struct RlhfConfig {
   int64_t max_new_tokens = 32;
   double temperature = 1.0, top_p = 1.0;
   int64_t top_k = 0;
-  int64_t block_size = 16, num_blocks = 1024, max_batch = 64;
+  int64_t block_size = 16, num_blocks = 4096, max_batch = 256;
   // async:
   AsyncConfig async;
   // workers:
