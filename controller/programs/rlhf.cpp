@@ -314,13 +314,14 @@ class RlhfProgram final : public Program {
     const core::Scalars stale = taken.staleness(version_);
     row.insert(row.end(), stale.begin(), stale.end());
     row.push_back({"async/actor_wait_s", taken.waited_s});
-    for (const auto& [k, v] : stream_->rollout_counters()) {
-      if (k == "rollout/tokens") {
-        if (gen_clock_) row.push_back({"perf/gen_tokens_per_s", (v - gen_tokens_) / std::max(seconds_since(*gen_clock_), 1e-9)});
-        gen_tokens_ = v, gen_clock_ = clock_type::now();
-      }
-      row.push_back({k, v});
-    }
+    // The rollouts' live counters, summed over ranks.
+    std::map<std::string, double> live;
+    for (const auto& s : group("rollout").call(runtime::Poll{}).get().ranks)
+      for (const char* k : {"rollout/tokens", "rollout/idle_s", "rollout/inflight", "rollout/queued"}) live[k] += s.counter(k);
+    const double tokens = live["rollout/tokens"];
+    if (gen_clock_) row.push_back({"perf/gen_tokens_per_s", (tokens - gen_tokens_) / std::max(seconds_since(*gen_clock_), 1e-9)});
+    gen_tokens_ = tokens, gen_clock_ = clock_type::now();
+    for (const auto& [k, v] : live) row.push_back({k, v});
     double pause = 0, inflight = 0;
     for (const auto& s : last_sync_) pause = std::max(pause, s.pause_s), inflight += static_cast<double>(s.inflight);
     if (!last_sync_.empty()) {

@@ -180,7 +180,6 @@ SampleStream::SampleStream(Roles roles, GroupLedger ledger, const actors::lm::Da
     : roles_(roles), ledger_(std::move(ledger)), train_(train), sampler_(sampler), sampling_(std::move(sampling)), timeout_(timeout) {
   if (!roles_.rollout || !roles_.reward) throw Error("a sample stream needs rollout and reward workers");
   polls_.resize(static_cast<size_t>(roles_.rollout->size()));
-  counters_.resize(polls_.size());
 }
 
 SampleStream::~SampleStream() = default;
@@ -216,7 +215,6 @@ bool SampleStream::pump() {
     if (!polls_[r]->ready()) continue;
     auto reply = polls_[r]->get();
     polls_[r].reset();
-    counters_[r] = reply.result().values;
     if (reply.data.empty() || reply.data.rows() == 0) continue;
     moved = true;
     auto a = std::make_unique<Arrival>();
@@ -407,13 +405,6 @@ void SampleStream::restore_ready(const core::Batch& rows) {
   a->complete = true;
   a->scored = a->arrived;
   arrivals_.push_back(std::move(a));
-}
-
-core::Scalars SampleStream::rollout_counters() const {
-  std::map<std::string, double> sum;
-  for (const auto& c : counters_)
-    for (const auto& [k, v] : c) sum[k] += v;
-  return core::Scalars(sum.begin(), sum.end());
 }
 
 }  // namespace flotilla::controller

@@ -137,9 +137,8 @@ class SampleStream {
   // each rollout rank r counts its engine steps from from_steps[r].
   Schedule& schedule() { return recorded_; }
   void follow(const Schedule& s, const std::vector<int64_t>& from_steps);
-  // Failed reward commands so far, and the rollouts' latest counters (rollout/idle_s, ...), summed.
+  // Responses scored 0 because the reward command failed, so far.
   int64_t reward_errors() const { return reward_errors_; }
-  core::Scalars rollout_counters() const;
 
  private:
   struct Arrival;  // one collection of finished groups, being scored
@@ -154,7 +153,6 @@ class SampleStream {
   actors::lm::Submit sampling_;
   std::chrono::milliseconds timeout_;
   std::vector<std::optional<runtime::Future<actors::lm::CollectGroups>>> polls_;  // one per rollout rank
-  std::vector<core::Scalars> counters_;                                            // per rollout rank
   std::vector<std::unique_ptr<Arrival>> arrivals_;
   int64_t reward_errors_ = 0;
   Schedule recorded_;
