@@ -206,59 +206,70 @@ void SampleStream::admit(int64_t version) {
 
 bool SampleStream::pump() {
   bool moved = false;
-  const int64_t n = sampling_.n;
-  for (size_t r = 0; r < polls_.size(); ++r) {
-    if (!polls_[r]) {
-      polls_[r] = roles_.rollout->call_on(static_cast<int>(r), CollectGroups{.milliseconds = 50});
-      continue;
-    }
-    if (!polls_[r]->ready()) continue;
-    auto reply = polls_[r]->get();
-    polls_[r].reset();
-    if (reply.data.empty() || reply.data.rows() == 0) continue;
-    moved = true;
-    auto a = std::make_unique<Arrival>();
-    a->rows = reply.data;
-    const core::Batch meta = a->rows.pull({"group", "oldest_version", "start_step", "response_length", "truncated", "last"});
-    const at::Tensor g = meta["group"].contiguous(), o = meta["oldest_version"].contiguous();
-    a->group_of_row.assign(g.data_ptr<int64_t>(), g.data_ptr<int64_t>() + g.numel());
-    a->oldest_of_row.assign(o.data_ptr<int64_t>(), o.data_ptr<int64_t>() + o.numel());
-    for (const char* f : {"response_length", "truncated", "last"}) a->lengths.set(f, meta[f]);
-    for (int64_t row = 0; row < a->rows.rows(); row += n) {
-      a->first_row[a->group_of_row[static_cast<size_t>(row)]] = row;
-      recorded_.starts[a->group_of_row[static_cast<size_t>(row)]] = {static_cast<int64_t>(r), meta["start_step"][row].item<int64_t>()};
-    }
-    a->untaken = static_cast<int64_t>(a->first_row.size());
-    const Input tokens = Input(a->rows.select({"tokens"})).grouped(n);
-    a->score = roles_.reward->call(Score{.split = "train", .check = false},
-                                   Input(a->rows.select({"tokens", "last", "response_length", "example"})).grouped(n));
-    if (roles_.ref) a->ref = roles_.ref->call(RefLogProbs{}, tokens);
-    if (roles_.critic) a->values = roles_.critic->call(CriticValues{}, tokens);
-    arrivals_.push_back(std::move(a));
-  }
+  for (size_t r = 0; r < polls_.size(); ++r) moved |= poll(r);
   const auto now = std::chrono::steady_clock::now();
-  for (auto& a : arrivals_) {
-    if (a->complete) continue;
-    if (!a->scored && a->score->ready()) a->scored = now;
-    if (!a->ref_done && a->ref && a->ref->ready()) a->ref_done = now;
-    if (!a->answered()) continue;
-    moved = true;
-    const auto scored = a->score->get();
-    for (const auto& rank : scored.ranks)
-      for (const auto& [k, v] : rank.values) reward_errors_ += static_cast<int64_t>(v);
-    a->scores = scored.batch["scores"].to(at::kFloat);
-    std::vector<DataRef> parts = {a->rows.select({"tokens", "response_mask", "rollout_log_prob", "token_version"})};
-    if (a->ref) parts.push_back(a->ref->get().data);
-    if (a->values) parts.push_back(a->values->get().data);
-    a->joined = DataRef::join(parts);
-    a->complete = true;
-    for (const auto& [group, row] : a->first_row) {
-      int64_t oldest = a->oldest_of_row[static_cast<size_t>(row)];
-      for (int64_t k = 1; k < n; ++k) oldest = std::min(oldest, a->oldest_of_row[static_cast<size_t>(row + k)]);
-      ledger_.finished(group, oldest);
-    }
-  }
+  for (auto& a : arrivals_) moved |= complete(*a, now);
   return moved;
+}
+
+// Rollout `rank`'s long poll: when it has answered, its finished groups go to be scored (and to
+// the reference and critic), and the next poll goes out.
+bool SampleStream::poll(size_t rank) {
+  auto& pending = polls_[rank];
+  if (!pending) {
+    pending = roles_.rollout->call_on(static_cast<int>(rank), CollectGroups{.milliseconds = 50});
+    return false;
+  }
+  if (!pending->ready()) return false;
+  auto reply = pending->get();
+  pending.reset();
+  if (reply.data.empty() || reply.data.rows() == 0) return false;
+  const int64_t n = sampling_.n;
+  auto a = std::make_unique<Arrival>();
+  a->rows = reply.data;
+  const core::Batch meta = a->rows.pull({"group", "oldest_version", "start_step", "response_length", "truncated", "last"});
+  const at::Tensor g = meta["group"].contiguous(), o = meta["oldest_version"].contiguous(), start = meta["start_step"].contiguous();
+  a->group_of_row.assign(g.data_ptr<int64_t>(), g.data_ptr<int64_t>() + g.numel());
+  a->oldest_of_row.assign(o.data_ptr<int64_t>(), o.data_ptr<int64_t>() + o.numel());
+  for (const char* f : {"response_length", "truncated", "last"}) a->lengths.set(f, meta[f]);
+  for (int64_t row = 0; row < a->rows.rows(); row += n) {
+    const int64_t group = a->group_of_row[static_cast<size_t>(row)];
+    a->first_row[group] = row;
+    recorded_.starts[group] = {static_cast<int64_t>(rank), start.data_ptr<int64_t>()[row]};
+  }
+  a->untaken = static_cast<int64_t>(a->first_row.size());
+  const Input tokens = Input(a->rows.select({"tokens"})).grouped(n);
+  a->score = roles_.reward->call(Score{.split = "train", .check = false},
+                                 Input(a->rows.select({"tokens", "last", "response_length", "example"})).grouped(n));
+  if (roles_.ref) a->ref = roles_.ref->call(RefLogProbs{}, tokens);
+  if (roles_.critic) a->values = roles_.critic->call(CriticValues{}, tokens);
+  arrivals_.push_back(std::move(a));
+  return true;
+}
+
+// A collection whose scores, reference log-probs and values have all come back: its rows are
+// joined and its groups are ready for the trainer.
+bool SampleStream::complete(Arrival& a, std::chrono::steady_clock::time_point now) {
+  if (a.complete) return false;
+  if (!a.scored && a.score->ready()) a.scored = now;
+  if (!a.ref_done && a.ref && a.ref->ready()) a.ref_done = now;
+  if (!a.answered()) return false;
+  const auto scored = a.score->get();
+  for (const auto& rank : scored.ranks)
+    for (const auto& [k, v] : rank.values) reward_errors_ += static_cast<int64_t>(v);
+  a.scores = scored.batch["scores"].to(at::kFloat);
+  std::vector<DataRef> parts = {a.rows.select({"tokens", "response_mask", "rollout_log_prob", "token_version"})};
+  if (a.ref) parts.push_back(a.ref->get().data);
+  if (a.values) parts.push_back(a.values->get().data);
+  a.joined = DataRef::join(parts);
+  a.complete = true;
+  const int64_t n = sampling_.n;
+  for (const auto& [group, row] : a.first_row) {
+    int64_t oldest = a.oldest_of_row[static_cast<size_t>(row)];
+    for (int64_t k = 1; k < n; ++k) oldest = std::min(oldest, a.oldest_of_row[static_cast<size_t>(row + k)]);
+    ledger_.finished(group, oldest);
+  }
+  return true;
 }
 
 void SampleStream::wait_until(const std::function<bool()>& done, const std::string& what) {

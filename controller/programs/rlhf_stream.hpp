@@ -143,6 +143,8 @@ class SampleStream {
  private:
   struct Arrival;  // one collection of finished groups, being scored
   bool pump();     // one round of polling; true when something moved
+  bool poll(size_t rank);
+  bool complete(Arrival& a, std::chrono::steady_clock::time_point now);
   void wait_until(const std::function<bool()>& done, const std::string& what);
   std::string state_str() const;
 
