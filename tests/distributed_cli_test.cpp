@@ -144,18 +144,7 @@ TEST_CASE("distributed_run_fails_naming_a_killed_worker_and_leaves_no_workers") 
   test::CliProcess p(kCli, {"run", "-q", kConfig, "train.total_steps=100000000", "stop.mean_return=100000", "run.dir=r"},
                      dir.path(), dir.path());
   REQUIRE(wait_until([&] { return workers_of(run).size() == 4; }, 60));
-  auto pids = workers_of(run);
-  std::string victim;
-  for (pid_t pid : pids) {
-    std::string cmd = core::read_file("/proc/" + std::to_string(pid) + "/cmdline");
-    for (char& c : cmd)
-      if (c == '\0') c = ' ';
-    if (contains(cmd, "--role policy_worker")) {
-      ::kill(pid, SIGKILL);
-      victim = "policy_worker/0";
-    }
-  }
-  REQUIRE_FALSE(victim.empty());
+  REQUIRE(test::kill_worker(run, "policy_worker"));
   auto r = p.wait(60);
   CAPTURE(r.err);
   CHECK(r.code == 1);

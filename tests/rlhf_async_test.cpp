@@ -98,12 +98,7 @@ TEST_CASE("async_checkpoints_keep_the_finished_groups_and_resume_trains_them") {
   CHECK(saved.at("scores").size(0) == 32);
   // Extend the run to 4 steps and resume: steps 3 and 4 train the saved groups (made by the
   // weights of versions 0 and 1, so at least one version old).
-  std::string yaml = core::read_file(w.path() / "half" / "config.yaml");
-  const size_t at = yaml.find("steps: 2");
-  REQUIRE(at != std::string::npos);
-  yaml.replace(at, 8, "steps: 4");
-  core::write_file_atomically(w.path() / "half" / "config.yaml", [&](std::ostream& o) { o << yaml; });
-  auto resumed = test::run_cli(kCli, {"resume", "-q", "half"}, w.path(), w.path());
+  auto resumed = w.resume_to("half", 2, 4);
   REQUIRE_MESSAGE(resumed.code == 0, resumed.err);
   const auto rows = rows_of(w.path() / "half");
   for (int64_t step : {3, 4}) {
@@ -162,12 +157,7 @@ TEST_CASE("a_deterministic_async_run_repeats_bit_for_bit_from_its_schedule_and_a
 
   // Following the schedule, stopped at a checkpoint after step 2 and resumed to step 6.
   w.run_ok("addition_grpo.yaml", args, {"train.steps=2", "checkpoint.every=2", schedule}, "resumed");
-  std::string yaml = core::read_file(w.path() / "resumed" / "config.yaml");
-  const size_t at = yaml.find("steps: 2");
-  REQUIRE(at != std::string::npos);
-  yaml.replace(at, 8, "steps: 6");
-  core::write_file_atomically(w.path() / "resumed" / "config.yaml", [&](std::ostream& o) { o << yaml; });
-  auto r = test::run_cli(kCli, {"resume", "-q", "resumed"}, w.path(), w.path());
+  auto r = w.resume_to("resumed", 2, 6);
   REQUIRE_MESSAGE(r.code == 0, r.err);
   const auto c = trained_rows(w.path() / "resumed");
   REQUIRE(c.size() == a.size());
@@ -232,17 +222,7 @@ TEST_CASE("async_run_fails_naming_a_killed_rollout_and_leaves_no_workers") {
   for (const auto& a : with(kAsync, {"async.max_staleness=2"})) args.push_back(a);
   test::CliProcess p(kCli, args, w.path(), w.path());
   REQUIRE(test::wait_until([&] { return fs::exists(w.path() / "r" / "metrics.jsonl") && rows_of(w.path() / "r").size() >= 3; }, 120));
-  std::string victim;
-  for (pid_t pid : test::workers_of(run)) {
-    std::string cmd = core::read_file("/proc/" + std::to_string(pid) + "/cmdline");
-    for (char& c : cmd)
-      if (c == '\0') c = ' ';
-    if (contains(cmd, "--role rollout")) {
-      ::kill(pid, SIGKILL);
-      victim = "rollout/0";
-    }
-  }
-  REQUIRE_FALSE(victim.empty());
+  REQUIRE(test::kill_worker(run, "rollout"));
   // The trainer was waiting on the stream, or soon is: the run ends, naming the dead worker.
   auto r = p.wait(60);
   CAPTURE(r.err);

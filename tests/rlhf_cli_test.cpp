@@ -169,16 +169,10 @@ TEST_CASE("rlhf_resume_continues_exactly_where_the_checkpoint_left_off") {
   w.run_ok("addition_grpo.yaml", args, {"train.steps=2"}, "half");
   CHECK(fs::exists(w.path() / "half" / "checkpoints" / "ckpt-2.json"));
   CHECK(fs::exists(w.path() / "half" / "checkpoints" / "step-2" / "actor" / "optimizer.safetensors"));
-  // Extend the run to 4 steps and resume it.
-  std::string yaml = core::read_file(w.path() / "half" / "config.yaml");
-  const size_t at = yaml.find("steps: 2");
-  REQUIRE(at != std::string::npos);
-  yaml.replace(at, 8, "steps: 4");
-  core::write_file_atomically(w.path() / "half" / "config.yaml", [&](std::ostream& o) { o << yaml; });
   const auto manifest = nlohmann::json::parse(core::read_file(w.path() / "half" / "checkpoints" / "ckpt-2.json"));
   const double trained_before = manifest.at("train_time_s").get<double>();
   CHECK(trained_before > 0);
-  auto resumed = test::run_cli(kCli, {"resume", "-q", "half"}, w.path(), w.path());
+  auto resumed = w.resume_to("half", 2, 4);  // extended to 4 steps
   REQUIRE_MESSAGE(resumed.code == 0, resumed.err);
   CHECK(test::summary_of(w.path() / "half")["train_time_s"].get<double>() > trained_before);  // counts on from the checkpoint
   auto a = rows_of(w.path() / "full"), b = rows_of(w.path() / "half");

@@ -2,6 +2,8 @@
 // The worker processes of a run, seen from a test, and waiting for a condition with a deadline.
 #include <sys/types.h>
 
+#include <csignal>
+
 #include <chrono>
 #include <filesystem>
 #include <functional>
@@ -49,4 +51,19 @@ inline bool wait_until(const std::function<bool()>& pred, double seconds) {
   }
   return pred();
 }
+// Kills (SIGKILL) the first worker of `marker`'s run whose command line has `--role ROLE`; returns
+// whether there was one.
+inline bool kill_worker(const std::string& marker, const std::string& role) {
+  for (pid_t pid : workers_of(marker)) {
+    std::string cmd = core::read_file("/proc/" + std::to_string(pid) + "/cmdline");
+    for (char& c : cmd)
+      if (c == '\0') c = ' ';
+    if (contains(cmd, "--role " + role + " ")) {
+      ::kill(pid, SIGKILL);
+      return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace flotilla::test

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cli.hpp"
+#include "core/fs.hpp"
 #include "cli_checks.hpp"
 #include "temp_dir.hpp"
 
@@ -35,6 +36,17 @@ struct Workspace {
     std::vector<std::string> args = {"run", "-q", config(file), "run.dir=" + run_dir, "model.path=init", "eval.n=8"};
     args.insert(args.end(), overrides.begin(), overrides.end());
     return run_cli(FLOTILLA_TEST_CLI, args, dir.path(), dir.path());
+  }
+  // Resumes `run_dir`'s run with train.steps raised from `from` to `to` in its config.yaml.
+  CliResult resume_to(const std::string& run_dir, int from, int to) const {
+    const std::filesystem::path config = dir.path() / run_dir / "config.yaml";
+    std::string yaml = core::read_file(config);
+    const std::string old = "steps: " + std::to_string(from);
+    const size_t at = yaml.find(old);
+    REQUIRE_MESSAGE(at != std::string::npos, "no '" << old << "' in " << config.string());
+    yaml.replace(at, old.size(), "steps: " + std::to_string(to));
+    core::write_file_atomically(config, [&](std::ostream& o) { o << yaml; });
+    return run_cli(FLOTILLA_TEST_CLI, {"resume", "-q", run_dir}, dir.path(), dir.path());
   }
   // A run that must succeed, with `extra` overrides after `overrides`.
   void run_ok(const std::string& file, std::vector<std::string> overrides, const std::vector<std::string>& extra,
