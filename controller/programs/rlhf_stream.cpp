@@ -274,15 +274,18 @@ bool SampleStream::complete(Arrival& a, std::chrono::steady_clock::time_point no
 
 void SampleStream::wait_until(const std::function<bool()>& done, const std::string& what) {
   auto progress = std::chrono::steady_clock::now();
+  auto nap = std::chrono::microseconds(250);  // doubles while nothing moves, up to 4 ms
   while (!done()) {
     if (pump()) {
       progress = std::chrono::steady_clock::now();
+      nap = std::chrono::microseconds(250);
       continue;
     }
     if (std::chrono::steady_clock::now() - progress > timeout_)
       throw TimeoutError("waited " + seconds_str(timeout_) + " for " + what + " without a group finishing: " + state_str() +
                          " (async.wait_timeout_s sets the limit)");
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    std::this_thread::sleep_for(nap);
+    nap = std::min(nap * 2, std::chrono::microseconds(4000));
   }
 }
 
