@@ -181,7 +181,8 @@ at::Tensor dpo_policy_loss(models::CausalLm& model, const core::Batch& micro, co
 at::Tensor ppo_policy_loss(models::CausalLm& model, const core::Batch& micro, const PolicyLossConfig& c, core::Scalars& stats) {
   const at::Tensor& mask = micro["response_mask"];
   const TokenLogProbs t = token_log_probs(model, micro);
-  at::Tensor old = micro["old_log_prob"], weight;
+  // Without old log-probs the batch is one optimizer step: the policy before it is this one.
+  at::Tensor old = micro.contains("old_log_prob") ? micro["old_log_prob"] : t.lp.detach(), weight;
   if (micro.contains("rollout_log_prob")) {
     const at::Tensor& behaviour = micro["rollout_log_prob"];
     if (c.off_policy == "plain") old = behaviour;

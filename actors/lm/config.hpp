@@ -81,6 +81,12 @@ struct RlhfConfig {
   static RlhfConfig read(core::ConfigView root);
   bool uses(const std::string& role) const;
   bool needs_ref() const { return family.reference || kl_coef > 0; }
+  // One optimizer step per batch (actor epochs and mini_batches 1) and no KL in the reward: the
+  // policy before the update is the one the update's forward pass runs, so its log-probs serve
+  // as the old (proximal) ones and no separate pass is needed.
+  bool reuses_log_probs() const {
+    return actor_optim.epochs == 1 && actor_optim.mini_batches == 1 && !(needs_ref() && kl_in == "reward");
+  }
   // The group that hosts `role` ("colocated" or the role itself).
   std::string group_of(const std::string& role) const;
   const Group& group(const std::string& name) const;

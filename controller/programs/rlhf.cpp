@@ -206,17 +206,22 @@ class RlhfProgram final : public Program {
     if (c_.reward.kind == "command") row.push_back({"reward/errors", static_cast<double>(stream_->reward_errors())});
     log_stream(taken, row);
 
-    // 2. old log-probs: the actor's weights now, before this update (the proximal policy)
+    // 2. old log-probs: the actor's weights now, before this update (the proximal policy). With
+    // one optimizer step per batch the update's own forward pass gives them (RlhfConfig::
+    // reuses_log_probs), and this pass is skipped.
     auto t = clock_type::now();
     const DataRef& samples = taken.rows;
-    auto old_lp = group("actor").call(ActorLogProbs{}, Input(samples.select({"tokens"})).grouped(n)).get();
-    row.push_back({"timing_s/old_log_prob", seconds_since(t)});
     std::vector<std::string> kept = {"tokens", "response_mask"};
     for (const char* f : {"ref_log_prob", "values"})
       if (samples.contains(f)) kept.push_back(f);
     // Samples made by older weights carry the rollout's log-probs into the loss (async.objective).
     if (c_.async.overlaps()) kept.push_back("rollout_log_prob");
-    DataRef joined = DataRef::join({samples.select(kept), old_lp.data});
+    DataRef joined = samples.select(kept);
+    if (!c_.reuses_log_probs()) {
+      auto old_lp = group("actor").call(ActorLogProbs{}, Input(samples.select({"tokens"})).grouped(n)).get();
+      row.push_back({"timing_s/old_log_prob", seconds_since(t)});
+      joined = DataRef::join({joined, old_lp.data});
+    }
     at::Tensor scores = taken.scores;
     const core::Batch& lengths = taken.lengths;
 
@@ -243,9 +248,11 @@ class RlhfProgram final : public Program {
     // or as a loss), kept there for the updates
     core::Batch s;
     s.set("scores", scores);
-    std::vector<std::string> fields = {"response_mask", "old_log_prob"};
-    for (const char* f : {"ref_log_prob", "values"})
+    std::vector<std::string> fields = {"response_mask"};
+    // The KL to the reference goes into the reward from the old log-probs.
+    for (const char* f : {"old_log_prob", "values"})
       if (joined.contains(f)) fields.push_back(f);
+    if (joined.contains("old_log_prob") && joined.contains("ref_log_prob")) fields.push_back("ref_log_prob");
     auto adv = group("actor").call(EstimateAdvantages{kl_coef_}, DataRef::join({joined.select(fields), DataRef::of(s)})).get();
     row.insert(row.end(), adv.result().values.begin(), adv.result().values.end());
     row.push_back({"actor/kl_coef", kl_coef_});
@@ -263,8 +270,8 @@ class RlhfProgram final : public Program {
       row.insert(row.end(), stats.result().values.begin(), stats.result().values.end());
       row.push_back({"timing_s/update_critic", seconds_since(t)});
     }
-    std::vector<std::string> actor_fields = {"tokens", "response_mask", "old_log_prob"};
-    for (const char* f : {"ref_log_prob", "rollout_log_prob"})
+    std::vector<std::string> actor_fields = {"tokens", "response_mask"};
+    for (const char* f : {"old_log_prob", "ref_log_prob", "rollout_log_prob"})
       if (joined.contains(f)) actor_fields.push_back(f);
     update_actor(DataRef::join({joined.select(actor_fields), adv.data.select({"advantages"})}), step, n, row);
     return tokens_processed;
