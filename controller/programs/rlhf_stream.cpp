@@ -157,7 +157,7 @@ using runtime::Input;
 
 struct SampleStream::Arrival {
   DataRef rows;  // as collected, kept on the rollout
-  std::vector<int64_t> group_of_row, oldest_of_row;
+  std::vector<int64_t> group_of_row, oldest_of_row, start_of_row;
   core::Batch lengths;
   std::optional<runtime::Future<Score>> score;
   std::optional<runtime::Future<RefLogProbs>> ref;
@@ -224,27 +224,56 @@ bool SampleStream::poll(size_t rank) {
   auto reply = pending->get();
   pending.reset();
   if (reply.data.empty() || reply.data.rows() == 0) return false;
-  const int64_t n = sampling_.n;
-  auto a = std::make_unique<Arrival>();
-  a->rows = reply.data;
-  const core::Batch meta = a->rows.pull({"group", "oldest_version", "start_step", "response_length", "truncated", "last"});
-  const at::Tensor g = meta["group"].contiguous(), o = meta["oldest_version"].contiguous(), start = meta["start_step"].contiguous();
-  a->group_of_row.assign(g.data_ptr<int64_t>(), g.data_ptr<int64_t>() + g.numel());
-  a->oldest_of_row.assign(o.data_ptr<int64_t>(), o.data_ptr<int64_t>() + o.numel());
-  for (const char* f : {"response_length", "truncated", "last"}) a->lengths.set(f, meta[f]);
-  for (int64_t row = 0; row < a->rows.rows(); row += n) {
-    const int64_t group = a->group_of_row[static_cast<size_t>(row)];
-    a->first_row[group] = row;
-    recorded_.starts[group] = {static_cast<int64_t>(rank), start.data_ptr<int64_t>()[row]};
+  auto a = arrival_of(reply.data);
+  for (const auto& [group, row] : a->first_row)
+    recorded_.starts[group] = {static_cast<int64_t>(rank), a->start_of_row[static_cast<size_t>(row)]};
+  // Synchronous (max_staleness 0): a step's groups are scored together once all are back, as one
+  // batch in admission order, as the synchronous dataflow scored them. Reference log-probs and
+  // values round differently in other batches, and Adam can turn rounding into different updates.
+  if (ledger_.bound().max() == 0) {
+    held_.push_back(std::move(a));
+    int64_t back = 0;
+    for (const auto& h : held_) back += static_cast<int64_t>(h->first_row.size());
+    if (back < ledger_.running()) return true;
+    std::map<int64_t, std::pair<Arrival*, int64_t>> by_group;
+    for (const auto& h : held_)
+      for (const auto& [group, row] : h->first_row) by_group[group] = {h.get(), row};
+    std::vector<DataRef> rows;
+    for (const auto& [group, at] : by_group) rows.push_back(at.first->rows.slice(at.second, at.second + sampling_.n));
+    a = arrival_of(DataRef::concat(rows));
+    held_.clear();
   }
-  a->untaken = static_cast<int64_t>(a->first_row.size());
-  const Input tokens = Input(a->rows.select({"tokens"})).grouped(n);
-  a->score = roles_.reward->call(Score{.split = "train", .check = false},
-                                 Input(a->rows.select({"tokens", "last", "response_length", "example"})).grouped(n));
-  if (roles_.ref) a->ref = roles_.ref->call(RefLogProbs{}, tokens);
-  if (roles_.critic) a->values = roles_.critic->call(CriticValues{}, tokens);
+  issue(*a);
   arrivals_.push_back(std::move(a));
   return true;
+}
+
+std::unique_ptr<SampleStream::Arrival> SampleStream::arrival_of(const DataRef& rows) const {
+  const int64_t n = sampling_.n;
+  auto a = std::make_unique<Arrival>();
+  a->rows = rows;
+  const core::Batch meta = a->rows.pull({"group", "oldest_version", "start_step", "response_length", "truncated", "last"});
+  auto vec = [&](const char* f) {
+    const at::Tensor t = meta[f].contiguous();
+    return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+  };
+  a->group_of_row = vec("group");
+  a->oldest_of_row = vec("oldest_version");
+  a->start_of_row = vec("start_step");
+  for (const char* f : {"response_length", "truncated", "last"}) a->lengths.set(f, meta[f]);
+  for (int64_t row = 0; row < a->rows.rows(); row += n) a->first_row[a->group_of_row[static_cast<size_t>(row)]] = row;
+  a->untaken = static_cast<int64_t>(a->first_row.size());
+  return a;
+}
+
+void SampleStream::issue(Arrival& a) {
+  const int64_t n = sampling_.n;
+  const Input tokens = Input(a.rows.select({"tokens"})).grouped(n);
+  a.score = roles_.reward->call(Score{.split = "train", .check = false},
+                                Input(a.rows.select({"tokens", "last", "response_length", "example"})).grouped(n));
+  if (roles_.ref) a.ref = roles_.ref->call(RefLogProbs{}, tokens);
+  if (roles_.critic) a.values = roles_.critic->call(CriticValues{}, tokens);
+  a.arrived = std::chrono::steady_clock::now();
 }
 
 // A collection whose scores, reference log-probs and values have all come back: its rows are
@@ -290,9 +319,13 @@ void SampleStream::wait_until(const std::function<bool()>& done, const std::stri
 }
 
 std::string SampleStream::state_str() const {
-  int64_t scoring = 0;
+  int64_t scoring = 0, held = 0;
   for (const auto& a : arrivals_) scoring += a->complete ? 0 : static_cast<int64_t>(a->first_row.size());
-  return std::to_string(ledger_.running()) + " groups admitted and not back from the rollout workers, " + std::to_string(scoring) +
+  for (const auto& a : held_) held += static_cast<int64_t>(a->first_row.size());
+  // The ledger counts a group as running until it is scored.
+  const int64_t generating = ledger_.running() - scoring - held;
+  return std::to_string(generating) + " groups admitted and not back from the rollout workers, " +
+         (held > 0 ? std::to_string(held) + " back and waiting for the rest of their step, " : "") + std::to_string(scoring) +
          " being scored, " + std::to_string(ledger_.ready()) + " ready";
 }
 

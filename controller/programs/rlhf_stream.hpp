@@ -144,6 +144,8 @@ class SampleStream {
   struct Arrival;  // one collection of finished groups, being scored
   bool pump();     // one round of polling; true when something moved
   bool poll(size_t rank);
+  std::unique_ptr<Arrival> arrival_of(const runtime::DataRef& rows) const;  // its groups, read from the rows
+  void issue(Arrival& a);                                                  // scoring, reference, values
   bool complete(Arrival& a, std::chrono::steady_clock::time_point now);
   void wait_until(const std::function<bool()>& done, const std::string& what);
   std::string state_str() const;
@@ -156,6 +158,7 @@ class SampleStream {
   std::chrono::milliseconds timeout_;
   std::vector<std::optional<runtime::Future<actors::lm::CollectGroups>>> polls_;  // one per rollout rank
   std::vector<std::unique_ptr<Arrival>> arrivals_;
+  std::vector<std::unique_ptr<Arrival>> held_;  // synchronous: collected, waiting for the rest of the step
   int64_t reward_errors_ = 0;
   Schedule recorded_;
   std::optional<Schedule> replay_;
