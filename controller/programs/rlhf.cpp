@@ -400,27 +400,17 @@ class RlhfProgram final : public Program {
     }
   }
 
-  // Samples of the examples `indices` of `d`, kept by the rollout workers; every rank must have
-  // generated with the actor's current version.
-  DataRef generate(const Dataset& d, const std::vector<int64_t>& indices, int64_t n, double temperature, uint64_t seed) {
-    Generate g{.n = n, .temperature = temperature, .top_p = c_.top_p, .top_k = c_.top_k, .seed = seed, .stop = {format_->eos()}, .width = 0};
-    auto r = group("rollout").call(g, Input(prompt_batch(d, indices))).get();
+  // Greedy answers to the first `n` held-out prompts, kept by the rollout workers; every rank must
+  // have generated with the actor's current version.
+  DataRef greedy_answers(size_t n) {
+    std::vector<int64_t> indices(n);
+    for (size_t i = 0; i < n; ++i) indices[i] = static_cast<int64_t>(i);
+    const Generate g{.n = 1, .temperature = 0.0, .top_p = c_.top_p, .top_k = c_.top_k, .seed = 0, .stop = {format_->eos()}, .width = 0};
+    auto r = group("rollout").call(g, Input(prompt_batch(val_, indices))).get();
     for (const auto& v : r.ranks)
       if (v.version != version_)
         throw Error("a rollout worker generated with weights of version " + std::to_string(v.version) + ", not " + std::to_string(version_));
     return r.data;
-  }
-
-  // Scores of generated rows, from the reward workers; failed reward commands are counted.
-  at::Tensor score(const DataRef& samples, const std::string& split, bool check, int64_t n, core::Scalars& row) {
-    const Input rows = Input(samples.select({"tokens", "last", "response_length", "example"})).grouped(n);
-    auto r = group("reward").call(Score{split, check}, rows).get();
-    if (!check && c_.reward.kind == "command") {
-      for (const auto& s : r.ranks)
-        for (const auto& [k, v] : s.values) reward_errors_ += static_cast<int64_t>(v);
-      row.push_back({"reward/errors", static_cast<double>(reward_errors_)});
-    }
-    return r.batch["scores"].to(at::kFloat);
   }
 
   // ---- evaluation: greedy answers to held-out prompts, or reward-model accuracy on held-out pairs ----
@@ -439,12 +429,10 @@ class RlhfProgram final : public Program {
       const at::Tensor s = group("actor").call(RewardHeadScores{}, pairs).get().batch["scores"];
       row.push_back({"val/accuracy", (s.slice(0, 0, {}, 2) > s.slice(0, 1, {}, 2)).to(at::kDouble).mean().item<double>()});
     } else {
-      std::vector<int64_t> indices(n);
-      for (size_t i = 0; i < n; ++i) indices[i] = static_cast<int64_t>(i);
-      const DataRef samples = generate(val_, indices, 1, 0.0, 0);
+      const DataRef samples = greedy_answers(n);
       // Accuracy is the task's own check (exact or numeric match), whatever the training reward.
-      core::Scalars ignored;
-      const at::Tensor s = score(samples, "val", true, 1, ignored);
+      const Input rows(samples.select({"tokens", "last", "response_length", "example"}));
+      const at::Tensor s = group("reward").call(Score{"val", true}, rows).get().batch["scores"].to(at::kFloat);
       row.push_back({"val/accuracy", (s > 0.5).to(at::kDouble).mean().item<double>()});
       row.push_back({"val/response_length", samples.pull({"response_length"})["response_length"].to(at::kDouble).mean().item<double>()});
     }
@@ -543,7 +531,7 @@ class RlhfProgram final : public Program {
   std::vector<Synced> last_sync_;         // what the last weight sync cost each rollout
   double gen_tokens_ = 0;                         // the rollouts' token count at the last row
   std::optional<clock_type::time_point> gen_clock_;  // and when it was logged
-  int64_t version_ = 0, reward_errors_ = 0;
+  int64_t version_ = 0;
   double kl_coef_ = 0;
   algorithms::AdaptiveKl adaptive_kl_{0, 1, 1};
 };
