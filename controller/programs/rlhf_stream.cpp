@@ -235,12 +235,7 @@ bool SampleStream::poll(size_t rank) {
     int64_t back = 0;
     for (const auto& h : held_) back += static_cast<int64_t>(h->first_row.size());
     if (back < ledger_.running()) return true;
-    std::map<int64_t, std::pair<Arrival*, int64_t>> by_group;
-    for (const auto& h : held_)
-      for (const auto& [group, row] : h->first_row) by_group[group] = {h.get(), row};
-    std::vector<DataRef> rows;
-    for (const auto& [group, at] : by_group) rows.push_back(at.first->rows.slice(at.second, at.second + sampling_.n));
-    a = arrival_of(DataRef::concat(rows));
+    a = merge_held();
     held_.clear();
   }
   issue(*a);
@@ -264,6 +259,33 @@ std::unique_ptr<SampleStream::Arrival> SampleStream::arrival_of(const DataRef& r
   for (int64_t row = 0; row < a->rows.rows(); row += n) a->first_row[a->group_of_row[static_cast<size_t>(row)]] = row;
   a->untaken = static_cast<int64_t>(a->first_row.size());
   return a;
+}
+
+// The held collections as one, their groups in admission order (what was read from each is
+// reused, not fetched again).
+std::unique_ptr<SampleStream::Arrival> SampleStream::merge_held() const {
+  const int64_t n = sampling_.n;
+  std::map<int64_t, std::pair<const Arrival*, int64_t>> by_group;
+  for (const auto& h : held_)
+    for (const auto& [group, row] : h->first_row) by_group[group] = {h.get(), row};
+  auto m = std::make_unique<Arrival>();
+  std::vector<DataRef> rows;
+  std::map<std::string, std::vector<at::Tensor>> lengths;
+  for (const auto& [group, at] : by_group) {
+    const auto& [h, first] = at;
+    rows.push_back(h->rows.slice(first, first + n));
+    m->first_row[group] = static_cast<int64_t>(m->group_of_row.size());
+    for (int64_t k = first; k < first + n; ++k) {
+      m->group_of_row.push_back(h->group_of_row[static_cast<size_t>(k)]);
+      m->oldest_of_row.push_back(h->oldest_of_row[static_cast<size_t>(k)]);
+      m->start_of_row.push_back(h->start_of_row[static_cast<size_t>(k)]);
+    }
+    for (const char* f : {"response_length", "truncated", "last"}) lengths[f].push_back(h->lengths[f].slice(0, first, first + n));
+  }
+  m->rows = DataRef::concat(rows);
+  for (auto& [f, parts] : lengths) m->lengths.set(f, at::cat(parts));
+  m->untaken = static_cast<int64_t>(m->first_row.size());
+  return m;
 }
 
 void SampleStream::issue(Arrival& a) {

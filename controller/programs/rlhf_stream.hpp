@@ -145,7 +145,8 @@ class SampleStream {
   bool pump();     // one round of polling; true when something moved
   bool poll(size_t rank);
   std::unique_ptr<Arrival> arrival_of(const runtime::DataRef& rows) const;  // its groups, read from the rows
-  void issue(Arrival& a);                                                  // scoring, reference, values
+  std::unique_ptr<Arrival> merge_held() const;
+  void issue(Arrival& a);  // scoring, reference, values
   bool complete(Arrival& a, std::chrono::steady_clock::time_point now);
   void wait_until(const std::function<bool()>& done, const std::string& what);
   std::string state_str() const;
