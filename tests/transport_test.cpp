@@ -292,15 +292,22 @@ TEST_CASE("name_service_ttl_expiry_keepalive_list_and_wait_timeout") {
     CHECK(key == "flotilla/exp/t1/workers/trainer/0/rpc");
     ns->put(key, "tcp://127.0.0.1:5555");
     CHECK(ns->get(key).value() == "tcp://127.0.0.1:5555");
-    ns->put(core::names::worker_rpc("exp", "t1", "actor", 0), "a0", 80ms);
-    ns->put(core::names::worker_rpc("exp", "t1", "actor", 1), "a1", 80ms);
+    const std::string a0 = core::names::worker_rpc("exp", "t1", "actor", 0), a1 = core::names::worker_rpc("exp", "t1", "actor", 1);
+    ns->put(a0, "a0", 300ms);
+    ns->put(a1, "a1", 300ms);
     CHECK(ns->list("flotilla/exp/t1/workers/actor/").size() == 2);
-    std::this_thread::sleep_for(50ms);
-    CHECK(ns->keepalive(core::names::worker_rpc("exp", "t1", "actor", 1)));
-    std::this_thread::sleep_for(50ms);
-    // actor 0 was not renewed and lapsed; actor 1 was.
-    CHECK_FALSE(ns->get(core::names::worker_rpc("exp", "t1", "actor", 0)).has_value());
-    CHECK(ns->get(core::names::worker_rpc("exp", "t1", "actor", 1)).value() == "a1");
+    // Actor 1 renews its lease every few milliseconds, actor 0 never: wait for actor 0's to lapse
+    // (no guess at how long a loaded machine takes), then actor 1's must still stand.
+    bool renewed = true;
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (ns->get(a0).has_value() && std::chrono::steady_clock::now() < deadline) {
+      renewed &= ns->keepalive(a1);
+      std::this_thread::sleep_for(5ms);
+    }
+    renewed &= ns->keepalive(a1);
+    CHECK(renewed);
+    CHECK_FALSE(ns->get(a0).has_value());
+    CHECK(ns->get(a1).value() == "a1");
     CHECK_FALSE(ns->keepalive(core::names::worker_rpc("exp", "t1", "actor", 0)));
     ns->remove(key);
     CHECK_FALSE(ns->get(key).has_value());
