@@ -63,18 +63,48 @@ struct Share {
   double rows = 1, tokens = 1;
 };
 
+// The mini-batch's row groups ordered by their longest row (a stable sort), so that the rows of
+// a micro-batch have similar lengths and each micro-batch can be cut to its own longest row:
+// with long-tailed responses, most rows are far shorter than the batch's longest.
+core::Batch by_length(const core::Batch& mini, int64_t row_group) {
+  if (!mini.contains("last") || mini.size() <= row_group) return mini;
+  const at::Tensor longest = std::get<0>(mini["last"].reshape({-1, row_group}).max(1));
+  at::Tensor order = std::get<1>(longest.sort(/*stable=*/true, 0, /*descending=*/false));
+  if (row_group > 1) order = (order.unsqueeze(1) * row_group + at::arange(row_group, at::kLong)).reshape({-1});
+  return mini.index(order);
+}
+
+// `part` without the columns past its longest row (`last` is a row's last token). Its
+// per-position fields are as wide as the tokens or, at log-prob positions, one column narrower;
+// both are cut. Padding is on the right, so no row loses a token.
+core::Batch cut_to_longest(const core::Batch& part) {
+  if (!part.contains("last") || part.size() == 0) return part;
+  const int64_t W = part["tokens"].size(1), w = part["last"].max().item<int64_t>() + 1;
+  if (w >= W) return part;
+  core::Batch out;
+  for (const auto& name : part.names()) {
+    const at::Tensor& t = part[name];
+    const bool positions = t.dim() >= 2 && (t.size(1) == W || t.size(1) == W - 1);
+    out.set(name, positions ? t.slice(1, 0, w - (W - t.size(1))) : t);
+  }
+  out.meta() = part.meta();
+  return out;
+}
+
 // Runs `epochs` passes of `mini_batches` optimizer steps over the batch; `loss_of(micro, share,
 // stats)` returns a micro-batch's loss weighted by its share of the mini-batch, and adds its
-// statistics. Rows stay in groups of `row_group` (DPO and reward-model pairs) when shuffled and
-// split, micro-batches included.
+// statistics, which are weighted the same way (by response tokens when `token_stats`, else by
+// rows) into a mini-batch's figure, averaged over the optimizer steps. Rows stay in groups of
+// `row_group` (DPO and reward-model pairs) when shuffled and split, micro-batches included. With
+// more than one micro-batch per mini-batch, micro-batches are made of rows of similar length, each
+// cut to its longest row.
 template <class LossOf>
 core::Scalars train_loop(const core::Batch& batch, const LmOptimConfig& o, uint64_t seed, std::vector<torch::Tensor>& params,
                          torch::optim::Adam& adam, const LmTrainer::GradientSync& sync, const std::string& prefix,
-                         LossOf loss_of, int64_t row_group = 1) {
+                         LossOf loss_of, bool token_stats, int64_t row_group = 1) {
   if (batch.size() % row_group)
     throw Error("a batch of pairs has an odd number of rows (" + std::to_string(batch.size()) + ")");
   std::map<std::string, double> sums;
-  int64_t counted = 0;
   double grad_norm = 0;
   int64_t steps = 0;
   torch::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
@@ -88,20 +118,21 @@ core::Scalars train_loop(const core::Batch& batch, const LmOptimConfig& o, uint6
     std::vector<int64_t> sizes = core::chunk_sizes(groups, o.mini_batches);
     for (auto& n : sizes) n *= row_group;
     const int64_t micro = std::max(row_group, o.micro_batch - o.micro_batch % row_group);
-    for (const core::Batch& mini : shuffled.split(sizes)) {
+    for (const core::Batch& shuffled_mini : shuffled.split(sizes)) {
       adam.zero_grad();
-      const int64_t rows = mini.size();
+      const int64_t rows = shuffled_mini.size();
+      const core::Batch mini = rows > micro ? by_length(shuffled_mini, row_group) : shuffled_mini;
       const bool masked = mini.contains("response_mask");
       const double mini_tokens = masked ? std::max(1.0, mini["response_mask"].sum().item<double>()) : 1.0;
       for (int64_t begin = 0; begin < rows; begin += micro) {
-        const core::Batch part = mini.slice(begin, std::min(rows, begin + micro));
+        const core::Batch part = cut_to_longest(mini.slice(begin, std::min(rows, begin + micro)));
         const Share share{static_cast<double>(part.size()) / static_cast<double>(rows),
                           masked ? part["response_mask"].sum().item<double>() / mini_tokens : 1.0};
         core::Scalars stats;
         torch::Tensor loss = loss_of(part, share, stats);
         loss.backward();
-        for (const auto& [k, v] : stats) sums[k] += v;
-        ++counted;
+        const double weight = token_stats && masked ? share.tokens : share.rows;
+        for (const auto& [k, v] : stats) sums[k] += v * weight;
       }
       // Ranks with an empty part still take part in the all-reduce, with zero gradients.
       std::vector<at::Tensor> grads;
@@ -119,7 +150,7 @@ core::Scalars train_loop(const core::Batch& batch, const LmOptimConfig& o, uint6
   // them.
   for (auto& p : params) p.mutable_grad().reset();
   core::Scalars out;
-  for (const auto& [k, v] : sums) out.push_back({k, v / std::max<int64_t>(counted, 1)});
+  for (const auto& [k, v] : sums) out.push_back({k, v / std::max<int64_t>(steps, 1)});
   out.push_back({prefix + "/grad_norm", grad_norm / std::max<int64_t>(steps, 1)});
   return out;
 }
@@ -236,7 +267,7 @@ core::Scalars LmTrainer::update_policy(const core::Batch& batch, const PolicyLos
   auto loss_of = [&](const core::Batch& micro, Share share, core::Scalars& stats) {
     return l.loss(model_, micro, c, stats) * (by_tokens ? share.tokens : share.rows);
   };
-  return train_loop(batch, optim_, seed, impl_->params, *impl_->adam, sync_, l.prefix, loss_of, l.row_group);
+  return train_loop(batch, optim_, seed, impl_->params, *impl_->adam, sync_, l.prefix, loss_of, by_tokens, l.row_group);
 }
 
 core::Scalars LmTrainer::update_critic(const core::Batch& batch, double clip, uint64_t seed) {
@@ -255,7 +286,7 @@ core::Scalars LmTrainer::update_critic(const core::Batch& batch, double clip, ui
     stats.push_back({"critic/vpred_mean", masked_mean(v.detach(), mask).item<double>()});
     return loss * share.tokens;
   };
-  return train_loop(batch, optim_, seed, impl_->params, *impl_->adam, sync_, "critic", loss_of);
+  return train_loop(batch, optim_, seed, impl_->params, *impl_->adam, sync_, "critic", loss_of, true);
 }
 
 std::vector<std::pair<std::string, at::Tensor>> LmTrainer::state() const { return adam_state(*impl_->adam, impl_->params); }

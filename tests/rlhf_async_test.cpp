@@ -141,7 +141,10 @@ std::map<int64_t, std::map<std::string, double>> trained_rows(const fs::path& ru
 
 TEST_CASE("a_deterministic_async_run_repeats_bit_for_bit_from_its_schedule_and_across_a_resume") {
   test::Workspace w;
-  const auto args = with(kAsync, {"async.max_staleness=2", "async.deterministic=true", "eval.every=2", "eval.at_start=true"});
+  // A checkpoint drains the stream, so checkpoints are part of a schedule: every run here
+  // checkpoints every 2 steps, as the recorded one did.
+  const auto args = with(kAsync, {"async.max_staleness=2", "async.deterministic=true", "eval.every=2", "eval.at_start=true",
+                                  "checkpoint.every=2"});
   w.run_ok("addition_grpo.yaml", args, {"train.steps=6"}, "recorded");
   REQUIRE(fs::exists(w.path() / "recorded" / "schedule.json"));
   const std::string schedule = "async.schedule=recorded/schedule.json";
@@ -156,12 +159,19 @@ TEST_CASE("a_deterministic_async_run_repeats_bit_for_bit_from_its_schedule_and_a
   CHECK(most >= 1);
 
   // Following the schedule, stopped at a checkpoint after step 2 and resumed to step 6.
-  w.run_ok("addition_grpo.yaml", args, {"train.steps=2", "checkpoint.every=2", schedule}, "resumed");
+  w.run_ok("addition_grpo.yaml", args, {"train.steps=2", schedule}, "resumed");
   auto r = w.resume_to("resumed", 2, 6);
   REQUIRE_MESSAGE(r.code == 0, r.err);
   const auto c = trained_rows(w.path() / "resumed");
   REQUIRE(c.size() == a.size());
   CHECK(c == a);
+
+  // Checkpointing where the recorded run did not would leave the rollouts waiting for a weight
+  // sync the schedule lands mid-generation: said before the run starts.
+  auto elsewhere = w.run("addition_grpo.yaml", with(args, {"train.steps=3", schedule}), "elsewhere");
+  CHECK(elsewhere.code != 0);
+  CHECK_MESSAGE(contains(elsewhere.err, "would checkpoint after step 3, where the recorded run did not (it checkpointed at versions 2, 4, 6)"),
+                elsewhere.err);
 
   // What a schedule needs, said as config errors.
   auto check = [&](std::vector<std::string> overrides, const std::string& expected) {

@@ -122,7 +122,10 @@ class RlhfProgram final : public Program {
       if ((ckpt_every_ > 0 && step % ckpt_every_ == 0) || step == steps_) checkpoint(ctx.dir, step, sampler, clock.seconds());
       ctx.report_progress(step);
     }
-    if (result.exit_reason == "interrupted" && step > start) checkpoint(ctx.dir, step, sampler, clock.seconds());
+    if (result.exit_reason == "interrupted" && step > start) {
+      if (can_drain()) checkpoint(ctx.dir, step, sampler, clock.seconds());
+      else spdlog::warn("no checkpoint at step {}: following a schedule, a run checkpoints only where the recorded run did", step);
+    }
     if (step > start || start == 0) save_final(ctx.dir);
     result.summary.push_back({"global_step", static_cast<double>(step)});
     result.summary.push_back({"data/train_examples", static_cast<double>(train_.examples.size())});
@@ -304,6 +307,7 @@ class RlhfProgram final : public Program {
     if (!c_.async.schedule.empty()) {
       stream_->follow(Schedule::from_json(json::parse(core::read_file(c_.async.schedule)), c_.async.schedule), from);
       spdlog::info("async: following the schedule in {}", c_.async.schedule);
+      check_drains(*stream_->following(), start);
     } else if (saved) {
       for (int r = 0; r < group("rollout").size(); ++r) {
         Follow f;  // counts engine steps on from the checkpoint, so the recorded schedule goes on
@@ -315,6 +319,25 @@ class RlhfProgram final : public Program {
       spdlog::info("async: samples up to {} versions old, in-flight sequences {} at a weight sync, {} objective",
                    algorithms::Staleness(c_.async.max_staleness, 1).str(), c_.async.on_update, c_.async.objective);
   }
+
+  // A checkpoint drains the stream: the groups in flight finish under the weights they have. A
+  // run following a schedule can do that only where the recorded run did, or the rollouts would
+  // wait for a weight sync the schedule lands before those groups finish, while the trainer waits
+  // for the groups. So its checkpoint steps (every ckpt_every_ steps and the last) must be among
+  // the recorded drains; the version at step s is version_ + s - start.
+  void check_drains(const Schedule& s, int64_t start) const {
+    for (int64_t step = start + 1; step <= steps_; ++step) {
+      if (!((ckpt_every_ > 0 && step % ckpt_every_ == 0) || step == steps_)) continue;
+      if (s.drains.count(version_ + step - start)) continue;
+      std::string recorded;
+      for (int64_t v : s.drains) recorded += (recorded.empty() ? "" : ", ") + std::to_string(v);
+      throw ConfigError("async.schedule: this run would checkpoint after step " + std::to_string(step) +
+                        ", where the recorded run did not (it checkpointed at versions " + (recorded.empty() ? "none" : recorded) +
+                        "); a run repeats its schedule only with the recorded run's checkpoint.every, and train.steps at one "
+                        "of those");
+    }
+  }
+  bool can_drain() const { return !stream_ || !stream_->following() || stream_->following()->drains.count(version_); }
 
   // Staleness of the batch, the rollouts' counters and what the last weight sync cost.
   void log_stream(const SampleStream::Taken& taken, core::Scalars& row) {
@@ -459,6 +482,7 @@ class RlhfProgram final : public Program {
                      {"kl_coef", kl_coef_}, {"train_time_s", train_time_s}};
     if (stream_) {
       stream_->drain();
+      stream_->schedule().drains.insert(version_);
       manifest["stream"] = stream_->ledger().state();
       manifest["schedule"] = stream_->schedule().to_json();
       std::vector<int64_t> steps;

@@ -15,7 +15,8 @@ namespace flotilla::controller {
 // ---- schedule ----
 
 nlohmann::json Schedule::to_json() const {
-  nlohmann::json j = {{"starts", nlohmann::json::array()}, {"syncs", nlohmann::json::array()}, {"trained", nlohmann::json::array()}};
+  nlohmann::json j = {{"starts", nlohmann::json::array()}, {"syncs", nlohmann::json::array()}, {"trained", nlohmann::json::array()},
+                      {"drains", drains}};
   for (const auto& [group, at] : starts) j["starts"].push_back({group, at.first, at.second});
   for (const auto& [version, steps] : syncs) j["syncs"].push_back({{"version", version}, {"steps", steps}});
   for (const auto& [version, groups] : trained) j["trained"].push_back({{"version", version}, {"groups", groups}});
@@ -28,6 +29,7 @@ Schedule Schedule::from_json(const nlohmann::json& j, const std::string& source)
     for (const auto& x : j.at("starts")) s.starts[x.at(0).get<int64_t>()] = {x.at(1).get<int64_t>(), x.at(2).get<int64_t>()};
     for (const auto& x : j.at("syncs")) s.syncs[x.at("version").get<int64_t>()] = x.at("steps").get<std::vector<int64_t>>();
     for (const auto& x : j.at("trained")) s.trained[x.at("version").get<int64_t>()] = x.at("groups").get<std::vector<int64_t>>();
+    if (j.contains("drains")) s.drains = j.at("drains").get<std::set<int64_t>>();
     return s;
   } catch (const nlohmann::json::exception& e) {
     throw FormatError(source + ": not a schedule recorded by an RLHF run (" + e.what() + ")");

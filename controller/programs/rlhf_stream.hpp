@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <vector>
 
 #include "actors/lm/data.hpp"
@@ -34,6 +35,9 @@ struct Schedule {
   std::map<int64_t, std::pair<int64_t, int64_t>> starts;  // group -> (rank, engine step)
   std::map<int64_t, std::vector<int64_t>> syncs;          // version -> engine step, per rollout rank
   std::map<int64_t, std::vector<int64_t>> trained;        // version -> its groups, in admission order
+  // Versions at which the stream drained for a checkpoint: the groups in flight then finished
+  // under the weights they had, and the next sync landed after them.
+  std::set<int64_t> drains;
 
   nlohmann::json to_json() const;
   static Schedule from_json(const nlohmann::json& j, const std::string& source);
@@ -136,6 +140,8 @@ class SampleStream {
   // What this run did so far (recorded as it goes), and a schedule to follow instead of timing:
   // each rollout rank r counts its engine steps from from_steps[r].
   Schedule& schedule() { return recorded_; }
+  // The schedule the rollouts follow, if any.
+  const Schedule* following() const { return replay_ ? &*replay_ : nullptr; }
   void follow(const Schedule& s, const std::vector<int64_t>& from_steps);
   // Responses scored 0 because the reward command failed, so far.
   int64_t reward_errors() const { return reward_errors_; }
