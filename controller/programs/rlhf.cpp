@@ -13,9 +13,11 @@
 // SFT, reward-model training and offline DPO use the same workers without generation.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <numeric>
 #include <optional>
 
 #include "actors/lm/config.hpp"
@@ -119,11 +121,11 @@ class RlhfProgram final : public Program {
       row.push_back({"transfer/controller_bytes", static_cast<double>(cluster.transfer_bytes() - bytes_before)});
       ctx.metrics.log(step, row);
       if (eval_every_ > 0 && (step % eval_every_ == 0 || step == steps_) && !val_.examples.empty()) log_eval(ctx, step, result);
-      if ((ckpt_every_ > 0 && step % ckpt_every_ == 0) || step == steps_) checkpoint(ctx.dir, step, sampler, clock.seconds());
+      if (checkpoints_at(step)) checkpoint(ctx.dir, step, sampler, clock.seconds());
       ctx.report_progress(step);
     }
     if (result.exit_reason == "interrupted" && step > start) {
-      if (can_drain()) checkpoint(ctx.dir, step, sampler, clock.seconds());
+      if (can_drain(version_)) checkpoint(ctx.dir, step, sampler, clock.seconds());
       else spdlog::warn("no checkpoint at step {}: following a schedule, a run checkpoints only where the recorded run did", step);
     }
     if (step > start || start == 0) save_final(ctx.dir);
@@ -323,21 +325,19 @@ class RlhfProgram final : public Program {
   // A checkpoint drains the stream: the groups in flight finish under the weights they have. A
   // run following a schedule can do that only where the recorded run did, or the rollouts would
   // wait for a weight sync the schedule lands before those groups finish, while the trainer waits
-  // for the groups. So its checkpoint steps (every ckpt_every_ steps and the last) must be among
-  // the recorded drains; the version at step s is version_ + s - start.
+  // for the groups. So its checkpoint steps must be among the recorded drains; the version at
+  // step s is version_ + s - start.
   void check_drains(const Schedule& s, int64_t start) const {
-    for (int64_t step = start + 1; step <= steps_; ++step) {
-      if (!((ckpt_every_ > 0 && step % ckpt_every_ == 0) || step == steps_)) continue;
-      if (s.drains.count(version_ + step - start)) continue;
-      std::string recorded;
-      for (int64_t v : s.drains) recorded += (recorded.empty() ? "" : ", ") + std::to_string(v);
-      throw ConfigError("async.schedule: this run would checkpoint after step " + std::to_string(step) +
-                        ", where the recorded run did not (it checkpointed at versions " + (recorded.empty() ? "none" : recorded) +
-                        "); a run repeats its schedule only with the recorded run's checkpoint.every, and train.steps at one "
-                        "of those");
-    }
+    for (int64_t step = start + 1; step <= steps_; ++step)
+      if (checkpoints_at(step) && !can_drain(version_ + step - start))
+        throw ConfigError(fmt::format("async.schedule: this run would checkpoint after step {}, where the recorded run did not (it "
+                                      "checkpointed at versions {}); a run repeats its schedule only with the recorded run's "
+                                      "checkpoint.every, and train.steps at one of those",
+                                      step, s.drains.empty() ? "none" : fmt::format("{}", fmt::join(s.drains, ", "))));
   }
-  bool can_drain() const { return !stream_ || !stream_->following() || stream_->following()->drains.count(version_); }
+  bool can_drain(int64_t version) const { return !stream_ || !stream_->following() || stream_->following()->drains.count(version); }
+  // Every ckpt_every_ steps and after the last.
+  bool checkpoints_at(int64_t step) const { return (ckpt_every_ > 0 && step % ckpt_every_ == 0) || step == steps_; }
 
   // Staleness of the batch, the rollouts' counters and what the last weight sync cost.
   void log_stream(const SampleStream::Taken& taken, core::Scalars& row) {
@@ -427,7 +427,7 @@ class RlhfProgram final : public Program {
   // have generated with the actor's current version.
   DataRef greedy_answers(size_t n) {
     std::vector<int64_t> indices(n);
-    for (size_t i = 0; i < n; ++i) indices[i] = static_cast<int64_t>(i);
+    std::iota(indices.begin(), indices.end(), 0);
     const Generate g{.n = 1, .temperature = 0.0, .top_p = c_.top_p, .top_k = c_.top_k, .seed = 0, .stop = {format_->eos()}, .width = 0};
     auto r = group("rollout").call(g, Input(prompt_batch(val_, indices))).get();
     for (const auto& v : r.ranks)
