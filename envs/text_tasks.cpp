@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <numeric>
 #include <random>
 #include <regex>
 #include <sstream>
@@ -160,6 +161,24 @@ std::vector<TextExample> read_text_dataset(const std::filesystem::path& path, co
 
 double exact_match_reward(const std::string& response, const std::string& answer) {
   return trim(response) == trim(answer) ? 1.0 : 0.0;
+}
+
+double similarity_reward(const std::string& response, const std::string& answer) {
+  const std::string a = trim(response), b = trim(answer);
+  if (a.empty() && b.empty()) return 1.0;
+  // Levenshtein distance, one row at a time.
+  std::vector<size_t> row(b.size() + 1);
+  std::iota(row.begin(), row.end(), size_t{0});
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t substitute = diagonal + (a[i - 1] != b[j - 1] ? 1 : 0);
+      diagonal = row[j];
+      row[j] = std::min({substitute, row[j] + 1, row[j - 1] + 1});
+    }
+  }
+  return 1.0 - static_cast<double>(row[b.size()]) / static_cast<double>(std::max(a.size(), b.size()));
 }
 
 double numeric_match_reward(const std::string& response, const std::string& answer, double tolerance) {

@@ -46,6 +46,9 @@ std::string text_example_json(const TextExample& e, const std::string& kind);
 double exact_match_reward(const std::string& response, const std::string& answer);
 // 1 when the last number in the response equals the answer's number within `tolerance`.
 double numeric_match_reward(const std::string& response, const std::string& answer, double tolerance = 1e-6);
+// Partial credit: 1 - (edit distance between the trimmed strings) / (the longer one's length), so a
+// response one character off a long answer scores near 1, and an exact match 1.
+double similarity_reward(const std::string& response, const std::string& answer);
 // 1 when the whole response (trimmed) matches the ECMAScript regular expression `pattern`.
 double format_reward(const std::string& response, const std::string& pattern);
 // -coef per token past `limit` (0 within it).

@@ -218,3 +218,30 @@ TEST_CASE("cli_usage_errors_exit_2_and_help_exits_0") {
   CHECK(bad_override.code == 2);
   CHECK(contains(bad_override.err, "expected key.path=value"));
 }
+
+TEST_CASE("cli_runs_on_the_blas_kernels_the_cpu_supports") {
+  // OpenBLAS falls back to its SSE kernels on a CPU model newer than it knows; the CLI then starts
+  // itself again with the kernels the CPU supports. OPENBLAS_VERBOSE=2 prints each choice.
+#if defined(__x86_64__)
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return;
+  test::TempDir dir;
+  const char* chosen = std::getenv("OPENBLAS_CORETYPE");
+  const std::string saved = chosen ? chosen : "";
+  ::unsetenv("OPENBLAS_CORETYPE");
+  ::setenv("OPENBLAS_VERBOSE", "2", 1);
+  auto r = test::run_cli(kCli, {"version"}, dir.path());
+  ::unsetenv("OPENBLAS_VERBOSE");
+  if (chosen) ::setenv("OPENBLAS_CORETYPE", saved.c_str(), 1);
+  CHECK(r.code == 0);
+  const std::string text = r.err + r.out;
+  const size_t at = text.rfind("Core: ");
+  if (at == std::string::npos) {
+    MESSAGE("libtorch's BLAS here is not OpenBLAS; nothing to check");
+    return;
+  }
+  const std::string core = text.substr(at + 6, text.find('\n', at) - at - 6);
+  INFO("OpenBLAS ran on its " << core << " kernels");
+  for (const char* fallback : {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom", "Sandybridge"})
+    CHECK(core != fallback);
+#endif
+}

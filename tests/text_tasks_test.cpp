@@ -53,6 +53,13 @@ TEST_CASE("rule_based_rewards_score_responses") {
   CHECK(envs::numeric_match_reward("no idea", "14") == 0.0);
   CHECK(envs::numeric_match_reward("3.1416", "3.14159", 1e-3) == 1.0);
   CHECK_THROWS_AS(envs::numeric_match_reward("3", "none"), ConfigError);
+  CHECK(envs::similarity_reward(" abcd\n", "abcd") == 1.0);
+  CHECK(envs::similarity_reward("abxd", "abcd") == doctest::Approx(0.75));   // one substitution
+  CHECK(envs::similarity_reward("abd", "abcd") == doctest::Approx(0.75));    // one deletion
+  CHECK(envs::similarity_reward("abcde", "abcd") == doctest::Approx(0.8));   // one insertion, over the longer
+  CHECK(envs::similarity_reward("dcba", "abcd") == doctest::Approx(0.0));    // all four substituted
+  CHECK(envs::similarity_reward("", "abcd") == 0.0);
+  CHECK(envs::similarity_reward("", "") == 1.0);
   CHECK(envs::format_reward("<answer>42</answer>", "<answer>\\d+</answer>") == 1.0);
   CHECK(envs::format_reward("42", "<answer>\\d+</answer>") == 0.0);
   CHECK_THROWS_AS(envs::format_reward("x", "(unclosed"), ConfigError);

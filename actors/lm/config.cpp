@@ -34,7 +34,7 @@ DataConfig read_data(core::ConfigView data, const algorithms::LmAlgorithm& famil
 RewardConfig read_reward(core::ConfigView reward) {
   RewardConfig r;
   r.kind = reward.choice("kind", "rule", {"rule", "model", "command"});
-  r.rule = reward.choice("rule", "exact", {"exact", "numeric"});
+  r.rule = reward.choice("rule", "exact", {"exact", "numeric", "similarity"});
   r.format = reward.get<std::string>("format", "");
   r.format_weight = reward.get<double>("format_weight", r.format.empty() ? 0.0 : 0.1, core::at_least(0.0));
   if (r.format_weight > 0) envs::format_reward("", r.format);  // a bad pattern fails now, not mid-run

@@ -15,7 +15,7 @@ namespace flotilla::actors::lm {
 
 struct RewardConfig {
   std::string kind = "rule";   // rule, model (a reward head) or command
-  std::string rule = "exact";  // exact or numeric
+  std::string rule = "exact";  // exact, numeric or similarity (partial credit by edit distance)
   std::string format;          // a regular expression the whole response should match
   double format_weight = 0;
   int64_t length_limit = 0;

@@ -12,7 +12,9 @@ namespace flotilla::actors::lm {
 namespace {
 
 double rule_score(const RewardConfig& r, const std::string& response, const std::string& answer, int64_t tokens) {
-  double s = r.rule == "numeric" ? envs::numeric_match_reward(response, answer) : envs::exact_match_reward(response, answer);
+  double s = r.rule == "numeric"      ? envs::numeric_match_reward(response, answer)
+             : r.rule == "similarity" ? envs::similarity_reward(response, answer)
+                                      : envs::exact_match_reward(response, answer);
   if (r.format_weight > 0) s += r.format_weight * envs::format_reward(response, r.format);
   if (r.length_coef > 0) s += envs::length_penalty(tokens, r.length_limit, r.length_coef);
   return s;
@@ -72,8 +74,8 @@ Scorer::Scores Scorer::score(const core::Batch& rows, const std::string& split, 
       out.errors = static_cast<int64_t>(queries.size());  // responses scored 0 for it
     }
   } else {
-    RewardConfig rule;  // the task's own check: exact or numeric match only
-    rule.rule = c_.reward.rule;
+    RewardConfig rule;  // the task's own check: a numeric match for a numeric rule, else an exact one
+    rule.rule = c_.reward.rule == "numeric" ? "numeric" : "exact";
     const RewardConfig& r = check ? rule : c_.reward;
     for (size_t i = 0; i < queries.size(); ++i) s[i] = rule_score(r, queries[i].response, queries[i].answer, lens[static_cast<int64_t>(i)]);
   }

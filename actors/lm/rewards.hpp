@@ -1,5 +1,5 @@
 #pragma once
-// The reward role's scoring of generated responses: a rule (exact or numeric match, with format
+// The reward role's scoring of generated responses: a rule (exact or numeric match or edit-distance similarity, with format
 // and length terms), an external command, or a reward model; and the task's own check for
 // held-out accuracy. It reads the datasets itself, so a row needs only its example's index.
 #include <ATen/core/Tensor.h>

@@ -5,9 +5,13 @@
 #include <spdlog/spdlog.h>
 
 #include <dlfcn.h>
+#include <unistd.h>
 #include <malloc.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstdlib>
+#include <set>
 #include <functional>
 #include <iostream>
 #include <memory>
@@ -36,6 +40,35 @@ struct ConfigArgs {
 void add_config_args(CLI::App* cmd, ConfigArgs& args) {
   cmd->add_option("config", args.file, "experiment YAML file")->required()->check(CLI::ExistingFile);
   cmd->add_option("overrides", args.overrides, "key.path=value overrides, applied in order");
+}
+
+// OpenBLAS picks its kernels from the CPU's model number, and a model newer than it knows falls back
+// to its oldest SSE kernels: on a 2-core AVX-512 Xeon here it chose "Prescott" and ran sgemm at
+// 27 GFLOP/s against 99 with its SkylakeX kernels (a GRPO step about 3 times slower). It reads its
+// kernel choice once, when it loads, so on such a fallback the process starts itself again with
+// OPENBLAS_CORETYPE naming the best kernels the CPU supports (its workers inherit it). A user's
+// explicit OPENBLAS_CORETYPE is left alone.
+void use_the_cpus_blas_kernels(char** argv) {
+#if defined(__x86_64__)
+  if (std::getenv("OPENBLAS_CORETYPE")) return;
+  using CoreName = char* (*)();
+  auto corename = reinterpret_cast<CoreName>(::dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  if (!corename || !corename()) return;  // not OpenBLAS
+  static const std::set<std::string> fallbacks = {"prescott", "core2", "penryn", "dunnington", "nehalem", "atom",
+                                                  "sandybridge", "barcelona", "bobcat", "unknown"};
+  std::string name = corename();
+  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char ch) { return std::tolower(ch); });
+  if (!fallbacks.count(name)) return;
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (!avx512 && !avx2) return;  // the fallback is right for this CPU
+  ::setenv("OPENBLAS_CORETYPE", avx512 ? "SkylakeX" : "Haswell", 1);
+  ::execv("/proc/self/exe", argv);  // returns only on failure: then run on with the slow kernels
+  ::unsetenv("OPENBLAS_CORETYPE");
+#else
+  (void)argv;
+#endif
 }
 
 // libtorch runs its own thread pool; OpenBLAS's pool on top of it oversubscribes the cores and runs
@@ -379,6 +412,7 @@ void add_worker_command(CLI::App& app, Commands& commands) {
 }  // namespace
 
 int flotilla::controller::cli_main(int argc, char** argv) {
+  use_the_cpus_blas_kernels(argv);
   pin_openblas_threads();
   keep_freed_memory();
   CLI::App app{"Flotilla: distributed reinforcement learning and RLHF.\n"
