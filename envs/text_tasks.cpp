@@ -46,12 +46,28 @@ std::vector<std::string> text_task_names() { return {"addition", "reverse", "sor
 namespace {
 // A list's length: `length`, or with a min_length a long-tailed draw in [min_length, length]
 // (u^3 for u uniform: half the lists in the shortest eighth of the range).
+int long_tailed(int low, int high, Draw& d) {
+  const double u = static_cast<double>(d.below(1 << 30)) / static_cast<double>(1 << 30);
+  return low + static_cast<int>(u * u * u * (high - low + 1));
+}
+
 int list_length(const TextTaskOptions& o, Draw& d, const std::string& task) {
   if (o.length < 1 || o.length > 1000) throw ConfigError(task + ": length must be 1 to 1000");
   if (o.min_length <= 0) return o.length;
   if (o.min_length > o.length) throw ConfigError(task + ": min_length " + std::to_string(o.min_length) + " is above length " + std::to_string(o.length));
-  const double u = static_cast<double>(d.below(1 << 30)) / static_cast<double>(1 << 30);
-  return o.min_length + static_cast<int>(u * u * u * (o.length - o.min_length + 1));
+  return long_tailed(o.min_length, o.length, d);
+}
+
+// "8+6+0=14 7+5+1=13 4+0+1=5 answer 534" for 478 + 56: each column's digits and carry, then the sum.
+std::string addition_work(int64_t a, int64_t b) {
+  std::string work;
+  int64_t carry = 0;
+  do {
+    const int64_t x = a % 10, y = b % 10, sum = x + y + carry;
+    work += std::to_string(x) + "+" + std::to_string(y) + "+" + std::to_string(carry) + "=" + std::to_string(sum) + " ";
+    carry = sum / 10, a /= 10, b /= 10;
+  } while (a > 0 || b > 0);
+  return work + "answer ";
 }
 }  // namespace
 
@@ -61,14 +77,23 @@ std::vector<TextExample> make_text_task(const std::string& task, int64_t n, uint
   std::vector<TextExample> out;
   if (task == "addition") {
     if (o.max_digits < 1 || o.max_digits > 18) throw ConfigError("addition: max_digits must be 1 to 18");
+    if (o.min_digits > o.max_digits)
+      throw ConfigError("addition: min_digits " + std::to_string(o.min_digits) + " is above max_digits " + std::to_string(o.max_digits));
     for (int64_t i = 0; i < n; ++i) {
-      auto number = [&] {
-        const int digits = static_cast<int>(d.between(1, o.max_digits));
-        return digits == 1 ? d.between(0, 9) : d.between(pow10(digits - 1), pow10(digits) - 1);
-      };
-      const int64_t a = number(), b = number();
-      out.push_back({"What is " + std::to_string(a) + " + " + std::to_string(b) + "? Answer with the number only.\n",
-                     std::to_string(a + b), "", "", ""});
+      auto number = [&](int digits) { return digits == 1 ? d.between(0, 9) : d.between(pow10(digits - 1), pow10(digits) - 1); };
+      int64_t a = 0, b = 0;
+      if (o.min_digits > 0) {
+        const int longer = long_tailed(o.min_digits, o.max_digits, d);
+        a = number(longer), b = number(static_cast<int>(d.between(1, longer)));
+        if (d.below(2)) std::swap(a, b);
+      } else {
+        a = number(static_cast<int>(d.between(1, o.max_digits)));
+        b = number(static_cast<int>(d.between(1, o.max_digits)));
+      }
+      const std::string question = "What is " + std::to_string(a) + " + " + std::to_string(b) + "?";
+      const std::string sum = std::to_string(a + b);
+      if (o.show_work) out.push_back({question + " Show your work.\n", sum, addition_work(a, b) + sum, "", ""});
+      else out.push_back({question + " Answer with the number only.\n", sum, "", "", ""});
     }
   } else if (task == "sort") {
     for (int64_t i = 0; i < n; ++i) {
@@ -112,7 +137,7 @@ void set_kind(std::vector<TextExample>& examples, const std::string& kind, uint6
   if (kind != "sft" && kind != "preference") throw ConfigError("dataset kind '" + kind + "' is not one of verifiable, sft, preference");
   for (size_t i = 0; i < examples.size(); ++i) {
     TextExample& e = examples[i];
-    if (kind == "sft") e.response = e.answer;
+    if (kind == "sft") e.response = e.response.empty() ? e.answer : e.response;  // a worked response when the task made one
     else e.chosen = e.answer, e.rejected = corrupt_answer(e.answer, seed * 1000003 + i);
   }
 }

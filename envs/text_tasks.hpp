@@ -21,6 +21,12 @@ struct TextTaskOptions {
   // When > 0 (and below `length`): each example's length is drawn from min_length to length, most
   // of them short and a few long (a long tail, as real responses have).
   int min_length = 0;
+  // addition: when > 0, each example's longer operand has min_digits to max_digits digits, most of
+  // them few and some many (a long tail), and the other 1 up to as many.
+  int min_digits = 0;
+  // addition: the SFT response works the sum out column by column from the right ("8+6+0=14
+  // 7+5+1=13 4+0+1=5 answer 534"), so responses grow with the operands; the answer is the sum.
+  bool show_work = false;
 };
 
 // Names of the built-in tasks: addition, sort, reverse.

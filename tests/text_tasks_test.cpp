@@ -143,3 +143,41 @@ TEST_CASE("long_tailed_list_lengths_stay_in_range_and_are_mostly_short") {
   o.min_length = 30;
   CHECK_THROWS_WITH_AS(envs::make_text_task("reverse", 1, 1, o), doctest::Contains("min_length 30 is above length 24"), ConfigError);
 }
+
+TEST_CASE("addition_with_work_shown_has_long_tailed_responses_that_end_in_the_sum") {
+  envs::TextTaskOptions o;
+  o.max_digits = 8, o.min_digits = 1, o.show_work = true;
+  const auto xs = envs::make_text_task("addition", 2000, 5, o);
+  const std::regex q(R"(What is (\d+) \+ (\d+)\? Show your work\.\n)"), column(R"((\d)\+(\d)\+([01])=(\d+) )");
+  std::vector<size_t> lengths;
+  for (const auto& e : xs) {
+    std::smatch m;
+    REQUIRE(std::regex_match(e.prompt, m, q));
+    const std::string a = m[1], b = m[2];
+    CHECK(std::stoll(e.answer) == std::stoll(a) + std::stoll(b));
+    // One column per digit of the longer operand, right to left, each with the carry of the last.
+    int carry = 0;
+    size_t k = 0;
+    for (auto it = std::sregex_iterator(e.response.begin(), e.response.end(), column); it != std::sregex_iterator(); ++it, ++k) {
+      const auto& c = *it;
+      const int x = k < a.size() ? a[a.size() - 1 - k] - '0' : 0, y = k < b.size() ? b[b.size() - 1 - k] - '0' : 0;
+      CHECK(std::stoi(c[1]) == x);
+      CHECK(std::stoi(c[2]) == y);
+      CHECK(std::stoi(c[3]) == carry);
+      CHECK(std::stoi(c[4]) == x + y + carry);
+      carry = (x + y + carry) / 10;
+    }
+    CHECK(k == std::max(a.size(), b.size()));
+    CHECK(e.response.substr(e.response.rfind(' ') + 1) == e.answer);  // the response's last number is the sum
+    CHECK(envs::numeric_match_reward(e.response, e.answer) == 1.0);
+    lengths.push_back(e.response.size());
+  }
+  // Most responses short, a few long: the median well under the mean of the shortest and longest.
+  std::sort(lengths.begin(), lengths.end());
+  CHECK(lengths[lengths.size() / 2] * 2 < lengths.front() + lengths.back());
+  CHECK(lengths.back() >= 8 * 9);  // some 8-digit sums made it
+  // Without the options, addition's examples are as before (datasets made earlier stay the same).
+  CHECK(envs::make_text_task("addition", 1, 1, {2})[0].prompt == "What is 2 + 6? Answer with the number only.\n");
+  o.min_digits = 9;
+  CHECK_THROWS_AS(envs::make_text_task("addition", 5, 1, o), ConfigError);
+}

@@ -363,6 +363,11 @@ void add_data_commands(CLI::App& app, Commands& commands) {
   data_make_cmd->add_option("--out", data_args->out, "output file (default: standard output)");
   data_make_cmd->add_option("--max-digits", data_args->max_digits, "addition: operands of 1 to this many digits")
       ->check(CLI::Range(1, 18));
+  data_make_cmd->add_option("--min-digits", data_args->min_digits,
+                            "addition: the longer operand has this to --max-digits digits, most few and some many (a long tail)")
+      ->check(CLI::Range(1, 18));
+  data_make_cmd->add_flag("--show-work", data_args->show_work,
+                          "addition: SFT responses work the sum out column by column, ending with it (responses grow with the operands)");
   data_make_cmd->add_option("--min-length", data_args->min_length,
                             "sort, reverse: draw each length from this to --length, most short and a few long (a long tail)")
       ->check(CLI::Range(1, 1000));

@@ -107,7 +107,8 @@ struct DataMakeArgs {
   std::string task, out;
   int64_t n = 1000;
   uint64_t seed = 0;
-  int max_digits = 4, length = 6, min_length = 0;
+  int max_digits = 4, min_digits = 0, length = 6, min_length = 0;
+  bool show_work = false;
   std::string kind = "verifiable";  // verifiable, sft or preference
 };
 // `flotilla data make TASK`: a JSONL dataset of a synthetic task with verifiable answers (or the

@@ -203,6 +203,8 @@ int data_make(const DataMakeArgs& args) {
   o.max_digits = args.max_digits;
   o.length = args.length;
   o.min_length = args.min_length;
+  o.min_digits = args.min_digits;
+  o.show_work = args.show_work;
   auto examples = envs::make_text_task(args.task, args.n, args.seed, o);
   envs::set_kind(examples, args.kind, args.seed);
   std::string text;
