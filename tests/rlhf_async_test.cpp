@@ -212,6 +212,9 @@ TEST_CASE("bench_rlhf_compares_variants_by_accuracy_against_wall_time") {
   CHECK(out["variants"][0]["mean_staleness"].get<double>() == 0.0);
   CHECK(out["variants"][1]["mean_staleness"].get<double>() > 0.0);  // the s1 run was stale, the baseline not
   CHECK(out["variants"][1]["median_step_s"].get<double>() > 0.0);
+  CHECK(out["variants"][0]["wall_ratio"].get<double>() == 1.0);  // the baseline against itself
+  CHECK(out["variants"][1]["wall_ratio"].get<double>() ==
+        doctest::Approx(out["variants"][0]["wall_s"].get<double>() / out["variants"][1]["wall_s"].get<double>()));
   const fs::path runs = out.at("runs").get<std::string>();
   const std::string curves = core::read_file(w.path() / runs / "curves.csv");
   CHECK(contains(curves, "variant,step,wall_s,val_accuracy\nsync,0,"));

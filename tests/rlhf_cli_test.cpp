@@ -64,6 +64,10 @@ TEST_CASE("rlhf_configs_run_a_few_steps") {
       {"addition_reinforce_pp.yaml", kRl, with(rl, Names{"actor/reward_kl"})},
       // An untrained model never answers right; a format reward (a digit anywhere) tells its samples apart.
       {"addition_online_dpo.yaml", with(kRl, Args{"algo.group_size=4", "reward.format=.*[0-9].*", "reward.format_weight=1"}), Names{"critic/score/mean", "batch/pairs", "actor/dpo_loss", "actor/chosen_nll", "timing_s/gen", "val/accuracy"}},
+      // The asynchronous benchmark's pair, here on the plain addition data.
+      {"work_sft.yaml", {"data.train=sft.jsonl", "data.val=val.jsonl", "train.steps=3", "eval.every=3", "algo.batch_size=8"},
+       {"actor/sft_loss", "val/accuracy"}},
+      {"work_grpo.yaml", with(kRl, Args{"algo.group_size=4", "rollout.max_new_tokens=8"}), rl},
   };
   for (const auto& c : cases) {
     CAPTURE(std::string(c.file));
