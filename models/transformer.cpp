@@ -120,8 +120,11 @@ LmConfig LmConfig::preset(const std::string& arch, const std::string& size, int6
   } else if (size == "small") {
     c.hidden_size = 256, c.intermediate_size = 768, c.num_hidden_layers = 4;
     c.num_attention_heads = 8, c.num_key_value_heads = 4, c.head_dim = 32;
+  } else if (size == "base") {  // 133M parameters with a 32k vocabulary: Qwen3-shaped, for benchmarks
+    c.hidden_size = 1024, c.intermediate_size = 3072, c.num_hidden_layers = 8;
+    c.num_attention_heads = 16, c.num_key_value_heads = 8, c.head_dim = 64;
   } else {
-    throw ConfigError("--preset '" + size + "' is not one of tiny, small");
+    throw ConfigError("--preset '" + size + "' is not one of tiny, small, base");
   }
   c.max_position_embeddings = 4096;
   c.rope_theta = arch == "llama" ? 500000.0 : 1000000.0;
@@ -130,6 +133,15 @@ LmConfig LmConfig::preset(const std::string& arch, const std::string& size, int6
   c.attention_bias = arch == "qwen2";
   c.qk_norm = arch == "qwen3";
   return c;
+}
+
+int tensor_parallel_dim(const std::string& name, bool vocab_parallel) {
+  auto ends = [&](const std::string& s) { return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0; };
+  for (const char* column : {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"})
+    if (ends(std::string(column) + ".weight") || ends(std::string(column) + ".bias")) return 0;
+  if (ends("o_proj.weight") || ends("down_proj.weight")) return 1;
+  if (vocab_parallel && (ends("embed_tokens.weight") || ends("lm_head.weight"))) return 0;
+  return -1;
 }
 
 // ---- Modules (parameter names follow Hugging Face's) ----

@@ -38,7 +38,7 @@ struct LmConfig {
   // From config.json text; a missing or inconsistent key is a FormatError naming it and `source`.
   static LmConfig from_json(const std::string& text, const std::string& source);
   std::string to_json() const;
-  // Presets for `flotilla lm init`: "tiny" or "small".
+  // Presets for `flotilla lm init`: "tiny", "small" or "base" (133M parameters at a 32k vocabulary).
   static LmConfig preset(const std::string& arch, const std::string& size, int64_t vocab);
 };
 
@@ -49,6 +49,13 @@ struct KvCache {
   int64_t block_size = 16, num_blocks = 0;
   std::vector<at::Tensor> k, v;  // per layer: [num_blocks * block_size, kv_heads, head_dim]
 };
+
+// The dimension tensor parallelism splits a parameter along (Megatron's layout): 0 for the
+// column-parallel projections (q/k/v, gate, up: their output rows, whole heads at a time) and
+// their biases, 1 for the row-parallel ones (o, down: their input columns), 0 for the token
+// embedding and output head when `vocab_parallel` (each rank a range of the vocabulary, as
+// Megatron and vLLM do), -1 for what every tensor-parallel rank holds whole (norms, scalar heads).
+int tensor_parallel_dim(const std::string& name, bool vocab_parallel = true);
 
 class CausalLm {
  public:

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <deque>
 #include <set>
 #include <zmq.hpp>
 
@@ -195,6 +196,13 @@ DataRef DataRef::join(const std::vector<DataRef>& parts) {
   return out;
 }
 
+std::vector<DataRef::Held> DataRef::held() const {
+  std::vector<Held> out;
+  if (!columns_.empty())
+    for (const auto& p : columns_.front().pieces) out.push_back({p.object->rank, p.object->worker, p.object->endpoint, p.object->id});
+  return out;
+}
+
 core::Batch DataRef::pull(const std::vector<std::string>& names) const {
   const DataRef ref = names.empty() ? *this : select(names);
   core::Batch out;
@@ -269,6 +277,38 @@ core::Batch DataStore::read(uint64_t id, const std::vector<std::string>& fields,
   return b.index(at::tensor(rows.indices, at::kLong));
 }
 
+core::Batch DataStore::gather(uint64_t id, const std::vector<std::string>& fields,
+                              const std::vector<std::pair<int64_t, int64_t>>& ranges) const {
+  core::Batch whole;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = objects_.find(id);
+    if (it == objects_.end()) throw Error("no object " + std::to_string(id) + " here (released, or never kept)");
+    whole = fields.empty() ? it->second : it->second.select(fields);
+  }
+  core::Batch out;
+  for (const auto& name : whole.names()) {
+    const at::Tensor& t = whole[name];
+    if (t.dim() != 1) throw Error("field '" + name + "' is not one-dimensional: ranges are fetched from flat buffers");
+    int64_t total = 0;
+    for (const auto& [begin, end] : ranges) {
+      if (begin < 0 || end < begin || end > t.size(0))
+        throw Error("elements [" + std::to_string(begin) + ", " + std::to_string(end) + ") of field '" + name + "' with " +
+                    std::to_string(t.size(0)));
+      total += end - begin;
+    }
+    at::Tensor o = at::empty({total}, t.options());
+    int64_t pos = 0;
+    for (const auto& [begin, end] : ranges) {
+      o.narrow(0, pos, end - begin).copy_(t.narrow(0, begin, end - begin));
+      pos += end - begin;
+    }
+    out.set(name, o);
+  }
+  out.meta() = whole.meta();
+  return out;
+}
+
 void DataStore::release(uint64_t id) {
   std::lock_guard lock(mutex_);
   objects_.erase(id);
@@ -328,6 +368,72 @@ zmq::socket_t& Fetcher::socket(const std::string& endpoint) {
     s->connect(endpoint);
   }
   return *s;
+}
+
+namespace {
+thread_local Fetcher* current_fetcher = nullptr;
+}
+
+Fetcher& Fetcher::current() {
+  if (!current_fetcher) throw Error("no fetcher here: only a worker's methods fetch from other workers");
+  return *current_fetcher;
+}
+
+void Fetcher::make_current() { current_fetcher = this; }
+
+void Fetcher::fetch_ranges(const std::vector<RangeRequest>& requests, int window,
+                           const std::function<void(size_t, const core::Batch&)>& done) {
+  std::map<std::string, std::deque<size_t>> queued;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (requests[i].holder == self_) done(i, own_.gather(requests[i].object, requests[i].fields, requests[i].ranges));
+    else queued[requests[i].holder].push_back(i);
+  }
+  std::map<uint64_t, size_t> asked;
+  std::map<std::string, int> inflight;
+  auto send_more = [&](const std::string& holder) {
+    auto& q = queued[holder];
+    while (inflight[holder] < std::max(1, window) && !q.empty()) {
+      const RangeRequest& r = requests[q.front()];
+      core::OutMessage m("fetch");
+      auto f = m.envelope().initDataFetch();
+      const uint64_t id = next_id_++;
+      f.setId(id);
+      f.setObject(r.object);
+      auto names = f.initFields(static_cast<unsigned>(r.fields.size()));
+      for (unsigned i = 0; i < r.fields.size(); ++i) names.set(i, r.fields[i]);
+      auto ranges = f.initRanges(static_cast<unsigned>(r.ranges.size()));
+      for (unsigned i = 0; i < r.ranges.size(); ++i) ranges[i].setBegin(r.ranges[i].first), ranges[i].setEnd(r.ranges[i].second);
+      m.send(socket(holder));
+      asked[id] = q.front();
+      q.pop_front();
+      ++inflight[holder];
+    }
+  };
+  for (const auto& [holder, q] : queued) send_more(holder);
+  while (!asked.empty()) {
+    std::vector<zmq::pollitem_t> items;
+    std::vector<std::string> holders;
+    for (const auto& [holder, n] : inflight)
+      if (n > 0) {
+        holders.push_back(holder);
+        items.push_back({socket(holder).handle(), 0, ZMQ_POLLIN, 0});
+      }
+    if (zmq::poll(items.data(), items.size(), timeout_) == 0)
+      throw TimeoutError("no weights from worker " + holders.front() + " within " + std::to_string(timeout_.count()) + " ms");
+    for (size_t k = 0; k < items.size(); ++k) {
+      if (!(items[k].revents & ZMQ_POLLIN)) continue;
+      std::optional<core::InMessage> in = core::InMessage::receive(socket(holders[k]));
+      if (!in || !in->envelope().isDataReply()) continue;
+      auto r = in->envelope().getDataReply();
+      auto it = asked.find(r.getId());
+      if (it == asked.end()) continue;
+      if (!r.getOk()) throw Error("fetching weights from " + holders[k] + ": " + r.getError().cStr());
+      done(it->second, in->batch(r.getBatch()));
+      asked.erase(it);
+      --inflight[holders[k]];
+      send_more(holders[k]);
+    }
+  }
 }
 
 core::Batch Fetcher::assemble(const core::InMessage& message, proto::Input::Reader input) {

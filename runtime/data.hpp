@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -93,6 +94,14 @@ class DataRef {
   // Fields side by side: every part has the same rows, no field is in two parts.
   static DataRef join(const std::vector<DataRef>& parts);
 
+  // The kept objects the rows come from, in order (of the first field's source): where each is.
+  struct Held {
+    int rank = 0;
+    std::string worker, endpoint;
+    uint64_t object = 0;
+  };
+  std::vector<Held> held() const;
+
   // The rows, fetched to this process (the controller); `fields` picks some (all when empty).
   core::Batch pull(const std::vector<std::string>& fields = {}) const;
 
@@ -124,6 +133,10 @@ class DataStore {
   uint64_t put(core::Batch batch);
   // Fields (all when empty) and rows of an object: views for a range, a copy for indices.
   core::Batch read(uint64_t id, const std::vector<std::string>& fields, const RowSet& rows) const;
+  // The elements of `ranges` ([begin, end) pairs) of one-dimensional fields, one after another
+  // (a copy); the object's metadata comes along.
+  core::Batch gather(uint64_t id, const std::vector<std::string>& fields,
+                     const std::vector<std::pair<int64_t, int64_t>>& ranges) const;
   void release(uint64_t id);
   int64_t objects() const;
   int64_t bytes() const;
@@ -146,6 +159,27 @@ class Fetcher {
   // The batch a call's input describes: rows sent with it, or fetched from their holders (all
   // holders asked at once; rows this worker holds are read from its own store).
   core::Batch assemble(const core::InMessage& message, proto::Input::Reader input);
+
+  // Ranges of one-dimensional fields of objects on other workers (or this one): each request is
+  // sent with at most `window` unanswered per holder, and `done(i, batch)` runs as request i's
+  // reply arrives (the batch points into the message, valid during the call). Throws naming the
+  // holder when one fails or is silent for the fetcher's timeout.
+  struct RangeRequest {
+    std::string holder;  // the holder's endpoint
+    uint64_t object = 0;
+    std::vector<std::string> fields;
+    std::vector<std::pair<int64_t, int64_t>> ranges;
+  };
+  void fetch_ranges(const std::vector<RangeRequest>& requests, int window,
+                    const std::function<void(size_t, const core::Batch&)>& done);
+
+  // The fetcher of the lane running the current method (for methods that fetch what they need
+  // themselves, like a weight transfer); throws outside a worker's lane.
+  static Fetcher& current();
+  // Makes this the current thread's fetcher (a lane does, once).
+  void make_current();
+  // This worker's own endpoint: fetches from it read the store without the transport.
+  const std::string& endpoint() const { return self_; }
 
  private:
   zmq::socket_t& socket(const std::string& endpoint);

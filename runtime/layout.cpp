@@ -286,16 +286,21 @@ int64_t ReshardPlan::local_elements() const {
   return n;
 }
 
-std::vector<std::vector<Copy>> ReshardPlan::buckets(int dst, int src, int64_t bucket) const {
+namespace {
+
+// The copies of `copies` (sorted by (dst, src, dst_offset)) to `dst` from `src` (any when -1),
+// packed into buckets of at most `bucket` elements.
+std::vector<std::vector<Copy>> pack(const std::vector<Copy>& copies, int dst, int src, int64_t bucket) {
   if (bucket < 1) throw ConfigError("a reshard bucket must hold at least one element");
-  auto lo = std::lower_bound(sent_.begin(), sent_.end(), std::make_pair(dst, src),
-                             [](const Copy& c, const std::pair<int, int>& k) { return std::tie(c.dst, c.src) < std::tie(k.first, k.second); });
+  auto it = std::lower_bound(copies.begin(), copies.end(), std::make_pair(dst, std::max(src, 0)), [](const Copy& c, const std::pair<int, int>& k) {
+    return std::tie(c.dst, c.src) < std::tie(k.first, k.second);
+  });
   std::vector<std::vector<Copy>> out;
   int64_t room = 0;
-  for (auto it = lo; it != sent_.end() && it->dst == dst && it->src == src; ++it) {
+  for (; it != copies.end() && it->dst == dst && (src < 0 || it->src == src); ++it) {
     Copy c = *it;
     while (c.length > 0) {
-      if (room == 0) {
+      if (room == 0 || (!out.empty() && out.back().back().src != c.src)) {
         out.emplace_back();
         room = bucket;
       }
@@ -307,5 +312,13 @@ std::vector<std::vector<Copy>> ReshardPlan::buckets(int dst, int src, int64_t bu
   }
   return out;
 }
+
+}  // namespace
+
+std::vector<std::vector<Copy>> ReshardPlan::buckets(int dst, int src, int64_t bucket) const {
+  return pack(sent_, dst, src, bucket);
+}
+
+std::vector<std::vector<Copy>> ReshardPlan::local_buckets(int dst, int64_t bucket) const { return pack(local_, dst, -1, bucket); }
 
 }  // namespace flotilla::runtime

@@ -116,6 +116,8 @@ class ReshardPlan {
   // The copies sent to `dst` from `src`, packed into buckets of at most `bucket` elements in
   // destination order (a copy longer than a bucket is cut).
   std::vector<std::vector<Copy>> buckets(int dst, int src, int64_t bucket) const;
+  // The same for the copies within destination `dst`'s process.
+  std::vector<std::vector<Copy>> local_buckets(int dst, int64_t bucket) const;
   int sources() const { return static_cast<int>(load_.size()); }
   int destinations() const { return destinations_; }
 

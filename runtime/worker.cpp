@@ -131,6 +131,7 @@ class Runtime {
       wake.set(zmq::sockopt::linger, 0);
       wake.connect(kOutbox);
       Fetcher fetcher(rt_.context_, rt_.endpoint_, rt_.store_, std::chrono::minutes(10));
+      fetcher.make_current();
       while (true) {
         Task t;
         {
@@ -322,7 +323,13 @@ class Runtime {
     try {
       std::vector<std::string> fields;
       for (auto n : f.getFields()) fields.emplace_back(n.cStr());
-      out.put_batch(r.initBatch(), store_.read(f.getObject(), fields, RowSet::read(f.getRows())));
+      if (f.getRanges().size() > 0) {
+        std::vector<std::pair<int64_t, int64_t>> ranges;
+        for (auto range : f.getRanges()) ranges.emplace_back(range.getBegin(), range.getEnd());
+        out.put_batch(r.initBatch(), store_.gather(f.getObject(), fields, ranges));
+      } else {
+        out.put_batch(r.initBatch(), store_.read(f.getObject(), fields, RowSet::read(f.getRows())));
+      }
       r.setOk(true);
     } catch (const std::exception& e) {
       r.setOk(false);

@@ -302,7 +302,25 @@ void add_bench_commands(CLI::App& app, Commands& commands) {
   bench_stream_cmd->add_option("--send-to", stream_args->send_to)->group("");  // the sending child's
   bench_stream_cmd->add_option("--mode", stream_args->mode)->group("");
 
+  auto reshard_args = std::make_shared<controller::ReshardBenchArgs>();
+  auto* bench_reshard_cmd = bench->add_subcommand(
+      "reshard", "weights moved from a training layout to a generation layout: the reshard plan against all-gather + broadcast");
+  bench_reshard_cmd->add_option("--model", reshard_args->model, "model directory")->required()->check(CLI::ExistingDirectory);
+  bench_reshard_cmd->add_option("--from", reshard_args->from, "the training layout, e.g. fsdp=4 or dp=2,tp=2 (default fsdp=4)");
+  bench_reshard_cmd->add_option("--to", reshard_args->to, "the generation layout: replicas (dp) of tp ranks (default dp=2,tp=2)");
+  bench_reshard_cmd->add_option("--placement", reshard_args->placement, "split (processes of their own) or colocated")
+      ->check(CLI::IsMember({"split", "colocated"}));
+  bench_reshard_cmd->add_option("--bucket-mb", reshard_args->bucket_mb, "largest bucket (MiB, default 32)");
+  bench_reshard_cmd->add_option("--window", reshard_args->window, "buckets in flight per source (default 4)")->check(CLI::Range(1, 1024));
+  bench_reshard_cmd->add_option("--repeats", reshard_args->repeats, "transfers of each kind; the best counts (default 3)")
+      ->check(CLI::Range(1, 100));
+  bench_reshard_cmd->add_flag("--replicated-vocab", reshard_args->replicated_vocab,
+                              "every tp rank holds the whole embedding and output head (default: split by vocabulary)");
+  bench_reshard_cmd->add_flag("--json", reshard_args->json, "print one JSON object");
+  bench_reshard_cmd->add_flag("-q,--quiet", reshard_args->quiet, "no progress on stderr");
+
   commands.emplace_back(bench_env_cmd, [env_args] { return controller::bench_env(*env_args); });
+  commands.emplace_back(bench_reshard_cmd, [reshard_args] { return controller::bench_reshard(*reshard_args); });
   commands.emplace_back(bench_train_cmd, [train_args] { return controller::bench_train(*train_args); });
   commands.emplace_back(bench_rlhf_cmd, [rlhf_args] { return controller::bench_rlhf(*rlhf_args); });
   commands.emplace_back(bench_tok_cmd, [tok_args] { return controller::bench_tokenize(*tok_args); });
@@ -316,7 +334,7 @@ void add_lm_commands(CLI::App& app, Commands& commands) {
   auto init_args = std::make_shared<controller::LmInitArgs>();
   auto* lm_init_cmd = lm->add_subcommand("init", "write a randomly initialized model (config.json, model.safetensors, tokenizer.json)");
   lm_init_cmd->add_option("--arch", init_args->arch, "qwen2, qwen3 or llama")->check(CLI::IsMember({"qwen2", "qwen3", "llama"}));
-  lm_init_cmd->add_option("--preset", init_args->preset, "tiny or small")->check(CLI::IsMember({"tiny", "small"}));
+  lm_init_cmd->add_option("--preset", init_args->preset, "tiny, small or base (133M parameters, for benchmarks)")->check(CLI::IsMember({"tiny", "small", "base"}));
   lm_init_cmd->add_option("--vocab", init_args->vocab, "vocabulary size (at least 259: bytes and 3 specials)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 22));
   lm_init_cmd->add_option("--out", init_args->out, "the model directory to write")->required();

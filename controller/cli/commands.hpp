@@ -69,6 +69,19 @@ struct StreamBenchArgs {
 // Flotilla's sample stream and through a bare ZeroMQ PUSH/PULL pair with the same frames.
 int bench_stream(const StreamBenchArgs& args);
 
+struct ReshardBenchArgs {
+  std::string model, from = "fsdp=4", to = "dp=2,tp=2", placement = "split";
+  double bucket_mb = 32;
+  int window = 4;
+  int repeats = 3;
+  bool replicated_vocab = false;  // every tp rank holds the whole embedding and head
+  bool json = false, quiet = false;
+};
+
+// Moves a model's weights from one layout to another over worker processes, by the reshard plan
+// and by the all-gather + broadcast baseline; prints bytes and time of both.
+int bench_reshard(const ReshardBenchArgs& args);
+
 struct LmInitArgs {
   std::string arch = "qwen3", preset = "tiny", out, dtype = "float32", head = "lm";
   int64_t vocab = 512;

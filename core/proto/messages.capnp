@@ -123,6 +123,9 @@ struct DataFetch {
   object @1 :UInt64;
   fields @2 :List(Text);  # empty: every field
   rows @3 :Rows;
+  # When not empty: elements of the (one-dimensional) fields, these ranges one after another, in
+  # one tensor per field; `rows` is then unused. A weight transfer's bucket (runtime/reshard.hpp).
+  ranges @4 :List(RowRange);
 }
 
 struct DataReply {

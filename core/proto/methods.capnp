@@ -108,3 +108,14 @@ struct Follow {
 struct Wait {
   milliseconds @0 :Int64;
 }
+
+# A weight transfer between layouts (runtime/reshard.hpp): the version, where each source rank
+# keeps its flat buffer of it, and the transfer's bucket size and window.
+struct Reshard {
+  version @0 :Int64;
+  holders @1 :List(Text);   # each source rank's endpoint
+  objects @2 :List(Int64);  # the object holding that rank's flat buffer
+  bucketBytes @3 :Int64;
+  window @4 :Int64;         # buckets in flight per source
+  mode @5 :Text;            # "plan", or "baseline" (whole parameters from one holder)
+}

@@ -1,15 +1,26 @@
 // Layouts and reshard plans, checked element by element against a reference built with tensor
 // slicing: what each rank holds, and that a plan writes every destination element exactly once,
 // sends nothing a destination's process already holds, sends exactly the lower bound and shares
-// the sending among replicas.
+// the sending among replicas. Then the plan run by worker processes over the transport, and
+// `flotilla bench reshard`.
 #include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
 
+#include <fstream>
+#include <numeric>
 #include <random>
 #include <set>
 
+#include "actors/weights/methods.hpp"
+#include "controller/cluster/cluster.hpp"
 #include "core/error.hpp"
+#include "core/fs.hpp"
 #include "runtime/layout.hpp"
+#include "runtime/reshard.hpp"
+#include "support/cli.hpp"
 #include "support/error_of.hpp"
+#include "support/temp_dir.hpp"
+#include "support/tiny_lm.hpp"
 #include "support/torch_doctest.hpp"
 
 using namespace flotilla;
@@ -213,4 +224,101 @@ TEST_CASE("a reshard plan between different models or with a bad colocation is r
   CHECK(test::error_of([&] { ReshardPlan::make(a, b); }).find("different models") != std::string::npos);
   CHECK(test::error_of([&] { ReshardPlan::make(a, a, {0, 1}); }).find("one colocation entry per destination rank") != std::string::npos);
   CHECK(test::error_of([&] { ReshardPlan::make(a, a, {3}); }).find("colocated source rank 3") != std::string::npos);
+}
+
+namespace {
+
+// A tiny model on disk and a cluster of reshard workers loading it with the two layouts.
+struct ReshardWorkers {
+  test::TempDir dir;
+  runtime::Layout from, to;
+  std::unique_ptr<controller::Cluster> cluster;
+  std::string src, dst;
+
+  ReshardWorkers(const std::string& f, const std::string& t, bool colocated)
+      : from(params(), Parallel::parse(f)), to(params(), Parallel::parse(t)) {
+    test::spread_model("qwen3", false).save(dir.path() / "model");
+    std::ofstream(dir.path() / "config.yaml") << "reshard:\n  model: " << (dir.path() / "model").string() << "\n  from: \"" << f
+                                              << "\"\n  to: \"" << t << "\"\n";
+    controller::ClusterOptions o;
+    o.executable = FLOTILLA_TEST_CLI;
+    o.heartbeat_timeout = std::chrono::milliseconds(5000);
+    o.call_timeout = std::chrono::milliseconds(60000);
+    src = colocated ? "reshard_both" : "reshard_source";
+    dst = colocated ? "reshard_both" : "reshard_dest";
+    std::vector<controller::WorkerSpec> w = {{src, from.ranks()}};
+    if (!colocated) w.push_back({dst, to.ranks()});
+    cluster = std::make_unique<controller::Cluster>(dir.path() / "run", "reshard-test", w, o);
+    for (const auto& g : w) cluster->run(g.group, runtime::Configure{core::read_file(dir.path() / "config.yaml")});
+  }
+  static std::vector<ParamInfo> params() { return runtime::param_infos(test::spread_model("qwen3", false)); }
+
+  actors::weights::PullShard pull(const runtime::DataRef& kept, int64_t version, int64_t bucket_bytes) const {
+    actors::weights::PullShard p;
+    p.version = version;
+    p.bucket_bytes = bucket_bytes;
+    for (const auto& h : kept.held()) p.holders.push_back(h.endpoint), p.objects.push_back(static_cast<int64_t>(h.object));
+    return p;
+  }
+  static double total(const runtime::Reply<actors::weights::PullShard>& r, const std::string& name) {
+    double sum = 0;
+    for (const auto& s : r.ranks)
+      for (const auto& [k, v] : s.values)
+        if (k == name) sum += v;
+    return sum;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("worker processes move weights from fsdp=4 to two tp=2 replicas bit-identical, sending the lower bound") {
+  ReshardWorkers w("fsdp=4", "dp=2,tp=2", false);
+  const runtime::DataRef shards = w.cluster->run(w.src, actors::weights::KeepShard{}).data;
+  REQUIRE(shards.held().size() == 4);
+  const int64_t bound = ReshardPlan::make(w.from, w.to).lower_bound() * 4;
+  for (int64_t bucket : {int64_t{32} << 20, int64_t{4096}}) {  // one bucket per source, and many
+    CAPTURE(bucket);
+    w.cluster->run(w.dst, actors::weights::ResetShard{});
+    const auto r = w.cluster->run(w.dst, w.pull(shards, 1, bucket));
+    CHECK(ReshardWorkers::total(r, "reshard/identical") == 4);
+    CHECK(ReshardWorkers::total(r, "reshard/sent_bytes") == bound);
+    CHECK(ReshardWorkers::total(r, "reshard/buckets") >= (bucket == 4096 ? static_cast<double>(bound) / 4096 : 4.0));
+  }
+  // Weights of another version are refused, naming the source and both versions.
+  const std::string err = test::error_of([&] { w.cluster->run(w.dst, w.pull(shards, 2, 1 << 20)); });
+  CHECK(err.find("holds weights of version 1, not 2") != std::string::npos);
+  CHECK(err.find("source rank") != std::string::npos);
+}
+
+TEST_CASE("colocated workers copy what their own process holds and receive the rest") {
+  ReshardWorkers w("dp=2,tp=2", "tp=4", true);
+  const runtime::DataRef shards = w.cluster->run(w.src, actors::weights::KeepShard{}).data;
+  w.cluster->run(w.dst, actors::weights::ResetShard{});
+  const auto r = w.cluster->run(w.dst, w.pull(shards, 1, 1 << 20));
+  const auto plan = ReshardPlan::make(w.from, w.to, ReshardPlan::best_colocation(w.from, w.to));
+  CHECK(ReshardWorkers::total(r, "reshard/identical") == 4);
+  CHECK(ReshardWorkers::total(r, "reshard/sent_bytes") == plan.lower_bound() * 4);
+  CHECK(ReshardWorkers::total(r, "reshard/local_bytes") == plan.local_elements() * 4);
+  CHECK(plan.local_elements() > 0);
+}
+
+TEST_CASE("bench reshard prints the plan's bytes at the lower bound, below the baseline's, and bad layouts are named") {
+  test::TempDir dir;
+  test::spread_model("qwen3").save(dir.path() / "model");
+  const auto r = test::run_cli(FLOTILLA_TEST_CLI, {"bench", "reshard", "--model", (dir.path() / "model").string(), "--from", "fsdp=2",
+                                                   "--to", "tp=2", "--repeats", "1", "--json", "-q"}, dir.path());
+  REQUIRE(r.code == 0);
+  const auto j = nlohmann::json::parse(r.out);
+  CHECK(j["plan_bytes"] == j["lower_bound_bytes"]);
+  CHECK(j["identical"] == true);
+  CHECK(j["byte_ratio"].get<double>() > 1.5);
+  CHECK(j["baseline_bytes"].get<int64_t>() > j["plan_bytes"].get<int64_t>());
+  const auto bad = test::run_cli(FLOTILLA_TEST_CLI, {"bench", "reshard", "--model", (dir.path() / "model").string(), "--from", "pp=2"},
+                                 dir.path());
+  CHECK(bad.code != 0);
+  CHECK(test::contains(bad.err, "layout 'pp=2': 'pp=2' is not dp=N, fsdp=N or tp=N"));
+  const auto more = test::run_cli(FLOTILLA_TEST_CLI, {"bench", "reshard", "--model", (dir.path() / "model").string(), "--from", "tp=2",
+                                                      "--to", "tp=4", "--placement", "colocated"}, dir.path());
+  CHECK(more.code != 0);
+  CHECK(test::contains(more.err, "colocated placement puts each generation rank beside a training rank"));
 }
