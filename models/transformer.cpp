@@ -16,125 +16,6 @@
 namespace flotilla::models {
 namespace fs = std::filesystem;
 
-// ---- Config ----
-
-LmConfig LmConfig::from_json(const std::string& text, const std::string& source) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    throw FormatError(source + ": not valid JSON: " + e.what());
-  }
-  auto fail = [&](const std::string& msg) { throw FormatError(source + ": " + msg); };
-  auto integer = [&](const char* key, std::optional<int64_t> fallback = std::nullopt) -> int64_t {
-    if (!j.contains(key) || j[key].is_null()) {
-      if (fallback) return *fallback;
-      fail(std::string("missing key '") + key + "'");
-    }
-    if (!j[key].is_number_integer() || j[key].get<int64_t>() < 1)
-      fail(std::string("'") + key + "' must be a positive integer, got " + j[key].dump());
-    return j[key].get<int64_t>();
-  };
-  auto number = [&](const char* key, double fallback) -> double {
-    if (!j.contains(key) || j[key].is_null()) return fallback;
-    if (!j[key].is_number()) fail(std::string("'") + key + "' must be a number, got " + j[key].dump());
-    return j[key].get<double>();
-  };
-  LmConfig c;
-  if (!j.contains("model_type") || !j["model_type"].is_string()) fail("missing key 'model_type'");
-  c.model_type = j["model_type"].get<std::string>();
-  if (c.model_type != "llama" && c.model_type != "qwen2" && c.model_type != "qwen3")
-    fail("model_type '" + c.model_type + "' is not supported (supported: llama, qwen2, qwen3)");
-  c.vocab_size = integer("vocab_size");
-  c.hidden_size = integer("hidden_size");
-  c.intermediate_size = integer("intermediate_size");
-  c.num_hidden_layers = integer("num_hidden_layers");
-  c.num_attention_heads = integer("num_attention_heads");
-  c.num_key_value_heads = integer("num_key_value_heads", c.num_attention_heads);
-  if (!j.contains("head_dim") && c.hidden_size % c.num_attention_heads != 0)
-    fail("hidden_size " + std::to_string(c.hidden_size) + " is not a multiple of num_attention_heads " +
-         std::to_string(c.num_attention_heads) + " (and there is no head_dim)");
-  c.head_dim = integer("head_dim", c.hidden_size / c.num_attention_heads);
-  if (c.num_attention_heads % c.num_key_value_heads != 0)
-    fail("num_attention_heads " + std::to_string(c.num_attention_heads) + " is not a multiple of num_key_value_heads " +
-         std::to_string(c.num_key_value_heads));
-  c.max_position_embeddings = integer("max_position_embeddings", 2048);
-  c.rms_norm_eps = number("rms_norm_eps", 1e-6);
-  c.rope_theta = number("rope_theta", 10000.0);
-  if (c.rms_norm_eps <= 0) fail("'rms_norm_eps' must be positive");
-  if (c.rope_theta <= 0) fail("'rope_theta' must be positive");
-  c.tie_word_embeddings = j.value("tie_word_embeddings", false);
-  c.attention_bias = c.model_type == "qwen2" ? true : j.value("attention_bias", false);
-  c.qk_norm = c.model_type == "qwen3";
-  c.torch_dtype = j.value("torch_dtype", std::string("float32"));
-  std::string arch;
-  if (j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty() &&
-      j["architectures"][0].is_string())
-    arch = j["architectures"][0].get<std::string>();
-  auto ends_with = [&](const std::string& suffix) {
-    return arch.size() >= suffix.size() && arch.compare(arch.size() - suffix.size(), suffix.size(), suffix) == 0;
-  };
-  if (ends_with("ForSequenceClassification")) c.head = "reward";
-  else if (ends_with("ForTokenClassification")) c.head = "value";
-  else if (!arch.empty() && !ends_with("ForCausalLM"))
-    fail("architecture '" + arch + "' is not supported (*ForCausalLM, *ForTokenClassification or *ForSequenceClassification)");
-  if (c.head != "lm" && j.value("num_labels", 1) != 1) fail("a value or reward head has one label, not " + j["num_labels"].dump());
-  return c;
-}
-
-std::string LmConfig::to_json() const {
-  const std::string family = model_type == "llama" ? "Llama" : model_type == "qwen2" ? "Qwen2" : "Qwen3";
-  const std::string arch = family + (head == "reward" ? "ForSequenceClassification"
-                                     : head == "value" ? "ForTokenClassification"
-                                                       : "ForCausalLM");
-  nlohmann::ordered_json j = {{"architectures", {arch}},
-                              {"model_type", model_type},
-                              {"vocab_size", vocab_size},
-                              {"hidden_size", hidden_size},
-                              {"intermediate_size", intermediate_size},
-                              {"num_hidden_layers", num_hidden_layers},
-                              {"num_attention_heads", num_attention_heads},
-                              {"num_key_value_heads", num_key_value_heads},
-                              {"head_dim", head_dim},
-                              {"max_position_embeddings", max_position_embeddings},
-                              {"rms_norm_eps", rms_norm_eps},
-                              {"rope_theta", rope_theta},
-                              {"tie_word_embeddings", tie_word_embeddings},
-                              {"attention_bias", attention_bias},
-                              {"hidden_act", "silu"},
-                              {"torch_dtype", torch_dtype}};
-  if (head != "lm") j["num_labels"] = 1;
-  return j.dump(2) + "\n";
-}
-
-LmConfig LmConfig::preset(const std::string& arch, const std::string& size, int64_t vocab) {
-  if (arch != "llama" && arch != "qwen2" && arch != "qwen3")
-    throw ConfigError("--arch '" + arch + "' is not one of llama, qwen2, qwen3");
-  if (vocab < 1) throw ConfigError("--vocab must be positive");
-  LmConfig c;
-  c.model_type = arch;
-  c.vocab_size = vocab;
-  if (size == "tiny") {
-    c.hidden_size = 64, c.intermediate_size = 192, c.num_hidden_layers = 2;
-    c.num_attention_heads = 4, c.num_key_value_heads = 2, c.head_dim = 16;
-  } else if (size == "small") {
-    c.hidden_size = 256, c.intermediate_size = 768, c.num_hidden_layers = 4;
-    c.num_attention_heads = 8, c.num_key_value_heads = 4, c.head_dim = 32;
-  } else if (size == "base") {  // 133M parameters with a 32k vocabulary: Qwen3-shaped, for benchmarks
-    c.hidden_size = 1024, c.intermediate_size = 3072, c.num_hidden_layers = 8;
-    c.num_attention_heads = 16, c.num_key_value_heads = 8, c.head_dim = 64;
-  } else {
-    throw ConfigError("--preset '" + size + "' is not one of tiny, small, base");
-  }
-  c.max_position_embeddings = 4096;
-  c.rope_theta = arch == "llama" ? 500000.0 : 1000000.0;
-  c.rms_norm_eps = 1e-6;
-  c.tie_word_embeddings = true;
-  c.attention_bias = arch == "qwen2";
-  c.qk_norm = arch == "qwen3";
-  return c;
-}
-
 int tensor_parallel_dim(const std::string& name, bool vocab_parallel) {
   auto ends = [&](const std::string& s) { return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0; };
   for (const char* column : {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"})
@@ -163,11 +44,67 @@ torch::nn::Linear linear(int64_t in, int64_t out, bool bias) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }
 
+// Megatron's three operators between the whole and the split parts of a tensor-parallel block.
+// The group travels as a pointer in the autograd context.
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+const TensorParallel& group_of(AutogradContext* ctx) {
+  return *reinterpret_cast<const TensorParallel*>(ctx->saved_data["tp"].toInt());
+}
+torch::Tensor summed(const TensorParallel& tp, const torch::Tensor& x) {
+  torch::Tensor r = x.contiguous().clone();
+  tp.all_reduce(r);
+  return r;
+}
+// Into a split block: the same tensor forward, the gradients of every rank's part summed back.
+struct CopyToTp : torch::autograd::Function<CopyToTp> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t tp) {
+    ctx->saved_data["tp"] = tp;
+    return x.clone();
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list g) { return {summed(group_of(ctx), g[0]), torch::Tensor()}; }
+};
+// Out of a row-parallel block: the partial outputs summed forward, the gradient as it is back.
+struct ReduceFromTp : torch::autograd::Function<ReduceFromTp> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t tp) {
+    return summed(*reinterpret_cast<const TensorParallel*>(tp), x);
+  }
+  static variable_list backward(AutogradContext*, variable_list g) { return {g[0], torch::Tensor()}; }
+};
+// Out of a vocabulary-parallel head: every rank's logits side by side, each rank's columns back.
+struct GatherFromTp : torch::autograd::Function<GatherFromTp> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t tp) {
+    ctx->saved_data["tp"] = tp;
+    return reinterpret_cast<const TensorParallel*>(tp)->all_gather_last(x.contiguous());
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list g) {
+    const TensorParallel& tp = group_of(ctx);
+    return {g[0].chunk(tp.size, -1)[static_cast<size_t>(tp.rank)].contiguous(), torch::Tensor()};
+  }
+};
+int64_t handle(const TensorParallel& tp) { return reinterpret_cast<int64_t>(&tp); }
+torch::Tensor copy_to(const TensorParallel& tp, const torch::Tensor& x) { return tp.size > 1 ? CopyToTp::apply(x, handle(tp)) : x; }
+torch::Tensor reduce_from(const TensorParallel& tp, const torch::Tensor& x) {
+  return tp.size > 1 ? ReduceFromTp::apply(x, handle(tp)) : x;
+}
+torch::Tensor gather_from(const TensorParallel& tp, const torch::Tensor& x) {
+  return tp.size > 1 ? GatherFromTp::apply(x, handle(tp)) : x;
+}
+
+int64_t split(int64_t n, const TensorParallel& tp, const std::string& what) {
+  if (n % tp.size != 0)
+    throw ConfigError(what + " (" + std::to_string(n) + ") does not split over " + std::to_string(tp.size) + " tensor-parallel ranks");
+  return n / tp.size;
+}
+
 struct AttentionImpl : torch::nn::Module {
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   RmsNorm q_norm{nullptr}, k_norm{nullptr};
-  int64_t heads, kv_heads, head_dim;
-  explicit AttentionImpl(const LmConfig& c) : heads(c.num_attention_heads), kv_heads(c.num_key_value_heads), head_dim(c.head_dim) {
+  int64_t heads, kv_heads, head_dim;  // this rank's heads
+  AttentionImpl(const LmConfig& c, const TensorParallel& tp)
+      : heads(split(c.num_attention_heads, tp, "num_attention_heads")),
+        kv_heads(split(c.num_key_value_heads, tp, "num_key_value_heads")),
+        head_dim(c.head_dim) {
     q_proj = register_module("q_proj", linear(c.hidden_size, heads * head_dim, c.attention_bias));
     k_proj = register_module("k_proj", linear(c.hidden_size, kv_heads * head_dim, c.attention_bias));
     v_proj = register_module("v_proj", linear(c.hidden_size, kv_heads * head_dim, c.attention_bias));
@@ -245,10 +182,11 @@ TORCH_MODULE(Attention);
 
 struct MlpImpl : torch::nn::Module {
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
-  explicit MlpImpl(const LmConfig& c) {
-    gate_proj = register_module("gate_proj", linear(c.hidden_size, c.intermediate_size, false));
-    up_proj = register_module("up_proj", linear(c.hidden_size, c.intermediate_size, false));
-    down_proj = register_module("down_proj", linear(c.intermediate_size, c.hidden_size, false));
+  MlpImpl(const LmConfig& c, const TensorParallel& tp) {
+    const int64_t units = split(c.intermediate_size, tp, "intermediate_size");
+    gate_proj = register_module("gate_proj", linear(c.hidden_size, units, false));
+    up_proj = register_module("up_proj", linear(c.hidden_size, units, false));
+    down_proj = register_module("down_proj", linear(units, c.hidden_size, false));
   }
   torch::Tensor forward(const torch::Tensor& x) {
     return down_proj->forward(torch::silu(gate_proj->forward(x)) * up_proj->forward(x));
@@ -260,15 +198,19 @@ struct LayerImpl : torch::nn::Module {
   RmsNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   Attention self_attn{nullptr};
   Mlp mlp{nullptr};
-  explicit LayerImpl(const LmConfig& c) {
+  const TensorParallel* tp;
+  LayerImpl(const LmConfig& c, const TensorParallel& group) : tp(&group) {
     input_layernorm = register_module("input_layernorm", RmsNorm(c.hidden_size, c.rms_norm_eps));
-    self_attn = register_module("self_attn", Attention(c));
+    self_attn = register_module("self_attn", Attention(c, group));
     post_attention_layernorm = register_module("post_attention_layernorm", RmsNorm(c.hidden_size, c.rms_norm_eps));
-    mlp = register_module("mlp", Mlp(c));
+    mlp = register_module("mlp", Mlp(c, group));
   }
   torch::Tensor forward(torch::Tensor x, const torch::Tensor& cos, const torch::Tensor& sin) {
-    x = x + self_attn->forward(input_layernorm->forward(x), cos, sin);
-    return x + mlp->forward(post_attention_layernorm->forward(x));
+    x = x + reduce_from(*tp, self_attn->forward(copy_to(*tp, input_layernorm->forward(x)), cos, sin));
+    return x + mlp_block(x);
+  }
+  torch::Tensor mlp_block(const torch::Tensor& x) {
+    return reduce_from(*tp, mlp->forward(copy_to(*tp, post_attention_layernorm->forward(x))));
   }
 };
 TORCH_MODULE(Layer);
@@ -277,10 +219,11 @@ struct BodyImpl : torch::nn::Module {
   torch::nn::Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers;
   RmsNorm norm{nullptr};
-  explicit BodyImpl(const LmConfig& c) {
-    embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.hidden_size));
+  BodyImpl(const LmConfig& c, const TensorParallel& tp) {
+    const int64_t rows = tp.vocab_parallel ? split(c.vocab_size, tp, "vocab_size") : c.vocab_size;
+    embed_tokens = register_module("embed_tokens", torch::nn::Embedding(rows, c.hidden_size));
     layers = register_module("layers", torch::nn::ModuleList());
-    for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(Layer(c));
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(Layer(c, tp));
     norm = register_module("norm", RmsNorm(c.hidden_size, c.rms_norm_eps));
   }
 };
@@ -297,22 +240,67 @@ torch::ScalarType dtype_of(const std::string& name) {
 
 struct CausalLm::Impl : torch::nn::Module {
   LmConfig config;
+  TensorParallel tp;
   Body model{nullptr};
   torch::nn::Linear lm_head{nullptr}, score{nullptr};
 
-  explicit Impl(const LmConfig& c) : config(c) {
+  Impl(const LmConfig& c, TensorParallel group) : config(c), tp(std::move(group)) {
     if (c.head != "lm" && c.head != "value" && c.head != "reward")
       throw ConfigError("head '" + c.head + "' is not one of lm, value, reward");
-    model = register_module("model", Body(c));
+    if (tp.size < 1 || tp.rank < 0 || tp.rank >= tp.size) throw ConfigError("tensor-parallel rank " + std::to_string(tp.rank) + " of " + std::to_string(tp.size));
+    if (tp.size == 1) tp.vocab_parallel = false;
+    if (tp.size > 1 && (!tp.all_reduce || !tp.all_gather_last)) throw Error("a tensor-parallel model needs its group's collectives");
+    // A tensor-parallel rank draws the whole model as one process would (the same generator
+    // state before and after) and keeps its slices.
+    at::Generator gen = at::detail::getDefaultCPUGenerator();
+    at::Tensor drawn;
+    if (tp.size > 1) {
+      std::lock_guard lock(gen.mutex());
+      drawn = gen.get_state();
+    }
+    model = register_module("model", Body(c, tp));
+    const int64_t vocab = tp.vocab_parallel ? c.vocab_size / tp.size : c.vocab_size;
     if (c.head != "lm") score = register_module("score", linear(c.hidden_size, 1, false));
-    else if (!c.tie_word_embeddings) lm_head = register_module("lm_head", linear(c.hidden_size, c.vocab_size, false));
+    else if (!c.tie_word_embeddings) lm_head = register_module("lm_head", linear(c.hidden_size, vocab, false));
     torch::NoGradGuard no_grad;
+    if (tp.size > 1) {
+      {
+        std::lock_guard lock(gen.mutex());
+        gen.set_state(drawn);
+      }
+      const Impl whole(c, TensorParallel{});
+      const auto from = whole.named_parameters();
+      for (auto& p : named_parameters()) p.value().copy_(slice(p.key(), from[p.key()]));
+      return;
+    }
     for (auto& p : named_parameters()) {
       const std::string& name = p.key();
       if (name.find("norm") != std::string::npos) p.value().fill_(1.0);
       else if (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0) p.value().zero_();
       else p.value().normal_(0.0, 0.02);
     }
+  }
+
+  // The dimension this rank's slice of a parameter is cut along, or -1 when it holds all of it.
+  int split_dim(const std::string& name) const { return tp.size > 1 ? tensor_parallel_dim(name, tp.vocab_parallel) : -1; }
+  std::vector<int64_t> whole_shape(const std::string& name, const torch::Tensor& local) const {
+    std::vector<int64_t> s(local.sizes().begin(), local.sizes().end());
+    if (const int d = split_dim(name); d >= 0) s[static_cast<size_t>(d)] *= tp.size;
+    return s;
+  }
+  torch::Tensor slice(const std::string& name, const torch::Tensor& whole) const {
+    const int d = split_dim(name);
+    return d >= 0 ? whole.chunk(tp.size, d)[static_cast<size_t>(tp.rank)] : whole;
+  }
+
+  // Token embeddings; a vocabulary-parallel rank looks up the tokens in its range, and the
+  // ranks' rows are summed.
+  torch::Tensor embed(const torch::Tensor& tokens) {
+    if (!tp.vocab_parallel) return model->embed_tokens->forward(tokens);
+    const int64_t rows = model->embed_tokens->weight.size(0);
+    const torch::Tensor local = tokens - tp.rank * rows;
+    const torch::Tensor inside = ((local >= 0) & (local < rows)).unsqueeze(-1).to(torch::kFloat);
+    return reduce_from(tp, model->embed_tokens->forward(local.clamp(0, rows - 1)) * inside);
   }
 
   // cos and sin of the rotary embedding at `positions` (any shape): [..., head_dim].
@@ -336,14 +324,16 @@ struct CausalLm::Impl : torch::nn::Module {
   torch::Tensor head(const torch::Tensor& x) {
     torch::Tensor h = model->norm->forward(x);
     if (score) throw Error("this model has a " + config.head + " head, not next-token logits");
-    return lm_head ? lm_head->forward(h) : torch::matmul(h, model->embed_tokens->weight.t());
+    if (tp.vocab_parallel) h = copy_to(tp, h);
+    const torch::Tensor logits = lm_head ? lm_head->forward(h) : torch::matmul(h, model->embed_tokens->weight.t());
+    return tp.vocab_parallel ? gather_from(tp, logits) : logits;
   }
 
   torch::Tensor scores(const torch::Tensor& tokens) {
     if (!score) throw Error("this model has a language-model head, not a value or reward head");
     check_tokens(tokens);
     auto [cos, sin] = rope(tokens.size(1));
-    torch::Tensor x = model->embed_tokens->forward(tokens);
+    torch::Tensor x = embed(tokens);
     for (const auto& layer : *model->layers) x = layer->as<LayerImpl>()->forward(x, cos, sin);
     return score->forward(model->norm->forward(x)).squeeze(-1);
   }
@@ -351,7 +341,7 @@ struct CausalLm::Impl : torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& tokens) {
     check_tokens(tokens);
     auto [cos, sin] = rope(tokens.size(1));
-    torch::Tensor x = model->embed_tokens->forward(tokens);
+    torch::Tensor x = embed(tokens);
     for (const auto& layer : *model->layers) x = layer->as<LayerImpl>()->forward(x, cos, sin);
     return head(x);
   }
@@ -367,23 +357,24 @@ struct CausalLm::Impl : torch::nn::Module {
     const torch::Tensor j = torch::arange(L, torch::kLong).view({1, 1, L});
     const torch::Tensor mask = ((j <= pos.unsqueeze(2)) & (j < (start + count).view({B, 1, 1}))).unsqueeze(1);
     auto [cos, sin] = rope_at(pos);
-    torch::Tensor x = model->embed_tokens->forward(tokens);
+    torch::Tensor x = embed(tokens);
     for (size_t l = 0; l < model->layers->size(); ++l) {
       auto* layer = (*model->layers)[l]->as<LayerImpl>();
-      x = x + layer->self_attn->forward_cached(layer->input_layernorm->forward(x), cos, sin, write_slots, valid, slots,
-                                               mask, cache.k[l], cache.v[l]);
-      x = x + layer->mlp->forward(layer->post_attention_layernorm->forward(x));
+      x = x + reduce_from(tp, layer->self_attn->forward_cached(copy_to(tp, layer->input_layernorm->forward(x)), cos, sin, write_slots,
+                                                             valid, slots, mask, cache.k[l], cache.v[l]));
+      x = x + layer->mlp_block(x);
     }
     return head(x);
   }
 };
 
-CausalLm::CausalLm(const LmConfig& config) : impl_(std::make_unique<Impl>(config)) {}
+CausalLm::CausalLm(const LmConfig& config, TensorParallel tp) : impl_(std::make_unique<Impl>(config, std::move(tp))) {}
 CausalLm::~CausalLm() = default;
 CausalLm::CausalLm(CausalLm&&) noexcept = default;
 CausalLm& CausalLm::operator=(CausalLm&&) noexcept = default;
 
 const LmConfig& CausalLm::config() const { return impl_->config; }
+const TensorParallel& CausalLm::tensor_parallel() const { return impl_->tp; }
 
 at::Tensor CausalLm::forward(const at::Tensor& tokens) { return impl_->forward(tokens); }
 
@@ -401,9 +392,10 @@ KvCache CausalLm::make_cache(int64_t num_blocks, int64_t block_size) const {
   KvCache cache;
   cache.block_size = block_size;
   cache.num_blocks = num_blocks;
+  const int64_t kv_heads = c.num_key_value_heads / impl_->tp.size;  // this rank's
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    cache.k.push_back(torch::zeros({num_blocks * block_size, c.num_key_value_heads, c.head_dim}));
-    cache.v.push_back(torch::zeros({num_blocks * block_size, c.num_key_value_heads, c.head_dim}));
+    cache.k.push_back(torch::zeros({num_blocks * block_size, kv_heads, c.head_dim}));
+    cache.v.push_back(torch::zeros({num_blocks * block_size, kv_heads, c.head_dim}));
   }
   return cache;
 }
@@ -424,6 +416,18 @@ at::Tensor CausalLm::rewards(const at::Tensor& tokens, const at::Tensor& last) {
   return impl_->scores(tokens).gather(1, last.unsqueeze(1)).squeeze(1);
 }
 
+void CausalLm::reduce_tensor_parallel_gradients() {
+  if (impl_->tp.size == 1) return;
+  for (auto& p : impl_->named_parameters()) {
+    const std::string& n = p.key();
+    const bool per_head = n.find("q_norm") != std::string::npos || n.find("k_norm") != std::string::npos;
+    if (per_head && p.value().grad().defined()) {
+      at::Tensor g = p.value().mutable_grad();
+      impl_->tp.all_reduce(g);
+    }
+  }
+}
+
 std::vector<std::pair<std::string, at::Tensor>> CausalLm::named_parameters() const {
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (const auto& p : impl_->named_parameters()) out.emplace_back(p.key(), p.value());
@@ -432,7 +436,7 @@ std::vector<std::pair<std::string, at::Tensor>> CausalLm::named_parameters() con
 
 CausalLm CausalLm::load(const fs::path& dir) { return load(dir, ""); }
 
-CausalLm CausalLm::load(const fs::path& dir, const std::string& head) {
+CausalLm CausalLm::load(const fs::path& dir, const std::string& head, TensorParallel tp) {
   const fs::path config_path = dir / "config.json";
   if (!fs::exists(config_path)) throw ConfigError(dir.string() + ": no config.json (is this a model directory?)");
   LmConfig config = LmConfig::from_json(core::read_file(config_path), config_path.string());
@@ -443,7 +447,7 @@ CausalLm CausalLm::load(const fs::path& dir, const std::string& head) {
     throw ConfigError(dir.string() + ": a language-model head cannot be made from a " + config.head +
                       " model with untied embeddings (no lm_head weights)");
   if (new_head) config.head = head;
-  CausalLm lm(config);
+  CausalLm lm(config, std::move(tp));
   lm.read_weights(dir, new_head);
   return lm;
 }
@@ -483,22 +487,24 @@ void CausalLm::read_weights(const fs::path& dir, bool new_head) {
       continue;
     }
     if (it == tensors.end()) throw FormatError(dir.string() + ": the checkpoint has no tensor '" + p.key() + "'");
-    if (it->second.sizes() != p.value().sizes()) {
+    if (it->second.sizes() != c10::IntArrayRef(impl_->whole_shape(p.key(), p.value()))) {
       std::ostringstream s;
       s << dir.string() << ": tensor '" << p.key() << "' has shape " << it->second.sizes() << ", the config implies "
-        << p.value().sizes();
+        << c10::IntArrayRef(impl_->whole_shape(p.key(), p.value()));
       throw FormatError(s.str());
     }
     const auto dt = it->second.scalar_type();
     if (dt != torch::kFloat && dt != torch::kBFloat16 && dt != torch::kHalf)
       throw FormatError(dir.string() + ": tensor '" + p.key() + "' is " + std::string(c10::toString(dt)) +
                         "; weights must be F32, BF16 or F16");
-    p.value().copy_(it->second.to(torch::kFloat));
+    p.value().copy_(impl_->slice(p.key(), it->second).to(torch::kFloat));
   }
 }
 
 void CausalLm::save(const fs::path& dir, const std::string& dtype) const {
   const torch::ScalarType dt = dtype_of(dtype);
+  if (impl_->tp.size > 1)
+    throw Error("a tensor-parallel rank holds a slice of the model; gather the slices into one model to save it");
   fs::create_directories(dir);
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (const auto& p : impl_->named_parameters()) out.emplace_back(p.key(), p.value().detach().to(dt).contiguous());

@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -57,10 +58,24 @@ struct KvCache {
 // Megatron and vLLM do), -1 for what every tensor-parallel rank holds whole (norms, scalar heads).
 int tensor_parallel_dim(const std::string& name, bool vocab_parallel = true);
 
+// The tensor-parallel group a model's layers are split over (Megatron's layout): this rank, the
+// group's size and its collectives. The body's input is whole on every rank; attention heads and
+// the MLP's intermediate units are split (column-parallel in, row-parallel out, one sum per block
+// in the forward pass and one in the backward); with `vocab_parallel` the embedding and output
+// head hold a range of the vocabulary each and the logits are gathered whole.
+struct TensorParallel {
+  int rank = 0, size = 1;
+  bool vocab_parallel = true;
+  std::function<void(at::Tensor&)> all_reduce;                   // sums over the group, in place
+  std::function<at::Tensor(const at::Tensor&)> all_gather_last;  // concatenated on the last dim, rank order
+};
+
 class CausalLm {
  public:
-  // Random weights (normal, std 0.02) from libtorch's default generator (seed it first).
-  explicit CausalLm(const LmConfig& config);
+  // Random weights (normal, std 0.02) from libtorch's default generator (seed it first). Under
+  // tensor parallelism every rank draws the whole model and keeps its slice, so the weights are
+  // those of one process with the same seed.
+  explicit CausalLm(const LmConfig& config, TensorParallel tp = {});
   ~CausalLm();
   CausalLm(CausalLm&&) noexcept;
   CausalLm& operator=(CausalLm&&) noexcept;
@@ -70,15 +85,16 @@ class CausalLm {
   static CausalLm load(const std::filesystem::path& dir);
   // The same with another output head (a critic or reward model started from a policy
   // checkpoint): the body's weights are read, the new head starts at zero.
-  static CausalLm load(const std::filesystem::path& dir, const std::string& head);
+  static CausalLm load(const std::filesystem::path& dir, const std::string& head, TensorParallel tp = {});
   // Reads a model directory's weights into this model, which must have its config (a checkpoint
   // of this same model); errors as for load().
   void load_weights(const std::filesystem::path& dir);
   // Writes config.json and model.safetensors with HF names, in `dtype` ("float32", "bfloat16" or
-  // "float16").
+  // "float16"). A tensor-parallel slice cannot be saved alone (gather it first).
   void save(const std::filesystem::path& dir, const std::string& dtype = "float32") const;
 
   const LmConfig& config() const;
+  const TensorParallel& tensor_parallel() const;
   // Logits [B, T, V] (float32) for tokens [B, T] (int64) at positions 0 .. T-1.
   at::Tensor forward(const at::Tensor& tokens);
   // log p(token t | tokens before t) for t = 1 .. T-1: [B, T-1], without gradients.
@@ -88,6 +104,12 @@ class CausalLm {
   // Reward head: the scalar at each row's last real token, `last` [B] (index of that token).
   at::Tensor rewards(const at::Tensor& tokens, const at::Tensor& last);
 
+  // Under tensor parallelism, the gradients of the parameters every rank holds whole but uses on
+  // its own heads only (Qwen3's q_norm and k_norm) are partial sums: this sums them over the
+  // group. Call it after backward, before clipping or stepping.
+  void reduce_tensor_parallel_gradients();
+
+  // The parameters (this rank's slices under tensor parallelism), in the model's order.
   std::vector<std::pair<std::string, at::Tensor>> named_parameters() const;
 
   KvCache make_cache(int64_t num_blocks, int64_t block_size) const;

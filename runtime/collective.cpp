@@ -42,4 +42,48 @@ void Collective::allreduce_mean(const std::vector<at::Tensor>& tensors) {
   }
 }
 
+void Collective::all_reduce(at::Tensor& t) {
+  if (size_ == 1) return;
+  std::vector<at::Tensor> buffer = {t};
+  impl_->group->allreduce(buffer)->wait();
+}
+
+at::Tensor Collective::all_gather(const at::Tensor& t, int64_t dim) {
+  if (size_ == 1) return t;
+  std::vector<at::Tensor> in = {t.contiguous()};
+  std::vector<std::vector<at::Tensor>> out(1);
+  for (int r = 0; r < size_; ++r) out[0].push_back(at::empty_like(in[0]));
+  impl_->group->allgather(out, in)->wait();
+  return at::cat(out[0], dim);
+}
+
+at::Tensor Collective::reduce_scatter(const at::Tensor& flat) {
+  if (size_ == 1) return flat;
+  if (flat.dim() != 1 || flat.numel() % size_ != 0)
+    throw Error("reduce_scatter takes a flat tensor whose size divides by the group's " + std::to_string(size_));
+  const int64_t n = flat.numel() / size_;
+  at::Tensor in = flat.contiguous(), out = at::empty_like(in);
+  std::vector<int64_t> counts(static_cast<size_t>(size_), n);
+  impl_->group->alltoall_base(out, in, counts, counts)->wait();
+  return out.view({size_, n}).sum(0);
+}
+
+void Collective::broadcast(at::Tensor& t, int root) {
+  if (size_ == 1) return;
+  std::vector<at::Tensor> buffer = {t};
+  c10d::BroadcastOptions o;
+  o.rootRank = root;
+  impl_->group->broadcast(buffer, o)->wait();
+}
+
+models::TensorParallel Collective::tensor_parallel(bool vocab_parallel) {
+  models::TensorParallel tp;
+  tp.rank = rank_;
+  tp.size = size_;
+  tp.vocab_parallel = vocab_parallel;
+  tp.all_reduce = [this](at::Tensor& t) { all_reduce(t); };
+  tp.all_gather_last = [this](const at::Tensor& t) { return all_gather(t, -1); };
+  return tp;
+}
+
 }  // namespace flotilla::runtime

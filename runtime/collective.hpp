@@ -1,11 +1,14 @@
 #pragma once
-// Collectives among the ranks of one worker group, through libtorch's c10d: Gloo on CPU (NCCL
-// where GPUs are, later). The ranks meet through a file store in the run directory.
+// Collectives among the ranks of one worker group, or of a subgroup of it (the tensor-parallel
+// ranks of one replica, the fully-sharded ranks of one slice), through libtorch's c10d: Gloo on
+// CPU (NCCL where GPUs are, later). The ranks meet through a file store in the run directory.
 #include <ATen/core/Tensor.h>
 
 #include <filesystem>
 #include <memory>
 #include <vector>
+
+#include "models/transformer.hpp"
 
 namespace flotilla::runtime {
 
@@ -17,6 +20,17 @@ class Collective {
   int size() const { return size_; }
   // Replaces each tensor by its mean over the ranks (one flat all-reduce).
   void allreduce_mean(const std::vector<at::Tensor>& tensors);
+  // Sums a contiguous tensor over the ranks, in place.
+  void all_reduce(at::Tensor& t);
+  // Every rank's tensor (the same shape on each) concatenated along `dim` in rank order.
+  at::Tensor all_gather(const at::Tensor& t, int64_t dim);
+  // A flat tensor of size * n elements summed over the ranks, this rank's n (its chunk), with one
+  // all-to-all (each rank receives only its chunk of every other rank's).
+  at::Tensor reduce_scatter(const at::Tensor& flat);
+  // Rank `root`'s tensor into every rank's (same shape), in place.
+  void broadcast(at::Tensor& t, int root);
+  // This group as a model's tensor-parallel group.
+  models::TensorParallel tensor_parallel(bool vocab_parallel = true);
 
  private:
   struct Impl;
