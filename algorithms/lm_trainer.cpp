@@ -43,9 +43,88 @@ LmOptimConfig LmOptimConfig::read(core::ConfigView s, double default_lr) {
   return c;
 }
 
+using Axis = TrainingGroup::Axis;
+
 struct LmTrainer::Impl {
   std::vector<torch::Tensor> params;
-  std::unique_ptr<torch::optim::Adam> adam;
+  std::unique_ptr<torch::optim::Adam> adam;  // over params, or over `master` under fsdp
+  TrainingGroup* group = nullptr;
+  std::vector<bool> replicated;  // held whole by every tensor-parallel rank: counted once in the norm
+  // fsdp: this rank's chunk of the flat parameters (Adam steps it), which of its elements belong
+  // to replicated parameters, the flat size and the chunk size.
+  torch::Tensor master, master_replicated;
+  int64_t flat = 0, chunk = 0;
+
+  int size(Axis a) const { return group ? group->size(a) : 1; }
+
+  torch::Tensor flat_grads() const {
+    std::vector<torch::Tensor> g;
+    for (const auto& p : params) g.push_back(p.grad().reshape({-1}));
+    return torch::cat(g);
+  }
+
+  // The gradients of a mini-batch in place, summed over the ranks as one process would have
+  // them, clipped, and Adam's step; returns the norm before clipping.
+  double step(double weight, double max_norm, models::CausalLm& model) {
+    for (auto& p : params)
+      if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+    if (!group) {  // one process: exactly as libtorch clips and steps
+      const double norm = torch::nn::utils::clip_grad_norm_(params, max_norm > 0 ? max_norm : 1e30);
+      adam->step();
+      return norm;
+    }
+    torch::NoGradGuard no_grad;
+    model.reduce_tensor_parallel_gradients();
+    if (size(Axis::Data) > 1) {  // each data rank's mean gradient counts by its share of the rows or tokens
+      torch::Tensor w = torch::full({1}, weight, torch::kDouble);
+      group->sum(w, Axis::Data);
+      const double total = w.item<double>();
+      for (auto& p : params) p.mutable_grad().mul_(total > 0 ? weight / total : 0.0);
+    }
+    if (size(Axis::Fsdp) == 1) {
+      if (size(Axis::Data) > 1) {
+        torch::Tensor g = flat_grads();
+        group->sum(g, Axis::Data);
+        int64_t at = 0;
+        for (auto& p : params) {
+          p.mutable_grad().copy_(g.narrow(0, at, p.numel()).view_as(p));
+          at += p.numel();
+        }
+      }
+      torch::Tensor split = torch::zeros({1}, torch::kDouble), whole = torch::zeros({1}, torch::kDouble);
+      for (size_t i = 0; i < params.size(); ++i) (replicated[i] ? whole : split) += params[i].grad().pow(2).sum().to(torch::kDouble);
+      if (size(Axis::Tp) > 1) group->sum(split, Axis::Tp);
+      const double norm = std::sqrt((split + whole).item<double>());
+      const double coef = (max_norm > 0 ? max_norm : 1e30) / (norm + 1e-6);
+      if (coef < 1)
+        for (auto& p : params) p.mutable_grad().mul_(coef);
+      adam->step();
+      return norm;
+    }
+    // fsdp: the gradient reduce-scattered to chunks (and summed over replicas), Adam on the chunk,
+    // the chunks gathered back into the parameters.
+    const int shards = size(Axis::Fsdp);
+    torch::Tensor g = torch::constant_pad_nd(flat_grads(), {0, chunk * shards - flat}, 0);
+    torch::Tensor mine = group->reduce_scatter(g);
+    if (size(Axis::Dp) > 1) group->sum(mine, Axis::Dp);
+    torch::Tensor sq = torch::stack({mine.masked_fill(master_replicated, 0).pow(2).sum(), mine.masked_fill(~master_replicated, 0).pow(2).sum()})
+                           .to(torch::kDouble);
+    group->sum(sq, Axis::Fsdp);
+    torch::Tensor split = sq.narrow(0, 0, 1).clone();
+    if (size(Axis::Tp) > 1) group->sum(split, Axis::Tp);
+    const double norm = std::sqrt(split.item<double>() + sq[1].item<double>());
+    const double coef = (max_norm > 0 ? max_norm : 1e30) / (norm + 1e-6);
+    if (coef < 1) mine.mul_(coef);
+    master.mutable_grad() = mine;
+    adam->step();
+    const torch::Tensor all = group->all_gather(master.detach());
+    int64_t at = 0;
+    for (auto& p : params) {
+      p.copy_(all.narrow(0, at, p.numel()).view_as(p));
+      at += p.numel();
+    }
+    return norm;
+  }
 };
 
 LmTrainer::LmTrainer(models::CausalLm& model, LmOptimConfig optim)
@@ -55,6 +134,36 @@ LmTrainer::LmTrainer(models::CausalLm& model, LmOptimConfig optim)
 }
 
 LmTrainer::~LmTrainer() = default;
+
+void LmTrainer::set_group(TrainingGroup* group) {
+  Impl& m = *impl_;
+  m.group = group;
+  m.replicated.clear();
+  const models::TensorParallel& tp = model_.tensor_parallel();
+  std::vector<torch::Tensor> marks;
+  for (auto& [name, p] : model_.named_parameters()) {
+    const bool whole = tp.size > 1 && models::tensor_parallel_dim(name, tp.vocab_parallel) < 0;
+    m.replicated.push_back(whole);
+    marks.push_back(torch::full({p.numel()}, whole, torch::kBool));
+  }
+  if (!group || group->size(Axis::Fsdp) == 1) {
+    m.master = torch::Tensor();
+    m.adam = std::make_unique<torch::optim::Adam>(m.params, torch::optim::AdamOptions(optim_.lr));
+    return;
+  }
+  // This rank's chunk of the flat parameters, as runtime::Layout cuts it: chunks of
+  // ceil(flat / shards), the last one shorter (padded here with zeros that never change).
+  const int shards = group->size(Axis::Fsdp), r = group->rank(Axis::Fsdp);
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> flat;
+  for (const auto& p : m.params) flat.push_back(p.detach().reshape({-1}));
+  const torch::Tensor all = torch::cat(flat), mark = torch::cat(marks);
+  m.flat = all.numel();
+  m.chunk = (m.flat + shards - 1) / shards;
+  m.master = torch::constant_pad_nd(all, {0, m.chunk * shards - m.flat}, 0).narrow(0, r * m.chunk, m.chunk).clone();
+  m.master_replicated = torch::constant_pad_nd(mark, {0, m.chunk * shards - m.flat}, 0).narrow(0, r * m.chunk, m.chunk).clone();
+  m.adam = std::make_unique<torch::optim::Adam>(std::vector<torch::Tensor>{m.master}, torch::optim::AdamOptions(optim_.lr));
+}
 
 namespace {
 
@@ -98,10 +207,9 @@ core::Batch cut_to_longest(const core::Batch& part) {
 // `row_group` (DPO and reward-model pairs) when shuffled and split, micro-batches included. With
 // more than one micro-batch per mini-batch, micro-batches are made of rows of similar length, each
 // cut to its longest row.
-template <class LossOf>
+template <class LossOf, class Step>
 core::Scalars train_loop(const core::Batch& batch, const LmOptimConfig& o, uint64_t seed, std::vector<torch::Tensor>& params,
-                         torch::optim::Adam& adam, const LmTrainer::GradientSync& sync, const std::string& prefix,
-                         LossOf loss_of, bool token_stats, int64_t row_group = 1) {
+                         Step step, const std::string& prefix, LossOf loss_of, bool token_stats, int64_t row_group = 1) {
   if (batch.size() % row_group)
     throw Error("a batch of pairs has an odd number of rows (" + std::to_string(batch.size()) + ")");
   std::map<std::string, double> sums;
@@ -119,7 +227,8 @@ core::Scalars train_loop(const core::Batch& batch, const LmOptimConfig& o, uint6
     for (auto& n : sizes) n *= row_group;
     const int64_t micro = std::max(row_group, o.micro_batch - o.micro_batch % row_group);
     for (const core::Batch& shuffled_mini : shuffled.split(sizes)) {
-      adam.zero_grad();
+      for (auto& p : params)
+        if (p.grad().defined()) p.mutable_grad().zero_();
       const int64_t rows = shuffled_mini.size();
       const core::Batch mini = rows > micro ? by_length(shuffled_mini, row_group) : shuffled_mini;
       const bool masked = mini.contains("response_mask");
@@ -134,15 +243,10 @@ core::Scalars train_loop(const core::Batch& batch, const LmOptimConfig& o, uint6
         const double weight = token_stats && masked ? share.tokens : share.rows;
         for (const auto& [k, v] : stats) sums[k] += v * weight;
       }
-      // Ranks with an empty part still take part in the all-reduce, with zero gradients.
-      std::vector<at::Tensor> grads;
-      for (auto& p : params) {
-        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
-        grads.push_back(p.grad());
-      }
-      if (sync) sync(grads);
-      grad_norm += torch::nn::utils::clip_grad_norm_(params, o.max_grad_norm > 0 ? o.max_grad_norm : 1e30);
-      adam.step();
+      // A rank with an empty part still takes part in the collectives, with zero gradients and
+      // a weight of zero.
+      const double weight = token_stats && masked ? mini["response_mask"].sum().item<double>() : static_cast<double>(rows);
+      grad_norm += step(weight);
       ++steps;
     }
   }
@@ -267,7 +371,8 @@ core::Scalars LmTrainer::update_policy(const core::Batch& batch, const PolicyLos
   auto loss_of = [&](const core::Batch& micro, Share share, core::Scalars& stats) {
     return l.loss(model_, micro, c, stats) * (by_tokens ? share.tokens : share.rows);
   };
-  return train_loop(batch, optim_, seed, impl_->params, *impl_->adam, sync_, l.prefix, loss_of, by_tokens, l.row_group);
+  auto step = [&](double weight) { return impl_->step(weight, optim_.max_grad_norm, model_); };
+  return train_loop(batch, optim_, seed, impl_->params, step, l.prefix, loss_of, by_tokens, l.row_group);
 }
 
 core::Scalars LmTrainer::update_critic(const core::Batch& batch, double clip, uint64_t seed) {
@@ -286,13 +391,17 @@ core::Scalars LmTrainer::update_critic(const core::Batch& batch, double clip, ui
     stats.push_back({"critic/vpred_mean", masked_mean(v.detach(), mask).item<double>()});
     return loss * share.tokens;
   };
-  return train_loop(batch, optim_, seed, impl_->params, *impl_->adam, sync_, "critic", loss_of, true);
+  auto step = [&](double weight) { return impl_->step(weight, optim_.max_grad_norm, model_); };
+  return train_loop(batch, optim_, seed, impl_->params, step, "critic", loss_of, true);
 }
 
-std::vector<std::pair<std::string, at::Tensor>> LmTrainer::state() const { return adam_state(*impl_->adam, impl_->params); }
+std::vector<std::pair<std::string, at::Tensor>> LmTrainer::state() const {
+  return impl_->master.defined() ? adam_state(*impl_->adam, {impl_->master}) : adam_state(*impl_->adam, impl_->params);
+}
 
 void LmTrainer::load_state(const std::map<std::string, at::Tensor>& tensors) {
-  load_adam_state(*impl_->adam, impl_->params, tensors);
+  if (impl_->master.defined()) load_adam_state(*impl_->adam, {impl_->master}, tensors);
+  else load_adam_state(*impl_->adam, impl_->params, tensors);
 }
 
 at::Tensor sequence_log_probs(models::CausalLm& model, const at::Tensor& tokens, int64_t micro_batch) {

@@ -64,14 +64,35 @@ struct PolicyLoss {
 };
 core::Registry<PolicyLoss>& policy_losses();
 
-// Adam over one model's parameters with gradient clipping; `sync` (if set) averages gradients
-// over data-parallel ranks before each step.
+// The ranks one model trains on and their collectives (runtime/layout_group.hpp builds one from
+// a layout). Data ranks (dp replicas x fsdp shards) see different rows; the fsdp ranks of a
+// replica each hold one chunk of the parameters' flat buffer, of its gradient and of Adam's
+// state; tensor-parallel ranks hold slices of the same parameters and see the same rows.
+class TrainingGroup {
+ public:
+  enum class Axis { Data, Dp, Fsdp, Tp };
+  virtual ~TrainingGroup() = default;
+  virtual int size(Axis axis) const = 0;
+  virtual int rank(Axis axis) const = 0;
+  // Sums over the ranks that differ only along `axis` (Data: along dp and fsdp), in place.
+  virtual void sum(at::Tensor& t, Axis axis) = 0;
+  // Over the fsdp ranks: a flat tensor of size(Fsdp) chunks summed, this rank's chunk; and every
+  // rank's chunk side by side.
+  virtual at::Tensor reduce_scatter(const at::Tensor& flat) = 0;
+  virtual at::Tensor all_gather(const at::Tensor& chunk) = 0;
+};
+
+// Adam over one model's parameters with gradient clipping. Over several ranks (set_group) an
+// update computes exactly what one process computes on all the ranks' rows: each data rank's
+// gradient counts by its share of the mini-batch's tokens (or rows), they are summed (all-reduce,
+// or reduce-scatter to fsdp chunks), the norm for clipping is the whole model's, and under fsdp
+// each rank steps Adam on its chunk and the chunks are gathered back into the parameters.
 class LmTrainer {
  public:
-  using GradientSync = std::function<void(const std::vector<at::Tensor>&)>;
   LmTrainer(models::CausalLm& model, LmOptimConfig optim);
   ~LmTrainer();
-  void set_gradient_sync(GradientSync sync) { sync_ = std::move(sync); }
+  // Trains over `group`'s ranks from now on (the optimizer's state starts afresh: call first).
+  void set_group(TrainingGroup* group);
   const LmOptimConfig& optim() const { return optim_; }
 
   // The actor's update on a batch with the loss `loss.loss` names (fields per the loss); returns
@@ -89,7 +110,6 @@ class LmTrainer {
   std::unique_ptr<Impl> impl_;
   models::CausalLm& model_;
   LmOptimConfig optim_;
-  GradientSync sync_;
 };
 
 // log p(token t+1 | tokens up to t) for every row, [B, T-1], computed `micro_batch` rows at a

@@ -86,4 +86,43 @@ models::TensorParallel Collective::tensor_parallel(bool vocab_parallel) {
   return tp;
 }
 
+LayoutGroup::LayoutGroup(const std::string& store_prefix, int rank, Parallel p) : parallel_(p), rank_(rank) {
+  if (rank < 0 || rank >= p.size()) throw Error("rank " + std::to_string(rank) + " is not in layout " + p.str());
+  const int dp = p.dp_rank(rank), f = p.fsdp_rank(rank), t = p.tp_rank(rank);
+  auto make = [&](const std::string& name, int r, int n) {
+    return n > 1 ? std::make_unique<Collective>(store_prefix + "." + name, r, n) : nullptr;
+  };
+  // Every rank makes its groups in this order, so the rendezvous cannot cross.
+  tp_ = make("tp" + std::to_string(p.data_rank(rank)), t, p.tp);
+  fsdp_ = make("fsdp" + std::to_string(dp) + "." + std::to_string(t), f, p.fsdp);
+  dp_ = make("dp" + std::to_string(f) + "." + std::to_string(t), dp, p.dp);
+  data_ = make("data" + std::to_string(t), p.data_rank(rank), p.data_ranks());
+}
+
+LayoutGroup::~LayoutGroup() = default;
+
+Collective* LayoutGroup::of(Axis axis) const {
+  switch (axis) {
+    case Axis::Data: return data_.get();
+    case Axis::Dp: return dp_.get();
+    case Axis::Fsdp: return fsdp_.get();
+    case Axis::Tp: return tp_.get();
+  }
+  return nullptr;
+}
+
+int LayoutGroup::size(Axis axis) const { return of(axis) ? of(axis)->size() : 1; }
+int LayoutGroup::rank(Axis axis) const { return of(axis) ? of(axis)->rank() : 0; }
+
+void LayoutGroup::sum(at::Tensor& t, Axis axis) {
+  if (Collective* c = of(axis)) c->all_reduce(t);
+}
+
+at::Tensor LayoutGroup::reduce_scatter(const at::Tensor& flat) { return fsdp_ ? fsdp_->reduce_scatter(flat) : flat; }
+at::Tensor LayoutGroup::all_gather(const at::Tensor& chunk) { return fsdp_ ? fsdp_->all_gather(chunk, 0) : chunk; }
+
+models::TensorParallel LayoutGroup::tensor_parallel(bool vocab_parallel) {
+  return tp_ ? tp_->tensor_parallel(vocab_parallel) : models::TensorParallel{};
+}
+
 }  // namespace flotilla::runtime

@@ -8,7 +8,9 @@
 #include <memory>
 #include <vector>
 
+#include "algorithms/lm_trainer.hpp"
 #include "models/transformer.hpp"
+#include "runtime/layout.hpp"
 
 namespace flotilla::runtime {
 
@@ -36,6 +38,32 @@ class Collective {
   struct Impl;
   std::unique_ptr<Impl> impl_;
   int rank_, size_;
+};
+
+// One rank's collectives in a layout (runtime/layout.hpp): its tensor-parallel group (the ranks of
+// one data rank), its fsdp group (the chunks of one slice of one replica), its replica group (the
+// same chunk of every replica) and its data group (every data rank with its tensor-parallel
+// rank), each meeting through a file store of its own named from `store_prefix`. Groups of one
+// rank are not made.
+class LayoutGroup final : public algorithms::TrainingGroup {
+ public:
+  LayoutGroup(const std::string& store_prefix, int rank, Parallel parallel);
+  ~LayoutGroup() override;
+  int size(Axis axis) const override;
+  int rank(Axis axis) const override;
+  void sum(at::Tensor& t, Axis axis) override;
+  at::Tensor reduce_scatter(const at::Tensor& flat) override;
+  at::Tensor all_gather(const at::Tensor& chunk) override;
+  const Parallel& parallel() const { return parallel_; }
+  int global_rank() const { return rank_; }
+  // The model's tensor-parallel group (one rank when tp is 1).
+  models::TensorParallel tensor_parallel(bool vocab_parallel = true);
+
+ private:
+  Collective* of(Axis axis) const;
+  Parallel parallel_;
+  int rank_;
+  std::unique_ptr<Collective> tp_, fsdp_, dp_, data_;
 };
 
 }  // namespace flotilla::runtime

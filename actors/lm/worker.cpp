@@ -63,11 +63,11 @@ core::Batch aligned(core::Batch b) {
   return b;
 }
 
-// A trained model with its optimizer and, over several ranks, its gradient all-reduce.
+// A trained model with its optimizer and, over several ranks, their collectives.
 struct Trained {
   std::unique_ptr<models::CausalLm> model;
   std::unique_ptr<algorithms::LmTrainer> trainer;
-  std::unique_ptr<runtime::Collective> sync;
+  std::unique_ptr<runtime::LayoutGroup> group;
 };
 
 class LmWorker final : public runtime::Role {
@@ -235,10 +235,10 @@ class LmWorker final : public runtime::Role {
     t.model = std::make_unique<models::CausalLm>(models::CausalLm::load(path, head));
     t.trainer = std::make_unique<algorithms::LmTrainer>(*t.model, optim);
     if (info().world_size > 1) {
-      // Data-parallel ranks average their gradients (c10d, Gloo on CPU) before each step.
+      // Data-parallel ranks sum their share of each mini-batch's gradient (c10d, Gloo on CPU).
       const fs::path store = fs::path(info().name_dir).parent_path() / (hosts_ + "." + role + ".c10d");
-      t.sync = std::make_unique<runtime::Collective>(store, info().rank, info().world_size);
-      t.trainer->set_gradient_sync([s = t.sync.get()](const std::vector<at::Tensor>& g) { s->allreduce_mean(g); });
+      t.group = std::make_unique<runtime::LayoutGroup>(store.string(), info().rank, runtime::Parallel{info().world_size, 1, 1});
+      t.trainer->set_group(t.group.get());
     }
     return t;
   }
