@@ -399,6 +399,63 @@ std::vector<std::pair<std::string, at::Tensor>> LmTrainer::state() const {
   return impl_->master.defined() ? adam_state(*impl_->adam, {impl_->master}) : adam_state(*impl_->adam, impl_->params);
 }
 
+LmTrainer::FlatState LmTrainer::flat_state() const {
+  const Impl& m = *impl_;
+  const std::vector<torch::Tensor> params = m.master.defined() ? std::vector<torch::Tensor>{m.master} : m.params;
+  auto& states = const_cast<torch::optim::Adam&>(*m.adam).state();
+  FlatState out;
+  std::vector<torch::Tensor> avg, sq;
+  for (const auto& p : params) {
+    auto it = states.find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+    if (it == states.end()) return {};  // no step taken yet
+    auto& s = static_cast<torch::optim::AdamParamState&>(*it->second);
+    avg.push_back(s.exp_avg().reshape({-1}));
+    sq.push_back(s.exp_avg_sq().reshape({-1}));
+    out.step = s.step();
+  }
+  out.exp_avg = torch::cat(avg);
+  out.exp_avg_sq = torch::cat(sq);
+  if (m.master.defined()) {  // the chunk without its padding
+    const int64_t local = std::clamp<int64_t>(m.flat - m.group->rank(Axis::Fsdp) * m.chunk, 0, m.chunk);
+    out.exp_avg = out.exp_avg.narrow(0, 0, local).clone();
+    out.exp_avg_sq = out.exp_avg_sq.narrow(0, 0, local).clone();
+  }
+  return out;
+}
+
+void LmTrainer::load_flat_state(const FlatState& s) {
+  Impl& m = *impl_;
+  if (!s.exp_avg.defined()) return;
+  const std::vector<torch::Tensor> params = m.master.defined() ? std::vector<torch::Tensor>{m.master} : m.params;
+  int64_t total = 0;
+  for (const auto& p : params) total += p.numel();
+  const int64_t given = s.exp_avg.numel();
+  if (given > total || (!m.master.defined() && given != total))
+    throw FormatError("optimizer state of " + std::to_string(given) + " elements for a rank holding " + std::to_string(total));
+  auto padded = [&](const at::Tensor& t) { return torch::constant_pad_nd(t.reshape({-1}).to(torch::kFloat), {0, total - given}, 0); };
+  const torch::Tensor avg = padded(s.exp_avg), sq = padded(s.exp_avg_sq);
+  auto& states = m.adam->state();
+  int64_t at = 0;
+  for (const auto& p : params) {
+    auto st = std::make_unique<torch::optim::AdamParamState>();
+    st->step(s.step);
+    st->exp_avg(avg.narrow(0, at, p.numel()).view_as(p).clone());
+    st->exp_avg_sq(sq.narrow(0, at, p.numel()).view_as(p).clone());
+    states[c10::guts::to_string(p.unsafeGetTensorImpl())] = std::move(st);
+    at += p.numel();
+  }
+}
+
+void LmTrainer::parameters_replaced() {
+  Impl& m = *impl_;
+  if (!m.master.defined()) return;
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> flat;
+  for (const auto& p : m.params) flat.push_back(p.detach().reshape({-1}));
+  const int shards = m.group->size(Axis::Fsdp), r = m.group->rank(Axis::Fsdp);
+  m.master.copy_(torch::constant_pad_nd(torch::cat(flat), {0, m.chunk * shards - m.flat}, 0).narrow(0, r * m.chunk, m.chunk));
+}
+
 void LmTrainer::load_state(const std::map<std::string, at::Tensor>& tensors) {
   if (impl_->master.defined()) load_adam_state(*impl_->adam, {impl_->master}, tensors);
   else load_adam_state(*impl_->adam, impl_->params, tensors);

@@ -105,6 +105,19 @@ class LmTrainer {
   std::vector<std::pair<std::string, at::Tensor>> state() const;
   void load_state(const std::map<std::string, at::Tensor>& tensors);
 
+  // Adam's moments as flat buffers in this rank's layout order (runtime/layout.hpp: its
+  // tensor-parallel slice, cut to its fsdp chunk) with the step count, and back: how a
+  // checkpoint is written and read under any layout. Undefined tensors before the first step.
+  struct FlatState {
+    at::Tensor exp_avg, exp_avg_sq;
+    int64_t step = 0;
+  };
+  FlatState flat_state() const;
+  void load_flat_state(const FlatState& s);
+  // After the model's parameters were replaced (a checkpoint loaded): under fsdp, this rank's
+  // chunk that Adam steps is cut from them again.
+  void parameters_replaced();
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;

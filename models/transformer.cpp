@@ -16,6 +16,8 @@
 namespace flotilla::models {
 namespace fs = std::filesystem;
 
+bool splits_vocabulary(const LmConfig& config, int tp) { return tp > 1 && config.vocab_size % tp == 0; }
+
 int tensor_parallel_dim(const std::string& name, bool vocab_parallel) {
   auto ends = [&](const std::string& s) { return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0; };
   for (const char* column : {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"})
@@ -248,7 +250,7 @@ struct CausalLm::Impl : torch::nn::Module {
     if (c.head != "lm" && c.head != "value" && c.head != "reward")
       throw ConfigError("head '" + c.head + "' is not one of lm, value, reward");
     if (tp.size < 1 || tp.rank < 0 || tp.rank >= tp.size) throw ConfigError("tensor-parallel rank " + std::to_string(tp.rank) + " of " + std::to_string(tp.size));
-    if (tp.size == 1) tp.vocab_parallel = false;
+    tp.vocab_parallel = tp.vocab_parallel && splits_vocabulary(c, tp.size);
     if (tp.size > 1 && (!tp.all_reduce || !tp.all_gather_last)) throw Error("a tensor-parallel model needs its group's collectives");
     // A tensor-parallel rank draws the whole model as one process would (the same generator
     // state before and after) and keeps its slices.
@@ -502,12 +504,27 @@ void CausalLm::read_weights(const fs::path& dir, bool new_head) {
 }
 
 void CausalLm::save(const fs::path& dir, const std::string& dtype) const {
-  const torch::ScalarType dt = dtype_of(dtype);
   if (impl_->tp.size > 1)
     throw Error("a tensor-parallel rank holds a slice of the model; gather the slices into one model to save it");
-  fs::create_directories(dir);
+  std::vector<std::pair<std::string, at::Tensor>> whole;
+  for (const auto& p : impl_->named_parameters()) whole.emplace_back(p.key(), p.value().detach());
+  save(dir, whole, dtype);
+}
+
+void CausalLm::save(const fs::path& dir, const std::vector<std::pair<std::string, at::Tensor>>& whole, const std::string& dtype) const {
+  const torch::ScalarType dt = dtype_of(dtype);
+  const auto named = impl_->named_parameters();
+  if (whole.size() != named.size())
+    throw Error("saving " + std::to_string(whole.size()) + " tensors for a model of " + std::to_string(named.size()) + " parameters");
   std::vector<std::pair<std::string, at::Tensor>> out;
-  for (const auto& p : impl_->named_parameters()) out.emplace_back(p.key(), p.value().detach().to(dt).contiguous());
+  size_t i = 0;
+  for (const auto& p : named) {
+    const auto& [name, t] = whole[i++];
+    if (name != p.key() || t.sizes() != c10::IntArrayRef(impl_->whole_shape(p.key(), p.value())))
+      throw Error("saving tensor '" + name + "' where the model has '" + p.key() + "' of another shape");
+    out.emplace_back(name, t.to(dt).contiguous());
+  }
+  fs::create_directories(dir);
   core::save_safetensors(dir / "model.safetensors", out, {{"format", "pt"}});
   LmConfig c = impl_->config;
   c.torch_dtype = dtype;

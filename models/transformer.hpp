@@ -63,6 +63,10 @@ int tensor_parallel_dim(const std::string& name, bool vocab_parallel = true);
 // the MLP's intermediate units are split (column-parallel in, row-parallel out, one sum per block
 // in the forward pass and one in the backward); with `vocab_parallel` the embedding and output
 // head hold a range of the vocabulary each and the logits are gathered whole.
+// Whether `tp` ranks split the vocabulary (the embedding and head): when asked and it divides;
+// otherwise every rank holds them whole.
+bool splits_vocabulary(const LmConfig& config, int tp);
+
 struct TensorParallel {
   int rank = 0, size = 1;
   bool vocab_parallel = true;
@@ -92,6 +96,10 @@ class CausalLm {
   // Writes config.json and model.safetensors with HF names, in `dtype` ("float32", "bfloat16" or
   // "float16"). A tensor-parallel slice cannot be saved alone (gather it first).
   void save(const std::filesystem::path& dir, const std::string& dtype = "float32") const;
+  // The same with `whole` as the weights (every parameter whole, in the model's order): how the
+  // ranks of a sharded or tensor-parallel layout save the model they hold in pieces.
+  void save(const std::filesystem::path& dir, const std::vector<std::pair<std::string, at::Tensor>>& whole,
+            const std::string& dtype = "float32") const;
 
   const LmConfig& config() const;
   const TensorParallel& tensor_parallel() const;

@@ -121,6 +121,14 @@ void LayoutGroup::sum(at::Tensor& t, Axis axis) {
 at::Tensor LayoutGroup::reduce_scatter(const at::Tensor& flat) { return fsdp_ ? fsdp_->reduce_scatter(flat) : flat; }
 at::Tensor LayoutGroup::all_gather(const at::Tensor& chunk) { return fsdp_ ? fsdp_->all_gather(chunk, 0) : chunk; }
 
+void LayoutGroup::barrier() {
+  // Each tensor-parallel group meets, then each data group (one rank of every tensor-parallel
+  // group): past the second, every rank has entered the first.
+  at::Tensor one = at::ones({1});
+  sum(one, Axis::Tp);
+  sum(one, Axis::Data);
+}
+
 models::TensorParallel LayoutGroup::tensor_parallel(bool vocab_parallel) {
   return tp_ ? tp_->tensor_parallel(vocab_parallel) : models::TensorParallel{};
 }

@@ -56,6 +56,8 @@ class LayoutGroup final : public algorithms::TrainingGroup {
   at::Tensor all_gather(const at::Tensor& chunk) override;
   const Parallel& parallel() const { return parallel_; }
   int global_rank() const { return rank_; }
+  // Returns once every rank of the layout has called it.
+  void barrier();
   // The model's tensor-parallel group (one rank when tp is 1).
   models::TensorParallel tensor_parallel(bool vocab_parallel = true);
 

@@ -208,9 +208,12 @@ struct WorkerGroup::Io final : ObjectHolder {
 };
 
 WorkerGroup::WorkerGroup(zmq::context_t& context, std::string name, std::vector<std::string> endpoints,
-                         std::chrono::milliseconds timeout)
-    : name_(std::move(name)), endpoints_(std::move(endpoints)), timeout_(timeout) {
+                         std::chrono::milliseconds timeout, int tp)
+    : name_(std::move(name)), endpoints_(std::move(endpoints)), timeout_(timeout), tp_(tp) {
   if (endpoints_.empty()) throw ConfigError("worker group '" + name_ + "' has no ranks");
+  if (tp_ < 1 || size() % tp_ != 0)
+    throw ConfigError("worker group '" + name_ + "' has " + std::to_string(size()) + " ranks, not a whole number of tensor-parallel replicas of " +
+                      std::to_string(tp_));
   io_ = std::make_shared<Io>(context, name_, endpoints_, timeout_);
 }
 

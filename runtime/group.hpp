@@ -55,6 +55,7 @@ struct PendingCall {
   std::optional<core::InMessage> reply;
   int rank = 0;
   std::string method;
+  bool counted = true;  // false: a tensor-parallel follower's copy of its leader's reply (awaited, then dropped)
   // Waits until `deadline`; throws the worker's error, or TimeoutError naming worker and method.
   const core::InMessage& wait(std::chrono::steady_clock::time_point deadline, const std::string& worker,
                               std::chrono::milliseconds timeout);
@@ -94,15 +95,20 @@ class Future {
 
 class WorkerGroup {
  public:
-  // `endpoints[r]` is rank r's RPC address; `name` the group's ("rollout").
+  // `endpoints[r]` is rank r's RPC address; `name` the group's ("rollout"). With `tp` > 1 each run
+  // of `tp` consecutive ranks is one tensor-parallel replica: they take the same rows (DpChunks
+  // splits over replicas) and the same OneRank calls (call_on names the replica), and only the
+  // replica's first rank's reply counts; the others' are awaited, so their errors still show.
   WorkerGroup(zmq::context_t& context, std::string name, std::vector<std::string> endpoints,
-              std::chrono::milliseconds timeout = std::chrono::seconds(60));
+              std::chrono::milliseconds timeout = std::chrono::seconds(60), int tp = 1);
   ~WorkerGroup();
   WorkerGroup(const WorkerGroup&) = delete;
   WorkerGroup& operator=(const WorkerGroup&) = delete;
 
   const std::string& name() const { return name_; }
   int size() const { return static_cast<int>(endpoints_.size()); }
+  int tensor_parallel() const { return tp_; }
+  int replicas() const { return size() / tp_; }
   std::string worker(int rank) const { return name_ + "/" + std::to_string(rank); }
   std::chrono::milliseconds timeout() const { return timeout_; }
 
@@ -111,26 +117,36 @@ class WorkerGroup {
     static_assert(M::spec.dispatch != Dispatch::OneRank, "a OneRank method is called with call_on(rank, ...)");
     std::vector<int> ranks;
     std::vector<Input> parts;
+    std::vector<bool> counted;
     switch (M::spec.dispatch) {
       case Dispatch::OneRank:
       case Dispatch::RankZero: ranks = {0}, parts = {input}; break;
       case Dispatch::OneToAll:
         for (int r = 0; r < size(); ++r) ranks.push_back(r), parts.push_back(input);
         break;
-      case Dispatch::DpChunks:
-        parts = input.chunks(size());
-        for (int r = 0; r < size(); ++r) ranks.push_back(r);
+      case Dispatch::DpChunks: {
+        const std::vector<Input> chunks = input.chunks(replicas());
+        for (int r = 0; r < size(); ++r) {
+          ranks.push_back(r);
+          parts.push_back(chunks[static_cast<size_t>(r / tp_)]);
+          counted.push_back(r % tp_ == 0);
+        }
         break;
+      }
     }
-    return send(args, ranks, parts);
+    return send(args, ranks, parts, counted);
   }
 
-  // A OneRank method on `rank`.
+  // A OneRank method on replica `replica` (its rank, when tp is 1): every rank of the replica
+  // takes it; the replica's first rank answers.
   template <WorkerMethod M>
-  Future<M> call_on(int rank, const M& args, const Input& input = {}) {
+  Future<M> call_on(int replica, const M& args, const Input& input = {}) {
     static_assert(M::spec.dispatch == Dispatch::OneRank, "call_on is for methods declared Dispatch::OneRank");
-    if (rank < 0 || rank >= size()) throw Error("worker group " + name_ + " has no rank " + std::to_string(rank));
-    return send(args, {rank}, {input});
+    if (replica < 0 || replica >= replicas()) throw Error("worker group " + name_ + " has no replica " + std::to_string(replica));
+    std::vector<int> ranks;
+    std::vector<bool> counted;
+    for (int t = 0; t < tp_; ++t) ranks.push_back(replica * tp_ + t), counted.push_back(t == 0);
+    return send(args, ranks, std::vector<Input>(ranks.size(), input), counted);
   }
 
   // Ends every pending and later call with `failure` (a worker of the cluster died).
@@ -142,7 +158,7 @@ class WorkerGroup {
 
  private:
   template <WorkerMethod M>
-  Future<M> send(const M& args, const std::vector<int>& ranks, const std::vector<Input>& parts) {
+  Future<M> send(const M& args, const std::vector<int>& ranks, const std::vector<Input>& parts, const std::vector<bool>& counted = {}) {
     std::vector<std::shared_ptr<PendingCall>> calls;
     for (size_t i = 0; i < ranks.size(); ++i) {
       auto message = std::make_unique<core::OutMessage>("controller");
@@ -153,6 +169,7 @@ class WorkerGroup {
       parts[i].data().write(req.initInput(), *message);
       req.setKeep(M::spec.collect == Collect::Keep);
       calls.push_back(submit(ranks[i], std::move(message), M::spec.name, parts[i].data().local_bytes()));
+      if (!counted.empty()) calls.back()->counted = counted[i];
     }
     return Future<M>(*this, std::move(calls));
   }
@@ -167,6 +184,7 @@ class WorkerGroup {
   std::string name_;
   std::vector<std::string> endpoints_;
   std::chrono::milliseconds timeout_;
+  int tp_ = 1;
   std::shared_ptr<Io> io_;
 };
 
@@ -181,10 +199,14 @@ Reply<M> Future<M>::get() {
     auto r = in.envelope().getRpcReply();
     if (r.getResultType() != codec::type_id<typename M::Result>())
       throw FormatError("worker " + group_->worker(call->rank) + " answered '" + M::spec.name + "' with a result of another type");
-    const bool wanted = M::spec.collect != Collect::RankZero || call == calls_.front();
+    const bool wanted = call->counted && (M::spec.collect != Collect::RankZero || call == calls_.front());
     if (wanted) out.ranks.push_back(codec::read<typename M::Result>(r.getResult()));
-    if (r.getOutput().isKept()) kept.push_back(group_->kept(call->rank, r.getOutput().getKept()));
-    else if (wanted) rows.push_back(group_->received(in, r.getOutput().getBatch()));
+    if (r.getOutput().isKept()) {
+      DataRef k = group_->kept(call->rank, r.getOutput().getKept());  // released here when not counted
+      if (call->counted) kept.push_back(std::move(k));
+    } else if (wanted) {
+      rows.push_back(group_->received(in, r.getOutput().getBatch()));
+    }
   }
   if (M::spec.collect == Collect::Keep) out.data = DataRef::concat(kept);
   else out.batch = concat_padded(std::move(rows));

@@ -12,10 +12,33 @@
 namespace flotilla::runtime {
 
 std::vector<ParamInfo> param_infos(const models::CausalLm& model, bool vocab_parallel) {
+  const models::TensorParallel& tp = model.tensor_parallel();
   std::vector<ParamInfo> out;
-  for (const auto& [name, p] : model.named_parameters())
-    out.push_back({name, std::vector<int64_t>(p.sizes().begin(), p.sizes().end()), models::tensor_parallel_dim(name, vocab_parallel)});
+  for (const auto& [name, p] : model.named_parameters()) {
+    std::vector<int64_t> shape(p.sizes().begin(), p.sizes().end());
+    if (const int d = models::tensor_parallel_dim(name, tp.vocab_parallel); tp.size > 1 && d >= 0) shape[static_cast<size_t>(d)] *= tp.size;
+    out.push_back({name, std::move(shape), models::tensor_parallel_dim(name, vocab_parallel)});
+  }
   return out;
+}
+
+std::vector<ParamInfo> param_infos(const models::CausalLm& model) {
+  return param_infos(model, model.tensor_parallel().size == 1 || model.tensor_parallel().vocab_parallel);
+}
+
+at::Tensor own_buffer(const models::CausalLm& model, const Layout& layout, int rank) {
+  const models::TensorParallel& tp = model.tensor_parallel();
+  if (tp.size != layout.parallel().tp || tp.rank != layout.parallel().tp_rank(rank))
+    throw Error("rank " + std::to_string(rank) + " of layout " + layout.parallel().str() + " is tensor-parallel rank " +
+                std::to_string(layout.parallel().tp_rank(rank)) + " of " + std::to_string(layout.parallel().tp) + "; its model is " +
+                std::to_string(tp.rank) + " of " + std::to_string(tp.size));
+  std::vector<at::Tensor> flat;
+  for (const auto& [name, p] : model.named_parameters()) flat.push_back(p.detach().reshape({-1}).to(at::kFloat));
+  const at::Tensor slice = at::cat(flat);
+  if (slice.numel() != layout.slice_size())
+    throw Error("the model's tensor-parallel slice has " + std::to_string(slice.numel()) + " elements; layout " + layout.parallel().str() +
+                " expects " + std::to_string(layout.slice_size()));
+  return slice.narrow(0, layout.chunk_begin(rank), layout.local_size(rank)).clone();
 }
 
 at::Tensor local_buffer(const models::CausalLm& model, const Layout& layout, int rank) {

@@ -20,9 +20,15 @@ class CausalLm;
 
 namespace flotilla::runtime {
 
-// A model's parameters as layouts see them: names, shapes, and the dimension tensor parallelism
-// splits (models::tensor_parallel_dim).
-std::vector<ParamInfo> param_infos(const models::CausalLm& model, bool vocab_parallel = true);
+// A model's parameters as layouts see them: names, whole shapes (a tensor-parallel model's slices
+// counted whole), and the dimension tensor parallelism splits (models::tensor_parallel_dim).
+// Without `vocab_parallel`, the embedding and head split as the model's own are.
+std::vector<ParamInfo> param_infos(const models::CausalLm& model, bool vocab_parallel);
+std::vector<ParamInfo> param_infos(const models::CausalLm& model);
+
+// Rank `rank`'s flat buffer in `layout`, from the model that rank trains or generates with (its
+// tensor-parallel slice; a copy, cut to its fsdp chunk).
+at::Tensor own_buffer(const models::CausalLm& model, const Layout& layout, int rank);
 
 // Rank `rank`'s flat buffer in `layout`, cut from a whole model (a copy).
 at::Tensor local_buffer(const models::CausalLm& model, const Layout& layout, int rank);

@@ -322,8 +322,10 @@ TEST_CASE("an_lm_rollout_pauses_mid_generation_takes_new_weights_while_paused_an
   models::CausalLm(models::LmConfig::preset("qwen3", "tiny", 259)).save(dir.path() / "model");
   const std::string config = "program: rlhf\nplacement: split\nmodel: {path: " + (dir.path() / "model").string() +
                              "}\ndata: {train: unused.jsonl}\nrollout: {max_new_tokens: 600, max_batch: 4}\n";
-  controller::Cluster cluster(dir.path(), "lm", {{"rollout", 1}}, options());
+  controller::Cluster cluster(dir.path(), "lm", {{"actor", 1}, {"rollout", 1}}, options());
   auto& rollout = cluster.group("rollout");
+  auto& actor = cluster.group("actor");
+  actor.call(runtime::Configure{config}).get();
   rollout.call(runtime::Configure{config}).get();
   rollout.call(runtime::Start{}).get();
   core::Batch prompts;
@@ -343,9 +345,15 @@ TEST_CASE("an_lm_rollout_pauses_mid_generation_takes_new_weights_while_paused_an
   CHECK_FALSE(generating.ready());
   // A weight sync runs on its own lane while the generation is parked: the tokens after it carry
   // the new version.
-  core::Batch flat;
-  flat.set("flat", actors::lm::flatten(models::CausalLm::load(dir.path() / "model")));
-  CHECK(rollout.call(actors::lm::SyncWeights{5}, runtime::DataRef::of(flat)).get().result().version == 5);
+  actor.call(actors::lm::LoadActor{.dir = (dir.path() / "model").string(), .version = 5}).get();
+  const auto published = actor.call(actors::lm::PublishWeights{}).get();
+  actors::lm::SyncWeights sync{.version = 5};
+  for (const auto& h : published.data.held()) sync.holders.push_back(h.endpoint), sync.objects.push_back(static_cast<int64_t>(h.object));
+  const auto synced = rollout.call(sync).get().result();
+  CHECK(synced.version == 5);
+  int64_t elements = 0;
+  for (const auto& [name, t] : models::CausalLm::load(dir.path() / "model").named_parameters()) elements += t.numel();
+  CHECK(synced.received_bytes == 4 * elements);  // the whole model, once
   rollout.call(runtime::Resume{}).get();
   auto done = generating.get();
   CHECK(done.data.rows() == 8);

@@ -127,6 +127,33 @@ void read_async(core::ConfigView a, RlhfConfig& c) {
   if (c.placement == "colocated")
     a.fail("max_staleness", "with placement: colocated one worker both generates and trains, so the two cannot overlap; "
                             "use placement: split for asynchronous training, or max_staleness: 0");
+  if (c.group("rollout").parallel.tp > 1)
+    a.fail("max_staleness", "a tensor-parallel rollout (parallel.tp > 1) generates synchronously: its ranks must take each "
+                            "weight sync at the same engine step, which continuous generation does not arrange yet; "
+                            "use max_staleness: 0, or rollout replicas (parallel.dp)");
+}
+
+// A worker group's `parallel: {dp, fsdp, tp}` and `count` (their product; either may be given).
+// Training roles take every degree; generation and inference roles replicate (dp) and split
+// tensors (tp), as they keep no training state to shard.
+void read_parallel(const core::ConfigView& w, RlhfConfig::Group& g) {
+  const bool trains = g.role == "actor" || g.role == "critic";
+  if (w.has("parallel")) {
+    const core::ConfigView p = w.section("parallel");
+    g.parallel.dp = p.get<int>("dp", 1, core::in_range(1, 1024));
+    g.parallel.fsdp = p.get<int>("fsdp", 1, core::in_range(1, 1024));
+    g.parallel.tp = p.get<int>("tp", 1, core::in_range(1, 64));
+    if (g.parallel.fsdp > 1 && !trains)
+      p.fail("fsdp", "fsdp shards training state (gradients, Adam); the " + g.role + " role trains nothing: use dp and tp");
+    if (g.parallel.tp > 1 && g.role == "reward")
+      p.fail("tp", "the reward role scores with rules, commands or a small reward model and runs data-parallel only: use dp");
+  }
+  const int product = g.parallel.size();
+  g.count = w.get<int>("count", product, core::in_range(1, 1024));
+  if (!w.has("parallel")) g.parallel.dp = g.count;
+  else if (g.count != product)
+    w.fail("count", "count " + std::to_string(g.count) + " does not match parallel " + g.parallel.str() + " (" +
+                        std::to_string(product) + " ranks); give one of them");
 }
 
 // placement: and workers: the process groups to start.
@@ -136,8 +163,8 @@ void read_workers(core::ConfigView root, RlhfConfig& c) {
   for (auto w : root.list("workers")) {
     RlhfConfig::Group g;
     g.role = w.choice("role", "actor", kRoles);
-    g.count = w.get<int>("count", 1, core::in_range(1, 1024));
     g.threads = w.get<int>("threads", 1, core::in_range(1, 256));
+    read_parallel(w, g);
     if (given.count(g.role)) w.fail("role", "role '" + g.role + "' is listed twice");
     if (!c.uses(g.role)) w.fail("role", c.algo + " does not use a '" + g.role + "' role");
     if (c.placement == "colocated" && g.role != "actor")

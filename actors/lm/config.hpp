@@ -10,6 +10,7 @@
 #include "algorithms/lm_algorithms.hpp"
 #include "algorithms/lm_trainer.hpp"
 #include "core/config.hpp"
+#include "runtime/layout.hpp"
 
 namespace flotilla::actors::lm {
 
@@ -74,6 +75,7 @@ struct RlhfConfig {
   struct Group {
     std::string role;
     int count = 1, threads = 1;
+    runtime::Parallel parallel;  // how its ranks split the model (count = parallel.size())
   };
   std::vector<Group> workers;      // the process groups to start (one "colocated" group, or one per role)
   std::vector<std::string> roles;  // the roles this algorithm uses

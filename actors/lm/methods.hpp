@@ -34,22 +34,28 @@ struct Synced {
   double pause_s = 0;    // how long generation stopped for the copy
   int64_t inflight = 0;  // sequences being generated when it landed
   int64_t step = 0;      // the engine step it landed before
+  double fetch_s = 0;    // pulling its slice from the actor ranks (before the pause)
+  int64_t received_bytes = 0;
   using Wire = proto::Synced;
-  auto fields() { return std::tie(version, pause_s, inflight, step); }
+  auto fields() { return std::tie(version, pause_s, inflight, step, fetch_s, received_bytes); }
 };
 
-// Brings the rollout's weights to `version`: from the input (the actor's flat weights) when the
-// rollout has a model of its own, or by reading the actor's when they share a worker. It has a lane
-// of its own: a generation in progress takes the new weights between two engine steps, and its
-// sequences then go on with them ("continue"), go on with their KV cache recomputed under them
-// ("recompute"), or start again ("abort").
+// Brings the rollout's weights to `version`. A rollout with a model of its own pulls its slice
+// from the actor ranks' buffers (`holders`, `objects`: one per actor rank, kept by
+// PublishWeights) as the reshard plan from the actor's layout to its own says; a colocated one
+// generates with the actor's weights. It has a lane of its own: a generation in progress takes
+// the new weights between two engine steps, and its sequences then go on with them
+// ("continue"), go on with their KV cache recomputed under them ("recompute"), or start again
+// ("abort"). Statistics of the transfer are in the worker's counters (sync/*).
 struct SyncWeights {
   static constexpr MethodSpec spec{"rollout.sync", Dispatch::OneToAll, Collect::AllRanks, "weights"};
   using Wire = proto::Sync;
   using Result = Synced;
   int64_t version = 0;
   std::string on_update = "continue";
-  auto fields() { return std::tie(version, on_update); }
+  std::vector<std::string> holders;
+  std::vector<int64_t> objects;
+  auto fields() { return std::tie(version, on_update, holders, objects); }
 };
 
 // Queues prompts for the rollout's continuous generation (`prompt_tokens`, `prompt_len`,
@@ -93,9 +99,10 @@ struct CollectGroups {
   auto fields() { return std::tie(milliseconds); }
 };
 
-// The actor's weights as one flat tensor (`flat`), kept on rank 0 for the rollouts to fetch.
-inline constexpr MethodSpec kActorWeights{"actor.weights", Dispatch::RankZero, Collect::Keep};
-using ActorWeights = runtime::NoArgs<kActorWeights, runtime::Version>;
+// Every actor rank keeps its flat buffer of the current weights in its training layout (`flat`,
+// runtime/layout.hpp; the version in the object's metadata) for the rollouts to pull from.
+inline constexpr MethodSpec kPublishWeights{"actor.publish", Dispatch::OneToAll, Collect::Keep};
+using PublishWeights = runtime::NoArgs<kPublishWeights, runtime::Version>;
 
 // Per-token log-probabilities of the input `tokens`: the actor's (`old_log_prob`) and the frozen
 // reference's (`ref_log_prob`); the critic's values (`values`).

@@ -115,12 +115,6 @@ models::SamplingParams sampling_of(const RlhfConfig& c, double temperature, doub
   return s;
 }
 
-at::Tensor flatten(const models::CausalLm& lm) {
-  std::vector<at::Tensor> parts;
-  for (const auto& [name, p] : lm.named_parameters()) parts.push_back(p.detach().reshape({-1}));
-  return at::cat(parts);
-}
-
 void unflatten(models::CausalLm& lm, const at::Tensor& flat) {
   at::NoGradGuard no_grad;
   int64_t offset = 0;

@@ -1,6 +1,6 @@
 #pragma once
 // The rollout's work: sampling continuations of prompts with the generation engine (its KV cache
-// lives for one call), and moving a model's weights as one flat tensor.
+// lives for one call), and taking a model's weights from one flat tensor.
 #include <ATen/core/Tensor.h>
 
 #include <atomic>
@@ -49,8 +49,8 @@ core::Batch sample_rows(const std::vector<Sample>& samples, int64_t width = 0);
 models::SamplingParams sampling_of(const RlhfConfig& c, double temperature, double top_p, int64_t top_k,
                                    int64_t max_new_tokens, const std::vector<int32_t>& stop);
 
-// All parameters as one flat float tensor, and back (checking the sizes agree).
-at::Tensor flatten(const models::CausalLm& lm);
+// A flat float tensor (every parameter in the model's order, this rank's slices under tensor
+// parallelism) into the model's parameters, checking the sizes agree.
 void unflatten(models::CausalLm& lm, const at::Tensor& flat);
 
 }  // namespace flotilla::actors::lm

@@ -10,10 +10,15 @@
 namespace flotilla::actors::lm {
 namespace {
 double seconds(std::chrono::steady_clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// A lockstep header: kind, weights version, restart action, then the number of groups admitted
+// (their ids follow in a second broadcast).
+enum HeaderKind : int64_t { kStep = 0, kIdle = 1, kStop = 2 };
+const std::vector<std::string> kActions = {"", "recompute", "abort"};
 }  // namespace
 
-RolloutStream::RolloutStream(RolloutWeights& weights, const RlhfConfig& config, runtime::Lifecycle& life)
-    : weights_(weights), c_(config), life_(life) {}
+RolloutStream::RolloutStream(RolloutWeights& weights, const RlhfConfig& config, runtime::Lifecycle& life, const Lockstep* lockstep)
+    : weights_(weights), c_(config), life_(life), lockstep_(lockstep) {}
 
 RolloutStream::~RolloutStream() = default;
 
@@ -61,7 +66,7 @@ void RolloutStream::follow(const Follow& f) {
   std::lock_guard lock(mutex_);
   if (!running_.empty() || !inbox_.empty()) throw Error("rollout.follow comes before the first prompt");
   step_ = f.from_step;
-  replay_ = f.replay;
+  replay_ = f.replay && (!lockstep_ || lockstep_->leader);  // a follower follows its leader
   starts_.clear();
   sync_at_.clear();
   for (size_t i = 0; i < f.start_groups.size(); ++i) starts_[f.start_steps[i]].push_back(f.start_groups[i]);
@@ -126,13 +131,32 @@ bool RolloutStream::wait_for_work() {
   const auto t0 = std::chrono::steady_clock::now();
   {
     runtime::Lifecycle::Idle idle(life_);  // a pause need not wait for work to come
-    work_.wait(lock, [&] { return life_.stopping() || ready_to_step(); });
+    const auto ready = [&] { return life_.stopping() || ready_to_step(); };
+    if (!lockstep_) {
+      work_.wait(lock, ready);
+    } else {
+      while (!work_.wait_for(lock, lockstep_->heartbeat, ready)) {
+        lock.unlock();
+        send_header(kIdle, 0, "", {});
+        lock.lock();
+      }
+    }
   }
   idle_s_ += seconds(std::chrono::steady_clock::now() - t0);
   return !life_.stopping();
 }
 
+void RolloutStream::send_header(int64_t kind, int64_t version, const std::string& action, const std::vector<int64_t>& groups) {
+  const int64_t code = std::find(kActions.begin(), kActions.end(), action) - kActions.begin();
+  at::Tensor head = at::tensor({kind, version, code, static_cast<int64_t>(groups.size())}, at::kLong);
+  lockstep_->broadcast(head);
+  if (groups.empty()) return;
+  at::Tensor ids = at::tensor(groups, at::kLong);
+  lockstep_->broadcast(ids);
+}
+
 void RolloutStream::run() {
+  if (lockstep_ && !lockstep_->leader) return mirror();
   std::unique_ptr<models::GenerationEngine> engine;
   int64_t counted = 0;
   while (life_.checkpoint()) {
@@ -145,8 +169,9 @@ void RolloutStream::run() {
     bool stepped = false;
     {
       std::lock_guard lock(weights_.mutex);
-      restart_inflight(*engine);
-      admit(*engine);
+      const std::string action = restart_inflight(*engine);
+      const std::vector<int64_t> started = admit(*engine);
+      if (lockstep_) send_header(kStep, weights_.version, action, started);
       engine->set_policy_version(weights_.version);
       stepped = engine->step();
       std::lock_guard count(mutex_);
@@ -159,14 +184,73 @@ void RolloutStream::run() {
     if (!stepped && !running_.empty()) throw Error("the rollout engine went idle with groups unfinished");
     if (running_.empty()) engine.reset();  // its KV cache goes while nothing is generated
   }
+  if (lockstep_) send_header(kStop, 0, "", {});
 }
 
-void RolloutStream::admit(models::GenerationEngine& engine) {
+// A follower: each step as its leader's header says, once the prompts it names and the weights
+// it runs are here.
+void RolloutStream::mirror() {
+  std::unique_ptr<models::GenerationEngine> engine;
+  int64_t counted = 0;
+  while (true) {
+    at::Tensor head = at::zeros({4}, at::kLong);
+    {
+      runtime::Lifecycle::Idle idle(life_);
+      lockstep_->broadcast(head);
+    }
+    const int64_t kind = head[0].item<int64_t>(), version = head[1].item<int64_t>(), n = head[3].item<int64_t>();
+    if (kind == kStop) return;
+    if (kind == kIdle) continue;
+    const std::string action = kActions.at(static_cast<size_t>(head[2].item<int64_t>()));
+    std::vector<int64_t> groups(static_cast<size_t>(n));
+    if (n > 0) {
+      at::Tensor ids = at::zeros({n}, at::kLong);
+      lockstep_->broadcast(ids);
+      groups.assign(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + n);
+    }
+    {
+      std::unique_lock lock(mutex_);
+      const auto here = [&] {
+        for (int64_t g : groups)
+          if (std::none_of(inbox_.begin(), inbox_.end(), [g](const Prompt& p) { return p.group == g; })) return false;
+        return weights_.version >= version;
+      };
+      runtime::Lifecycle::Idle idle(life_);
+      work_.wait(lock, [&] { return life_.stopping() || here(); });
+      if (life_.stopping()) return;
+      if (weights_.version > version)
+        throw Error("this tensor-parallel rollout rank has weights of version " + std::to_string(weights_.version.load()) +
+                    " where its leader steps with version " + std::to_string(version));
+    }
+    if (!engine) {
+      engine = std::make_unique<models::GenerationEngine>(
+          *weights_.model, models::EngineConfig{.block_size = c_.block_size, .num_blocks = c_.num_blocks, .max_batch = c_.max_batch});
+      counted = 0;
+    }
+    {
+      std::lock_guard lock(weights_.mutex);
+      restart_inflight(*engine, &action);
+      admit(*engine, &groups);
+      engine->set_policy_version(version);
+      engine->step();
+      std::lock_guard count(mutex_);
+      ++step_;
+      tokens_ += engine->stats().decode_tokens - counted;
+      counted = engine->stats().decode_tokens;
+    }
+    stepped_.notify_all();
+    finish(*engine, engine->take_finished());
+    if (running_.empty()) engine.reset();
+  }
+}
+
+std::vector<int64_t> RolloutStream::admit(models::GenerationEngine& engine, const std::vector<int64_t>* named) {
   std::vector<Prompt> starting;
   {
     std::lock_guard lock(mutex_);
     std::vector<int64_t> scheduled;
-    if (replay_ && starts_.count(step_)) scheduled = starts_.at(step_);
+    if (named) scheduled = *named;
+    else if (replay_ && starts_.count(step_)) scheduled = starts_.at(step_);
     for (int64_t g : scheduled)  // in the recorded order
       for (auto it = inbox_.begin(); it != inbox_.end(); ++it)
         if (it->group == g) {
@@ -174,7 +258,7 @@ void RolloutStream::admit(models::GenerationEngine& engine) {
           inbox_.erase(it);
           break;
         }
-    for (auto it = inbox_.begin(); !replay_ && it != inbox_.end();) {
+    for (auto it = inbox_.begin(); !replay_ && !named && it != inbox_.end();) {
       if (it->admitted > weights_.version) {
         ++it;
         continue;
@@ -184,6 +268,8 @@ void RolloutStream::admit(models::GenerationEngine& engine) {
     }
     for (auto& p : starting) p.start_step = step_;
   }
+  std::vector<int64_t> groups;
+  for (const auto& p : starting) groups.push_back(p.group);
   for (auto& p : starting) {
     Running& r = running_[p.group];
     r.prompt = std::move(p);
@@ -194,6 +280,7 @@ void RolloutStream::admit(models::GenerationEngine& engine) {
     for (int k = 0; k < r.prompt.n; ++k) all[static_cast<size_t>(k)] = k;
     start(engine, r, all, false);
   }
+  return groups;
 }
 
 // Submits `samples` of a group: all of them as one request (its prompt prefilled once and shared),
@@ -268,7 +355,7 @@ void RolloutStream::publish(Running& r) {
   core::Batch group = sample_rows(r.done, r.prompt.width);
   {
     std::lock_guard lock(mutex_);
-    done_.push_back(std::move(group));
+    if (!lockstep_ || lockstep_->leader) done_.push_back(std::move(group));  // a follower's copy is its leader's
     ++groups_done_;
   }
   finished_.notify_all();
@@ -277,17 +364,19 @@ void RolloutStream::publish(Running& r) {
 // A weight sync asked the sequences in flight to take the new weights afresh: their requests are
 // aborted now, and finish() resubmits them after this step, from their tokens so far with the KV
 // cache computed again ("recompute") or from the prompt ("abort").
-void RolloutStream::restart_inflight(models::GenerationEngine& engine) {
+std::string RolloutStream::restart_inflight(models::GenerationEngine& engine, const std::string* given) {
   std::string action;
   {
     std::lock_guard lock(mutex_);
     action.swap(action_);
   }
-  if (action.empty()) return;
+  if (given) action = *given;
+  if (action.empty()) return action;
   for (auto& [id, r] : running_) {
     engine.abort(id);
     r.restart = action;
   }
+  return action;
 }
 
 }  // namespace flotilla::actors::lm

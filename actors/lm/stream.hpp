@@ -10,9 +10,18 @@
 // landed before, so a run's schedule can be recorded; a rollout given a schedule (follow())
 // starts every group and lands every sync at its recorded step, which makes the generation repeat
 // bit for bit.
+//
+// A tensor-parallel replica's ranks run one engine in lockstep (Lockstep): before each step the
+// replica's first rank (the leader) tells the others what the step admits, how a sync restarts
+// the sequences in flight, and which weights version it runs; a follower takes the same prompts
+// (the controller sends them to every rank of the replica), waits for them and for those
+// weights, and steps with it. Only the leader publishes groups.
+#include <ATen/core/Tensor.h>
+
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -27,9 +36,19 @@
 
 namespace flotilla::actors::lm {
 
+struct Lockstep {
+  bool leader = true;
+  // The leader's tensor into every rank's, in place (a collective of the replica's ranks that
+  // nothing else uses). An idle leader sends a heartbeat every `heartbeat`, so a follower's wait
+  // never outlasts the collective's timeout.
+  std::function<void(at::Tensor&)> broadcast;
+  std::chrono::milliseconds heartbeat{10000};
+};
+
 class RolloutStream {
  public:
-  RolloutStream(RolloutWeights& weights, const RlhfConfig& config, runtime::Lifecycle& life);
+  // `lockstep`: this rank's part in a tensor-parallel replica (null: a replica of one rank).
+  RolloutStream(RolloutWeights& weights, const RlhfConfig& config, runtime::Lifecycle& life, const Lockstep* lockstep = nullptr);
   ~RolloutStream();
 
   // Queues the prompts of `rows` (the Submit method's input).
@@ -76,15 +95,20 @@ class RolloutStream {
 
   bool wait_for_work();                            // false when the worker stops
   bool ready_to_step() const;                      // with mutex_ held
-  void admit(models::GenerationEngine& engine);    // the prompts that start at this step
+  // The prompts that start at this step (the groups named, for a follower); returns their groups.
+  std::vector<int64_t> admit(models::GenerationEngine& engine, const std::vector<int64_t>* named = nullptr);
+  void mirror();                                   // a follower's loop
   void start(models::GenerationEngine& engine, Running& r, const std::vector<int>& samples, bool resume);
   void finish(models::GenerationEngine& engine, std::vector<models::Generation> gens);
-  void restart_inflight(models::GenerationEngine& engine);  // applies a recompute or abort
+  // Applies a recompute or abort (the pending one, or a follower's `given`); returns it.
+  std::string restart_inflight(models::GenerationEngine& engine, const std::string* given = nullptr);
+  void send_header(int64_t kind, int64_t version, const std::string& action, const std::vector<int64_t>& groups);
   void publish(Running& r);                        // a whole group, to the collectors
 
   RolloutWeights& weights_;
   const RlhfConfig& c_;
   runtime::Lifecycle& life_;
+  const Lockstep* lockstep_;
   mutable std::mutex mutex_;  // everything below except running_
   std::condition_variable work_, finished_, stepped_;
   std::deque<Prompt> inbox_;

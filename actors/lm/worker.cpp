@@ -2,13 +2,19 @@
 // reference log-probs), critic (value model) and reward (rules, commands or a reward model). With
 // `placement: split` each role has workers of its own; with `placement: colocated` one group of
 // workers hosts every role the algorithm uses and they take turns (the rollout generates with the
-// actor's own weights, and its KV cache exists only while it generates).
+// actor's weights, and its KV cache exists only while it generates).
+//
+// A group's `parallel` layout (runtime/layout.hpp) decides what each rank holds: the actor and the
+// critic train over dp x fsdp x tp (runtime::LayoutGroup), the rollout and the reference split
+// their models over tp; a split rollout pulls its slice of each new version straight from the
+// actor ranks' buffers by the reshard plan between the two layouts.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <filesystem>
 #include <map>
 
+#include "actors/lm/checkpoint.hpp"
 #include "actors/lm/config.hpp"
 #include "actors/lm/methods.hpp"
 #include "actors/lm/rewards.hpp"
@@ -22,6 +28,7 @@
 #include "core/safetensors.hpp"
 #include "models/transformer.hpp"
 #include "runtime/collective.hpp"
+#include "runtime/reshard.hpp"
 #include "runtime/worker.hpp"
 
 namespace flotilla::actors::lm {
@@ -30,18 +37,17 @@ using runtime::Output;
 
 namespace {
 
-// A model's weights and its optimizer's state in a directory: the HF files, plus optimizer.safetensors.
-void save_trained(const models::CausalLm& lm, const algorithms::LmTrainer* trainer, const fs::path& dir) {
-  lm.save(dir);
-  if (trainer) core::save_safetensors(dir / "optimizer.safetensors", trainer->state(), {});
-}
-void load_trained(models::CausalLm& lm, algorithms::LmTrainer* trainer, const fs::path& dir) {
-  lm.load_weights(dir);
-  if (trainer && fs::exists(dir / "optimizer.safetensors")) {
-    std::map<std::string, at::Tensor> s;
-    for (auto& [n, t] : core::load_safetensors(dir / "optimizer.safetensors").tensors) s[n] = t;
-    trainer->load_state(s);
-  }
+// The continuous generation's thread runs its tensor-parallel collectives on a group of its own,
+// so they never interleave with those of a method running on another thread (a Generate call, or
+// a colocated worker's training) in different orders on two ranks.
+thread_local bool on_stream_lane = false;
+
+models::TensorParallel on_lanes(models::TensorParallel calls, runtime::Collective* stream) {
+  if (!stream || calls.size == 1) return calls;
+  models::TensorParallel s = stream->tensor_parallel(calls.vocab_parallel), out = calls;
+  out.all_reduce = [calls, s](at::Tensor& t) { on_stream_lane ? s.all_reduce(t) : calls.all_reduce(t); };
+  out.all_gather_last = [calls, s](const at::Tensor& t) { return on_stream_lane ? s.all_gather_last(t) : calls.all_gather_last(t); };
+  return out;
 }
 
 core::Batch one(const std::string& name, at::Tensor t) {
@@ -63,11 +69,18 @@ core::Batch aligned(core::Batch b) {
   return b;
 }
 
-// A trained model with its optimizer and, over several ranks, their collectives.
+// A model with, over several ranks, its collectives, and when it trains its optimizer.
 struct Trained {
   std::unique_ptr<models::CausalLm> model;
   std::unique_ptr<algorithms::LmTrainer> trainer;
   std::unique_ptr<runtime::LayoutGroup> group;
+};
+
+// A rollout's weight sync in split placement: the plan from the actor's layout to the rollout's,
+// made at the first sync and kept.
+struct WeightPull {
+  std::unique_ptr<runtime::Layout> from, to;
+  std::unique_ptr<runtime::ReshardPlan> plan;
 };
 
 class LmWorker final : public runtime::Role {
@@ -76,20 +89,31 @@ class LmWorker final : public runtime::Role {
 
   void configure(const core::ConfigView& root) override {
     c_ = RlhfConfig::read(root);
+    layout_ = c_.group(hosts_).parallel;
+    if (layout_.size() != info().world_size)
+      throw Error("worker group " + hosts_ + " has " + std::to_string(info().world_size) + " ranks; its layout " + layout_.str() + " has " +
+                  std::to_string(layout_.size()));
     at::set_num_threads(c_.group(hosts_).threads);
     at::manual_seed(static_cast<uint64_t>(root.get<int64_t>("seed", 1)));
+    // Every rank makes its collectives in this order, so the rendezvous cannot cross.
+    if (hosts("rollout") && layout_.tp > 1) {
+      stream_tp_ = std::make_unique<runtime::Collective>(store("rollout.stream" + std::to_string(layout_.data_rank(info().rank))),
+                                                         layout_.tp_rank(info().rank), layout_.tp);
+      lockstep_.leader = layout_.tp_rank(info().rank) == 0;
+      lockstep_.broadcast = [this](at::Tensor& t) { stream_tp_->broadcast(t, 0); };
+    }
     if (hosts("actor")) {
-      actor_ = trained("actor", c_.model_path, c_.family.head == "reward" ? "reward" : "", c_.actor_optim);
+      actor_ = trained("actor", c_.model_path, c_.family.head == "reward" ? "reward" : "", &c_.actor_optim);
       if (c_.family.head == "lm" && actor_.model->config().head != "lm")
         throw ConfigError(c_.model_path + " has a " + actor_.model->config().head + " head; the policy needs a language-model head");
     }
-    if (hosts("rollout") && !actor_.model) rollout_ = std::make_unique<models::CausalLm>(models::CausalLm::load(c_.model_path));
+    if (hosts("rollout") && !actor_.model) rollout_ = trained("rollout", c_.model_path, "", nullptr);
     if (hosts("rollout")) {
-      weights_.model = rollout_ ? rollout_.get() : actor_.model.get();
-      stream_ = std::make_unique<RolloutStream>(weights_, c_, life());
+      weights_.model = rollout_.model ? rollout_.model.get() : actor_.model.get();
+      stream_ = std::make_unique<RolloutStream>(weights_, c_, life(), stream_tp_ ? &lockstep_ : nullptr);
     }
-    if (hosts("ref")) ref_ = std::make_unique<models::CausalLm>(models::CausalLm::load(c_.ref_path.empty() ? c_.model_path : c_.ref_path));
-    if (hosts("critic")) critic_ = trained("critic", c_.critic_path.empty() ? c_.model_path : c_.critic_path, "value", c_.critic_optim);
+    if (hosts("ref")) ref_ = trained("ref", c_.ref_path.empty() ? c_.model_path : c_.ref_path, "", nullptr);
+    if (hosts("critic")) critic_ = trained("critic", c_.critic_path.empty() ? c_.model_path : c_.critic_path, "value", &c_.critic_optim);
     if (hosts("reward")) {
       if (c_.reward.kind == "model" && c_.family.generates()) {
         reward_model_ = std::make_unique<models::CausalLm>(models::CausalLm::load(c_.reward_path));
@@ -101,7 +125,11 @@ class LmWorker final : public runtime::Role {
   }
 
   void start() override {
-    if (stream_) stream_loop_.start(info().name() + " generation", life(), [this] { stream_->run(); });
+    if (stream_)
+      stream_loop_.start(info().name() + " generation", life(), [this] {
+        on_stream_lane = true;
+        stream_->run();
+      });
   }
   void stop() override {
     if (stream_) stream_->wake();
@@ -128,7 +156,7 @@ class LmWorker final : public runtime::Role {
       const int64_t version = weights_.version;
       return Output<runtime::Version>{{version}, generate(weights_, c_, g, prompts, life(), generated_)};
     });
-    m.on<SyncWeights>([this](const SyncWeights& s, const core::Batch& flat) { return sync(s, flat); });
+    m.on<SyncWeights>([this](const SyncWeights& s) { return sync(s); });
     m.on<Submit>([this](const Submit& s, const core::Batch& rows) {
       need_stream().submit(s, rows);
       return runtime::Void{};
@@ -141,14 +169,18 @@ class LmWorker final : public runtime::Role {
       need_stream().follow(f);
       return runtime::Void{};
     });
-    m.on<ActorWeights>([this](const ActorWeights&) {
-      return Output<runtime::Version>{{version_}, one("flat", flatten(need(actor_.model, "actor")))};
+    m.on<PublishWeights>([this](const PublishWeights&) {
+      const models::CausalLm& model = need(actor_.model, "actor");
+      if (!published_) published_ = std::make_unique<runtime::Layout>(runtime::param_infos(model), layout_);
+      core::Batch b = one("flat", runtime::own_buffer(model, *published_, info().rank));
+      b.meta()["version"] = std::to_string(version_);
+      return Output<runtime::Version>{{version_}, std::move(b)};
     });
     m.on<ActorLogProbs>([this](const ActorLogProbs&, const core::Batch& b) {
       return Output<runtime::Void>{{}, one("old_log_prob", algorithms::sequence_log_probs(need(actor_.model, "actor"), b["tokens"], c_.actor_optim.micro_batch))};
     });
     m.on<RefLogProbs>([this](const RefLogProbs&, const core::Batch& b) {
-      return Output<runtime::Void>{{}, one("ref_log_prob", algorithms::sequence_log_probs(need(ref_, "ref"), b["tokens"], c_.actor_optim.micro_batch))};
+      return Output<runtime::Void>{{}, one("ref_log_prob", algorithms::sequence_log_probs(need(ref_.model, "ref"), b["tokens"], c_.actor_optim.micro_batch))};
     });
     m.on<CriticValues>([this](const CriticValues&, const core::Batch& b) {
       return Output<runtime::Void>{{}, one("values", algorithms::sequence_values(need(critic_.model, "critic"), b["tokens"], c_.critic_optim.micro_batch))};
@@ -165,32 +197,32 @@ class LmWorker final : public runtime::Role {
     m.on<EstimateAdvantages>([this](const EstimateAdvantages& a, const core::Batch& b) { return advantages(a, aligned(b)); });
     m.on<UpdateActor>([this](const UpdateActor& u, const core::Batch& b) {
       need(actor_.model, "actor");
-      const uint64_t seed = u.seed * 1000003ull + static_cast<uint64_t>(info().rank);
+      const uint64_t seed = u.seed * 1000003ull + data_rank();  // a tensor-parallel replica's ranks draw alike
       runtime::Stats s{actor_.trainer->update_policy(aligned(b), c_.loss, seed)};
       ++version_;
       return s;
     });
     m.on<UpdateCritic>([this](const UpdateCritic& u, const core::Batch& b) {
       need(critic_.model, "critic");
-      const uint64_t seed = u.seed * 1000003ull + 7 + static_cast<uint64_t>(info().rank);
+      const uint64_t seed = u.seed * 1000003ull + 7 + data_rank();
       return runtime::Stats{critic_.trainer->update_critic(aligned(b), c_.value_clip, seed)};
     });
     m.on<SaveActor>([this](const SaveActor& s) {
-      if (info().rank == 0) save_trained(need(actor_.model, "actor"), s.optimizer ? actor_.trainer.get() : nullptr, s.dir);
+      save_trained(need(actor_.model, "actor"), s.optimizer ? actor_.trainer.get() : nullptr, actor_.group.get(), info().rank, s.dir);
       return runtime::Version{version_};
     });
     m.on<LoadActor>([this](const LoadActor& l) {
-      load_trained(need(actor_.model, "actor"), l.optimizer ? actor_.trainer.get() : nullptr, l.dir);
+      load_trained(need(actor_.model, "actor"), l.optimizer ? actor_.trainer.get() : nullptr, actor_.group.get(), info().rank, l.dir);
       version_ = l.version;
       weights_.version = l.version;
       return runtime::Version{version_};
     });
     m.on<SaveCritic>([this](const SaveCritic& s) {
-      if (info().rank == 0) save_trained(need(critic_.model, "critic"), s.optimizer ? critic_.trainer.get() : nullptr, s.dir);
+      save_trained(need(critic_.model, "critic"), s.optimizer ? critic_.trainer.get() : nullptr, critic_.group.get(), info().rank, s.dir);
       return runtime::Version{version_};
     });
     m.on<LoadCritic>([this](const LoadCritic& l) {
-      load_trained(need(critic_.model, "critic"), l.optimizer ? critic_.trainer.get() : nullptr, l.dir);
+      load_trained(need(critic_.model, "critic"), l.optimizer ? critic_.trainer.get() : nullptr, critic_.group.get(), info().rank, l.dir);
       return runtime::Version{version_};
     });
   }
@@ -206,17 +238,19 @@ class LmWorker final : public runtime::Role {
   }
 
   // The weights of `s.version` into the rollout, between two engine steps: generation stops only
-  // while they are copied (the fetch from the actor happened before this runs).
-  Synced sync(const SyncWeights& s, const core::Batch& flat) {
+  // while they are copied (the pull from the actor ranks comes first, while it generates).
+  Synced sync(const SyncWeights& s) {
     if (!weights_.model) throw Error("this worker does not host the rollout role");
-    if (stream_) stream_->await_turn(s.version);
     Synced out{.version = s.version};
+    at::Tensor pulled;
+    if (rollout_.model) pulled = pull(s, out);
+    if (stream_) stream_->await_turn(s.version);
     std::chrono::steady_clock::time_point locked;
     {
       std::lock_guard lock(weights_.mutex);
       locked = std::chrono::steady_clock::now();
-      if (rollout_) unflatten(*rollout_, flat["flat"]);  // a model of its own: the actor's weights
-      weights_.version = s.version;                     // colocated: it generates with the actor's
+      if (rollout_.model) unflatten(*rollout_.model, pulled);  // a model of its own: its slice of the actor's weights
+      weights_.version = s.version;                           // colocated: it generates with the actor's
       if (stream_) {
         const RolloutStream::Landed landed = stream_->on_update(s.on_update);
         out.inflight = landed.inflight;
@@ -228,17 +262,47 @@ class LmWorker final : public runtime::Role {
     return out;
   }
 
-  bool hosts(const std::string& role) const { return hosts_ == "colocated" ? c_.uses(role) : hosts_ == role; }
+  // This rank's slice of the actor's weights of `s.version`, from the actor ranks that hold it.
+  at::Tensor pull(const SyncWeights& s, Synced& out) {
+    if (s.holders.empty() || s.holders.size() != s.objects.size())
+      throw Error("rollout.sync needs one holder and object per actor rank (actor.publish's), got " + std::to_string(s.holders.size()) +
+                  " holders and " + std::to_string(s.objects.size()) + " objects");
+    if (!pull_.plan) {
+      const auto params = runtime::param_infos(*rollout_.model);
+      const runtime::Parallel& actor = c_.group("actor").parallel;
+      pull_.from = std::make_unique<runtime::Layout>(
+          runtime::param_infos(*rollout_.model, models::splits_vocabulary(rollout_.model->config(), actor.tp)), actor);
+      pull_.to = std::make_unique<runtime::Layout>(params, layout_);
+      pull_.plan = std::make_unique<runtime::ReshardPlan>(runtime::ReshardPlan::make(*pull_.from, *pull_.to));
+    }
+    std::vector<runtime::ShardSource> sources;
+    for (size_t i = 0; i < s.holders.size(); ++i) sources.push_back({s.holders[i], static_cast<uint64_t>(s.objects[i])});
+    at::Tensor into = at::empty({pull_.to->local_size(info().rank)}, at::kFloat);
+    const runtime::Transfer t = runtime::receive(*pull_.plan, info().rank, sources, s.version, into, {}, runtime::Fetcher::current());
+    out.fetch_s = t.seconds;
+    out.received_bytes = t.sent_bytes + t.local_bytes;
+    return into;
+  }
 
-  Trained trained(const std::string& role, const std::string& path, const std::string& head, const algorithms::LmOptimConfig& optim) {
+  bool hosts(const std::string& role) const { return hosts_ == "colocated" ? c_.uses(role) : hosts_ == role; }
+  uint64_t data_rank() const { return static_cast<uint64_t>(layout_.data_rank(info().rank)); }
+  std::string store(const std::string& what) const {
+    return (fs::path(info().name_dir).parent_path() / (hosts_ + "." + what + ".c10d")).string();
+  }
+
+  // A role's model in this group's layout: its collectives (c10d, Gloo on CPU) when the group has
+  // several ranks, its tensor-parallel slice, and with `optim` its trainer.
+  Trained trained(const std::string& role, const std::string& path, const std::string& head, const algorithms::LmOptimConfig* optim) {
     Trained t;
-    t.model = std::make_unique<models::CausalLm>(models::CausalLm::load(path, head));
-    t.trainer = std::make_unique<algorithms::LmTrainer>(*t.model, optim);
-    if (info().world_size > 1) {
-      // Data-parallel ranks sum their share of each mini-batch's gradient (c10d, Gloo on CPU).
-      const fs::path store = fs::path(info().name_dir).parent_path() / (hosts_ + "." + role + ".c10d");
-      t.group = std::make_unique<runtime::LayoutGroup>(store.string(), info().rank, runtime::Parallel{info().world_size, 1, 1});
-      t.trainer->set_group(t.group.get());
+    const bool collectives = optim ? layout_.size() > 1 : layout_.tp > 1;
+    if (collectives) t.group = std::make_unique<runtime::LayoutGroup>(store(role), info().rank, optim ? layout_ : runtime::Parallel{layout_.data_ranks(), 1, layout_.tp});
+    models::TensorParallel tp = t.group ? t.group->tensor_parallel() : models::TensorParallel{};
+    // The model the continuous generation runs (the rollout's, or a colocated actor's).
+    if (role == "rollout" || (role == "actor" && hosts("rollout"))) tp = on_lanes(tp, stream_tp_.get());
+    t.model = std::make_unique<models::CausalLm>(models::CausalLm::load(path, head, tp));
+    if (optim) {
+      t.trainer = std::make_unique<algorithms::LmTrainer>(*t.model, *optim);
+      if (t.group) t.trainer->set_group(t.group.get());
     }
     return t;
   }
@@ -269,8 +333,13 @@ class LmWorker final : public runtime::Role {
 
   std::string hosts_;  // the role this worker hosts, or "colocated"
   RlhfConfig c_;
-  Trained actor_, critic_;
-  std::unique_ptr<models::CausalLm> rollout_, ref_, reward_model_;
+  runtime::Parallel layout_;  // this group's
+  std::unique_ptr<runtime::Collective> stream_tp_;  // the continuous generation's tensor-parallel group
+  Lockstep lockstep_;
+  Trained actor_, critic_, rollout_, ref_;
+  std::unique_ptr<runtime::Layout> published_;  // the actor's layout, as PublishWeights cuts buffers
+  WeightPull pull_;
+  std::unique_ptr<models::CausalLm> reward_model_;
   std::unique_ptr<Scorer> scorer_;
   RolloutWeights weights_;
   std::unique_ptr<RolloutStream> stream_;  // continuous generation, when it hosts the rollout

@@ -187,7 +187,7 @@ Cluster::Cluster(const fs::path& run_dir, std::string experiment, const std::vec
     std::vector<std::string> endpoints;
     for (const auto& p : m.procs)
       if (p.name.rfind(spec.group + "/", 0) == 0) endpoints.push_back(p.endpoint);
-    groups_[spec.group] = std::make_unique<runtime::WorkerGroup>(m.context, spec.group, endpoints, options.call_timeout);
+    groups_[spec.group] = std::make_unique<runtime::WorkerGroup>(m.context, spec.group, endpoints, options.call_timeout, spec.tp);
   }
   std::lock_guard lock(m.mutex);
   for (auto& [name, g] : groups_) m.groups.push_back(g.get());

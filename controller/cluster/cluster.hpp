@@ -24,6 +24,7 @@ namespace flotilla::controller {
 struct WorkerSpec {
   std::string group;
   int count = 1;
+  int tp = 1;  // ranks per tensor-parallel replica (runtime::WorkerGroup)
 };
 
 struct ClusterOptions {

@@ -146,8 +146,9 @@ class RlhfProgram final : public Program {
     std::vector<WorkerSpec> specs;
     std::string layout, roles;
     for (const auto& g : c_.workers) {
-      specs.push_back({g.role, g.count});
+      specs.push_back({g.role, g.count, g.parallel.tp});
       layout += (layout.empty() ? "" : ", ") + std::to_string(g.count) + " " + g.role;
+      if (g.parallel.size() > 1) layout += " (" + g.parallel.str() + ")";
     }
     for (const auto& r : c_.roles) roles += (roles.empty() ? "" : " ") + r;
     spdlog::info("{}: {} placement, roles {}; starting workers: {}", c_.algo, c_.placement, roles, layout);
@@ -160,6 +161,15 @@ class RlhfProgram final : public Program {
     return options;
   }
   runtime::WorkerGroup& group(const std::string& role) { return cluster_->group(c_.group_of(role)); }
+  // The status of each rollout replica (a tensor-parallel replica's ranks step in lockstep; its
+  // first rank speaks for it).
+  std::vector<runtime::Status> rollout_replicas_polled() {
+    runtime::WorkerGroup& g = group("rollout");
+    const auto all = g.call(runtime::Poll{}).get().ranks;
+    std::vector<runtime::Status> out;
+    for (size_t r = 0; r < all.size(); r += static_cast<size_t>(g.tensor_parallel())) out.push_back(all[r]);
+    return out;
+  }
 
   // ---- one training step per kind of algorithm: metrics into `row`, tokens processed returned ----
 
@@ -285,7 +295,7 @@ class RlhfProgram final : public Program {
   // The stream of training samples. The ledger resumes the admission count (the prompts of the
   // steps before `start`, or a checkpoint's record) and its finished groups.
   void start_stream(Sampler& sampler, int64_t start) {
-    GroupLedger ledger(algorithms::Staleness(c_.async.max_staleness, c_.batch_size), c_.group_size, group("rollout").size(),
+    GroupLedger ledger(algorithms::Staleness(c_.async.max_staleness, c_.batch_size), c_.group_size, group("rollout").replicas(),
                        c_.async.max_inflight, seed_ * 1000003);
     const bool saved = !resume_.is_null() && resume_.contains("stream");
     ledger.restore(saved ? resume_.at("stream") : json{{"submitted", start * c_.batch_size}, {"ready", json::array()}});
@@ -304,14 +314,14 @@ class RlhfProgram final : public Program {
       stream_->restore_ready(load_stream_rows(resume_dir_ / "stream.safetensors"));
     // The schedule: recorded on from the checkpoint's, and followed when the config names one.
     if (saved && resume_.contains("schedule")) stream_->schedule() = Schedule::from_json(resume_.at("schedule"), "the checkpoint");
-    std::vector<int64_t> from(static_cast<size_t>(group("rollout").size()), 0);
+    std::vector<int64_t> from(static_cast<size_t>(group("rollout").replicas()), 0);
     if (saved && resume_.contains("rollout_steps")) from = resume_.at("rollout_steps").get<std::vector<int64_t>>();
     if (!c_.async.schedule.empty()) {
       stream_->follow(Schedule::from_json(json::parse(core::read_file(c_.async.schedule)), c_.async.schedule), from);
       spdlog::info("async: following the schedule in {}", c_.async.schedule);
       check_drains(*stream_->following(), start);
     } else if (saved) {
-      for (int r = 0; r < group("rollout").size(); ++r) {
+      for (int r = 0; r < group("rollout").replicas(); ++r) {
         Follow f;  // counts engine steps on from the checkpoint, so the recorded schedule goes on
         f.from_step = from[static_cast<size_t>(r)];
         group("rollout").call_on(r, f).get();
@@ -346,7 +356,7 @@ class RlhfProgram final : public Program {
     row.push_back({"async/actor_wait_s", taken.waited_s});
     // The rollouts' live counters, summed over ranks.
     std::map<std::string, double> live;
-    for (const auto& s : group("rollout").call(runtime::Poll{}).get().ranks)
+    for (const auto& s : rollout_replicas_polled())
       for (const char* k : {"rollout/tokens", "rollout/idle_s", "rollout/inflight", "rollout/queued"}) live[k] += s.counter(k);
     const double tokens = live["rollout/tokens"];
     if (gen_clock_) row.push_back({"perf/gen_tokens_per_s", (tokens - gen_tokens_) / std::max(seconds_since(*gen_clock_), 1e-9)});
@@ -400,21 +410,32 @@ class RlhfProgram final : public Program {
       t = clock_type::now();
       sync_weights();
       row.push_back({"timing_s/sync_weights", seconds_since(t)});
+      double bytes = 0, fetch = 0;
+      for (const auto& s : last_sync_) bytes += static_cast<double>(s.received_bytes), fetch = std::max(fetch, s.fetch_s);
+      if (c_.placement == "split") row.push_back({"sync/received_mib", bytes / (1 << 20)}), row.push_back({"timing_s/sync_fetch", fetch});
     }
   }
 
-  // Every rollout worker to the actor's version: a rollout with a model of its own fetches the
-  // actor's weights from actor rank 0 (worker to worker); a colocated one generates with them.
+  // Every rollout worker to the actor's version. In split placement each actor rank keeps its
+  // buffer of the new weights and each rollout rank pulls its slice from them (worker to worker,
+  // by the reshard plan between the two layouts); the buffers go when the sync is done. A colocated
+  // rollout generates with the actor's weights.
   void sync_weights() {
-    DataRef weights;
+    SyncWeights sync{.version = version_, .on_update = c_.async.on_update};
+    DataRef published;
     if (c_.placement == "split") {
-      auto w = group("actor").call(ActorWeights{}).get();
-      if (w.result().version != version_)
-        throw Error("the rollout needs weights of version " + std::to_string(version_) + "; actor rank 0 has version " +
-                    std::to_string(w.result().version));
-      weights = w.data;
+      auto w = group("actor").call(PublishWeights{}).get();
+      for (size_t r = 0; r < w.ranks.size(); ++r)
+        if (w.ranks[r].version != version_)
+          throw Error("the rollout needs weights of version " + std::to_string(version_) + "; actor rank " + std::to_string(r) +
+                      " has version " + std::to_string(w.ranks[r].version));
+      published = w.data;
+      for (const auto& h : published.held()) {
+        sync.holders.push_back(h.endpoint);
+        sync.objects.push_back(static_cast<int64_t>(h.object));
+      }
     }
-    const auto synced = group("rollout").call(SyncWeights{version_, c_.async.on_update}, weights).get();
+    const auto synced = group("rollout").call(sync).get();
     last_sync_ = synced.ranks;
     if (stream_) {
       std::vector<int64_t>& steps = stream_->schedule().syncs[version_];
@@ -486,7 +507,7 @@ class RlhfProgram final : public Program {
       manifest["stream"] = stream_->ledger().state();
       manifest["schedule"] = stream_->schedule().to_json();
       std::vector<int64_t> steps;
-      for (const auto& s : group("rollout").call(runtime::Poll{}).get().ranks) steps.push_back(static_cast<int64_t>(s.counter("rollout/step")));
+      for (const auto& s : rollout_replicas_polled()) steps.push_back(static_cast<int64_t>(s.counter("rollout/step")));
       manifest["rollout_steps"] = steps;
       save_schedule(run_dir);
       const core::Batch ready = stream_->ready_rows();

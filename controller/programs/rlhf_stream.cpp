@@ -181,7 +181,7 @@ SampleStream::SampleStream(Roles roles, GroupLedger ledger, const actors::lm::Da
                            actors::lm::Submit sampling, std::chrono::milliseconds timeout)
     : roles_(roles), ledger_(std::move(ledger)), train_(train), sampler_(sampler), sampling_(std::move(sampling)), timeout_(timeout) {
   if (!roles_.rollout || !roles_.reward) throw Error("a sample stream needs rollout and reward workers");
-  polls_.resize(static_cast<size_t>(roles_.rollout->size()));
+  polls_.resize(static_cast<size_t>(roles_.rollout->replicas()));
 }
 
 SampleStream::~SampleStream() = default;

@@ -83,6 +83,8 @@ struct Scale {
 struct Sync {
   version @0 :Int64;
   onUpdate @1 :Text;  # continue, recompute (continue with their KV cache recomputed) or abort (start again)
+  holders @2 :List(Text);   # split placement: each actor rank's endpoint (runtime/reshard.hpp)
+  objects @3 :List(Int64);  # the object holding that rank's flat buffer of this version
 }
 
 # What a weight sync cost a rollout: how long generation stopped for it, and what was in flight.
@@ -91,6 +93,8 @@ struct Synced {
   pauseSeconds @1 :Float64;
   inflight @2 :Int64;  # sequences being generated when it landed
   step @3 :Int64;      # the rollout's engine step it landed before
+  fetchSeconds @4 :Float64;  # pulling this rank's slice from the actor ranks
+  receivedBytes @5 :Int64;   # bytes it pulled
 }
 
 # Where a rollout's engine-step count starts and, to repeat a recorded run, the step each group
