@@ -128,11 +128,14 @@ void add_run_commands(CLI::App& app, Commands& commands) {
   });
   auto* resume = app.add_subcommand("resume", "continue a stopped run from its newest checkpoint, in the same directory");
   resume->add_option("run_dir", a->resume_dir, "run directory")->required()->check(CLI::ExistingDirectory);
+  resume->add_option("overrides", a->options.resume_overrides,
+                     "key=value changes from here on, kept in the run's config.yaml (e.g. train.steps=2000, or another "
+                     "layout: 'workers=[{role: actor, parallel: {tp: 2}}]')");
   add_output_options(resume);
   commands.emplace_back(resume, [a] {
     const std::filesystem::path dir = a->resume_dir;
     if (!std::filesystem::exists(dir / "config.yaml")) throw ConfigError(dir.string() + ": not a run directory (no config.yaml)");
-    controller::LoadedExperiment loaded = controller::load_experiment(dir / "config.yaml", {});
+    controller::LoadedExperiment loaded = controller::load_experiment(dir / "config.yaml", a->options.resume_overrides);
     a->options.resume_dir = dir;
     a->options.progress = progress_mode(a->quiet, a->progress);
     return controller::run_experiment(loaded, a->options);

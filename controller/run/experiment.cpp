@@ -136,7 +136,7 @@ int run_experiment(LoadedExperiment& loaded, const RunOptions& options) {
   const Experiment& e = loaded.experiment;
   const bool resuming = !options.resume_dir.empty();
   const fs::path dir = resuming ? options.resume_dir : create_run_dir(e);
-  if (!resuming)
+  if (!resuming || !options.resume_overrides.empty())
     core::write_file_atomically(dir / "config.yaml", [&](std::ostream& out) { out << loaded.config->resolved_yaml(); });
 
   auto progress = std::make_shared<Progress>(progress_mode(options.progress), loaded.program->total_steps(),
@@ -148,6 +148,7 @@ int run_experiment(LoadedExperiment& loaded, const RunOptions& options) {
   core::add_log_sink(terminal);
   core::log_to_file(dir / "log.txt");
   spdlog::info("{} {}", resuming ? "resuming run" : "run directory", dir.string());
+  for (const auto& o : options.resume_overrides) spdlog::info("resumed with {}", o);
   if (resuming) loaded.program->resume(dir);
 
   core::Metrics metrics;

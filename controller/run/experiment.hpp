@@ -29,6 +29,7 @@ struct RunOptions {
   ProgressMode progress = ProgressMode::Auto;
   std::string log_level = "info";
   std::filesystem::path resume_dir;  // continue this run (flotilla resume) instead of starting one
+  std::vector<std::string> resume_overrides;  // changes to the resumed run's config (kept in its config.yaml)
 };
 
 // Runs the experiment to its end; returns the process exit code (0 done, 1 failed, 130 stopped by
