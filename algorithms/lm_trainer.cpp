@@ -64,22 +64,28 @@ struct LmTrainer::Impl {
   }
 
   // The gradients of a mini-batch in place, summed over the ranks as one process would have
-  // them, clipped, and Adam's step; returns the norm before clipping.
-  double step(double weight, double max_norm, models::CausalLm& model) {
+  // them, clipped, and Adam's step; returns the norm before clipping and this rank's share of the
+  // mini-batch's weight.
+  struct Stepped {
+    double norm = 0, share = 1;
+  };
+  Stepped step(double weight, double max_norm, models::CausalLm& model) {
     for (auto& p : params)
       if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
     if (!group) {  // one process: exactly as libtorch clips and steps
       const double norm = torch::nn::utils::clip_grad_norm_(params, max_norm > 0 ? max_norm : 1e30);
       adam->step();
-      return norm;
+      return {norm, 1.0};
     }
     torch::NoGradGuard no_grad;
     model.reduce_tensor_parallel_gradients();
+    double share = 1;
     if (size(Axis::Data) > 1) {  // each data rank's mean gradient counts by its share of the rows or tokens
       torch::Tensor w = torch::full({1}, weight, torch::kDouble);
       group->sum(w, Axis::Data);
       const double total = w.item<double>();
-      for (auto& p : params) p.mutable_grad().mul_(total > 0 ? weight / total : 0.0);
+      share = total > 0 ? weight / total : 0.0;
+      for (auto& p : params) p.mutable_grad().mul_(share);
     }
     if (size(Axis::Fsdp) == 1) {
       if (size(Axis::Data) > 1) {
@@ -99,7 +105,7 @@ struct LmTrainer::Impl {
       if (coef < 1)
         for (auto& p : params) p.mutable_grad().mul_(coef);
       adam->step();
-      return norm;
+      return {norm, share};
     }
     // fsdp: the gradient reduce-scattered to chunks (and summed over replicas), Adam on the chunk,
     // the chunks gathered back into the parameters.
@@ -123,7 +129,23 @@ struct LmTrainer::Impl {
       p.copy_(all.narrow(0, at, p.numel()).view_as(p));
       at += p.numel();
     }
-    return norm;
+    return {norm, share};
+  }
+
+  // Statistics of this rank's rows, each already weighted by the rank's share, summed over the
+  // data ranks into the whole batch's. A rank that had no rows has no statistics and adds zeros.
+  void sum_over_data_ranks(core::Scalars& stats) {
+    if (!group || size(Axis::Data) == 1) return;
+    torch::Tensor counts = torch::tensor({static_cast<double>(stats.size()), stats.empty() ? 0.0 : 1.0}, torch::kDouble);
+    group->sum(counts, Axis::Data);
+    const auto reporting = static_cast<size_t>(counts[1].item<double>());
+    const size_t n = reporting ? static_cast<size_t>(counts[0].item<double>()) / reporting : 0;
+    if (n * reporting != static_cast<size_t>(counts[0].item<double>()) || (!stats.empty() && stats.size() != n))
+      throw Error("the data ranks of an update report different statistics (" + std::to_string(stats.size()) + " here)");
+    torch::Tensor values = torch::zeros({static_cast<int64_t>(n)}, torch::kDouble);
+    for (size_t i = 0; i < stats.size(); ++i) values[static_cast<int64_t>(i)] = stats[i].second;
+    group->sum(values, Axis::Data);
+    for (size_t i = 0; i < stats.size(); ++i) stats[i].second = values[static_cast<int64_t>(i)].item<double>();
   }
 };
 
@@ -203,13 +225,16 @@ core::Batch cut_to_longest(const core::Batch& part) {
 // Runs `epochs` passes of `mini_batches` optimizer steps over the batch; `loss_of(micro, share,
 // stats)` returns a micro-batch's loss weighted by its share of the mini-batch, and adds its
 // statistics, which are weighted the same way (by response tokens when `token_stats`, else by
-// rows) into a mini-batch's figure, averaged over the optimizer steps. Rows stay in groups of
+// rows) into a mini-batch's figure, averaged over the optimizer steps. Over several data ranks
+// (`step` returns each rank's share of the mini-batch) the figures are the whole batch's. Rows stay in groups of
 // `row_group` (DPO and reward-model pairs) when shuffled and split, micro-batches included. With
 // more than one micro-batch per mini-batch, micro-batches are made of rows of similar length, each
 // cut to its longest row.
-template <class LossOf, class Step>
-core::Scalars train_loop(const core::Batch& batch, const LmOptimConfig& o, uint64_t seed, std::vector<torch::Tensor>& params,
-                         Step step, const std::string& prefix, LossOf loss_of, bool token_stats, int64_t row_group = 1) {
+template <class Impl, class LossOf>
+core::Scalars train_loop(const core::Batch& batch, const LmOptimConfig& o, uint64_t seed, Impl& impl,
+                         models::CausalLm& model, const std::string& prefix, LossOf loss_of, bool token_stats,
+                         int64_t row_group = 1) {
+  std::vector<torch::Tensor>& params = impl.params;
   if (batch.size() % row_group)
     throw Error("a batch of pairs has an odd number of rows (" + std::to_string(batch.size()) + ")");
   std::map<std::string, double> sums;
@@ -233,6 +258,7 @@ core::Scalars train_loop(const core::Batch& batch, const LmOptimConfig& o, uint6
       const core::Batch mini = rows > micro ? by_length(shuffled_mini, row_group) : shuffled_mini;
       const bool masked = mini.contains("response_mask");
       const double mini_tokens = masked ? std::max(1.0, mini["response_mask"].sum().item<double>()) : 1.0;
+      std::map<std::string, double> mini_sums;
       for (int64_t begin = 0; begin < rows; begin += micro) {
         const core::Batch part = cut_to_longest(mini.slice(begin, std::min(rows, begin + micro)));
         const Share share{static_cast<double>(part.size()) / static_cast<double>(rows),
@@ -241,12 +267,14 @@ core::Scalars train_loop(const core::Batch& batch, const LmOptimConfig& o, uint6
         torch::Tensor loss = loss_of(part, share, stats);
         loss.backward();
         const double weight = token_stats && masked ? share.tokens : share.rows;
-        for (const auto& [k, v] : stats) sums[k] += v * weight;
+        for (const auto& [k, v] : stats) mini_sums[k] += v * weight;
       }
       // A rank with an empty part still takes part in the collectives, with zero gradients and
       // a weight of zero.
       const double weight = token_stats && masked ? mini["response_mask"].sum().item<double>() : static_cast<double>(rows);
-      grad_norm += step(weight);
+      const auto stepped = impl.step(weight, o.max_grad_norm, model);
+      for (const auto& [k, v] : mini_sums) sums[k] += v * stepped.share;
+      grad_norm += stepped.norm;
       ++steps;
     }
   }
@@ -255,6 +283,7 @@ core::Scalars train_loop(const core::Batch& batch, const LmOptimConfig& o, uint6
   for (auto& p : params) p.mutable_grad().reset();
   core::Scalars out;
   for (const auto& [k, v] : sums) out.push_back({k, v / std::max<int64_t>(steps, 1)});
+  impl.sum_over_data_ranks(out);
   out.push_back({prefix + "/grad_norm", grad_norm / std::max<int64_t>(steps, 1)});
   return out;
 }
@@ -371,8 +400,7 @@ core::Scalars LmTrainer::update_policy(const core::Batch& batch, const PolicyLos
   auto loss_of = [&](const core::Batch& micro, Share share, core::Scalars& stats) {
     return l.loss(model_, micro, c, stats) * (by_tokens ? share.tokens : share.rows);
   };
-  auto step = [&](double weight) { return impl_->step(weight, optim_.max_grad_norm, model_); };
-  return train_loop(batch, optim_, seed, impl_->params, step, l.prefix, loss_of, by_tokens, l.row_group);
+  return train_loop(batch, optim_, seed, *impl_, model_, l.prefix, loss_of, by_tokens, l.row_group);
 }
 
 core::Scalars LmTrainer::update_critic(const core::Batch& batch, double clip, uint64_t seed) {
@@ -391,8 +419,7 @@ core::Scalars LmTrainer::update_critic(const core::Batch& batch, double clip, ui
     stats.push_back({"critic/vpred_mean", masked_mean(v.detach(), mask).item<double>()});
     return loss * share.tokens;
   };
-  auto step = [&](double weight) { return impl_->step(weight, optim_.max_grad_norm, model_); };
-  return train_loop(batch, optim_, seed, impl_->params, step, "critic", loss_of, true);
+  return train_loop(batch, optim_, seed, *impl_, model_, "critic", loss_of, true);
 }
 
 std::vector<std::pair<std::string, at::Tensor>> LmTrainer::state() const {

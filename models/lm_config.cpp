@@ -124,4 +124,13 @@ LmConfig LmConfig::preset(const std::string& arch, const std::string& size, int6
   return c;
 }
 
+void LmConfig::check_tensor_parallel(int tp) const {
+  for (const auto& [what, n] : {std::pair<const char*, int64_t>{"num_attention_heads", num_attention_heads},
+                                {"num_key_value_heads", num_key_value_heads},
+                                {"intermediate_size", intermediate_size}})
+    if (n % tp != 0)
+      throw ConfigError(std::string(what) + " (" + std::to_string(n) + ") does not split over " + std::to_string(tp) +
+                        " tensor-parallel ranks");
+}
+
 }  // namespace flotilla::models

@@ -41,6 +41,9 @@ struct LmConfig {
   std::string to_json() const;
   // Presets for `flotilla lm init`: "tiny", "small" or "base" (133M parameters at a 32k vocabulary).
   static LmConfig preset(const std::string& arch, const std::string& size, int64_t vocab);
+  // Throws ConfigError naming the first of the heads, key/value heads and MLP width that `tp`
+  // tensor-parallel ranks cannot split evenly. (The vocabulary is replicated when it does not split.)
+  void check_tensor_parallel(int tp) const;
 };
 
 // A paged key/value cache: for every layer, keys and values of num_blocks blocks of block_size

@@ -126,8 +126,10 @@ core::Batch sft_rows() {
   return b;
 }
 
-// Three SFT updates of a tiny model on `rows`, micro-batches of 2; the trained parameters.
-std::vector<at::Tensor> train(models::CausalLm& lm, const core::Batch& rows, algorithms::TrainingGroup* group) {
+// Three SFT updates of a tiny model on `rows`, micro-batches of 2; the trained parameters, and
+// the first update's statistics in `first`.
+std::vector<at::Tensor> train(models::CausalLm& lm, const core::Batch& rows, algorithms::TrainingGroup* group,
+                              core::Scalars& first) {
   algorithms::LmOptimConfig o;
   o.lr = 0.01;
   o.micro_batch = 2;
@@ -135,7 +137,10 @@ std::vector<at::Tensor> train(models::CausalLm& lm, const core::Batch& rows, alg
   trainer.set_group(group);
   algorithms::PolicyLossConfig loss;
   loss.loss = "sft";
-  for (uint64_t step = 0; step < 3; ++step) trainer.update_policy(rows, loss, step);
+  for (uint64_t step = 0; step < 3; ++step) {
+    core::Scalars stats = trainer.update_policy(rows, loss, step);
+    if (step == 0) first = stats;
+  }
   std::vector<at::Tensor> out;
   for (auto& [name, p] : lm.named_parameters()) out.push_back(p.detach().clone());
   return out;
@@ -149,12 +154,14 @@ TEST_CASE("each training layout trains to the weights one process trains to") {
   init.save(dir.path() / "model");
   const core::Batch rows = sft_rows();
   models::CausalLm one = models::CausalLm::load(dir.path() / "model");
-  const auto expected = train(one, rows, nullptr);
+  core::Scalars expected_stats;
+  const auto expected = train(one, rows, nullptr, expected_stats);
   const auto names = one.named_parameters();
   for (const std::string layout : {"dp=2", "fsdp=2", "tp=2", "fsdp=2,tp=2", "dp=2,tp=2", "dp=2,fsdp=2"}) {
     CAPTURE(layout);
     const runtime::Parallel p = runtime::Parallel::parse(layout);
     std::vector<std::vector<at::Tensor>> got(static_cast<size_t>(p.size()));
+    std::vector<core::Scalars> stats(static_cast<size_t>(p.size()));
     std::vector<std::thread> threads;
     std::mutex m;
     std::string error;
@@ -168,7 +175,7 @@ TEST_CASE("each training layout trains to the weights one process trains to") {
           const int d = p.data_rank(r);
           int64_t begin = 0;
           for (int i = 0; i < d; ++i) begin += sizes[static_cast<size_t>(i)];
-          got[static_cast<size_t>(r)] = train(lm, rows.slice(begin, begin + sizes[static_cast<size_t>(d)]), &group);
+          got[static_cast<size_t>(r)] = train(lm, rows.slice(begin, begin + sizes[static_cast<size_t>(d)]), &group, stats[static_cast<size_t>(r)]);
         } catch (const std::exception& e) {
           std::lock_guard lock(m);
           error = e.what();
@@ -176,6 +183,16 @@ TEST_CASE("each training layout trains to the weights one process trains to") {
       });
     for (auto& t : threads) t.join();
     REQUIRE_MESSAGE(error.empty(), error);
+    // Every rank reports the whole batch's statistics (the loss, the entropy, the norm), not its
+    // own rows'.
+    for (const auto& rank_stats : stats) {
+      REQUIRE(rank_stats.size() == expected_stats.size());
+      for (size_t i = 0; i < rank_stats.size(); ++i) {
+        CAPTURE(rank_stats[i].first);
+        CHECK(rank_stats[i].first == expected_stats[i].first);
+        CHECK(rank_stats[i].second == doctest::Approx(expected_stats[i].second).epsilon(1e-5));
+      }
+    }
     for (int r = 0; r < p.size(); ++r)
       for (size_t i = 0; i < names.size(); ++i) {
         const int dim = models::tensor_parallel_dim(names[i].first);

@@ -98,7 +98,7 @@ TEST_CASE("async_checkpoints_keep_the_finished_groups_and_resume_trains_them") {
   CHECK(saved.at("scores").size(0) == 32);
   // Extend the run to 4 steps and resume: steps 3 and 4 train the saved groups (made by the
   // weights of versions 0 and 1, so at least one version old).
-  auto resumed = w.resume_to("half", 2, 4);
+  auto resumed = w.resume("half", {"train.steps=4"});
   REQUIRE_MESSAGE(resumed.code == 0, resumed.err);
   const auto rows = rows_of(w.path() / "half");
   for (int64_t step : {3, 4}) {
@@ -160,7 +160,7 @@ TEST_CASE("a_deterministic_async_run_repeats_bit_for_bit_from_its_schedule_and_a
 
   // Following the schedule, stopped at a checkpoint after step 2 and resumed to step 6.
   w.run_ok("addition_grpo.yaml", args, {"train.steps=2", schedule}, "resumed");
-  auto r = w.resume_to("resumed", 2, 6);
+  auto r = w.resume("resumed", {"train.steps=6"});
   REQUIRE_MESSAGE(r.code == 0, r.err);
   const auto c = trained_rows(w.path() / "resumed");
   REQUIRE(c.size() == a.size());

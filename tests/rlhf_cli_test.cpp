@@ -1,6 +1,7 @@
 // RLHF jobs from the command line: every shipped config for a few steps, split placement against
 // colocated (the same numbers when the weight sync works), data-parallel actors, resume, external
-// reward commands that fail, and config errors.
+// reward commands that fail, config errors, and parallel layouts: sharded training and
+// tensor-parallel generation against data-parallel, checkpoints resumed under another layout.
 #include <doctest/doctest.h>
 
 #include <nlohmann/json.hpp>
@@ -11,6 +12,7 @@
 
 #include "core/fs.hpp"
 #include "core/metrics.hpp"
+#include "core/safetensors.hpp"
 #include "support/cli.hpp"
 #include "support/cli_checks.hpp"
 #include "support/rlhf_workspace.hpp"
@@ -182,7 +184,7 @@ TEST_CASE("rlhf_resume_continues_exactly_where_the_checkpoint_left_off") {
   const auto manifest = nlohmann::json::parse(core::read_file(w.path() / "half" / "checkpoints" / "ckpt-2.json"));
   const double trained_before = manifest.at("train_time_s").get<double>();
   CHECK(trained_before > 0);
-  auto resumed = w.resume_to("half", 2, 4);  // extended to 4 steps
+  auto resumed = w.resume("half", {"train.steps=4"});  // extended to 4 steps
   REQUIRE_MESSAGE(resumed.code == 0, resumed.err);
   CHECK(test::summary_of(w.path() / "half")["train_time_s"].get<double>() > trained_before);  // counts on from the checkpoint
   auto a = rows_of(w.path() / "full"), b = rows_of(w.path() / "half");
@@ -243,4 +245,77 @@ TEST_CASE("rlhf_config_errors_name_the_problem") {
   check({"async.objective=naive"}, "decoupled, plain");
   check({"async.is_cap=0.5"}, "is_cap");
   check({"async.max_stalenes=1"}, "max_stalenes");
+  // Layouts: the degrees and the count agree, fsdp only where there is training state to shard,
+  // a tensor-parallel degree the model's heads split over, lockstep generation synchronous only.
+  check({"workers=[{role: actor, count: 3, parallel: {fsdp: 2}}]"}, "count 3 does not match parallel fsdp=2 (2 ranks)");
+  check({"placement=split", "workers=[{role: ref, parallel: {fsdp: 2}}]"}, "the ref role trains nothing");
+  check({"workers=[{role: actor, parallel: {tq: 2}}]"}, "did you mean 'tp'");
+  check({"workers=[{role: actor, parallel: {tp: 3}}]"},
+        "the actor role's parallel.tp 3 does not fit init: num_attention_heads (4) does not split over 3 tensor-parallel ranks");
+  check({"placement=split", "async.max_staleness=1", "workers=[{role: rollout, parallel: {tp: 2}}]"},
+        "a tensor-parallel rollout (parallel.tp > 1) generates synchronously");
+}
+
+TEST_CASE("sharded_training_and_tensor_parallel_generation_give_the_data_parallel_numbers") {
+  Workspace w;
+  // The actor sharded over 2 fsdp ranks, the rollout's one engine over 2 tensor-parallel ranks in
+  // lockstep, the reference split over 2: every weight sync reshards the actor's chunks into the
+  // rollout's slices. The same run with 2 data-parallel actor ranks and whole models elsewhere
+  // must give the same numbers (rounding aside) at every step: one rollout replica either way, so
+  // the same prompts and seeds. (The model's 259-token vocabulary does not split over 2: the
+  // embedding is replicated.)
+  const std::vector<std::string> common = {"data.train=data/train.jsonl", "data.val=val.jsonl", "train.steps=3", "eval.every=3",
+                                           "algo.batch_size=4", "algo.group_size=4", "algo.kl.coef=0.05",
+                                           "algo.actor.lr=0.01", "rollout.temperature=1.0", "reward.format=.*[0-9].*",
+                                           "reward.format_weight=1", "placement=split"};
+  w.run_ok("addition_grpo.yaml", common, {"workers=[{role: actor, parallel: {dp: 2}}, {role: rollout}, {role: ref}]"}, "dp");
+  w.run_ok("addition_grpo.yaml", common,
+           {"workers=[{role: actor, parallel: {fsdp: 2}}, {role: rollout, parallel: {tp: 2}}, {role: ref, parallel: {tp: 2}}]"},
+           "sharded");
+  auto a = rows_of(w.path() / "dp"), b = rows_of(w.path() / "sharded");
+  for (int64_t step : {1, 2, 3}) {
+    CAPTURE(step);
+    for (const char* m : {"critic/score/mean", "response_length/mean", "actor/pg_loss", "actor/kl_loss", "actor/entropy",
+                          "actor/grad_norm"})
+      CHECK_MESSAGE(a[step][m] == doctest::Approx(b[step][m]).epsilon(1e-4), std::string(m));
+  }
+  CHECK(a[3]["val/accuracy"] == b[3]["val/accuracy"]);
+  CHECK(a[3]["actor/kl_loss"] > 0.01);  // the policy moved: the syncs carried real updates
+  // Each tensor-parallel rollout rank pulls about half the model at each sync.
+  CHECK(b[1]["sync/received_mib"] > 0);
+  CHECK(b[1]["sync/received_mib"] < 1.5 * a[1]["sync/received_mib"]);
+}
+
+TEST_CASE("checkpoints_resume_under_another_training_layout") {
+  Workspace w;
+  // SFT written under fsdp 2, resumed on one process, then under tp 2 (fsdp 2 -> dp 1 -> tp 2):
+  // every step's loss and the final weights are those of one uninterrupted process.
+  const std::vector<std::string> args = {"data.train=sft.jsonl", "data.val=val.jsonl", "algo.batch_size=8", "eval.every=0",
+                                         "eval.at_start=false", "checkpoint.every=2"};
+  w.run_ok("addition_sft.yaml", args, {"train.steps=6"}, "whole");
+  w.run_ok("addition_sft.yaml", args, {"train.steps=2", "workers=[{role: actor, parallel: {fsdp: 2}}]"}, "moved");
+  CHECK_FALSE(fs::exists(w.path() / "moved" / "checkpoints" / "step-2" / "actor" / "shards"));  // joined into one file
+  CHECK(fs::exists(w.path() / "moved" / "checkpoints" / "step-2" / "actor" / "optimizer.safetensors"));
+  for (const auto& [steps, layout] : {std::pair<const char*, const char*>{"train.steps=4", "workers=[{role: actor}]"},
+                                      {"train.steps=6", "workers=[{role: actor, parallel: {tp: 2}}]"}}) {
+    auto r = w.resume("moved", {steps, layout});
+    REQUIRE_MESSAGE(r.code == 0, r.err);
+  }
+  CHECK(contains(core::read_file(w.path() / "moved" / "log.txt"), "resumed with workers=[{role: actor, parallel: {tp: 2}}]"));
+  auto a = rows_of(w.path() / "whole"), b = rows_of(w.path() / "moved");
+  for (int64_t step = 1; step <= 6; ++step) {
+    CAPTURE(step);
+    REQUIRE(b.count(step));
+    CHECK(a[step]["actor/sft_loss"] == doctest::Approx(b[step]["actor/sft_loss"]).epsilon(1e-5));
+  }
+  CHECK(a[6]["actor/sft_loss"] < a[1]["actor/sft_loss"] - 0.5);  // it trained
+  const auto x = core::load_safetensors(w.path() / "whole" / "final" / "model.safetensors");
+  const auto y = core::load_safetensors(w.path() / "moved" / "final" / "model.safetensors");
+  REQUIRE(x.tensors.size() == y.tensors.size());
+  for (const auto& [name, t] : x.tensors) {
+    CAPTURE(name);
+    REQUIRE(y.contains(name));
+    CHECK(y.at(name).sizes() == t.sizes());
+    CHECK((y.at(name) - t).abs().max().item<double>() < 1e-4);
+  }
 }

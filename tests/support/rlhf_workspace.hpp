@@ -37,16 +37,10 @@ struct Workspace {
     args.insert(args.end(), overrides.begin(), overrides.end());
     return run_cli(FLOTILLA_TEST_CLI, args, dir.path(), dir.path());
   }
-  // Resumes `run_dir`'s run with train.steps raised from `from` to `to` in its config.yaml.
-  CliResult resume_to(const std::string& run_dir, int from, int to) const {
-    const std::filesystem::path config = dir.path() / run_dir / "config.yaml";
-    std::string yaml = core::read_file(config);
-    const std::string old = "steps: " + std::to_string(from);
-    const size_t at = yaml.find(old);
-    REQUIRE_MESSAGE(at != std::string::npos, "no '" << old << "' in " << config.string());
-    yaml.replace(at, old.size(), "steps: " + std::to_string(to));
-    core::write_file_atomically(config, [&](std::ostream& o) { o << yaml; });
-    return run_cli(FLOTILLA_TEST_CLI, {"resume", "-q", run_dir}, dir.path(), dir.path());
+  // Resumes `run_dir`'s run with `overrides` (e.g. train.steps raised, another worker layout).
+  CliResult resume(const std::string& run_dir, std::vector<std::string> overrides) const {
+    overrides.insert(overrides.begin(), {"resume", "-q", run_dir});
+    return run_cli(FLOTILLA_TEST_CLI, overrides, dir.path(), dir.path());
   }
   // A run that must succeed, with `extra` overrides after `overrides`.
   void run_ok(const std::string& file, std::vector<std::string> overrides, const std::vector<std::string>& extra,
