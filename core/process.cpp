@@ -11,6 +11,7 @@
 #include <boost/asio/write.hpp>
 #include <boost/process.hpp>
 #include <cstdlib>
+#include <fstream>
 #include <sstream>
 
 #include "core/error.hpp"
@@ -33,6 +34,21 @@ ExitStatus status_of(int raw) {
 }
 
 }  // namespace
+
+double peak_memory_mib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::strtod(line.c_str() + 6, nullptr) / 1024.0;  // "VmHWM:  1234 kB"
+  return -1;
+}
+
+bool reset_peak_memory() {
+  std::ofstream clear("/proc/self/clear_refs");
+  clear << "5";
+  clear.flush();
+  return static_cast<bool>(clear);
+}
 
 std::string find_program(const std::string& name) {
   const char* path = std::getenv("PATH");

@@ -55,6 +55,13 @@ class Process {
 // The absolute path of `name` on PATH, or "" when it is not there.
 std::string find_program(const std::string& name);
 
+// This process's peak resident memory (Linux's VmHWM) in MiB since it started or since the last
+// reset_peak_memory(); -1 where /proc does not say.
+double peak_memory_mib();
+// Starts a new peak from the memory resident now (writes 5 to /proc/self/clear_refs); false
+// where the kernel does not allow it.
+bool reset_peak_memory();
+
 // Runs `spec` in a process group of its own with `input` on its stdin and returns its stdout.
 // At `timeout` the whole group is killed and TimeoutError thrown; a non-zero exit is an Error;
 // both name spec.what. A child that stops reading its input early does not kill this process.

@@ -319,3 +319,26 @@ TEST_CASE("checkpoints_resume_under_another_training_layout") {
     CHECK((y.at(name) - t).abs().max().item<double>() < 1e-4);
   }
 }
+
+TEST_CASE("a_colocated_worker_reports_each_phases_peak_memory") {
+  Workspace w;
+  // A KV cache of 256 MiB (32768 blocks of 16 positions, 2 layers of 2 key/value heads of 16):
+  // it exists only while the worker generates, so the generating phase's peak is above the
+  // training phase's by about that much. Were the cache kept (or the phases' peaks not started
+  // afresh), training's peak would include it.
+  const std::vector<std::string> args = {"data.train=data/train.jsonl", "data.val=val.jsonl", "train.steps=2", "eval.every=0",
+                                         "eval.at_start=false", "algo.batch_size=4", "algo.group_size=2",
+                                         "rollout.num_blocks=32768"};
+  w.run_ok("addition_grpo.yaml", args, {}, "colocated");
+  auto rows = rows_of(w.path() / "colocated");
+  for (int64_t step : {1, 2}) {
+    CAPTURE(step);
+    REQUIRE(rows[step].count("memory/generate_peak_mib"));
+    REQUIRE(rows[step].count("memory/train_peak_mib"));
+    CHECK(rows[step]["memory/train_peak_mib"] > 10);
+    CHECK(rows[step]["memory/generate_peak_mib"] > rows[step]["memory/train_peak_mib"] + 128);
+  }
+  // Split placement: no worker both generates and trains.
+  w.run_ok("addition_grpo.yaml", args, {"placement=split"}, "split");
+  CHECK_FALSE(metric_names(w.path() / "split").count("memory/train_peak_mib"));
+}

@@ -180,9 +180,7 @@ void RolloutStream::run() {
       counted = engine->stats().decode_tokens;
     }
     stepped_.notify_all();
-    finish(*engine, engine->take_finished());
-    if (!stepped && !running_.empty()) throw Error("the rollout engine went idle with groups unfinished");
-    if (running_.empty()) engine.reset();  // its KV cache goes while nothing is generated
+    finish_step(engine, stepped);
   }
   if (lockstep_) send_header(kStop, 0, "", {});
 }
@@ -239,9 +237,15 @@ void RolloutStream::mirror() {
       counted = engine->stats().decode_tokens;
     }
     stepped_.notify_all();
-    finish(*engine, engine->take_finished());
-    if (running_.empty()) engine.reset();
+    finish_step(engine, true);
   }
+}
+
+void RolloutStream::finish_step(std::unique_ptr<models::GenerationEngine>& engine, bool stepped) {
+  std::vector<Running> whole = finish(*engine, engine->take_finished());
+  if (!stepped && !running_.empty()) throw Error("the rollout engine went idle with groups unfinished");
+  if (running_.empty()) engine.reset();  // its KV cache goes while nothing is generated
+  for (auto& r : whole) publish(r);
 }
 
 std::vector<int64_t> RolloutStream::admit(models::GenerationEngine& engine, const std::vector<int64_t>* named) {
@@ -298,7 +302,8 @@ void RolloutStream::start(models::GenerationEngine& engine, Running& r, const st
   engine.submit(std::move(q));
 }
 
-void RolloutStream::finish(models::GenerationEngine& engine, std::vector<models::Generation> gens) {
+std::vector<RolloutStream::Running> RolloutStream::finish(models::GenerationEngine& engine, std::vector<models::Generation> gens) {
+  std::vector<Running> whole;
   for (auto& g : gens) {
     auto it = running_.find(g.request_id);
     if (it == running_.end()) continue;
@@ -335,13 +340,14 @@ void RolloutStream::finish(models::GenerationEngine& engine, std::vector<models:
       ++it;
       continue;
     }
-    publish(it->second);
+    whole.push_back(std::move(it->second));
     it = running_.erase(it);
   }
   int64_t inflight = 0;
   for (const auto& [id, r] : running_) inflight += std::count(r.finished.begin(), r.finished.end(), false);
   std::lock_guard lock(mutex_);
   inflight_ = inflight;
+  return whole;
 }
 
 void RolloutStream::publish(Running& r) {

@@ -99,7 +99,11 @@ class RolloutStream {
   std::vector<int64_t> admit(models::GenerationEngine& engine, const std::vector<int64_t>* named = nullptr);
   void mirror();                                   // a follower's loop
   void start(models::GenerationEngine& engine, Running& r, const std::vector<int>& samples, bool resume);
-  void finish(models::GenerationEngine& engine, std::vector<models::Generation> gens);
+  // Takes the engine's finished samples into their groups; returns the groups now whole, to be
+  // published (after the engine goes, when it has nothing left to generate: whoever collects the
+  // groups next may need the memory its KV cache holds, a colocated update for one).
+  std::vector<Running> finish(models::GenerationEngine& engine, std::vector<models::Generation> gens);
+  void finish_step(std::unique_ptr<models::GenerationEngine>& engine, bool stepped);
   // Applies a recompute or abort (the pending one, or a follower's `given`); returns it.
   std::string restart_inflight(models::GenerationEngine& engine, const std::string* given = nullptr);
   void send_header(int64_t kind, int64_t version, const std::string& action, const std::vector<int64_t>& groups);

@@ -24,6 +24,7 @@
 #include "algorithms/lm_losses.hpp"
 #include "algorithms/lm_trainer.hpp"
 #include "core/error.hpp"
+#include "core/process.hpp"
 #include "core/registry.hpp"
 #include "core/safetensors.hpp"
 #include "models/transformer.hpp"
@@ -108,6 +109,7 @@ class LmWorker final : public runtime::Role {
         throw ConfigError(c_.model_path + " has a " + actor_.model->config().head + " head; the policy needs a language-model head");
     }
     if (hosts("rollout") && !actor_.model) rollout_ = trained("rollout", c_.model_path, "", nullptr);
+    colocated_peaks_ = hosts("rollout") && actor_.model;
     if (hosts("rollout")) {
       weights_.model = rollout_.model ? rollout_.model.get() : actor_.model.get();
       stream_ = std::make_unique<RolloutStream>(weights_, c_, life(), stream_tp_ ? &lockstep_ : nullptr);
@@ -122,6 +124,7 @@ class LmWorker final : public runtime::Role {
       }
       scorer_ = std::make_unique<Scorer>(c_, reward_model_.get());
     }
+    if (colocated_peaks_) colocated_peaks_ = core::reset_peak_memory();  // the phases' peaks count from here
   }
 
   void start() override {
@@ -153,11 +156,13 @@ class LmWorker final : public runtime::Role {
   void add_methods(runtime::Methods& m) override {
     m.on<Generate>([this](const Generate& g, const core::Batch& prompts) {
       if (!weights_.model) throw Error("this worker does not host the rollout role");
+      enter(Phase::Generate);
       const int64_t version = weights_.version;
       return Output<runtime::Version>{{version}, generate(weights_, c_, g, prompts, life(), generated_)};
     });
     m.on<SyncWeights>([this](const SyncWeights& s) { return sync(s); });
     m.on<Submit>([this](const Submit& s, const core::Batch& rows) {
+      enter(Phase::Generate);
       need_stream().submit(s, rows);
       return runtime::Void{};
     });
@@ -198,13 +203,19 @@ class LmWorker final : public runtime::Role {
     m.on<UpdateActor>([this](const UpdateActor& u, const core::Batch& b) {
       need(actor_.model, "actor");
       const uint64_t seed = u.seed * 1000003ull + data_rank();  // a tensor-parallel replica's ranks draw alike
+      enter(Phase::Train);
       runtime::Stats s{actor_.trainer->update_policy(aligned(b), c_.loss, seed)};
       ++version_;
+      if (colocated_peaks_) {
+        s.values.push_back({"memory/generate_peak_mib", generate_peak_mib_});
+        s.values.push_back({"memory/train_peak_mib", core::peak_memory_mib()});
+      }
       return s;
     });
     m.on<UpdateCritic>([this](const UpdateCritic& u, const core::Batch& b) {
       need(critic_.model, "critic");
       const uint64_t seed = u.seed * 1000003ull + 7 + data_rank();
+      enter(Phase::Train);
       return runtime::Stats{critic_.trainer->update_critic(aligned(b), c_.value_clip, seed)};
     });
     m.on<SaveActor>([this](const SaveActor& s) {
@@ -284,6 +295,17 @@ class LmWorker final : public runtime::Role {
     return into;
   }
 
+  // A colocated worker's memory by phase: the peak resident memory of generating (from the end of
+  // an update to the start of the next: generation, reference and reward passes) and of training
+  // (the critic's and the actor's updates), each phase starting its peak afresh.
+  enum class Phase { Generate, Train };
+  void enter(Phase p) {
+    if (!colocated_peaks_ || p == phase_) return;
+    if (phase_ == Phase::Generate) generate_peak_mib_ = core::peak_memory_mib();
+    phase_ = p;
+    core::reset_peak_memory();
+  }
+
   bool hosts(const std::string& role) const { return hosts_ == "colocated" ? c_.uses(role) : hosts_ == role; }
   uint64_t data_rank() const { return static_cast<uint64_t>(layout_.data_rank(info().rank)); }
   std::string store(const std::string& what) const {
@@ -345,6 +367,9 @@ class LmWorker final : public runtime::Role {
   std::unique_ptr<RolloutStream> stream_;  // continuous generation, when it hosts the rollout
   runtime::Loop stream_loop_;
   std::atomic<int64_t> version_{0}, generated_{0};
+  bool colocated_peaks_ = false;  // reports memory by phase (a worker that both generates and trains)
+  Phase phase_ = Phase::Generate;
+  double generate_peak_mib_ = 0;
 };
 
 }  // namespace
