@@ -1,5 +1,6 @@
 // Distributed PPO from the command line: a short end-to-end job, a killed worker, Ctrl-C, and a
-// killed controller; no worker process may be left behind in any of them.
+// killed controller; no worker process may be left behind in any of them. And which trainer rank
+// sends each policy worker its parameters.
 #include <doctest/doctest.h>
 
 #include <nlohmann/json.hpp>
@@ -9,6 +10,7 @@
 #include <filesystem>
 #include <set>
 
+#include "actors/rl/common.hpp"
 #include "core/fs.hpp"
 #include "core/metrics.hpp"
 #include "support/cli.hpp"
@@ -77,10 +79,29 @@ TEST_CASE("distributed_ppo_runs_inline_and_over_ipc") {
   CHECK(contains(both.err, "not used with distributed.inline_policy"));
 }
 
+TEST_CASE("each_parameter_subscriber_reads_one_trainer_and_the_trainers_share_them") {
+  // The reshard plan from trainers (each holding the whole vector) to subscribers (each needing
+  // it): one source per subscriber, the sending spread evenly.
+  for (const auto& [trainers, subscribers] : {std::pair{1, 3}, {2, 2}, {2, 5}, {3, 2}, {4, 16}}) {
+    CAPTURE(trainers);
+    CAPTURE(subscribers);
+    std::vector<int> served(static_cast<size_t>(trainers));
+    for (int s = 0; s < subscribers; ++s) {
+      const int src = actors::rl::parameter_source(4242, trainers, subscribers, s);
+      REQUIRE(src >= 0);
+      REQUIRE(src < trainers);
+      ++served[static_cast<size_t>(src)];
+    }
+    const auto [least, most] = std::minmax_element(served.begin(), served.end());
+    CHECK(*most - *least <= 1);
+  }
+}
+
 TEST_CASE("distributed_ppo_trains_with_two_data_parallel_trainers") {
   test::TempDir dir;
+  // Two policy workers: each reads the parameters of its own trainer rank.
   auto r = test::run_cli(kCli, {"run", "-q", kConfig,
-                                "workers=[{role: env_actor, count: 2}, {role: policy_worker, count: 1}, {role: trainer, count: 2}]",
+                                "workers=[{role: env_actor, count: 2}, {role: policy_worker, count: 2}, {role: trainer, count: 2}]",
                                 "train.total_steps=4000", "stop.mean_return=100000", "run.dir=r"},
                          dir.path(), dir.path());
   CHECK(r.code == 0);

@@ -2,11 +2,14 @@
 
 #include <zmq.hpp>
 
+#include <spdlog/spdlog.h>
+
 #include "core/error.hpp"
 #include "core/name_service.hpp"
 #include "core/names.hpp"
 #include "core/safetensors.hpp"
 #include "core/wire.hpp"
+#include "runtime/layout.hpp"
 
 namespace flotilla::actors::rl {
 namespace fs = std::filesystem;
@@ -86,6 +89,22 @@ NamedTensors Shard::with_prefix(const std::string& prefix) const {
   for (const auto& [name, t] : tensors)
     if (name.rfind(prefix, 0) == 0) out.emplace_back(name.substr(prefix.size()), t);
   return out;
+}
+
+int parameter_source(int64_t elements, int trainers, int subscribers, int me) {
+  const std::vector<runtime::ParamInfo> flat = {{"flat", {elements}, -1}};
+  const runtime::ReshardPlan plan = runtime::ReshardPlan::make(runtime::Layout(flat, {trainers, 1, 1}),
+                                                               runtime::Layout(flat, {subscribers, 1, 1}), {}, elements);
+  for (const runtime::Copy& c : plan.sent())
+    if (c.dst == me) return c.src;
+  throw Error("the parameter plan has no source for subscriber " + std::to_string(me) + " of " + std::to_string(subscribers));
+}
+
+std::unique_ptr<core::ParameterSubscriber> subscribe_parameters(zmq::context_t& context, const runtime::WorkerInfo& info,
+                                                                const DistributedRlConfig& c, int64_t elements, int subscribers) {
+  const std::string trainer = "trainer/" + std::to_string(parameter_source(elements, c.count("trainer"), subscribers, info.rank));
+  spdlog::debug("{} takes parameters from {}", info.name(), trainer);
+  return core::zmq_parameter_subscriber(context, await_stream(info, "parameters/" + trainer, trainer));
 }
 
 }  // namespace flotilla::actors::rl

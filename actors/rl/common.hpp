@@ -13,6 +13,7 @@
 
 #include "actors/rl/config.hpp"
 #include "core/metrics.hpp"
+#include "core/stream.hpp"
 #include "runtime/method.hpp"
 #include "runtime/worker.hpp"
 
@@ -57,6 +58,16 @@ std::string bind_endpoint(const runtime::WorkerInfo& info, const DistributedRlCo
 // The name-service address of a stream ("samples/trainer/0"), published or awaited.
 void publish_stream(const runtime::WorkerInfo& info, const std::string& stream, const std::string& endpoint);
 std::string await_stream(const runtime::WorkerInfo& info, const std::string& stream, const std::string& from);
+
+// The trainer rank whose parameter stream subscriber `me` of `subscribers` reads: the reshard
+// plan (runtime/layout.hpp) from the trainers' layout, where each of the data-parallel ranks
+// holds the whole flat vector of `elements`, to the subscribers', where each needs it whole, with
+// the vector as one piece. Every subscriber receives the parameters once and the trainers share
+// the sending evenly (rather than trainer 0 sending to all).
+int parameter_source(int64_t elements, int trainers, int subscribers, int me);
+// The subscription to that trainer's stream ("parameters/trainer/R").
+std::unique_ptr<core::ParameterSubscriber> subscribe_parameters(zmq::context_t& context, const runtime::WorkerInfo& info,
+                                                                const DistributedRlConfig& c, int64_t elements, int subscribers);
 
 // The seed of the actions an actor samples at `step` of env batch `slot`: a deterministic run's
 // actions do not depend on which requests a policy worker batched together.

@@ -36,7 +36,7 @@ class EnvActor final : public runtime::Role {
       // Inline: this actor runs the policy itself, with parameters straight from the trainer.
       at::manual_seed(c_.seed);
       policy_ = algorithms::make_policy(root, c_.env);
-      params_ = core::zmq_parameter_subscriber(context_, await_stream(info(), "parameters/trainer/0", "trainer/0"));
+      params_ = subscribe_parameters(context_, info(), c_, policy_->flat().numel(), c_.count("env_actor"));
     } else {
       const std::string policy = "policy_worker/" + std::to_string(info().rank % std::max(1, c_.count("policy_worker")));
       inference_ = core::zmq_inference_client(context_, await_stream(info(), "inference/" + policy, policy), info().name());

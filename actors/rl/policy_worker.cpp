@@ -26,7 +26,7 @@ class PolicyWorker final : public runtime::Role {
     at::set_num_threads(c_.deterministic ? 1 : c_.threads("policy_worker"));
     at::manual_seed(c_.seed);
     policy_ = algorithms::make_policy(root, c_.env);
-    params_ = core::zmq_parameter_subscriber(context_, await_stream(info(), "parameters/trainer/0", "trainer/0"));
+    params_ = subscribe_parameters(context_, info(), c_, policy_->flat().numel(), c_.count("policy_worker"));
     server_ = core::zmq_inference_server(context_, bind_endpoint(info(), c_, "inference"), info().name());
     publish_stream(info(), "inference/" + info().name(), server_->endpoint());
   }

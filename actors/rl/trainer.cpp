@@ -1,7 +1,8 @@
 // The trainer: takes one fragment from each of its env actors, turns them into an update, and
-// publishes the new parameters. Data-parallel trainers average their gradients over c10d. Each
-// update's row (losses, the episodes that ended in its fragments, env steps consumed) goes to the
-// controller, which merges the ranks' rows of one version.
+// publishes the new parameters (each data-parallel rank to its share of the subscribers).
+// Data-parallel trainers average their gradients over c10d. Each update's row (losses, the
+// episodes that ended in its fragments, env steps consumed) goes to the controller, which merges
+// the ranks' rows of one version.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
@@ -32,10 +33,10 @@ class Trainer final : public runtime::Role {
     algo_ = algorithms::make_algorithm(root.section("algo"), *policy_);
     samples_ = core::zmq_sample_receiver(context_, bind_endpoint(info(), c_, "samples"));
     publish_stream(info(), "samples/" + info().name(), samples_->endpoint());
-    if (info().rank == 0) {  // every rank holds the same parameters; rank 0 publishes them
-      params_ = core::zmq_parameter_publisher(context_, bind_endpoint(info(), c_, "parameters"), info().name());
-      publish_stream(info(), "parameters/trainer/0", params_->endpoint());
-    }
+    // Every rank holds the same parameters and publishes them to the subscribers the parameter
+    // plan gives it (parameter_source).
+    params_ = core::zmq_parameter_publisher(context_, bind_endpoint(info(), c_, "parameters"), info().name());
+    publish_stream(info(), "parameters/" + info().name(), params_->endpoint());
     if (info().world_size > 1) {
       // Data-parallel ranks average their gradients with a Gloo all-reduce before each step.
       collective_ = std::make_unique<runtime::Collective>(std::filesystem::path(info().name_dir).parent_path() / "trainer.c10d",
