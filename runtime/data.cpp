@@ -257,14 +257,15 @@ uint64_t DataStore::put(core::Batch batch) {
   return id;
 }
 
+core::Batch DataStore::fields_of(uint64_t id, const std::vector<std::string>& fields) const {
+  std::lock_guard lock(mutex_);
+  auto it = objects_.find(id);
+  if (it == objects_.end()) throw Error("no object " + std::to_string(id) + " here (released, or never kept)");
+  return fields.empty() ? it->second : it->second.select(fields);
+}
+
 core::Batch DataStore::read(uint64_t id, const std::vector<std::string>& fields, const RowSet& rows) const {
-  core::Batch b;
-  {
-    std::lock_guard lock(mutex_);
-    auto it = objects_.find(id);
-    if (it == objects_.end()) throw Error("no object " + std::to_string(id) + " here (released, or never kept)");
-    b = fields.empty() ? it->second : it->second.select(fields);
-  }
+  const core::Batch b = fields_of(id, fields);
   if (rows.is_range) {
     if (rows.begin < 0 || rows.end > b.size() || rows.begin > rows.end)
       throw Error("rows [" + std::to_string(rows.begin) + ", " + std::to_string(rows.end) + ") of an object with " +
@@ -279,13 +280,7 @@ core::Batch DataStore::read(uint64_t id, const std::vector<std::string>& fields,
 
 core::Batch DataStore::gather(uint64_t id, const std::vector<std::string>& fields,
                               const std::vector<std::pair<int64_t, int64_t>>& ranges) const {
-  core::Batch whole;
-  {
-    std::lock_guard lock(mutex_);
-    auto it = objects_.find(id);
-    if (it == objects_.end()) throw Error("no object " + std::to_string(id) + " here (released, or never kept)");
-    whole = fields.empty() ? it->second : it->second.select(fields);
-  }
+  const core::Batch whole = fields_of(id, fields);
   core::Batch out;
   for (const auto& name : whole.names()) {
     const at::Tensor& t = whole[name];

@@ -142,6 +142,8 @@ class DataStore {
   int64_t bytes() const;
 
  private:
+  core::Batch fields_of(uint64_t id, const std::vector<std::string>& fields) const;  // (views) or throws
+
   mutable std::mutex mutex_;
   std::map<uint64_t, core::Batch> objects_;
   uint64_t next_ = 1;

@@ -125,6 +125,18 @@ int64_t Layout::chunk_begin(int rank) const {
 
 int64_t Layout::max_local_size() const { return *std::max_element(local_size_.begin(), local_size_.end()); }
 
+std::vector<Interval> Layout::runs_within(int rank, int64_t begin, int64_t end) const {
+  std::vector<Interval> out;
+  const auto& runs = held(rank);
+  auto it = std::upper_bound(runs.begin(), runs.end(), begin, [](int64_t g, const Interval& iv) { return g < iv.global; });
+  if (it != runs.begin()) --it;
+  for (; it != runs.end() && it->global < end; ++it) {
+    const int64_t b = std::max(begin, it->global), e = std::min(end, it->global + it->length);
+    if (b < e) out.push_back({b, it->local + (b - it->global), e - b});
+  }
+  return out;
+}
+
 int64_t overlap(const std::vector<Interval>& a, const std::vector<Interval>& b) {
   int64_t n = 0;
   size_t i = 0, j = 0;

@@ -59,6 +59,8 @@ class Layout {
   std::vector<int64_t> local_shape(size_t param) const;
   // What rank `rank` holds, sorted by local (and global) offset, adjacent runs merged.
   const std::vector<Interval>& held(int rank) const { return held_[static_cast<size_t>(rank)]; }
+  // The runs of `rank` inside global [begin, end), clipped to it.
+  std::vector<Interval> runs_within(int rank, int64_t begin, int64_t end) const;
   int64_t local_size(int rank) const { return local_size_[static_cast<size_t>(rank)]; }
   // The tensor-parallel slice's size (before the fully-sharded cut) and where rank's chunk of it
   // begins: local offset l of `rank` is offset chunk_begin(rank) + l of its slice.

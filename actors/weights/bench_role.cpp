@@ -23,19 +23,6 @@ using runtime::Fetcher;
 using runtime::Interval;
 using runtime::Layout;
 
-// The runs of `rank` inside global [begin, end), clipped to it.
-std::vector<Interval> runs_within(const Layout& l, int rank, int64_t begin, int64_t end) {
-  std::vector<Interval> out;
-  const auto& held = l.held(rank);
-  auto it = std::upper_bound(held.begin(), held.end(), begin, [](int64_t g, const Interval& iv) { return g < iv.global; });
-  if (it != held.begin()) --it;
-  for (; it != held.end() && it->global < end; ++it) {
-    const int64_t b = std::max(begin, it->global), e = std::min(end, it->global + it->length);
-    if (b < e) out.push_back({b, it->local + (b - it->global), e - b});
-  }
-  return out;
-}
-
 class BenchRole final : public runtime::Role {
  public:
   BenchRole(const runtime::WorkerInfo& info, std::string hosts) : Role(info), hosts_(std::move(hosts)) {}
@@ -115,7 +102,7 @@ class BenchRole final : public runtime::Role {
       std::vector<Fetcher::RangeRequest> requests;
       std::vector<std::vector<Interval>> runs;
       for (int r = 0; r < from_->ranks(); ++r) {
-        std::vector<Interval> mine = runs_within(*from_, r, begin, end);
+        std::vector<Interval> mine = from_->runs_within(r, begin, end);
         if (mine.empty()) continue;
         if (r == src_) {
           for (const auto& iv : mine) whole.narrow(0, iv.global, iv.length).copy_(buffer_.narrow(0, iv.local, iv.length));
@@ -150,7 +137,7 @@ class BenchRole final : public runtime::Role {
     runtime::Transfer t;
     for (size_t i = 0; i < to_->params().size(); ++i) {
       const int64_t begin = to_->offset(i), end = begin + to_->params()[i].numel();
-      const std::vector<Interval> mine = runs_within(*to_, dst_, begin, end);
+      const std::vector<Interval> mine = to_->runs_within(dst_, begin, end);
       if (mine.empty()) continue;
       Fetcher::RangeRequest q{p.holders.at(0), static_cast<uint64_t>(p.objects.at(0)), {"flat"}, {{begin, end}}};
       Fetcher::current().fetch_ranges({q}, 1, [&](size_t, const core::Batch& b) {
