@@ -270,7 +270,8 @@ TEST_CASE("sharded_training_and_tensor_parallel_generation_give_the_data_paralle
                                            "reward.format_weight=1", "placement=split"};
   w.run_ok("addition_grpo.yaml", common, {"workers=[{role: actor, parallel: {dp: 2}}, {role: rollout}, {role: ref}]"}, "dp");
   w.run_ok("addition_grpo.yaml", common,
-           {"workers=[{role: actor, parallel: {fsdp: 2}}, {role: rollout, parallel: {tp: 2}}, {role: ref, parallel: {tp: 2}}]"},
+           {"workers=[{role: actor, parallel: {fsdp: 2}}, {role: rollout, parallel: {tp: 2}}, {role: ref, parallel: {tp: 2}}]",
+            "rollout.sync_bucket_mb=0.05"},
            "sharded");
   auto a = rows_of(w.path() / "dp"), b = rows_of(w.path() / "sharded");
   for (int64_t step : {1, 2, 3}) {
@@ -284,6 +285,9 @@ TEST_CASE("sharded_training_and_tensor_parallel_generation_give_the_data_paralle
   // Each tensor-parallel rollout rank pulls about half the model at each sync.
   CHECK(b[1]["sync/received_mib"] > 0);
   CHECK(b[1]["sync/received_mib"] < 1.5 * a[1]["sync/received_mib"]);
+  // In buckets of 50 KiB: each rank's quarter MiB comes in several, where 32 MiB takes one per sender.
+  CHECK(a[1]["sync/buckets"] <= 2);
+  CHECK(b[1]["sync/buckets"] >= 2 * 5);
 }
 
 TEST_CASE("checkpoints_resume_under_another_training_layout") {

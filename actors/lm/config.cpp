@@ -101,6 +101,8 @@ void read_rollout(core::ConfigView rollout, RlhfConfig& c) {
   c.block_size = rollout.get<int64_t>("block_size", 16, core::in_range<int64_t>(1, 4096));
   c.num_blocks = rollout.get<int64_t>("num_blocks", 4096, core::at_least<int64_t>(1));
   c.max_batch = rollout.get<int64_t>("max_batch", 256, core::at_least<int64_t>(1));
+  c.sync_bucket_mb = rollout.get<double>("sync_bucket_mb", 32.0, core::in_range(0.001, 4096.0));
+  c.sync_window = rollout.get<int>("sync_window", 4, core::in_range(1, 1024));
 }
 
 // async: checked against the algorithm and the placement, which decide whether it can overlap.

@@ -68,6 +68,10 @@ struct RlhfConfig {
   double temperature = 1.0, top_p = 1.0;
   int64_t top_k = 0;
   int64_t block_size = 16, num_blocks = 4096, max_batch = 256;
+  // The weight sync's transfer (split placement): buckets of at most sync_bucket_mb MiB,
+  // sync_window of them in flight per actor rank.
+  double sync_bucket_mb = 32;
+  int sync_window = 4;
   // async:
   AsyncConfig async;
   // workers:

@@ -36,8 +36,9 @@ struct Synced {
   int64_t step = 0;      // the engine step it landed before
   double fetch_s = 0;    // pulling its slice from the actor ranks (before the pause)
   int64_t received_bytes = 0;
+  int64_t buckets = 0;  // the transfers they came in
   using Wire = proto::Synced;
-  auto fields() { return std::tie(version, pause_s, inflight, step, fetch_s, received_bytes); }
+  auto fields() { return std::tie(version, pause_s, inflight, step, fetch_s, received_bytes, buckets); }
 };
 
 // Brings the rollout's weights to `version`. A rollout with a model of its own pulls its slice

@@ -289,9 +289,11 @@ class LmWorker final : public runtime::Role {
     std::vector<runtime::ShardSource> sources;
     for (size_t i = 0; i < s.holders.size(); ++i) sources.push_back({s.holders[i], static_cast<uint64_t>(s.objects[i])});
     at::Tensor into = at::empty({pull_.to->local_size(info().rank)}, at::kFloat);
-    const runtime::Transfer t = runtime::receive(*pull_.plan, info().rank, sources, s.version, into, {}, runtime::Fetcher::current());
+    const runtime::TransferOptions options{static_cast<int64_t>(c_.sync_bucket_mb * (1 << 20)), c_.sync_window};
+    const runtime::Transfer t = runtime::receive(*pull_.plan, info().rank, sources, s.version, into, options, runtime::Fetcher::current());
     out.fetch_s = t.seconds;
     out.received_bytes = t.sent_bytes + t.local_bytes;
+    out.buckets = t.buckets;
     return into;
   }
 

@@ -424,9 +424,11 @@ class RlhfProgram final : public Program {
       t = clock_type::now();
       sync_weights();
       row.push_back({"timing_s/sync_weights", seconds_since(t)});
-      double bytes = 0, fetch = 0;
-      for (const auto& s : last_sync_) bytes += static_cast<double>(s.received_bytes), fetch = std::max(fetch, s.fetch_s);
-      if (c_.placement == "split") row.push_back({"sync/received_mib", bytes / (1 << 20)}), row.push_back({"timing_s/sync_fetch", fetch});
+      double bytes = 0, fetch = 0, buckets = 0;
+      for (const auto& s : last_sync_)
+        bytes += static_cast<double>(s.received_bytes), fetch = std::max(fetch, s.fetch_s), buckets += static_cast<double>(s.buckets);
+      if (c_.placement == "split")
+        row.insert(row.end(), {{"sync/received_mib", bytes / (1 << 20)}, {"sync/buckets", buckets}, {"timing_s/sync_fetch", fetch}});
     }
   }
 

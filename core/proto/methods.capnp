@@ -95,6 +95,7 @@ struct Synced {
   step @3 :Int64;      # the rollout's engine step it landed before
   fetchSeconds @4 :Float64;  # pulling this rank's slice from the actor ranks
   receivedBytes @5 :Int64;   # bytes it pulled
+  buckets @6 :Int64;         # transfers they came in
 }
 
 # Where a rollout's engine-step count starts and, to repeat a recorded run, the step each group
