@@ -1,5 +1,9 @@
 #include "core/process.hpp"
 
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -10,7 +14,9 @@
 #include <boost/asio/streambuf.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/process.hpp>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -34,6 +40,26 @@ ExitStatus status_of(int raw) {
 }
 
 }  // namespace
+
+std::string node_address(const std::string& interface) {
+  ifaddrs* all = nullptr;
+  if (::getifaddrs(&all) != 0) throw Error(std::string("cannot list the network interfaces: ") + std::strerror(errno));
+  std::string found, seen;
+  for (ifaddrs* i = all; i && found.empty(); i = i->ifa_next) {
+    if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET || !(i->ifa_flags & IFF_UP)) continue;
+    if (interface.empty() ? (i->ifa_flags & IFF_LOOPBACK) != 0 : interface != i->ifa_name) continue;
+    char text[INET_ADDRSTRLEN] = {};
+    ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, text, sizeof text);
+    found = text;
+  }
+  for (ifaddrs* i = all; i; i = i->ifa_next)
+    if (i->ifa_addr && i->ifa_addr->sa_family == AF_INET) seen += std::string(seen.empty() ? "" : ", ") + i->ifa_name;
+  ::freeifaddrs(all);
+  if (found.empty())
+    throw Error(interface.empty() ? "no network interface is up besides loopback (IPv4 ones: " + seen + ")"
+                                  : "no IPv4 address on network interface '" + interface + "' (IPv4 ones: " + seen + ")");
+  return found;
+}
 
 double peak_memory_mib() {
   std::ifstream status("/proc/self/status");

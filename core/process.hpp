@@ -55,6 +55,10 @@ class Process {
 // The absolute path of `name` on PATH, or "" when it is not there.
 std::string find_program(const std::string& name);
 
+// This machine's IPv4 address on `interface`, or on the first interface that is up and not
+// loopback when it is ""; throws naming the interface (or saying none is up).
+std::string node_address(const std::string& interface = "");
+
 // This process's peak resident memory (Linux's VmHWM) in MiB since it started or since the last
 // reset_peak_memory(); -1 where /proc does not say.
 double peak_memory_mib();

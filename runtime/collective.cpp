@@ -1,4 +1,5 @@
 #include "runtime/collective.hpp"
+#include "runtime/worker.hpp"
 
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
@@ -12,12 +13,21 @@ struct Collective::Impl {
   c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
 };
 
+namespace {
+std::string& collective_host() {  // see runtime/worker.hpp
+  static std::string host = "127.0.0.1";
+  return host;
+}
+}  // namespace
+
+void set_collective_host(const std::string& host) { collective_host() = host; }
+
 Collective::Collective(const std::filesystem::path& store_file, int rank, int size)
     : impl_(std::make_unique<Impl>()), rank_(rank), size_(size) {
   try {
     auto store = c10::make_intrusive<c10d::FileStore>(store_file.string(), size);
     auto options = c10d::ProcessGroupGloo::Options::create(std::chrono::seconds(120));
-    options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+    options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(collective_host()));
     options->threads = 1;
     impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, options);
   } catch (const c10::Error& e) {

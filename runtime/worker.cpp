@@ -395,6 +395,7 @@ int run_worker(const WorkerInfo& info, const RoleFactory& make_role) {
   ::prctl(PR_SET_PDEATHSIG, SIGTERM);
   const pid_t parent = info.controller_pid > 0 ? info.controller_pid : ::getppid();
   if (::getppid() != parent) return 1;
+  set_collective_host(info.host);
   Runtime runtime(info, make_role(info));
   return runtime.serve();
 }

@@ -114,6 +114,10 @@ class Role {
 
 using RoleFactory = std::function<std::unique_ptr<Role>(const WorkerInfo& info)>;
 
+// The address this process's Gloo groups bind (runtime/collective.cpp): 127.0.0.1 unless a
+// worker on a cluster node sets its node's address first (run_worker does, from WorkerInfo::host).
+void set_collective_host(const std::string& host);
+
 // The worker process's main loop; returns the exit code.
 int run_worker(const WorkerInfo& info, const RoleFactory& make_role);
 

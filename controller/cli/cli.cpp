@@ -23,6 +23,7 @@
 #include "controller/run/checkpoint.hpp"
 #include "controller/programs/rl.hpp"
 #include "core/log.hpp"
+#include "core/process.hpp"
 
 #ifndef FLOTILLA_VERSION
 #define FLOTILLA_VERSION "unknown"
@@ -121,6 +122,8 @@ void add_run_commands(CLI::App& app, Commands& commands) {
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error"}));
   };
   add_output_options(run);
+  run->add_flag("--detach", a->options.detach, "launcher.kind slurm: submit the job and return (see `flotilla status`, `flotilla stop`)");
+  run->add_option("--in-run-dir", a->options.in_run_dir, "run in this prepared run directory (a Slurm job's controller)")->group("");
   commands.emplace_back(run, [a] {
     a->options.progress = progress_mode(a->quiet, a->progress);
     controller::LoadedExperiment loaded = controller::load_experiment(a->config.file, a->config.overrides);
@@ -140,6 +143,19 @@ void add_run_commands(CLI::App& app, Commands& commands) {
     a->options.progress = progress_mode(a->quiet, a->progress);
     return controller::run_experiment(loaded, a->options);
   });
+}
+
+// status and stop: a run that is under way, here or as a Slurm job.
+void add_control_commands(CLI::App& app, Commands& commands) {
+  auto dir = std::make_shared<std::string>();
+  auto now = std::make_shared<bool>(false);
+  auto* status = app.add_subcommand("status", "where a run is: its Slurm job's state or its controller's process, and its last step");
+  status->add_option("run_dir", *dir, "run directory")->required()->check(CLI::ExistingDirectory);
+  commands.emplace_back(status, [dir] { return controller::run_status(*dir); });
+  auto* stop = app.add_subcommand("stop", "ask a run to stop after its current step (a final checkpoint where it keeps them)");
+  stop->add_option("run_dir", *dir, "run directory")->required()->check(CLI::ExistingDirectory);
+  stop->add_flag("--now", *now, "stop at once (cancel the Slurm job, or kill the controller)");
+  commands.emplace_back(stop, [dir, now] { return controller::stop_run(*dir, *now); });
 }
 
 // validate, config show and plot: reading configs and runs.
@@ -423,14 +439,17 @@ void add_worker_command(CLI::App& app, Commands& commands) {
   worker->add_option("--experiment", info->experiment)->required();
   worker->add_option("--trial", info->trial)->required();
   worker->add_option("--name-dir", info->name_dir)->required();
-  worker->add_option("--host", info->host);
+  auto interface = std::make_shared<std::string>();
+  worker->add_option("--host", info->host, "the address to bind, or 'auto': this node's (on --interface)");
+  worker->add_option("--interface", *interface);
   worker->add_option("--heartbeat-ms", *heartbeat_ms);
   worker->add_option("--controller-pid", info->controller_pid);
   worker->add_option("--heartbeat-to", info->heartbeat_to)->required();
   worker->add_option("--metrics-to", info->metrics_to)->required();
 
-  commands.emplace_back(worker, [info, heartbeat_ms] {
+  commands.emplace_back(worker, [info, heartbeat_ms, interface] {
     info->heartbeat = std::chrono::milliseconds(*heartbeat_ms);
+    if (info->host == "auto") info->host = core::node_address(*interface);
     return runtime::run_worker(*info, actors::roles().at(info->role));
   });
 }
@@ -447,6 +466,7 @@ int flotilla::controller::cli_main(int argc, char** argv) {
   app.set_help_all_flag("--help-all", "help for every command");
   Commands commands;
   add_run_commands(app, commands);
+  add_control_commands(app, commands);
   add_eval_command(app, commands);
   add_inspect_commands(app, commands);
   add_env_commands(app, commands);

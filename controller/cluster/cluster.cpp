@@ -9,6 +9,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <condition_variable>
 #include <deque>
+#include <fstream>
 #include <mutex>
 #include <thread>
 #include <zmq.hpp>
@@ -29,6 +30,8 @@ struct Cluster::Monitor {
     std::unique_ptr<core::Process> process;
     std::unique_ptr<asio::steady_timer> deadline;
     std::string endpoint;  // from its first heartbeat
+    std::string node;      // under Slurm: the node it runs on
+    std::filesystem::path log;  // under Slurm: its output
     bool exited = false;
   };
 
@@ -70,6 +73,24 @@ struct Cluster::Monitor {
     changed.notify_all();
   }
 
+  // "worker trainer/1 (pid 123)", or under Slurm "worker trainer/1 on node n2 (srun pid 123)".
+  static std::string who(const Proc& p) {
+    return "worker " + p.name + (p.node.empty() ? " (pid " : " on node " + p.node + " (srun pid ") + std::to_string(p.process->pid()) + ")";
+  }
+  // The end of a Slurm worker's output: why it stopped, in its own words.
+  static std::string last_lines(const Proc& p) {
+    if (p.log.empty()) return "";
+    std::ifstream in(p.log);
+    std::deque<std::string> lines;
+    for (std::string l; std::getline(in, l);) {
+      lines.push_back(l);
+      if (lines.size() > 5) lines.pop_front();
+    }
+    std::string out;
+    for (const auto& l : lines) out += "\n  " + l;
+    return out.empty() ? "" : "; the end of " + p.log.string() + ":" + out;
+  }
+
   void exited(Proc& p, core::ExitStatus status) {
     {
       std::lock_guard lock(mutex);
@@ -77,15 +98,15 @@ struct Cluster::Monitor {
     }
     p.deadline->cancel();
     changed.notify_all();
-    fail("worker " + p.name + " (pid " + std::to_string(p.process->pid()) + ") " + status.str());
+    fail(who(p) + " " + status.str() + last_lines(p));
   }
 
-  void arm(Proc& p, std::chrono::milliseconds after) {
+  void arm(Proc& p, std::chrono::milliseconds after, bool starting = false) {
     p.deadline->expires_after(after);
-    p.deadline->async_wait([this, &p, after](const boost::system::error_code& ec) {
+    p.deadline->async_wait([this, &p, after, starting](const boost::system::error_code& ec) {
       if (ec) return;  // re-armed by a heartbeat, or cancelled
-      fail("worker " + p.name + " (pid " + std::to_string(p.process->pid()) + ") sent no heartbeat for " +
-           std::to_string(after.count()) + " ms");
+      fail(who(p) + (starting ? " did not start: no heartbeat within " : " sent no heartbeat for ") + std::to_string(after.count()) +
+           " ms" + last_lines(p));
     });
   }
 
@@ -139,10 +160,26 @@ Cluster::Cluster(const fs::path& run_dir, std::string experiment, const std::vec
       monitor_(std::make_unique<Monitor>()) {
   Monitor& m = *monitor_;
   m.timeout = options.heartbeat_timeout;
+  const LauncherConfig& launch = options.launcher;
+  // Under Slurm the workers are on other nodes: everything binds this node's address.
+  const std::string host = launch.slurm() ? core::node_address(launch.interface) : "127.0.0.1";
+  std::map<std::string, std::vector<std::string>> nodes;
+  if (launch.slurm()) {
+    std::vector<std::pair<std::string, int>> counts;
+    for (const auto& spec : workers) counts.push_back({spec.group, spec.count});
+    for (const auto& [name, g] : launch.groups)
+      if (std::none_of(counts.begin(), counts.end(), [&](const auto& c) { return c.first == name; })) {
+        std::string known;
+        for (const auto& c : counts) known += (known.empty() ? "" : ", ") + c.first;
+        throw ConfigError("launcher.groups: this run has no worker group '" + name + "' (its groups: " + known + ")");
+      }
+    nodes = slurm::place(launch, counts, slurm::allocation_nodes());
+    fs::create_directories(run_dir / "workers");
+  }
   for (zmq::socket_t* s : {&m.heartbeats, &m.metrics}) {
     s->set(zmq::sockopt::linger, 0);
     s->set(zmq::sockopt::rcvtimeo, 0);
-    s->bind("tcp://127.0.0.1:*");
+    s->bind("tcp://" + host + ":*");
   }
   const std::string beat_to = m.heartbeats.get(zmq::sockopt::last_endpoint);
   const std::string metrics_to = m.metrics.get(zmq::sockopt::last_endpoint);
@@ -154,14 +191,26 @@ Cluster::Cluster(const fs::path& run_dir, std::string experiment, const std::vec
       core::ProcessSpec p{options.executable,
                           {"worker", "--role", spec.group, "--rank", std::to_string(rank), "--world-size", std::to_string(spec.count),
                            "--experiment", experiment_, "--trial", trial_, "--name-dir", name_dir_.string(), "--heartbeat-ms",
-                           std::to_string(options.heartbeat.count()), "--controller-pid", std::to_string(::getpid()),
-                           "--heartbeat-to", beat_to, "--metrics-to", metrics_to},
+                           std::to_string(options.heartbeat.count()), "--heartbeat-to", beat_to, "--metrics-to", metrics_to},
                           "worker " + name};
       Monitor::Proc& proc = m.procs.emplace_back();
       proc.name = name;
+      auto start_timeout = options.start_timeout;
+      if (launch.slurm()) {
+        // A job step on its node; it binds that node's address, and ends with its step (Slurm
+        // ends the steps when the controller's job ends).
+        p.program = fs::canonical(options.executable);
+        p.args.insert(p.args.end(), {"--host", "auto", "--interface", launch.interface});
+        proc.node = nodes.at(spec.group).at(static_cast<size_t>(rank));
+        proc.log = fs::absolute(run_dir / "workers" / (spec.group + "-" + std::to_string(rank) + ".log"));
+        p = slurm::worker_step(launch, spec.group, proc.node, proc.log, p);
+        start_timeout = std::chrono::milliseconds(static_cast<int64_t>(launch.start_timeout_s * 1000));
+      } else {
+        p.args.insert(p.args.end(), {"--controller-pid", std::to_string(::getpid())});
+      }
       proc.deadline = std::make_unique<asio::steady_timer>(m.io);
       proc.process = std::make_unique<core::Process>(p, m.io, [&m, &proc](core::ExitStatus s) { m.exited(proc, s); });
-      m.arm(proc, options.start_timeout);  // until its first heartbeat, silence is start-up
+      m.arm(proc, start_timeout, true);  // until its first heartbeat, silence is start-up
     }
   }
   m.beat_fd.assign(m.heartbeats.get(zmq::sockopt::fd));

@@ -1,6 +1,7 @@
 #pragma once
-// Cluster: the controller's view of its worker processes on this machine. It starts them (this
-// executable's `worker` command, through core::Process), learns each one's address from its
+// Cluster: the controller's view of its worker processes. It starts them (this executable's
+// `worker` command, through core::Process: a child process, or under Slurm the srun of a job step
+// that runs it on its node, controller/cluster/launcher.hpp), learns each one's address from its
 // first heartbeat, builds a WorkerGroup per group, and watches them on a Boost.Asio event loop:
 // a worker that exits is reported the moment the kernel says so, one that misses heartbeats for
 // longer than the timeout when its timer fires. Either way every pending call on every group ends
@@ -16,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "controller/cluster/launcher.hpp"
 #include "core/metrics.hpp"
 #include "runtime/group.hpp"
 
@@ -33,6 +35,7 @@ struct ClusterOptions {
   std::chrono::milliseconds heartbeat_timeout{3000};
   std::chrono::milliseconds start_timeout{60000};
   std::chrono::milliseconds call_timeout{60000};
+  LauncherConfig launcher;  // kind slurm: every worker a job step of the allocation this runs in
 };
 
 class Cluster {

@@ -46,10 +46,17 @@ class DistributedRl final : public Program {
     spdlog::info("resuming from {} (trainer version {}, step {})", path->string(), version_, env_steps_);
   }
 
+  std::vector<std::pair<std::string, int>> worker_groups() const override {
+    std::vector<std::pair<std::string, int>> out;
+    for (const auto& g : c_.workers) out.push_back({g.role, g.count});
+    return out;
+  }
+
   RunResult run(RunContext& ctx) override {
     run_dir_ = ctx.dir;
     ClusterOptions options;
     options.heartbeat_timeout = std::chrono::milliseconds(c_.heartbeat_timeout_ms);
+    options.launcher = experiment_.launcher;
     std::vector<WorkerSpec> specs;
     std::string layout;
     for (const auto& g : c_.workers) {

@@ -104,6 +104,12 @@ class RlhfProgram final : public Program {
     resume_ = json::parse(load_checkpoint(*path).manifest_json);
   }
 
+  std::vector<std::pair<std::string, int>> worker_groups() const override {
+    std::vector<std::pair<std::string, int>> out;
+    for (const auto& g : c_.workers) out.push_back({g.role, g.count});
+    return out;
+  }
+
   RunResult run(RunContext& ctx) override {
     at::set_num_threads(1);  // the workers do the heavy work; an idle thread pool here would spin beside them
     spdlog::info("data: {} train examples from {} ({} filtered, {} truncated over {} prompt tokens){}", train_.examples.size(),
@@ -170,6 +176,7 @@ class RlhfProgram final : public Program {
   }
   ClusterOptions cluster_options() const {
     ClusterOptions options;
+    options.launcher = experiment_.launcher;
     options.call_timeout = std::chrono::milliseconds(static_cast<int64_t>(call_timeout_s_ * 1000));
     options.heartbeat_timeout = std::chrono::seconds(30);
     return options;

@@ -1,13 +1,18 @@
 #include "controller/run/experiment.hpp"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <ctime>
+#include <fstream>
+#include <iostream>
 #include <map>
+#include <thread>
 
+#include "controller/cluster/launcher.hpp"
 #include "controller/run/progress.hpp"
 #include "controller/run/signals.hpp"
 #include "core/fs.hpp"
@@ -59,6 +64,7 @@ Experiment read_experiment(core::ConfigView root, const fs::path& file) {
   core::ConfigView progress = root.section("progress");
   e.progress_metrics = progress.get<std::vector<std::string>>("metrics", {"charts/episodic_return"});
   e.progress_interval_s = progress.get<double>("interval_s", 10.0, core::greater_than(0.0));
+  e.launcher = LauncherConfig::read(root.section("launcher"));
   return e;
 }
 
@@ -107,6 +113,66 @@ fs::path create_run_dir(const Experiment& e) {
   return dir;
 }
 
+// RUN_DIR/run.json: where the controller runs (its pid and host, and its Slurm job), for
+// `flotilla status` and `flotilla stop`.
+void write_run_info(const fs::path& dir, const std::string& job, bool controller_here) {
+  nlohmann::ordered_json j;
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  if (controller_here) j["pid"] = ::getpid(), j["host"] = host;
+  if (!job.empty()) j["slurm_job"] = job;
+  core::write_file_atomically(dir / "run.json", [&](std::ostream& out) { out << j.dump(2) << '\n'; });
+}
+
+// The exit code a finished run's summary.json stands for (what its controller returned).
+int exit_code_of(const fs::path& dir) {
+  if (!fs::exists(dir / "summary.json")) return 1;
+  const std::string reason = nlohmann::json::parse(core::read_file(dir / "summary.json")).value("exit_reason", "error");
+  return reason == "error" ? 1 : reason == "interrupted" ? 130 : 0;
+}
+
+// launcher.kind slurm from outside an allocation: the run directory is made here, a batch job
+// runs the controller in it, and this process follows the job (its log, to the terminal) until it
+// leaves the queue, or returns at once with --detach. Ctrl-C asks the job's controller to stop
+// after its step; a second one cancels the job.
+int submit_and_follow(LoadedExperiment& loaded, const RunOptions& options) {
+  const Experiment& e = loaded.experiment;
+  const fs::path dir = fs::absolute(create_run_dir(e));
+  core::write_file_atomically(dir / "config.yaml", [&](std::ostream& out) { out << loaded.config->resolved_yaml(); });
+  const std::vector<std::string> controller = {fs::canonical("/proc/self/exe").string(), "run", (dir / "config.yaml").string(),
+                                               "--in-run-dir", dir.string(), "--progress", "lines", "--log-level", options.log_level};
+  const std::string job = slurm::submit(e.launcher, e.name, dir, loaded.program->worker_groups(), controller);
+  write_run_info(dir, job, false);
+  spdlog::info("submitted Slurm job {}; run directory {}", job, dir.string());
+  if (options.detach) {
+    spdlog::info("follow it with `flotilla status {}`; stop it with `flotilla stop {}`", dir.string(), dir.string());
+    return 0;
+  }
+  StopSignals signals;
+  const auto stopping = signals.on_stop([job] { slurm::stop(job, false); });
+  signals.on_exit_now([job] { slurm::stop(job, true); });
+  std::ifstream log;
+  std::string state = "PENDING", line;
+  for (;;) {
+    if (!log.is_open()) log.open(dir / "log.txt");
+    if (log.is_open()) {
+      while (std::getline(log, line)) std::cerr << line << '\n';
+      log.clear();
+    }
+    const std::string now = slurm::job_state(job);
+    if (now != state && !now.empty()) spdlog::info("job {}: {}", job, now);
+    if (now.empty()) break;
+    state = now;
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  if (log.is_open())
+    while (std::getline(log, line)) std::cerr << line << '\n';
+  const int code = exit_code_of(dir);
+  if (!fs::exists(dir / "summary.json"))
+    spdlog::error("job {} ended without a summary: see {}", job, (dir / "slurm" / "job.out").string());
+  return code;
+}
+
 // Remembers the last value of every metric for summary.json.
 class LastValues final : public core::MetricSink {
  public:
@@ -134,9 +200,13 @@ Progress::Mode progress_mode(ProgressMode requested) {
 
 int run_experiment(LoadedExperiment& loaded, const RunOptions& options) {
   const Experiment& e = loaded.experiment;
+  const bool in_job = std::getenv("SLURM_JOB_ID") != nullptr;
+  if (e.launcher.slurm() && !in_job && options.in_run_dir.empty() && options.resume_dir.empty()) return submit_and_follow(loaded, options);
   const bool resuming = !options.resume_dir.empty();
-  const fs::path dir = resuming ? options.resume_dir : create_run_dir(e);
-  if (!resuming || !options.resume_overrides.empty())
+  const bool prepared = !options.in_run_dir.empty();
+  const fs::path dir = resuming ? options.resume_dir : prepared ? options.in_run_dir : create_run_dir(e);
+  write_run_info(dir, in_job ? std::getenv("SLURM_JOB_ID") : "", true);
+  if (!prepared && (!resuming || !options.resume_overrides.empty()))
     core::write_file_atomically(dir / "config.yaml", [&](std::ostream& out) { out << loaded.config->resolved_yaml(); });
 
   auto progress = std::make_shared<Progress>(progress_mode(options.progress), loaded.program->total_steps(),
@@ -206,6 +276,62 @@ int run_experiment(LoadedExperiment& loaded, const RunOptions& options) {
   spdlog::default_logger()->flush();
   core::init_logging(options.log_level);  // detach from the run's sinks
   return code;
+}
+
+namespace {
+nlohmann::json run_info(const fs::path& dir) {
+  if (!fs::exists(dir / "config.yaml")) throw ConfigError(dir.string() + ": not a run directory (no config.yaml)");
+  if (!fs::exists(dir / "run.json")) throw ConfigError(dir.string() + ": no run.json (a run started by an older flotilla?)");
+  return nlohmann::json::parse(core::read_file(dir / "run.json"));
+}
+bool local_controller_runs(const nlohmann::json& info) {
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  return info.contains("pid") && info.value("host", "") == host && ::kill(info["pid"].get<pid_t>(), 0) == 0;
+}
+}  // namespace
+
+int run_status(const fs::path& dir) {
+  const nlohmann::json info = run_info(dir);
+  std::string where;
+  if (info.contains("slurm_job")) {
+    const std::string job = info["slurm_job"].get<std::string>();
+    const std::string state = slurm::job_state(job);
+    where = "Slurm job " + job + ": " + (state.empty() ? "ended" : state);
+  } else {
+    where = "controller pid " + std::to_string(info.value("pid", 0)) + " on " + info.value("host", "?") + ": " +
+            (local_controller_runs(info) ? "running" : "not running");
+  }
+  std::cout << dir.string() << "\n  " << where << "\n";
+  if (fs::exists(dir / "summary.json")) {
+    const auto s = nlohmann::json::parse(core::read_file(dir / "summary.json"));
+    std::cout << "  ended: " << s.value("exit_reason", "?") << " at step " << s.value("last_step", 0) << " after " << s.value("wall_time_s", 0.0)
+              << " s" << (s.contains("error") ? "; error: " + s["error"].get<std::string>() : "") << "\n";
+  } else if (fs::exists(dir / "log.txt")) {
+    std::string last, line;
+    std::ifstream log(dir / "log.txt");
+    while (std::getline(log, line))
+      if (!line.empty()) last = line;
+    std::cout << "  last log line: " << last << "\n";
+  }
+  return 0;
+}
+
+int stop_run(const fs::path& dir, bool now) {
+  const nlohmann::json info = run_info(dir);
+  if (fs::exists(dir / "summary.json")) {
+    std::cout << dir.string() << " has already ended\n";
+    return 0;
+  }
+  if (info.contains("slurm_job")) {
+    slurm::stop(info["slurm_job"].get<std::string>(), now);
+  } else {
+    if (!local_controller_runs(info)) throw Error(dir.string() + ": its controller (pid " + std::to_string(info.value("pid", 0)) + " on " +
+                                                  info.value("host", "?") + ") is not running here");
+    ::kill(info["pid"].get<pid_t>(), now ? SIGKILL : SIGTERM);
+  }
+  std::cout << (now ? "stopping " : "asked to stop after its current step: ") << dir.string() << "\n";
+  return 0;
 }
 
 }  // namespace flotilla::controller

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "controller/cluster/launcher.hpp"
 #include "core/config.hpp"
 #include "core/metrics.hpp"
 #include "core/registry.hpp"
@@ -28,6 +29,7 @@ struct Experiment {
   std::vector<std::string> metric_sinks;
   std::vector<std::string> progress_metrics;  // shown beside the progress bar
   double progress_interval_s = 10;            // between plain progress lines off a terminal
+  LauncherConfig launcher;                    // where the workers run (local processes, or Slurm)
 };
 
 // Everything a program needs while it runs.
@@ -61,6 +63,9 @@ class Program {
   // Steps the run will take, for the progress bar and ETA; 0 when unknown.
   virtual int64_t total_steps() const = 0;
   virtual RunResult run(RunContext& ctx) = 0;
+  // The worker groups the run starts, with their worker counts, in start order (none for a
+  // program that runs in the controller alone): what a Slurm job must hold.
+  virtual std::vector<std::pair<std::string, int>> worker_groups() const { return {}; }
   // Continues from the run directory's newest checkpoint (flotilla resume); throws when the
   // program keeps none.
   virtual void resume(const std::filesystem::path& run_dir) {

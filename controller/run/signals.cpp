@@ -22,6 +22,7 @@ void StopSignals::arm() {
     const char* what = signo == SIGINT ? "Ctrl-C" : "SIGTERM";
     if (requested_.exchange(true)) {
       spdlog::error("second {}: stopping at once", what);
+      if (exit_now_) exit_now_();
       spdlog::default_logger()->flush();
       std::_Exit(130);
     }

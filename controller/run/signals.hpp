@@ -21,6 +21,8 @@ class StopSignals {
   // `f` runs on the first Ctrl-C (or SIGTERM), after requested() turns true, as long as the
   // returned handle lives (its destructor waits for a call under way).
   std::shared_ptr<void> on_stop(std::function<void()> f);
+  // `f` runs on the second one, just before the process exits.
+  void on_exit_now(std::function<void()> f) { exit_now_ = std::move(f); }
 
  private:
   struct Loop;
@@ -29,6 +31,7 @@ class StopSignals {
   std::mutex mutex_;  // held while the callbacks run and while one is removed
   std::map<uint64_t, std::function<void()>> on_stop_;
   uint64_t next_ = 0;
+  std::function<void()> exit_now_;
   std::unique_ptr<Loop> loop_;
 };
 
