@@ -30,6 +30,9 @@ void log_to_file(const std::filesystem::path& path) {
     auto sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path.string());
     sink->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%l] %v");
     spdlog::default_logger()->sinks().push_back(std::move(sink));
+    // The file is read while the run goes on (flotilla status, a Slurm job followed from the login
+    // node): each line goes out as it is logged.
+    spdlog::default_logger()->flush_on(spdlog::level::info);
   } catch (const spdlog::spdlog_ex& e) {
     throw IoError(path.string() + ": cannot open the log file: " + e.what());
   }

@@ -98,6 +98,8 @@ struct Cluster::Monitor {
     }
     p.deadline->cancel();
     changed.notify_all();
+    // srun exits with 128 + N when its task was killed by signal N.
+    if (!p.node.empty() && status.signal == 0 && status.code > 128) status = {0, status.code - 128};
     fail(who(p) + " " + status.str() + last_lines(p));
   }
 
@@ -232,6 +234,11 @@ Cluster::Cluster(const fs::path& run_dir, std::string experiment, const std::vec
     });
   }
   check();
+  if (launch.slurm()) {
+    std::string where;
+    for (const auto& p : m.procs) where += (where.empty() ? "" : ", ") + p.name + " " + p.node + " " + p.endpoint;
+    spdlog::info("workers up: {}", where);
+  }
   for (const auto& spec : workers) {
     std::vector<std::string> endpoints;
     for (const auto& p : m.procs)
