@@ -6,11 +6,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <set>
 
+#include "controller/cluster/launcher.hpp"
 #include "core/fs.hpp"
 #include "core/metrics.hpp"
 #include "support/cli.hpp"
@@ -162,4 +164,25 @@ TEST_CASE("slurm_launcher_config_errors_name_the_problem") {
   test::check_config_error(kCli, {"validate", kPpo, "launcher.nodes=0"}, dir.path(), "launcher.nodes");
   test::check_config_error(kCli, {"validate", kPpo, "launcher.groups=[{group: trainer, placement: packed}]"}, dir.path(), "pack");
   test::check_config_error(kCli, {"validate", kPpo, "launcher.groups=[{cpus: 2}]"}, dir.path(), "group");
+}
+
+TEST_CASE("slurm_placement_spreads_or_packs_groups_and_steps_carry_their_resources") {
+  controller::LauncherConfig c;
+  c.kind = "slurm";
+  c.groups["trainer"] = {.cpus = 4, .gpus = 2, .mem_mb = 8000, .placement = "pack"};
+  const std::vector<std::string> nodes = {"a", "b", "c"};
+  const auto at = controller::slurm::place(c, {{"env_actor", 4}, {"trainer", 2}, {"policy_worker", 1}}, nodes);
+  CHECK(at.at("env_actor") == std::vector<std::string>{"a", "b", "c", "a"});  // spread, round-robin
+  CHECK(at.at("trainer") == std::vector<std::string>{"b", "b"});              // packed on the next node
+  CHECK(at.at("policy_worker") == std::vector<std::string>{"c"});             // spread goes on from there
+  const core::ProcessSpec step = controller::slurm::worker_step(c, "trainer", "b", "/run/workers/trainer-0.log",
+                                                                {"/bin/flotilla", {"worker", "--role", "trainer"}, "worker trainer/0"});
+  CHECK(step.program == "srun");
+  for (const char* a : {"--nodes=1", "--ntasks=1", "--nodelist=b", "--cpus-per-task=4", "--gpus-per-task=2", "--mem=8000M",
+                        "--output=/run/workers/trainer-0.log"})
+    CHECK_MESSAGE(std::find(step.args.begin(), step.args.end(), a) != step.args.end(), a);
+  // The worker's own command comes last, whole.
+  REQUIRE(step.args.size() >= 4);
+  CHECK(std::vector<std::string>(step.args.end() - 4, step.args.end()) == std::vector<std::string>{"/bin/flotilla", "worker", "--role", "trainer"});
+  CHECK(std::find(step.args.begin(), step.args.end(), "--gpus-per-task=2") < std::find(step.args.begin(), step.args.end(), "/bin/flotilla"));
 }

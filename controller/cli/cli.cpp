@@ -135,6 +135,7 @@ void add_run_commands(CLI::App& app, Commands& commands) {
                      "key=value changes from here on, kept in the run's config.yaml (e.g. train.steps=2000, or another "
                      "layout: 'workers=[{role: actor, parallel: {tp: 2}}]')");
   add_output_options(resume);
+  resume->add_flag("--detach", a->options.detach, "launcher.kind slurm: submit the job and return");
   commands.emplace_back(resume, [a] {
     const std::filesystem::path dir = a->resume_dir;
     if (!std::filesystem::exists(dir / "config.yaml")) throw ConfigError(dir.string() + ": not a run directory (no config.yaml)");

@@ -137,10 +137,14 @@ int exit_code_of(const fs::path& dir) {
 // after its step; a second one cancels the job.
 int submit_and_follow(LoadedExperiment& loaded, const RunOptions& options) {
   const Experiment& e = loaded.experiment;
-  const fs::path dir = fs::absolute(create_run_dir(e));
-  core::write_file_atomically(dir / "config.yaml", [&](std::ostream& out) { out << loaded.config->resolved_yaml(); });
-  const std::vector<std::string> controller = {fs::canonical("/proc/self/exe").string(), "run", (dir / "config.yaml").string(),
-                                               "--in-run-dir", dir.string(), "--progress", "lines", "--log-level", options.log_level};
+  const bool resuming = !options.resume_dir.empty();
+  const fs::path dir = fs::absolute(resuming ? options.resume_dir : create_run_dir(e));
+  if (!resuming || !options.resume_overrides.empty())
+    core::write_file_atomically(dir / "config.yaml", [&](std::ostream& out) { out << loaded.config->resolved_yaml(); });
+  std::vector<std::string> controller = {fs::canonical("/proc/self/exe").string()};
+  if (resuming) controller.insert(controller.end(), {"resume", dir.string()});
+  else controller.insert(controller.end(), {"run", (dir / "config.yaml").string(), "--in-run-dir", dir.string()});
+  controller.insert(controller.end(), {"--progress", "lines", "--log-level", options.log_level});
   const std::string job = slurm::submit(e.launcher, e.name, dir, loaded.program->worker_groups(), controller);
   write_run_info(dir, job, false);
   spdlog::info("submitted Slurm job {}; run directory {}", job, dir.string());
@@ -153,20 +157,23 @@ int submit_and_follow(LoadedExperiment& loaded, const RunOptions& options) {
   signals.on_exit_now([job] { slurm::stop(job, true); });
   std::ifstream log;
   std::string state = "PENDING", line;
+  // The job's log to the terminal as it grows (with --quiet, its warnings and errors only).
+  const bool quiet = options.progress == ProgressMode::Quiet;
+  auto echo = [&] {
+    while (std::getline(log, line))
+      if (!quiet || line.find("] [warning] ") != std::string::npos || line.find("] [error] ") != std::string::npos) std::cerr << line << '\n';
+    log.clear();
+  };
   for (;;) {
     if (!log.is_open()) log.open(dir / "log.txt");
-    if (log.is_open()) {
-      while (std::getline(log, line)) std::cerr << line << '\n';
-      log.clear();
-    }
+    if (log.is_open()) echo();
     const std::string now = slurm::job_state(job);
     if (now != state && !now.empty()) spdlog::info("job {}: {}", job, now);
     if (now.empty()) break;
     state = now;
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
   }
-  if (log.is_open())
-    while (std::getline(log, line)) std::cerr << line << '\n';
+  if (log.is_open()) echo();
   const int code = exit_code_of(dir);
   if (!fs::exists(dir / "summary.json"))
     spdlog::error("job {} ended without a summary: see {}", job, (dir / "slurm" / "job.out").string());
@@ -201,7 +208,7 @@ Progress::Mode progress_mode(ProgressMode requested) {
 int run_experiment(LoadedExperiment& loaded, const RunOptions& options) {
   const Experiment& e = loaded.experiment;
   const bool in_job = std::getenv("SLURM_JOB_ID") != nullptr;
-  if (e.launcher.slurm() && !in_job && options.in_run_dir.empty() && options.resume_dir.empty()) return submit_and_follow(loaded, options);
+  if (e.launcher.slurm() && !in_job && options.in_run_dir.empty()) return submit_and_follow(loaded, options);
   const bool resuming = !options.resume_dir.empty();
   const bool prepared = !options.in_run_dir.empty();
   const fs::path dir = resuming ? options.resume_dir : prepared ? options.in_run_dir : create_run_dir(e);
