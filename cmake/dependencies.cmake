@@ -10,6 +10,7 @@ find_package(Boost 1.74 REQUIRED)
 find_package(Protobuf REQUIRED)
 find_package(doctest REQUIRED)
 find_package(Threads REQUIRED)
+find_package(OpenSSL REQUIRED)     # SHA-256 of checkpoint files (libcrypto)
 # Tokenizers: Oniguruma for the pre-tokenizer regexes (as Hugging Face's tokenizers use it) and
 # utf8proc for Unicode normalization (NFC) and UTF-8 checks.
 find_package(PkgConfig REQUIRED)

@@ -14,4 +14,7 @@ void write_file_atomically(const std::filesystem::path& path, const std::functio
 // The whole file as a string; throws IoError naming the file.
 std::string read_file(const std::filesystem::path& path);
 
+// The SHA-256 of a file's bytes, as 64 hex digits (OpenSSL); throws IoError naming the file.
+std::string sha256_of_file(const std::filesystem::path& path);
+
 }  // namespace flotilla::core

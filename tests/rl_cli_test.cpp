@@ -3,6 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <filesystem>
 #include <set>
@@ -137,4 +138,56 @@ TEST_CASE("rl_bench_train_reports_per_seed_and_median") {
   CHECK(contains(r.out, "solved: 2/2"));
   CHECK(contains(r.out, "median_steps_to_solve: "));
   CHECK(contains(r.out, "median_seconds_to_solve: "));
+}
+
+TEST_CASE("a_damaged_checkpoint_is_found_named_and_passed_over_for_the_one_before") {
+  test::TempDir dir;
+  // Three checkpoints (every iteration of 512 steps, the newest three kept).
+  auto r = test::run_cli(kCli, {"run", config("cartpole_ppo.yaml"), "train.total_steps=2048", "env.num_envs=4", "train.num_steps=128",
+                                "stop.mean_return=100000", "checkpoint.every=1", "checkpoint.keep=3", "run.dir=r"},
+                         dir.path(), dir.path());
+  REQUIRE_MESSAGE(r.code == 0, r.err);
+  auto ok = test::run_cli(kCli, {"checkpoint", "verify", "r"}, dir.path(), dir.path());
+  CHECK_MESSAGE(ok.code == 0, ok.out);
+  const fs::path ckpts = dir.path() / "r" / "checkpoints";
+  std::vector<fs::path> tensors;
+  for (const auto& e : fs::directory_iterator(ckpts))
+    if (e.path().extension() == ".safetensors") tensors.push_back(e.path());
+  std::sort(tensors.begin(), tensors.end(), [](const fs::path& a, const fs::path& b) {
+    return std::stoll(a.stem().string().substr(5)) < std::stoll(b.stem().string().substr(5));
+  });
+  REQUIRE(tensors.size() == 3);
+  const auto manifest = nlohmann::json::parse(core::read_file(fs::path(tensors[2]).replace_extension(".json")));
+  CHECK(manifest["files"].size() == 1);
+  CHECK(manifest["files"].begin().value()["sha256"].get<std::string>().size() == 64);
+
+  // Messages name files as the run directory was given ("r/checkpoints/...").
+  auto named = [](const fs::path& p, const char* ext) { return "r/checkpoints/" + fs::path(p.filename()).replace_extension(ext).string(); };
+
+  // One byte flipped in the newest, the middle one cut short.
+  std::string bytes = core::read_file(tensors[2]);
+  bytes[bytes.size() / 2] ^= 0x5a;
+  core::write_file_atomically(tensors[2], [&](std::ostream& o) { o << bytes; });
+  fs::resize_file(tensors[1], fs::file_size(tensors[1]) / 2);
+  auto bad = test::run_cli(kCli, {"checkpoint", "verify", "r"}, dir.path(), dir.path());
+  CHECK(bad.code == 1);
+  CHECK(contains(bad.out, named(tensors[2], ".safetensors") + ": SHA-256 differs from the manifest's (corrupted)"));
+  CHECK(contains(bad.out, named(tensors[1], ".safetensors") + ": "));
+  CHECK(contains(bad.out, "(truncated)"));
+  CHECK(contains(bad.out, named(tensors[0], ".json") + ": ok"));
+
+  // Resume passes over both, saying why, and continues from the oldest, which is whole.
+  auto resumed = test::run_cli(kCli, {"resume", "r", "train.total_steps=2560"}, dir.path(), dir.path());
+  REQUIRE_MESSAGE(resumed.code == 0, resumed.err);
+  CHECK(contains(resumed.err, "checkpoint " + named(tensors[2], ".json") + " is damaged"));
+  CHECK(contains(resumed.err, "SHA-256 differs"));
+  CHECK(contains(resumed.err, "(truncated)"));
+  CHECK(contains(core::read_file(dir.path() / "r" / "log.txt"), "resuming from " + named(tensors[0], ".json")));
+
+  // Nothing whole left: a clear error, not a crash.
+  for (const auto& e : fs::directory_iterator(ckpts))
+    if (e.path().extension() == ".safetensors") fs::resize_file(e.path(), 10);
+  auto none = test::run_cli(kCli, {"resume", "r", "train.total_steps=4096"}, dir.path(), dir.path());
+  CHECK(none.code != 0);
+  CHECK(contains(none.err, "every checkpoint is damaged"));
 }

@@ -146,6 +146,33 @@ void add_run_commands(CLI::App& app, Commands& commands) {
   });
 }
 
+// checkpoint verify: every file of a run's checkpoints (or of one) against its manifest.
+void add_checkpoint_commands(CLI::App& app, Commands& commands) {
+  auto path = std::make_shared<std::string>();
+  auto* checkpoint = app.add_subcommand("checkpoint", "checkpoints of a run");
+  checkpoint->require_subcommand(1);
+  auto* verify = checkpoint->add_subcommand("verify", "check every file of a run's checkpoints (or of one manifest) against the sizes "
+                                                      "and SHA-256 sums in its manifest; exit 1 if any is damaged");
+  verify->add_option("path", *path, "run directory, or a checkpoint's manifest (checkpoints/ckpt-N.json)")->required()->check(CLI::ExistingPath);
+  commands.emplace_back(verify, [path] {
+    std::vector<std::filesystem::path> manifests;
+    if (std::filesystem::is_directory(*path)) {
+      for (const auto& [iteration, m] : controller::checkpoints_of(*path)) manifests.push_back(m);
+      if (manifests.empty()) throw ConfigError(*path + ": no checkpoint in checkpoints/");
+    } else {
+      manifests.push_back(*path);
+    }
+    int damaged = 0;
+    for (const auto& m : manifests) {
+      const auto problems = controller::verify_checkpoint(m);
+      std::cout << m.string() << ": " << (problems.empty() ? "ok" : "DAMAGED") << "\n";
+      for (const auto& p : problems) std::cout << "  " << p << "\n";
+      damaged += !problems.empty();
+    }
+    return damaged ? 1 : 0;
+  });
+}
+
 // status and stop: a run that is under way, here or as a Slurm job.
 void add_control_commands(CLI::App& app, Commands& commands) {
   auto dir = std::make_shared<std::string>();
@@ -468,6 +495,7 @@ int flotilla::controller::cli_main(int argc, char** argv) {
   Commands commands;
   add_run_commands(app, commands);
   add_control_commands(app, commands);
+  add_checkpoint_commands(app, commands);
   add_eval_command(app, commands);
   add_inspect_commands(app, commands);
   add_env_commands(app, commands);

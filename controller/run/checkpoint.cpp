@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <regex>
 
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "core/safetensors.hpp"
@@ -10,8 +13,7 @@
 namespace flotilla::controller {
 namespace fs = std::filesystem;
 
-namespace {
-std::vector<std::pair<int64_t, fs::path>> manifests(const fs::path& run_dir) {
+std::vector<std::pair<int64_t, fs::path>> checkpoints_of(const fs::path& run_dir) {
   std::vector<std::pair<int64_t, fs::path>> out;
   const fs::path dir = run_dir / "checkpoints";
   if (!fs::exists(dir)) return out;
@@ -24,6 +26,19 @@ std::vector<std::pair<int64_t, fs::path>> manifests(const fs::path& run_dir) {
   std::sort(out.begin(), out.end());
   return out;
 }
+
+namespace {
+// The files of checkpoint `iteration`, relative to the run directory: its tensors, and what its
+// workers wrote under checkpoints/step-<iteration>/.
+std::vector<fs::path> checkpoint_files(const fs::path& run_dir, int64_t iteration) {
+  std::vector<fs::path> out = {fs::path("checkpoints") / ("ckpt-" + std::to_string(iteration) + ".safetensors")};
+  const fs::path steps = run_dir / step_dir(iteration);
+  if (fs::exists(steps))
+    for (const auto& e : fs::recursive_directory_iterator(steps))
+      if (e.is_regular_file()) out.push_back(fs::relative(e.path(), run_dir));
+  std::sort(out.begin(), out.end());
+  return out;
+}
 }  // namespace
 
 void save_checkpoint(const fs::path& run_dir, int64_t iteration, const NamedTensors& tensors,
@@ -32,8 +47,13 @@ void save_checkpoint(const fs::path& run_dir, int64_t iteration, const NamedTens
   fs::create_directories(dir);
   const std::string stem = "ckpt-" + std::to_string(iteration);
   core::save_safetensors(dir / (stem + ".safetensors"), tensors, {{"format", "flotilla-checkpoint"}});
-  core::write_file_atomically(dir / (stem + ".json"), [&](std::ostream& out) { out << manifest_json << '\n'; });
-  auto all = manifests(run_dir);
+  nlohmann::ordered_json manifest = nlohmann::ordered_json::parse(manifest_json);
+  nlohmann::ordered_json files = nlohmann::ordered_json::object();
+  for (const fs::path& f : checkpoint_files(run_dir, iteration))
+    files[f.generic_string()] = {{"bytes", fs::file_size(run_dir / f)}, {"sha256", core::sha256_of_file(run_dir / f)}};
+  manifest["files"] = files;
+  core::write_file_atomically(dir / (stem + ".json"), [&](std::ostream& out) { out << manifest.dump(2) << '\n'; });
+  auto all = checkpoints_of(run_dir);
   for (size_t i = 0; keep > 0 && i + keep < all.size(); ++i) {
     fs::remove(all[i].second);
     fs::path t = all[i].second;
@@ -44,10 +64,43 @@ void save_checkpoint(const fs::path& run_dir, int64_t iteration, const NamedTens
 
 std::string step_dir(int64_t iteration) { return "checkpoints/step-" + std::to_string(iteration); }
 
+std::vector<std::string> verify_checkpoint(const fs::path& manifest) {
+  const fs::path run_dir = manifest.parent_path().parent_path();
+  nlohmann::json m;
+  try {
+    m = nlohmann::json::parse(core::read_file(manifest));
+  } catch (const std::exception& e) {
+    return {manifest.string() + ": not a readable manifest (" + e.what() + ")"};
+  }
+  std::vector<std::string> problems;
+  if (!m.contains("files")) return problems;  // written before manifests had checksums: nothing to check against
+  for (const auto& [name, want] : m["files"].items()) {
+    const fs::path f = run_dir / name;
+    if (!fs::exists(f)) {
+      problems.push_back(f.string() + ": missing");
+      continue;
+    }
+    const auto bytes = fs::file_size(f), expected = want.at("bytes").get<uintmax_t>();
+    if (bytes != expected) {
+      problems.push_back(f.string() + ": " + std::to_string(bytes) + " bytes where the manifest says " + std::to_string(expected) +
+                         (bytes < expected ? " (truncated)" : ""));
+      continue;
+    }
+    if (core::sha256_of_file(f) != want.at("sha256").get<std::string>()) problems.push_back(f.string() + ": SHA-256 differs from the manifest's (corrupted)");
+  }
+  return problems;
+}
+
 std::optional<fs::path> latest_checkpoint(const fs::path& run_dir) {
-  auto all = manifests(run_dir);
-  if (all.empty()) return std::nullopt;
-  return all.back().second;
+  auto all = checkpoints_of(run_dir);
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    const std::vector<std::string> problems = verify_checkpoint(it->second);
+    if (problems.empty()) return it->second;
+    spdlog::warn("checkpoint {} is damaged, {}{}; trying the one before", it->second.string(), problems.front(),
+                 problems.size() > 1 ? " (and " + std::to_string(problems.size() - 1) + " more)" : "");
+  }
+  if (!all.empty()) throw Error(run_dir.string() + ": every checkpoint is damaged (`flotilla checkpoint verify " + run_dir.string() + "` lists why)");
+  return std::nullopt;
 }
 
 Checkpoint load_checkpoint(const fs::path& path) {

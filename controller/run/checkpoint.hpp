@@ -4,6 +4,8 @@
 // written atomically, the manifest last, so a checkpoint exists only once both are whole. A
 // program whose workers write their own state puts it in checkpoints/step-<iteration>/ (models,
 // per-worker shards) before the manifest. The newest `keep` are kept, with their directories.
+// The manifest lists every file of its checkpoint with its size and SHA-256 (`files`), so a
+// truncated or corrupted checkpoint is found before it is loaded.
 #include <ATen/core/Tensor.h>
 
 #include <filesystem>
@@ -28,7 +30,15 @@ struct Checkpoint {
 // checkpoints/step-<iteration>, where workers write their part of a checkpoint.
 std::string step_dir(int64_t iteration);
 
-// The newest complete checkpoint of a run, if any.
+// What is wrong with a checkpoint (its manifest's path): for each file of its manifest that is
+// missing, of another size, or whose SHA-256 differs, the file and the reason; empty when whole.
+std::vector<std::string> verify_checkpoint(const std::filesystem::path& manifest);
+
+// Every checkpoint of a run, oldest first: (iteration, manifest path).
+std::vector<std::pair<int64_t, std::filesystem::path>> checkpoints_of(const std::filesystem::path& run_dir);
+
+// The newest checkpoint of a run that verifies, if any; a newer damaged one is skipped with a
+// warning naming its file and what is wrong.
 std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& run_dir);
 // Loads a checkpoint from its manifest (.json) or tensor (.safetensors) path.
 Checkpoint load_checkpoint(const std::filesystem::path& path);
