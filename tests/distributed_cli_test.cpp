@@ -174,6 +174,35 @@ TEST_CASE("distributed_run_fails_naming_a_killed_worker_and_leaves_no_workers") 
   CHECK(wait_until([&] { return workers_of(run).empty(); }, 10));
 }
 
+TEST_CASE("a_stopped_worker_is_found_by_its_silence_and_named_with_its_host") {
+  // SIGSTOP: the process lives but its heartbeats stop. With a 1.5 s timeout the run fails within
+  // a few seconds, naming the worker, its host and the silence, and leaves no worker behind.
+  test::TempDir dir;
+  const std::string run = (dir.path() / "r").string();
+  test::CliProcess p(kCli, {"run", "-q", kConfig, "train.total_steps=100000000", "stop.mean_return=100000", "run.dir=r",
+                            "distributed.heartbeat_timeout_ms=1500"},
+                     dir.path(), dir.path());
+  const fs::path log = dir.path() / "r" / "log.txt";
+  REQUIRE(wait_until([&] { return fs::exists(log) && contains(core::read_file(log), "workers running"); }, 60));
+  pid_t trainer = 0;
+  for (pid_t pid : workers_of(run))
+    if (contains(core::read_file("/proc/" + std::to_string(pid) + "/cmdline"), std::string("--role\0trainer", 14))) trainer = pid;
+  REQUIRE(trainer > 0);
+  const auto stopped = std::chrono::steady_clock::now();
+  ::kill(trainer, SIGSTOP);
+  auto r = p.wait(60);
+  const double detected = std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped).count();
+  ::kill(trainer, SIGKILL);  // in case the run left it (it must not)
+  CAPTURE(r.err);
+  CHECK(r.code == 1);
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  CHECK(contains(r.err, "worker trainer/0 on host " + std::string(host)));
+  CHECK(contains(r.err, "sent no heartbeat for 1500 ms"));
+  CHECK(detected < 15);  // 1.5 s of silence, then the run's shutdown
+  CHECK(wait_until([&] { return workers_of(run).empty(); }, 10));
+}
+
 TEST_CASE("distributed_ctrl_c_stops_every_worker") {
   test::TempDir dir;
   const std::string run = (dir.path() / "r").string();

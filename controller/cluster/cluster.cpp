@@ -73,9 +73,15 @@ struct Cluster::Monitor {
     changed.notify_all();
   }
 
-  // "worker trainer/1 (pid 123)", or under Slurm "worker trainer/1 on node n2 (srun pid 123)".
+  // "worker trainer/1 on host vm (pid 123)", or under Slurm "worker trainer/1 on node n2 (srun pid 123)".
   static std::string who(const Proc& p) {
-    return "worker " + p.name + (p.node.empty() ? " (pid " : " on node " + p.node + " (srun pid ") + std::to_string(p.process->pid()) + ")";
+    static const std::string host = [] {
+      char h[256] = {};
+      ::gethostname(h, sizeof h - 1);
+      return std::string(h);
+    }();
+    return "worker " + p.name + (p.node.empty() ? " on host " + host + " (pid " : " on node " + p.node + " (srun pid ") +
+           std::to_string(p.process->pid()) + ")";
   }
   // The end of a Slurm worker's output: why it stopped, in its own words.
   static std::string last_lines(const Proc& p) {
