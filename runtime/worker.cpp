@@ -393,6 +393,9 @@ int run_worker(const WorkerInfo& info, const RoleFactory& make_role) {
   // Die with the controller: a local worker must never outlive the process that started it. The
   // controller may already be gone by the time this line runs, so compare with the pid it gave.
   ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+  // Ctrl-C in a terminal reaches the whole foreground process group, workers included: the
+  // controller decides what it means (stop after the current step) and stops them itself.
+  ::signal(SIGINT, SIG_IGN);
   const pid_t parent = info.controller_pid > 0 ? info.controller_pid : ::getppid();
   if (::getppid() != parent) return 1;
   set_collective_host(info.host);

@@ -217,6 +217,23 @@ TEST_CASE("distributed_ctrl_c_stops_every_worker") {
   CHECK(wait_until([&] { return workers_of(run).empty(); }, 10));
 }
 
+TEST_CASE("ctrl_c_from_a_terminal_reaches_the_workers_too_and_the_run_still_stops_cleanly") {
+  // A terminal's Ctrl-C goes to the whole process group: the workers ignore it and the controller
+  // stops them after its step.
+  test::TempDir dir;
+  const std::string run = (dir.path() / "r").string();
+  test::CliProcess p("/usr/bin/setsid", {kCli, "run", "-q", kConfig, "train.total_steps=100000000", "stop.mean_return=100000", "run.dir=r"},
+                     dir.path(), dir.path());
+  const fs::path log = dir.path() / "r" / "log.txt";
+  REQUIRE(wait_until([&] { return fs::exists(log) && contains(core::read_file(log), "workers running"); }, 60));
+  p.signal_group(SIGINT);
+  auto r = p.wait(60);
+  CAPTURE(r.err);
+  CHECK(r.code == 130);
+  CHECK(nlohmann::json::parse(core::read_file(dir.path() / "r" / "summary.json"))["exit_reason"] == "interrupted");
+  CHECK(wait_until([&] { return workers_of(run).empty(); }, 10));
+}
+
 TEST_CASE("workers_exit_when_the_controller_is_killed") {
   test::TempDir dir;
   const std::string run = (dir.path() / "r").string();

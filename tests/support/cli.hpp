@@ -50,6 +50,9 @@ class CliProcess {
     }
   }
   void signal(int sig) const { ::kill(pid_, sig); }
+  // To its whole process group, as a terminal's Ctrl-C does (the process must lead one: start it
+  // under /usr/bin/setsid).
+  void signal_group(int sig) const { ::kill(-pid_, sig); }
   // What the process has written to stderr so far.
   std::string err_so_far() const { return slurp(err_path_); }
   // Waits up to `timeout_s`; on timeout kills the child and reports code -9.
