@@ -3,7 +3,11 @@
 #include <algorithm>
 #include <map>
 
+#include <filesystem>
+
 #include "core/error.hpp"
+#include "core/fs.hpp"
+#include "models/transformer.hpp"
 #include "envs/text_tasks.hpp"
 
 namespace flotilla::actors::lm {
@@ -211,6 +215,25 @@ RlhfConfig RlhfConfig::read(core::ConfigView root) {
   read_workers(root, c);
   read_async(root.section("async"), c);
   return c;
+}
+
+std::string RlhfConfig::model_of(const std::string& role) const {
+  const std::string& own = role == "ref" ? ref_path : role == "critic" ? critic_path : model_path;
+  return own.empty() ? model_path : own;
+}
+
+void RlhfConfig::check_models_split() const {
+  for (const std::string role : {"actor", "rollout", "ref", "critic"}) {
+    const int tp = uses(role) ? group(group_of(role)).parallel.tp : 1;
+    if (tp <= 1) continue;
+    const std::filesystem::path file = std::filesystem::path(model_of(role)) / "config.json";
+    try {
+      models::LmConfig::from_json(core::read_file(file), file.string()).check_tensor_parallel(tp);
+    } catch (const ConfigError& e) {
+      throw ConfigError("workers: the " + role + " role's parallel.tp " + std::to_string(tp) + " does not fit " + model_of(role) + ": " +
+                        e.what());
+    }
+  }
 }
 
 bool RlhfConfig::uses(const std::string& role) const { return std::find(roles.begin(), roles.end(), role) != roles.end(); }

@@ -86,6 +86,11 @@ struct RlhfConfig {
 
   static RlhfConfig read(core::ConfigView root);
   bool uses(const std::string& role) const;
+  // The model directory a role loads: model.ref or model.critic when set, else model.path.
+  std::string model_of(const std::string& role) const;
+  // Throws ConfigError when a tensor-parallel group's model cannot split over its ranks (its
+  // heads, key/value heads or MLP width), naming the role, its tp and the model.
+  void check_models_split() const;
   bool needs_ref() const { return family.reference || kl_coef > 0; }
   // One optimizer step per batch (actor epochs and mini_batches 1) and no KL in the reward: the
   // policy before the update is the one the update's forward pass runs, so its log-probs serve

@@ -114,8 +114,8 @@ class LmWorker final : public runtime::Role {
       weights_.model = rollout_.model ? rollout_.model.get() : actor_.model.get();
       stream_ = std::make_unique<RolloutStream>(weights_, c_, life(), stream_tp_ ? &lockstep_ : nullptr);
     }
-    if (hosts("ref")) ref_ = trained("ref", c_.ref_path.empty() ? c_.model_path : c_.ref_path, "", nullptr);
-    if (hosts("critic")) critic_ = trained("critic", c_.critic_path.empty() ? c_.model_path : c_.critic_path, "value", &c_.critic_optim);
+    if (hosts("ref")) ref_ = trained("ref", c_.model_of("ref"), "", nullptr);
+    if (hosts("critic")) critic_ = trained("critic", c_.model_of("critic"), "value", &c_.critic_optim);
     if (hosts("reward")) {
       if (c_.reward.kind == "model" && c_.family.generates()) {
         reward_model_ = std::make_unique<models::CausalLm>(models::CausalLm::load(c_.reward_path));

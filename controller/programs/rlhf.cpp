@@ -32,7 +32,6 @@
 #include "core/fs.hpp"
 #include "core/safetensors.hpp"
 #include "models/tokenizer.hpp"
-#include "models/transformer.hpp"
 
 namespace flotilla::controller {
 namespace fs = std::filesystem;
@@ -71,19 +70,7 @@ class RlhfProgram final : public Program {
     for (const auto& p : {c_.model_path, c_.ref_path, c_.critic_path, c_.reward_path})
       if (!p.empty() && !fs::exists(fs::path(p) / "config.json"))
         throw ConfigError(p + ": not a model directory (no config.json); use a run's final/ model (e.g. of configs/rlhf/addition_sft.yaml) or make one with `flotilla lm init`");
-    // A tensor-parallel group's model must split over its ranks.
-    for (const std::string role : {"actor", "rollout", "ref", "critic"}) {
-      const int tp = c_.uses(role) ? c_.group(c_.group_of(role)).parallel.tp : 1;
-      const std::string& own = role == "ref" ? c_.ref_path : role == "critic" ? c_.critic_path : c_.model_path;
-      const fs::path model = own.empty() ? c_.model_path : own;
-      if (tp <= 1) continue;
-      try {
-        models::LmConfig::from_json(core::read_file(model / "config.json"), (model / "config.json").string()).check_tensor_parallel(tp);
-      } catch (const ConfigError& e) {
-        throw ConfigError("workers: the " + role + " role's parallel.tp " + std::to_string(tp) + " does not fit " + model.string() +
-                          ": " + e.what());
-      }
-    }
+    c_.check_models_split();
     for (const auto& [key, path] : {std::pair<std::string, std::string>{"train", c_.data.train}, {"val", c_.data.val}})
       if (!path.empty() && !fs::exists(path))
         root.section("data").fail(key, path + " does not exist; make a synthetic set with `flotilla data make TASK --out " + path + "`");
