@@ -271,20 +271,21 @@ class ZmqInferenceClient final : public InferenceClient {
   }
   uint64_t submit(const Batch& inputs, const InferenceTags& tags) override {
     const uint64_t id = ++next_id_;
-    OutMessage m(name_);
-    auto req = m.envelope().initInferenceRequest();
-    req.setId(id);
-    req.setMinVersion(tags.min_version);
-    req.setSeed(tags.seed);
-    m.put_batch(req.initBatch(), inputs);
-    m.send(socket_);
+    send(id, inputs, tags);
+    unanswered_[id] = {inputs, tags};
     return id;
+  }
+
+  void resend() override {
+    for (const auto& [id, r] : unanswered_)
+      if (!early_.count(id)) send(id, r.first, r.second);
   }
 
   std::pair<Batch, int64_t> wait(uint64_t id, std::chrono::milliseconds timeout) override {
     if (auto it = early_.find(id); it != early_.end()) {  // arrived while waiting for another
       auto reply = std::move(it->second);
       early_.erase(it);
+      unanswered_.erase(id);
       return reply;
     }
     const auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -298,8 +299,12 @@ class ZmqInferenceClient final : public InferenceClient {
         if (!in->envelope().isInferenceReply()) continue;
         auto r = in->envelope().getInferenceReply();
         std::pair<Batch, int64_t> reply{in->batch(r.getBatch()), r.getPolicyVersion()};
-        if (r.getId() == id) return reply;
-        if (r.getId() > id - std::min<uint64_t>(id, 1024)) early_[r.getId()] = std::move(reply);
+        if (!unanswered_.count(r.getId())) continue;  // answered already (sent twice)
+        if (r.getId() == id) {
+          unanswered_.erase(id);
+          return reply;
+        }
+        early_[r.getId()] = std::move(reply);
       } catch (const DecodeError&) {
         continue;
       }
@@ -310,8 +315,19 @@ class ZmqInferenceClient final : public InferenceClient {
  private:
   zmq::socket_t socket_;
   std::string endpoint_, name_;
+  void send(uint64_t id, const Batch& inputs, const InferenceTags& tags) {
+    OutMessage m(name_);
+    auto req = m.envelope().initInferenceRequest();
+    req.setId(id);
+    req.setMinVersion(tags.min_version);
+    req.setSeed(tags.seed);
+    m.put_batch(req.initBatch(), inputs);
+    m.send(socket_);
+  }
+
   uint64_t next_id_ = 0;
   std::map<uint64_t, std::pair<Batch, int64_t>> early_;
+  std::map<uint64_t, std::pair<Batch, InferenceTags>> unanswered_;  // kept to send again
 };
 
 }  // namespace

@@ -97,6 +97,9 @@ class InferenceClient {
   virtual uint64_t submit(const Batch& inputs, const InferenceTags& tags = {}) = 0;
   // The reply to request `id` and its policy version; throws TimeoutError naming the server.
   virtual std::pair<Batch, int64_t> wait(uint64_t id, std::chrono::milliseconds timeout) = 0;
+  // Sends every request not answered yet again (the server was replaced and lost them); a second
+  // reply to a request is dropped.
+  virtual void resend() = 0;
   std::pair<Batch, int64_t> infer(const Batch& inputs, std::chrono::milliseconds timeout) {
     return wait(submit(inputs), timeout);
   }

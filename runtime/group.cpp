@@ -110,6 +110,22 @@ struct WorkerGroup::Io final : ObjectHolder {
     for (auto& [id, p] : failed) p->finish(std::nullopt, why);
   }
 
+  void fail_rank(int rank, const std::string& why) {
+    std::vector<std::shared_ptr<PendingCall>> failed;
+    {
+      std::lock_guard lock(mutex);
+      for (auto it = pending.begin(); it != pending.end();) {
+        if (it->second->rank != rank) {
+          ++it;
+          continue;
+        }
+        failed.push_back(std::move(it->second));
+        it = pending.erase(it);
+      }
+    }
+    for (auto& p : failed) p->finish(std::nullopt, why);
+  }
+
   std::shared_ptr<PendingCall> send(int rank, std::unique_ptr<core::OutMessage> message, uint64_t id, std::string what) {
     auto p = std::make_shared<PendingCall>();
     p->rank = rank;
@@ -232,6 +248,7 @@ core::Batch WorkerGroup::received(const core::InMessage& in, proto::BatchMeta::R
 }
 
 void WorkerGroup::fail(const std::string& failure) { io_->fail(failure); }
+void WorkerGroup::fail_rank(int rank, const std::string& failure) { io_->fail_rank(rank, failure); }
 
 int64_t WorkerGroup::transfer_bytes() const { return io_->bytes.load(); }
 

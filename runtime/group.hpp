@@ -137,6 +137,14 @@ class WorkerGroup {
     return send(args, ranks, parts, counted);
   }
 
+  // A OneToAll method on one rank alone (a replacement worker's configure and start).
+  template <WorkerMethod M>
+  Future<M> call_rank(int rank, const M& args, const Input& input = {}) {
+    static_assert(M::spec.dispatch == Dispatch::OneToAll, "call_rank is for methods every rank takes");
+    if (rank < 0 || rank >= size()) throw Error("worker group " + name_ + " has no rank " + std::to_string(rank));
+    return send(args, {rank}, {input});
+  }
+
   // A OneRank method on replica `replica` (its rank, when tp is 1): every rank of the replica
   // takes it; the replica's first rank answers.
   template <WorkerMethod M>
@@ -151,6 +159,9 @@ class WorkerGroup {
 
   // Ends every pending and later call with `failure` (a worker of the cluster died).
   void fail(const std::string& failure);
+  // Ends the calls pending on `rank` alone with `failure` (the worker is being replaced; later
+  // calls go to its replacement, at the same address).
+  void fail_rank(int rank, const std::string& failure);
   // Tensor bytes sent to and received from this group's workers so far (calls and pulls).
   int64_t transfer_bytes() const;
   // The reference to an object kept by `rank`.

@@ -64,7 +64,7 @@ class Runtime {
     role_->add_methods(methods_);
     outbox_.bind(kOutbox);
     router_.set(zmq::sockopt::linger, 1000);
-    router_.bind("tcp://" + info_.host + ":*");
+    router_.bind(info_.rpc_endpoint.empty() ? "tcp://" + info_.host + ":*" : info_.rpc_endpoint);
     endpoint_ = router_.get(zmq::sockopt::last_endpoint);
     for (const auto& lane : methods_.lanes()) lanes_.emplace(lane, std::make_unique<Lane>(*this, lane, lane != "main"));
   }

@@ -30,6 +30,7 @@ struct WorkerInfo {
   std::chrono::milliseconds heartbeat{500};
   int controller_pid = 0;  // the process that started this worker; 0: not checked
   std::string heartbeat_to, metrics_to;  // the controller's endpoints
+  std::string rpc_endpoint;  // "" = any free port; a replacement binds the address of the worker it replaces
   std::string name() const { return role + "/" + std::to_string(rank); }
 };
 

@@ -159,10 +159,11 @@ TEST_CASE("impala_runs_a_short_job_and_logs_the_policy_lag") {
   CHECK(contains(single.err, "trains on fragments from distributed actors"));
 }
 
-TEST_CASE("distributed_run_fails_naming_a_killed_worker_and_leaves_no_workers") {
+TEST_CASE("with_fault_policy_stop_a_killed_worker_fails_the_run_naming_it_and_leaves_no_workers") {
   test::TempDir dir;
   const std::string run = (dir.path() / "r").string();
-  test::CliProcess p(kCli, {"run", "-q", kConfig, "train.total_steps=100000000", "stop.mean_return=100000", "run.dir=r"},
+  test::CliProcess p(kCli, {"run", "-q", kConfig, "train.total_steps=100000000", "stop.mean_return=100000", "run.dir=r",
+                            "fault.on_worker_failure=stop"},
                      dir.path(), dir.path());
   REQUIRE(wait_until([&] { return workers_of(run).size() == 4; }, 60));
   REQUIRE(test::kill_worker(run, "policy_worker"));
@@ -180,7 +181,7 @@ TEST_CASE("a_stopped_worker_is_found_by_its_silence_and_named_with_its_host") {
   test::TempDir dir;
   const std::string run = (dir.path() / "r").string();
   test::CliProcess p(kCli, {"run", "-q", kConfig, "train.total_steps=100000000", "stop.mean_return=100000", "run.dir=r",
-                            "distributed.heartbeat_timeout_ms=1500"},
+                            "fault.heartbeat_timeout_ms=1500", "fault.on_worker_failure=stop"},
                      dir.path(), dir.path());
   const fs::path log = dir.path() / "r" / "log.txt";
   REQUIRE(wait_until([&] { return fs::exists(log) && contains(core::read_file(log), "workers running"); }, 60));

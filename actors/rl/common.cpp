@@ -33,6 +33,10 @@ void MetricsPusher::push(int64_t step, const core::Scalars& values) {
 }
 
 std::string bind_endpoint(const runtime::WorkerInfo& info, const DistributedRlConfig& c, const std::string& stream) {
+  // A replacement of a failed worker takes over its predecessor's address, so the peers'
+  // connections come back on their own.
+  const auto before = core::directory_name_service(info.name_dir)->get(core::names::stream_endpoint(info.experiment, info.trial, stream + "/" + info.name()));
+  if (before) return *before;
   if (c.transport != "ipc") return "tcp://" + info.host + ":*";
   const fs::path dir = fs::path(info.name_dir).parent_path() / "sockets";
   fs::create_directories(dir);

@@ -32,6 +32,11 @@ using runtime::MethodSpec;
 inline constexpr MethodSpec kPublish{"trainer.publish", Dispatch::OneToAll, Collect::AllRanks};
 using Publish = runtime::NoArgs<kPublish, runtime::Version>;
 
+// A policy worker was replaced: an env actor that asks it sends its unanswered requests again
+// (the replacement has the same address; what the failed one held is gone).
+inline constexpr MethodSpec kResend{"inference.resend", Dispatch::OneToAll, Collect::AllRanks, "control"};
+using Resend = runtime::NoArgs<kResend>;
+
 // A checkpoint shard: a trainer's state at version `step` (it is paused there), an env actor's at
 // the fragment boundary `step` (deterministic runs; else its newest), into `dir`; and loading it
 // back before start.
@@ -53,7 +58,8 @@ class MetricsPusher {
 };
 
 // Where a worker's stream listens: TCP on the worker's host, or an IPC socket in the run
-// directory when `distributed.transport: ipc` (one machine only).
+// directory when `distributed.transport: ipc` (one machine only); a replacement of a failed
+// worker binds its predecessor's address (its entry "<stream>/<worker>" in the name service).
 std::string bind_endpoint(const runtime::WorkerInfo& info, const DistributedRlConfig& c, const std::string& stream);
 // The name-service address of a stream ("samples/trainer/0"), published or awaited.
 void publish_stream(const runtime::WorkerInfo& info, const std::string& stream, const std::string& endpoint);

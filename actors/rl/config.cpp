@@ -71,7 +71,7 @@ DistributedRlConfig DistributedRlConfig::read(core::ConfigView root) {
     d.fail("buffer_mode", "replay draws fragments as they happen to be queued; a deterministic run cannot use it");
   c.max_staleness = d.get<int64_t>("max_staleness", c.on_policy ? 1 : algorithms::Staleness::kUnbounded, core::at_least<int64_t>(-1));
   c.max_delay_ms = d.get<int64_t>("max_delay_ms", c.max_delay_ms, core::at_least<int64_t>(0));
-  c.heartbeat_timeout_ms = d.get<int64_t>("heartbeat_timeout_ms", c.heartbeat_timeout_ms, core::at_least<int64_t>(100));
+  if (d.has("heartbeat_timeout_ms")) d.fail("heartbeat_timeout_ms", "moved: every program's failure detection is fault.heartbeat_timeout_ms now");
   return c;
 }
 

@@ -34,7 +34,6 @@ struct DistributedRlConfig {
   int64_t buffer_capacity = 64;
   std::string buffer_mode = "fifo";
   int64_t max_staleness = 1;  // versions a fragment may lag the trainer: 1 on-policy, -1 (unbounded) off-policy
-  int64_t heartbeat_timeout_ms = 10000;
   // checkpoint:
   int checkpoint_every = 0;  // trainer updates between checkpoints; 0: only at the end
   int checkpoint_keep = 3;

@@ -44,9 +44,14 @@ class EnvActor final : public runtime::Role {
     const std::string target = c_.sample_target(info().rank);
     samples_ = core::zmq_sample_sender(context_, await_stream(info(), "samples/" + target, target), info().name());
     metrics_ = std::make_unique<MetricsPusher>(context_, info());
+    remember();  // a checkpoint before the first fragment (a replacement's) holds the start
   }
 
   void add_methods(runtime::Methods& m) override {
+    m.on<Resend>([this](const Resend&) {
+      resend_ = true;  // the act loop sends them, on its own socket
+      return runtime::Void{};
+    });
     m.on<SaveShard>([this](const SaveShard& s) {
       std::lock_guard lock(snapshots_mutex_);
       if (snapshots_.empty()) throw Error("env actor " + info().name() + " has sent no fragment yet");
@@ -66,6 +71,11 @@ class EnvActor final : public runtime::Role {
       for (size_t k = 0; k < envs_.size(); ++k) envs_[k]->restore(s.with_prefix("env" + std::to_string(k) + "."));
       fragments_ = s.counters.at("fragments");
       steps_done_ = s.counters.at("env_steps");
+      {
+        std::lock_guard lock(snapshots_mutex_);
+        snapshots_.clear();
+      }
+      remember();
       return runtime::Version{fragments_};
     });
   }
@@ -121,7 +131,9 @@ class EnvActor final : public runtime::Role {
       for (int64_t t = 0; t < T && !life().stopping(); ++t) {
         for (size_t k = 0; k < envs_.size() && !life().stopping(); ++k) {
           const auto w0 = std::chrono::steady_clock::now();
-          auto [reply, version] = policy_ ? act_inline(tracks[k], k, fragment) : inference_->wait(tracks[k].pending, 10min);
+          auto answer = policy_ ? std::optional(act_inline(tracks[k], k, fragment)) : await(tracks[k].pending);
+          if (!answer) break;  // stopping
+          auto& [reply, version] = *answer;
           wait_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
           oldest = std::min(oldest, version);
           step(tracks[k], *envs_[k], reply, stats);
@@ -145,6 +157,21 @@ class EnvActor final : public runtime::Role {
       metrics_->push(steps_done_, {{"env_steps", static_cast<double>(fragment_steps)},
                                    {"perf/actor_wait_share", wait_s / std::max(elapsed, 1e-9)}});
     }
+  }
+
+  // The policy worker's reply to request `id`; its unanswered requests go out again when it was
+  // replaced. Nothing when the actor is stopping.
+  std::optional<std::pair<core::Batch, int64_t>> await(uint64_t id) {
+    const auto deadline = std::chrono::steady_clock::now() + 10min;
+    while (!life().stopping()) {
+      if (resend_.exchange(false)) inference_->resend();
+      try {
+        return inference_->wait(id, 250ms);
+      } catch (const TimeoutError&) {
+        if (std::chrono::steady_clock::now() > deadline) throw;
+      }
+    }
+    return std::nullopt;
   }
 
   void step(Track& tr, envs::VecEnv& env, const core::Batch& reply, core::Scalars& stats) {
@@ -239,6 +266,7 @@ class EnvActor final : public runtime::Role {
   at::Generator gen_ = at::make_generator<at::CPUGeneratorImpl>(777);
   int64_t version_ = -1;
   std::unique_ptr<core::InferenceClient> inference_;
+  std::atomic<bool> resend_{false};
   std::unique_ptr<core::SampleSender> samples_;
   std::unique_ptr<MetricsPusher> metrics_;
   std::atomic<int64_t> steps_done_{0}, fragments_{0};

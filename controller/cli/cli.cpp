@@ -474,6 +474,7 @@ void add_worker_command(CLI::App& app, Commands& commands) {
   worker->add_option("--controller-pid", info->controller_pid);
   worker->add_option("--heartbeat-to", info->heartbeat_to)->required();
   worker->add_option("--metrics-to", info->metrics_to)->required();
+  worker->add_option("--bind-rpc", info->rpc_endpoint, "the RPC address to bind (a replacement's: its predecessor's)");
 
   commands.emplace_back(worker, [info, heartbeat_ms, interface] {
     info->heartbeat = std::chrono::milliseconds(*heartbeat_ms);

@@ -1,5 +1,6 @@
 #include "controller/cluster/cluster.hpp"
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <spdlog/spdlog.h>
@@ -11,9 +12,11 @@
 #include <deque>
 #include <fstream>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <thread>
 #include <zmq.hpp>
 
+#include "core/config.hpp"
 #include "core/error.hpp"
 #include "core/process.hpp"
 #include "core/wire.hpp"
@@ -22,17 +25,67 @@ namespace flotilla::controller {
 namespace fs = std::filesystem;
 namespace asio = boost::asio;
 
+FaultConfig FaultConfig::read(const core::ConfigView& v) {
+  FaultConfig c;
+  c.heartbeat_timeout_ms = v.get<int64_t>("heartbeat_timeout_ms", c.heartbeat_timeout_ms, core::at_least<int64_t>(100));
+  auto policy = [](const core::ConfigView& x, const FaultPolicy& fallback) {
+    FaultPolicy p;
+    p.restart = x.choice("on_worker_failure", fallback.restart ? "restart" : "stop", {"restart", "stop"}) == "restart";
+    p.max_restarts = x.get<int>("max_restarts", fallback.max_restarts, core::at_least(0));
+    p.backoff_s = x.get<double>("restart_backoff_s", fallback.backoff_s, core::at_least(0.0));
+    return p;
+  };
+  c.defaults = policy(v, c.defaults);
+  for (const core::ConfigView& g : v.list("groups")) {
+    const std::string name = g.require<std::string>("group");
+    if (c.groups.count(name)) g.fail("group", "group '" + name + "' is listed twice");
+    c.groups[name] = policy(g, c.defaults);
+  }
+  return c;
+}
+
+const FaultPolicy& FaultConfig::group(const std::string& name) const {
+  auto it = groups.find(name);
+  return it == groups.end() ? defaults : it->second;
+}
+
+void check_named_groups(const std::vector<std::string>& groups, const LauncherConfig& launcher, const FaultConfig& fault) {
+  auto check = [&](const std::string& section, const auto& named) {
+    for (const auto& [name, x] : named)
+      if (std::find(groups.begin(), groups.end(), name) == groups.end()) {
+        std::string known;
+        for (const auto& g : groups) known += (known.empty() ? "" : ", ") + g;
+        throw ConfigError(section + ": this run has no worker group '" + name + "' (its groups: " + (known.empty() ? "none" : known) + ")");
+      }
+  };
+  check("launcher.groups", launcher.groups);
+  check("fault.groups", fault.groups);
+}
+
+namespace {
+
+double unix_now() { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); }
+
+}  // namespace
+
 // The event loop: child exits (Boost.Process on the loop's SIGCHLD service), heartbeats and
-// metrics (the sockets' file descriptors), heartbeat deadlines (a timer per worker).
+// metrics (the sockets' file descriptors), heartbeat deadlines (a timer per worker), and the
+// start of replacements after their backoff.
 struct Cluster::Monitor {
   struct Proc {
-    std::string name;
+    std::string name, group;
+    int rank = 0;
+    core::ProcessSpec spec;  // the worker command, before a launcher wraps it
     std::unique_ptr<core::Process> process;
-    std::unique_ptr<asio::steady_timer> deadline;
-    std::string endpoint;  // from its first heartbeat
+    std::unique_ptr<asio::steady_timer> deadline, backoff;
+    std::string endpoint;  // from its first heartbeat; a replacement binds the same
     std::string node;      // under Slurm: the node it runs on
     std::filesystem::path log;  // under Slurm: its output
     bool exited = false;
+    bool replacing = false;  // failed, and its replacement has not sent a heartbeat yet
+    std::string silent;      // why it was killed: it sent no heartbeats
+    std::string why;         // its last failure
+    std::chrono::steady_clock::time_point detected;
   };
 
   zmq::context_t context{1};
@@ -41,16 +94,24 @@ struct Cluster::Monitor {
   asio::io_context io;
   asio::posix::stream_descriptor beat_fd{io}, metrics_fd{io};
   std::deque<Proc> procs;  // stable addresses: the loop's handlers point at them
-  std::chrono::milliseconds timeout{3000};
+  std::chrono::milliseconds timeout{3000}, start_timeout{60000};
+  ClusterOptions options;
+  fs::path faults_log;  // RUN_DIR/faults.jsonl
   std::thread thread;
   core::DropCounter drops;
 
-  mutable std::mutex mutex;  // guards everything below, and procs' endpoint and exited
+  mutable std::mutex mutex;  // guards everything below, and procs' endpoint, exited and replacing
   std::condition_variable changed;
-  std::string failure;
-  bool stopping = false, woken = false;
+  std::string failure, failed_group;
+  int failed_rank = 0;
+  std::chrono::steady_clock::time_point failed_at;
+  bool restore = false;
+  bool stopping = false, woken = false, up = false;
   std::deque<WorkerMetrics> rows;
   std::vector<runtime::WorkerGroup*> groups;
+  std::map<std::string, int> restarts;  // by group
+  std::deque<Replacement> replaced;
+  int64_t failures = 0;
 
   ~Monitor() {
     io.stop();
@@ -61,16 +122,27 @@ struct Cluster::Monitor {
   }
 
   // Ends every pending call with `why`; the first failure is the one reported.
-  void fail(const std::string& why) {
+  void fail(const std::string& why, const Proc* p = nullptr, bool restorable = false) {
     std::vector<runtime::WorkerGroup*> to_fail;
     {
       std::lock_guard lock(mutex);
       if (stopping || !failure.empty()) return;
       failure = why;
+      if (p) failed_group = p->group, failed_rank = p->rank;
+      failed_at = std::chrono::steady_clock::now();
+      restore = restorable;
       to_fail = groups;
     }
     for (auto* g : to_fail) g->fail(why);
     changed.notify_all();
+  }
+
+  // One line per failure and rejoin, for people and for scripts/soak.
+  void record(nlohmann::json entry) {
+    if (faults_log.empty()) return;
+    entry["time"] = unix_now();
+    std::lock_guard lock(mutex);
+    std::ofstream(faults_log, std::ios::app) << entry.dump() << '\n';
   }
 
   // "worker trainer/1 on host vm (pid 123)", or under Slurm "worker trainer/1 on node n2 (srun pid 123)".
@@ -106,15 +178,85 @@ struct Cluster::Monitor {
     changed.notify_all();
     // srun exits with 128 + N when its task was killed by signal N.
     if (!p.node.empty() && status.signal == 0 && status.code > 128) status = {0, status.code - 128};
-    fail(who(p) + " " + status.str() + last_lines(p));
+    failed(p, p.silent.empty() ? who(p) + " " + status.str() + last_lines(p) : p.silent);
+  }
+
+  // What a failure does: the group's policy, while its restarts last.
+  void failed(Proc& p, const std::string& why) {
+    const FaultPolicy& policy = options.fault.group(p.group);
+    int used = 0;
+    bool ready = false;
+    {
+      std::lock_guard lock(mutex);
+      if (stopping || !failure.empty()) return;
+      used = restarts[p.group];
+      ready = up;
+      ++failures;
+    }
+    const std::string action = !policy.restart || !ready || used >= policy.max_restarts ? "stop"
+                               : options.replaceable.count(p.group)                    ? "replace"
+                                                                                       : "restore";
+    record({{"event", "failed"}, {"worker", p.name}, {"pid", p.process->pid()}, {"reason", why}, {"action", action}});
+    if (action == "stop") {
+      const bool spent = policy.restart && ready;
+      return fail(why + (spent ? "; group " + p.group + " has used its " + std::to_string(policy.max_restarts) + " restarts (fault.max_restarts)" : ""),
+                  &p);
+    }
+    {
+      std::lock_guard lock(mutex);
+      ++restarts[p.group];
+    }
+    if (action == "restore") return fail(why, &p, true);
+    spdlog::warn("{}; replacing it in {:.1f} s (restart {} of {} for group {})", why, policy.backoff_s, used + 1, policy.max_restarts, p.group);
+    {
+      std::lock_guard lock(mutex);
+      p.replacing = true;
+      p.why = why;
+      p.detected = std::chrono::steady_clock::now();
+      for (auto* g : groups)
+        if (g->name() == p.group) g->fail_rank(p.rank, why);
+    }
+    p.backoff->expires_after(std::chrono::milliseconds(static_cast<int64_t>(policy.backoff_s * 1000)));
+    p.backoff->async_wait([this, &p](const boost::system::error_code& ec) {
+      if (ec) return;
+      try {
+        spawn(p);
+      } catch (const std::exception& e) {
+        fail(who(p) + " could not be replaced: " + e.what(), &p);
+      }
+    });
+  }
+
+  // Starts the worker `p` names (again, at its old address, when it replaces one that failed).
+  void spawn(Proc& p) {
+    core::ProcessSpec spec = p.spec;
+    if (!p.endpoint.empty()) spec.args.insert(spec.args.end(), {"--bind-rpc", p.endpoint});
+    if (!p.node.empty()) spec = slurm::worker_step(options.launcher, p.group, p.node, p.log, spec);
+    p.silent.clear();
+    {
+      std::lock_guard lock(mutex);
+      p.exited = false;
+    }
+    p.process = std::make_unique<core::Process>(spec, io, [this, &p](core::ExitStatus s) { exited(p, s); });
+    arm(p, start_timeout, true);  // until its first heartbeat, silence is start-up
   }
 
   void arm(Proc& p, std::chrono::milliseconds after, bool starting = false) {
     p.deadline->expires_after(after);
     p.deadline->async_wait([this, &p, after, starting](const boost::system::error_code& ec) {
       if (ec) return;  // re-armed by a heartbeat, or cancelled
-      fail(who(p) + (starting ? " did not start: no heartbeat within " : " sent no heartbeat for ") + std::to_string(after.count()) +
-           " ms" + last_lines(p));
+      const std::string why = who(p) + (starting ? " did not start: no heartbeat within " : " sent no heartbeat for ") +
+                              std::to_string(after.count()) + " ms" + last_lines(p);
+      const FaultPolicy& policy = options.fault.group(p.group);
+      bool can_restart = false;
+      {
+        std::lock_guard lock(mutex);
+        can_restart = up && policy.restart && restarts[p.group] < policy.max_restarts;
+      }
+      if (!can_restart) return fail(why, &p);
+      // Stopped or cut off: it is killed, and its exit is the failure.
+      p.silent = why;
+      p.process->signal(SIGKILL);
     });
   }
 
@@ -124,7 +266,12 @@ struct Cluster::Monitor {
       if (p.name != from) continue;
       {
         std::lock_guard lock(mutex);
+        if (p.exited) continue;  // sent before it died
         if (p.endpoint.empty()) p.endpoint = m.envelope().getHeartbeat().getEndpoint().cStr();
+        if (p.replacing) {
+          p.replacing = false;
+          replaced.push_back({p.group, p.rank, p.why, p.detected});
+        }
       }
       arm(p, timeout);
       changed.notify_all();
@@ -168,21 +315,23 @@ Cluster::Cluster(const fs::path& run_dir, std::string experiment, const std::vec
       monitor_(std::make_unique<Monitor>()) {
   Monitor& m = *monitor_;
   m.timeout = options.heartbeat_timeout;
+  m.start_timeout = options.start_timeout;
+  m.options = options;
+  m.restarts = options.restarts;
+  m.faults_log = fs::absolute(run_dir / "faults.jsonl");
   const LauncherConfig& launch = options.launcher;
+  std::vector<std::string> names;
+  for (const auto& w : workers) names.push_back(w.group);
+  check_named_groups(names, launch, options.fault);
   // Under Slurm the workers are on other nodes: everything binds this node's address.
   const std::string host = launch.slurm() ? core::node_address(launch.interface) : "127.0.0.1";
   std::map<std::string, std::vector<std::string>> nodes;
   if (launch.slurm()) {
     std::vector<std::pair<std::string, int>> counts;
     for (const auto& spec : workers) counts.push_back({spec.group, spec.count});
-    for (const auto& [name, g] : launch.groups)
-      if (std::none_of(counts.begin(), counts.end(), [&](const auto& c) { return c.first == name; })) {
-        std::string known;
-        for (const auto& c : counts) known += (known.empty() ? "" : ", ") + c.first;
-        throw ConfigError("launcher.groups: this run has no worker group '" + name + "' (its groups: " + known + ")");
-      }
     nodes = slurm::place(launch, counts, slurm::allocation_nodes());
     fs::create_directories(run_dir / "workers");
+    m.start_timeout = std::chrono::milliseconds(static_cast<int64_t>(launch.start_timeout_s * 1000));
   }
   for (zmq::socket_t* s : {&m.heartbeats, &m.metrics}) {
     s->set(zmq::sockopt::linger, 0);
@@ -195,30 +344,28 @@ Cluster::Cluster(const fs::path& run_dir, std::string experiment, const std::vec
 
   for (const auto& spec : workers) {
     for (int rank = 0; rank < spec.count; ++rank) {
-      const std::string name = spec.group + "/" + std::to_string(rank);
-      core::ProcessSpec p{options.executable,
-                          {"worker", "--role", spec.group, "--rank", std::to_string(rank), "--world-size", std::to_string(spec.count),
-                           "--experiment", experiment_, "--trial", trial_, "--name-dir", name_dir_.string(), "--heartbeat-ms",
-                           std::to_string(options.heartbeat.count()), "--heartbeat-to", beat_to, "--metrics-to", metrics_to},
-                          "worker " + name};
       Monitor::Proc& proc = m.procs.emplace_back();
-      proc.name = name;
-      auto start_timeout = options.start_timeout;
+      proc.group = spec.group;
+      proc.rank = rank;
+      proc.name = spec.group + "/" + std::to_string(rank);
+      proc.spec = {options.executable,
+                   {"worker", "--role", spec.group, "--rank", std::to_string(rank), "--world-size", std::to_string(spec.count),
+                    "--experiment", experiment_, "--trial", trial_, "--name-dir", name_dir_.string(), "--heartbeat-ms",
+                    std::to_string(options.heartbeat.count()), "--heartbeat-to", beat_to, "--metrics-to", metrics_to},
+                   "worker " + proc.name};
       if (launch.slurm()) {
         // A job step on its node; it binds that node's address, and ends with its step (Slurm
         // ends the steps when the controller's job ends).
-        p.program = fs::canonical(options.executable);
-        p.args.insert(p.args.end(), {"--host", "auto", "--interface", launch.interface});
+        proc.spec.program = fs::canonical(options.executable);
+        proc.spec.args.insert(proc.spec.args.end(), {"--host", "auto", "--interface", launch.interface});
         proc.node = nodes.at(spec.group).at(static_cast<size_t>(rank));
         proc.log = fs::absolute(run_dir / "workers" / (spec.group + "-" + std::to_string(rank) + ".log"));
-        p = slurm::worker_step(launch, spec.group, proc.node, proc.log, p);
-        start_timeout = std::chrono::milliseconds(static_cast<int64_t>(launch.start_timeout_s * 1000));
       } else {
-        p.args.insert(p.args.end(), {"--controller-pid", std::to_string(::getpid())});
+        proc.spec.args.insert(proc.spec.args.end(), {"--controller-pid", std::to_string(::getpid())});
       }
       proc.deadline = std::make_unique<asio::steady_timer>(m.io);
-      proc.process = std::make_unique<core::Process>(p, m.io, [&m, &proc](core::ExitStatus s) { m.exited(proc, s); });
-      m.arm(proc, start_timeout, true);  // until its first heartbeat, silence is start-up
+      proc.backoff = std::make_unique<asio::steady_timer>(m.io);
+      m.spawn(proc);
     }
   }
   m.beat_fd.assign(m.heartbeats.get(zmq::sockopt::fd));
@@ -253,6 +400,7 @@ Cluster::Cluster(const fs::path& run_dir, std::string experiment, const std::vec
   }
   std::lock_guard lock(m.mutex);
   for (auto& [name, g] : groups_) m.groups.push_back(g.get());
+  m.up = true;  // from here a failure may be replaced
 }
 
 Cluster::~Cluster() {
@@ -271,8 +419,10 @@ Cluster::~Cluster() {
     }
   }
   groups_.clear();
-  // Give the workers a moment to leave on their own; the monitor's processes end the rest.
+  // Give the workers a moment to leave on their own; the monitor's processes end the rest (at
+  // once after a failure: the calls to stop were not sent).
   std::unique_lock lock(m.mutex);
+  if (!m.failure.empty()) return;
   m.changed.wait_for(lock, std::chrono::seconds(3), [&] {
     for (const auto& p : m.procs)
       if (!p.exited) return false;
@@ -283,7 +433,7 @@ Cluster::~Cluster() {
 std::vector<Cluster::WorkerMetrics> Cluster::metrics(std::chrono::milliseconds wait) {
   Monitor& m = *monitor_;
   std::unique_lock lock(m.mutex);
-  m.changed.wait_for(lock, wait, [&] { return !m.rows.empty() || !m.failure.empty() || m.woken; });
+  m.changed.wait_for(lock, wait, [&] { return !m.rows.empty() || !m.failure.empty() || m.woken || !m.replaced.empty(); });
   m.woken = false;
   std::vector<WorkerMetrics> out(std::make_move_iterator(m.rows.begin()), std::make_move_iterator(m.rows.end()));
   m.rows.clear();
@@ -306,7 +456,41 @@ runtime::WorkerGroup& Cluster::group(const std::string& name) {
 
 void Cluster::check() const {
   std::lock_guard lock(monitor_->mutex);
-  if (!monitor_->failure.empty()) throw Error(monitor_->failure);
+  if (monitor_->failure.empty()) return;
+  WorkerFailure f(monitor_->failure, monitor_->failed_group, monitor_->failed_rank, monitor_->restore);
+  f.detected = monitor_->failed_at;
+  throw f;
+}
+
+std::vector<Replacement> Cluster::replaced() {
+  std::lock_guard lock(monitor_->mutex);
+  std::vector<Replacement> out(monitor_->replaced.begin(), monitor_->replaced.end());
+  monitor_->replaced.clear();
+  return out;
+}
+
+void Cluster::rejoined(const Replacement& r) {
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - r.detected).count();
+  const std::string worker = r.group + "/" + std::to_string(r.rank);
+  spdlog::info("worker {} is back {:.2f} s after its failure", worker, seconds);
+  monitor_->record({{"event", "rejoined"}, {"worker", worker}, {"pid", pid(r.group, r.rank)}, {"restart_s", seconds}});
+}
+
+int64_t Cluster::failures() const {
+  std::lock_guard lock(monitor_->mutex);
+  return monitor_->failures;
+}
+
+std::map<std::string, int> Cluster::restarts() const {
+  std::lock_guard lock(monitor_->mutex);
+  return monitor_->restarts;
+}
+
+int Cluster::replacing() const {
+  std::lock_guard lock(monitor_->mutex);
+  int n = static_cast<int>(monitor_->replaced.size());  // up, not yet rejoined
+  for (const auto& p : monitor_->procs) n += p.replacing;
+  return n;
 }
 
 pid_t Cluster::pid(const std::string& group, int rank) const {

@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,30 @@ struct WorkerSpec {
   int tp = 1;  // ranks per tensor-parallel replica (runtime::WorkerGroup)
 };
 
+// A worker's failure, as check() throws it. `restore`: the group's policy is restart, but the
+// role's state cannot be rebuilt in place, so the run goes back to its last checkpoint.
+struct WorkerFailure : Error {
+  WorkerFailure(const std::string& what, std::string group, int rank, bool restore)
+      : Error(what), group(std::move(group)), rank(rank), restore(restore) {}
+  std::string group;
+  int rank = 0;
+  bool restore = false;
+  std::chrono::steady_clock::time_point detected = std::chrono::steady_clock::now();
+};
+
+// A failed worker whose replacement is up (it sent its first heartbeat): the program configures
+// and starts it, then calls Cluster::rejoined (also after bringing a run back to its checkpoint).
+struct Replacement {
+  std::string group;
+  int rank = 0;
+  std::string why;  // the failure
+  std::chrono::steady_clock::time_point detected;
+};
+
+// Every group named under launcher.groups and fault.groups must be one of the run's `groups`;
+// throws ConfigError naming the section and the group.
+void check_named_groups(const std::vector<std::string>& groups, const LauncherConfig& launcher, const FaultConfig& fault);
+
 struct ClusterOptions {
   std::filesystem::path executable = "/proc/self/exe";  // the flotilla binary that runs workers
   std::chrono::milliseconds heartbeat{200};
@@ -36,6 +61,9 @@ struct ClusterOptions {
   std::chrono::milliseconds start_timeout{60000};
   std::chrono::milliseconds call_timeout{60000};
   LauncherConfig launcher;  // kind slurm: every worker a job step of the allocation this runs in
+  FaultConfig fault;        // what a worker's failure does, per group
+  std::set<std::string> replaceable;  // groups whose failed workers are replaced in place
+  std::map<std::string, int> restarts;  // by group: those used already (by an earlier cluster of the run)
 };
 
 class Cluster {
@@ -63,8 +91,17 @@ class Cluster {
   std::vector<WorkerMetrics> metrics(std::chrono::milliseconds wait);
   // Ends a metrics() wait, e.g. on Ctrl-C.
   void wake();
-  // Throws Error naming the first worker that exited or went silent.
+  // Throws WorkerFailure naming the first worker that exited or went silent and was not replaced.
   void check() const;
+  // Replacements that came up since the last call (metrics() also returns when one does).
+  std::vector<Replacement> replaced();
+  // The program has configured and started `r`: logged, and written to RUN_DIR/faults.jsonl.
+  void rejoined(const Replacement& r);
+  // Worker failures so far (replaced or not), and replacements not rejoined yet.
+  int64_t failures() const;
+  int replacing() const;
+  // Restarts used by group (fault.max_restarts bounds each), including options.restarts.
+  std::map<std::string, int> restarts() const;
   pid_t pid(const std::string& group, int rank) const;
   // Tensor bytes sent to and received from every worker group so far.
   int64_t transfer_bytes() const;

@@ -7,6 +7,7 @@
 // its name and node, and the controller decides which node each worker runs on (groups spread
 // over the nodes or packed on one). Workers bind to their node's address; the name service and
 // the c10d stores live in the run directory, which must be on a file system every node shares.
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -44,6 +45,26 @@ struct LauncherConfig {
   static LauncherConfig read(const core::ConfigView& launcher);
   bool slurm() const { return kind == "slurm"; }
   Group group(const std::string& name) const;
+};
+
+// What the controller does when a worker fails (`fault:` in the experiment; `fault.groups` sets a
+// group's own policy). A worker is failed when its process exits or it sends no heartbeat for
+// `heartbeat_timeout_ms` (a stopped or unreachable one is then killed). `restart` replaces it:
+// the same group and rank, started again at the same addresses, so its peers' connections come
+// back on their own; a role whose state cannot be rebuilt from its peers (an RL trainer, an RLHF
+// actor or critic, any worker of a deterministic run) instead brings the whole run back to its
+// last checkpoint. `stop` ends the run with the failure, as a run without this section did.
+struct FaultPolicy {
+  bool restart = true;     // on_worker_failure: restart | stop
+  int max_restarts = 10;   // replacements of the group's workers over the run; the next failure stops it
+  double backoff_s = 1.0;  // restart_backoff_s: from the failure to starting the replacement
+};
+struct FaultConfig {
+  int64_t heartbeat_timeout_ms = 2000;
+  FaultPolicy defaults;
+  std::map<std::string, FaultPolicy> groups;
+  static FaultConfig read(const core::ConfigView& fault);
+  const FaultPolicy& group(const std::string& name) const;
 };
 
 namespace slurm {

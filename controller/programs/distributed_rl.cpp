@@ -8,6 +8,8 @@
 
 #include <chrono>
 #include <map>
+#include <optional>
+#include <thread>
 
 #include "actors/rl/common.hpp"
 #include "actors/rl/config.hpp"
@@ -52,11 +54,43 @@ class DistributedRl final : public Program {
     return out;
   }
 
+  // A failed trainer (or any worker of a deterministic run) whose policy is restart brings the
+  // run back to its last checkpoint (its start when it has none); the other roles are replaced
+  // in place while training goes on (rejoin).
   RunResult run(RunContext& ctx) override {
     run_dir_ = ctx.dir;
+    while (true) {
+      try {
+        return run_workers(ctx);
+      } catch (const WorkerFailure& f) {
+        if (!f.restore) throw;
+        spdlog::warn("{}; bringing the run back to its last checkpoint", f.what());
+        std::this_thread::sleep_for(std::chrono::duration<double>(experiment_.fault.group(f.group).backoff_s));
+        restore(ctx);
+        restored_ = Replacement{f.group, f.rank, f.what(), f.detected};
+      }
+    }
+  }
+
+ private:
+  void restore(RunContext& ctx) {
+    pending_.clear();
+    wait_share_.clear();
+    if (latest_checkpoint(ctx.dir)) return resume(ctx.dir);
+    resume_ = nullptr;
+    version_ = env_steps_ = 0;
+    window_ = EpisodeWindow(stop_.window);
+    spdlog::info("no checkpoint yet: starting the run again");
+  }
+
+  RunResult run_workers(RunContext& ctx) {
     ClusterOptions options;
-    options.heartbeat_timeout = std::chrono::milliseconds(c_.heartbeat_timeout_ms);
+    options.heartbeat_timeout = std::chrono::milliseconds(experiment_.fault.heartbeat_timeout_ms);
     options.launcher = experiment_.launcher;
+    options.fault = experiment_.fault;
+    options.restarts = restarts_;
+    // A deterministic run's workers are in lockstep: none can be replaced without the others.
+    if (!c_.deterministic) options.replaceable = {"env_actor", "policy_worker", "buffer"};
     std::vector<WorkerSpec> specs;
     std::string layout;
     for (const auto& g : c_.workers) {
@@ -66,31 +100,59 @@ class DistributedRl final : public Program {
     spdlog::info("starting workers: {}", layout);
     Cluster cluster(ctx.dir, experiment_.name, specs, options);
     cluster_ = &cluster;
+    struct Forget {
+      DistributedRl& self;
+      ~Forget() {
+        self.restarts_ = self.cluster_->restarts();
+        self.cluster_ = nullptr;
+      }
+    } forget{*this};
     const auto woken = ctx.on_stop([&cluster] { cluster.wake(); });
-    start_workers(core::read_file(ctx.dir / "config.yaml"));
+    const std::string config = core::read_file(ctx.dir / "config.yaml");
+    start_workers(config);
     spdlog::info("workers running");
+    if (restored_) cluster.rejoined(*std::exchange(restored_, std::nullopt));
 
     RunResult result;
     clock_ = TrainClock(resume_.is_null() ? 0.0 : resume_.value("train_time_s", 0.0));
     int64_t last_checkpoint = version_;
     while (true) {
-      cluster.check();
       if (interrupted(ctx, result)) break;
-      take_metrics(ctx, cluster.metrics(std::chrono::seconds(10)));  // returns on rows, a failure or Ctrl-C
+      take_metrics(ctx, cluster.metrics(std::chrono::seconds(10)));  // returns on rows, a failure, a replacement or Ctrl-C
+      cluster.check();
+      for (const Replacement& r : cluster.replaced()) rejoin(r, config);
       if (stop_.stops(window_, env_steps_, clock_.seconds(), result)) break;
       if (env_steps_ >= c_.total_steps) break;
-      if (c_.checkpoint_every > 0 && version_ >= last_checkpoint + c_.checkpoint_every) last_checkpoint = checkpoint(ctx);
+      if (c_.checkpoint_every > 0 && version_ >= last_checkpoint + c_.checkpoint_every && cluster.replacing() == 0)
+        last_checkpoint = checkpoint(ctx).value_or(last_checkpoint);
     }
-    if (version_ != last_checkpoint || !latest_checkpoint(ctx.dir)) checkpoint(ctx);
+    while (version_ != last_checkpoint || !latest_checkpoint(ctx.dir)) {
+      cluster.check();
+      for (const Replacement& r : cluster.replaced()) rejoin(r, config);
+      if (auto v = checkpoint(ctx)) break;
+    }
     result.summary.push_back({"global_step", static_cast<double>(env_steps_)});
     result.summary.push_back({"iterations", static_cast<double>(version_)});
     result.summary.push_back({"train_time_s", clock_.seconds()});
+    int restarts = 0;
+    for (const auto& [group, n] : cluster.restarts()) restarts += n;
+    result.summary.push_back({"fault/restarts", static_cast<double>(restarts)});
     add_window_summary(window_, result);
-    cluster_ = nullptr;
     return result;
   }
 
- private:
+  // A replaced worker is configured and started like the one it replaces; env actors that asked
+  // a replaced policy worker send their unanswered requests again.
+  void rejoin(const Replacement& r, const std::string& config) {
+    runtime::WorkerGroup& g = cluster_->group(r.group);
+    g.call_rank(r.rank, runtime::Configure{config}).get();
+    g.call_rank(r.rank, runtime::Start{}).get();
+    if (r.group == "policy_worker")
+      for (int a = 0; a < c_.count("env_actor"); ++a)
+        if (a % c_.count("policy_worker") == r.rank) cluster_->group("env_actor").call_rank(a, actors::rl::Resend{}).get();
+    cluster_->rejoined(r);
+  }
+
   void start_workers(const std::string& config) {
     // Receivers first: the trainers' (and buffers') sample streams, then the policy workers the
     // actors ask for actions.
@@ -161,8 +223,29 @@ class DistributedRl final : public Program {
   }
 
   // Parks the trainers after their current update, has every trainer and env actor write its
-  // shard of that version, then writes the manifest and lets the trainers go on.
-  int64_t checkpoint(RunContext& ctx) {
+  // shard of that version, then writes the manifest and lets the trainers go on. A worker that
+  // fails meanwhile and is replaced abandons the checkpoint (nothing: the shards written are
+  // removed, the trainers go on, and the next one is tried at the next interval).
+  std::optional<int64_t> checkpoint(RunContext& ctx) {
+    const int64_t failures = cluster_->failures();
+    fs::path shard_dir;
+    try {
+      return write_checkpoint(ctx, shard_dir);
+    } catch (const WorkerFailure&) {
+      throw;
+    } catch (const Error& e) {
+      if (cluster_->failures() == failures) throw;
+      spdlog::warn("checkpoint abandoned: {}", e.what());
+      if (!shard_dir.empty()) fs::remove_all(shard_dir);
+      try {
+        cluster_->run("trainer", runtime::Resume{});
+      } catch (const Error&) {  // a trainer failed too: check() says so
+      }
+      return std::nullopt;
+    }
+  }
+
+  int64_t write_checkpoint(RunContext& ctx, fs::path& shard_dir) {
     int64_t version = -1;
     for (const auto& s : cluster_->run("trainer", runtime::Pause{}).ranks) {
       const auto v = static_cast<int64_t>(s.counter("version"));
@@ -178,9 +261,9 @@ class DistributedRl final : public Program {
       take_metrics(ctx, cluster_->metrics(std::chrono::seconds(1)));
     }
     const std::string dir = step_dir(version);
-    const std::string shard_dir = (ctx.dir / dir).string();
-    cluster_->run("trainer", actors::rl::SaveShard{.dir = shard_dir, .step = version});
-    cluster_->run("env_actor", actors::rl::SaveShard{.dir = shard_dir, .step = version});
+    shard_dir = ctx.dir / dir;
+    cluster_->run("trainer", actors::rl::SaveShard{.dir = shard_dir.string(), .step = version});
+    cluster_->run("env_actor", actors::rl::SaveShard{.dir = shard_dir.string(), .step = version});
     nlohmann::ordered_json m = rl_manifest(version, env_steps_, clock_.seconds(), window_, c_.env.id, ctx.dir);
     m["program"] = "rl";
     m["dir"] = dir;
@@ -200,6 +283,8 @@ class DistributedRl final : public Program {
   int64_t version_ = 0, env_steps_ = 0;
   std::map<int64_t, std::vector<Cluster::WorkerMetrics>> pending_;  // trainer rows by version
   std::map<std::string, double> wait_share_;
+  std::map<std::string, int> restarts_;  // by group, over the cluster's rebuilds
+  std::optional<Replacement> restored_;  // the failure the run was brought back from
 };
 
 }  // namespace

@@ -165,7 +165,8 @@ class RlhfProgram final : public Program {
     ClusterOptions options;
     options.launcher = experiment_.launcher;
     options.call_timeout = std::chrono::milliseconds(static_cast<int64_t>(call_timeout_s_ * 1000));
-    options.heartbeat_timeout = std::chrono::seconds(30);
+    options.heartbeat_timeout = std::chrono::milliseconds(experiment_.fault.heartbeat_timeout_ms);
+    options.fault = experiment_.fault;
     return options;
   }
   runtime::WorkerGroup& group(const std::string& role) { return cluster_->group(c_.group_of(role)); }

@@ -12,6 +12,7 @@
 #include <map>
 #include <thread>
 
+#include "controller/cluster/cluster.hpp"
 #include "controller/cluster/launcher.hpp"
 #include "controller/run/progress.hpp"
 #include "controller/run/signals.hpp"
@@ -65,6 +66,7 @@ Experiment read_experiment(core::ConfigView root, const fs::path& file) {
   e.progress_metrics = progress.get<std::vector<std::string>>("metrics", {"charts/episodic_return"});
   e.progress_interval_s = progress.get<double>("interval_s", 10.0, core::greater_than(0.0));
   e.launcher = LauncherConfig::read(root.section("launcher"));
+  e.fault = FaultConfig::read(root.section("fault"));
   return e;
 }
 
@@ -81,6 +83,9 @@ LoadedExperiment load_experiment(const fs::path& file, const std::vector<std::st
   const ProgramFactory* factory = programs().find(out.experiment.program);
   if (!factory) root.fail("program", programs().unknown(out.experiment.program));
   out.program = (*factory)(root, out.experiment);
+  std::vector<std::string> groups;
+  for (const auto& [name, count] : out.program->worker_groups()) groups.push_back(name);
+  check_named_groups(groups, out.experiment.launcher, out.experiment.fault);
   out.config->check_unknown_keys();
   return out;
 }

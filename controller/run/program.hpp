@@ -30,6 +30,7 @@ struct Experiment {
   std::vector<std::string> progress_metrics;  // shown beside the progress bar
   double progress_interval_s = 10;            // between plain progress lines off a terminal
   LauncherConfig launcher;                    // where the workers run (local processes, or Slurm)
+  FaultConfig fault;                          // what a worker's failure does
 };
 
 // Everything a program needs while it runs.

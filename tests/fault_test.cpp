@@ -1,0 +1,179 @@
+// Fault tolerance with real processes: workers killed (SIGKILL) or stopped (SIGSTOP) in a running
+// job are found, replaced at their addresses and rejoin while training goes on; a killed trainer
+// brings the run back to its last checkpoint; the restarts a group may use are bounded. Each
+// failure and rejoin is a line of RUN_DIR/faults.jsonl.
+#include <doctest/doctest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/fs.hpp"
+#include "core/metrics.hpp"
+#include "support/cli.hpp"
+#include "support/processes.hpp"
+#include "support/temp_dir.hpp"
+
+using namespace flotilla;
+namespace fs = std::filesystem;
+
+namespace {
+using test::contains;
+using test::wait_until;
+using test::workers_of;
+const std::string kCli = FLOTILLA_TEST_CLI;
+const std::string kConfig = std::string(FLOTILLA_SOURCE_DIR) + "/configs/cartpole_ppo_distributed.yaml";
+
+std::vector<nlohmann::json> faults(const fs::path& run) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(run / "faults.jsonl");
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+int count_events(const fs::path& run, const std::string& event, const std::string& worker) {
+  int n = 0;
+  for (const auto& f : faults(run)) n += f["event"] == event && f["worker"] == worker;
+  return n;
+}
+
+// The pid of the worker `role`/`rank` of the run in `run`.
+pid_t worker_pid(const std::string& run, const std::string& role, int rank) {
+  const std::string want = std::string("--role\0", 7) + role + std::string("\0--rank\0", 8) + std::to_string(rank) + std::string("\0", 1);
+  for (pid_t pid : workers_of(run)) {
+    try {
+      if (contains(core::read_file("/proc/" + std::to_string(pid) + "/cmdline"), want)) return pid;
+    } catch (...) {
+    }
+  }
+  return 0;
+}
+
+size_t rows(const fs::path& run) {
+  return fs::exists(run / "metrics.jsonl") ? core::read_metrics_jsonl(run / "metrics.jsonl").size() : 0;
+}
+
+}  // namespace
+
+TEST_CASE("killed_and_stopped_workers_are_replaced_and_rejoin_while_training_goes_on") {
+  test::TempDir dir;
+  const fs::path run = dir.path() / "r";
+  test::CliProcess p(kCli, {"run", "-q", kConfig, "train.total_steps=100000000", "stop.mean_return=100000", "run.dir=r",
+                            "fault.restart_backoff_s=0.2"},
+                     dir.path(), dir.path());
+  REQUIRE(wait_until([&] { return rows(run) >= 2; }, 60));
+
+  // A policy worker: the env actors' unanswered requests go to its replacement.
+  const pid_t policy = worker_pid(run.string(), "policy_worker", 0);
+  REQUIRE(policy > 0);
+  ::kill(policy, SIGKILL);
+  REQUIRE(wait_until([&] { return count_events(run, "rejoined", "policy_worker/0") == 1; }, 30));
+  const pid_t replacement = worker_pid(run.string(), "policy_worker", 0);
+  CHECK(replacement > 0);
+  CHECK(replacement != policy);
+
+  // An env actor, killed mid-fragment: what it had collected is gone, the rest goes on.
+  ::kill(worker_pid(run.string(), "env_actor", 1), SIGKILL);
+  REQUIRE(wait_until([&] { return count_events(run, "rejoined", "env_actor/1") == 1; }, 30));
+
+  // A stopped one is found by its silence (the default detection, 2 s), killed and replaced.
+  const pid_t stopped = worker_pid(run.string(), "env_actor", 0);
+  const double stopped_at = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  ::kill(stopped, SIGSTOP);
+  REQUIRE(wait_until([&] { return count_events(run, "rejoined", "env_actor/0") == 1; }, 30));
+  ::kill(stopped, SIGKILL);  // in case the run left it (it must not)
+
+  // Training goes on with all three replacements: more updates are logged.
+  const size_t before = rows(run);
+  CHECK(wait_until([&] { return rows(run) >= before + 3; }, 60));
+  p.signal(SIGINT);
+  auto r = p.wait(60);
+  CAPTURE(r.err);
+  CHECK(r.code == 130);
+
+  const auto events = faults(run);
+  REQUIRE(events.size() == 6);
+  for (size_t i = 0; i < events.size(); i += 2) {
+    CHECK(events[i]["event"] == "failed");
+    CHECK(events[i]["action"] == "replace");
+    CHECK(events[i + 1]["event"] == "rejoined");
+    CHECK(events[i + 1]["worker"] == events[i]["worker"]);
+    CHECK(events[i + 1]["restart_s"].get<double>() > 0.2);  // the backoff, then a start
+  }
+  CHECK(contains(events[0]["reason"].get<std::string>(), "worker policy_worker/0 on host"));
+  CHECK(contains(events[0]["reason"].get<std::string>(), "killed by signal 9"));
+  CHECK(contains(events[4]["reason"].get<std::string>(), "worker env_actor/0 on host"));
+  CHECK(contains(events[4]["reason"].get<std::string>(), "sent no heartbeat for 2000 ms"));
+  // Detection of the stopped one: 2 s of silence after its last heartbeat (one every 200 ms).
+  const double detected = events[4]["time"].get<double>() - stopped_at;
+  CHECK(detected > 1.7);
+  CHECK(detected < 6);
+  auto s = nlohmann::json::parse(core::read_file(run / "summary.json"));
+  CHECK(s["fault/restarts"] == 3);
+  CHECK(wait_until([&] { return workers_of(run.string()).empty(); }, 10));
+}
+
+TEST_CASE("a_killed_trainer_brings_the_run_back_to_its_last_checkpoint_and_it_finishes") {
+  test::TempDir dir;
+  const fs::path run = dir.path() / "r";
+  test::CliProcess p(kCli, {"run", "-q", kConfig, "train.total_steps=40000", "stop.mean_return=100000", "run.dir=r",
+                            "checkpoint.every=4", "fault.restart_backoff_s=0.2"},
+                     dir.path(), dir.path());
+  const fs::path first = run / "checkpoints" / "ckpt-4.json";
+  REQUIRE(wait_until([&] { return fs::exists(first); }, 60));
+  const pid_t trainer = worker_pid(run.string(), "trainer", 0);
+  REQUIRE(trainer > 0);
+  ::kill(trainer, SIGKILL);
+  auto r = p.wait(120);
+  CAPTURE(r.err);
+  REQUIRE(r.code == 0);
+  const std::string log = core::read_file(run / "log.txt");
+  CHECK(contains(log, "worker trainer/0 on host"));
+  CHECK(contains(log, "bringing the run back to its last checkpoint"));
+  CHECK(contains(log, "resuming from"));
+  const auto events = faults(run);
+  REQUIRE(events.size() == 2);
+  CHECK(events[0]["action"] == "restore");
+  CHECK(events[1]["event"] == "rejoined");
+  CHECK(events[1]["worker"] == "trainer/0");
+  auto s = nlohmann::json::parse(core::read_file(run / "summary.json"));
+  CHECK(s["exit_reason"] == "completed");
+  CHECK(s["global_step"].get<double>() >= 40000);
+  CHECK(s["fault/restarts"] == 1);
+  CHECK(wait_until([&] { return workers_of(run.string()).empty(); }, 10));
+}
+
+TEST_CASE("a_group_that_has_used_its_restarts_stops_the_run_on_the_next_failure") {
+  test::TempDir dir;
+  const fs::path run = dir.path() / "r";
+  test::CliProcess p(kCli, {"run", "-q", kConfig, "train.total_steps=100000000", "stop.mean_return=100000", "run.dir=r",
+                            "fault.restart_backoff_s=0", "fault.groups=[{group: policy_worker, max_restarts: 1}]"},
+                     dir.path(), dir.path());
+  REQUIRE(wait_until([&] { return rows(run) >= 1; }, 60));
+  ::kill(worker_pid(run.string(), "policy_worker", 0), SIGKILL);
+  REQUIRE(wait_until([&] { return count_events(run, "rejoined", "policy_worker/0") == 1; }, 30));
+  ::kill(worker_pid(run.string(), "policy_worker", 0), SIGKILL);
+  auto r = p.wait(60);
+  CAPTURE(r.err);
+  CHECK(r.code == 1);
+  CHECK(contains(r.err, "worker policy_worker/0"));
+  CHECK(contains(r.err, "group policy_worker has used its 1 restarts (fault.max_restarts)"));
+  CHECK(wait_until([&] { return workers_of(run.string()).empty(); }, 10));
+}
+
+TEST_CASE("fault_config_errors_name_the_key") {
+  test::TempDir dir;
+  auto bad = test::run_cli(kCli, {"validate", kConfig, "fault.on_worker_failure=retry"}, dir.path());
+  CHECK(bad.code == 2);
+  CHECK(contains(bad.err, "on_worker_failure"));
+  auto group = test::run_cli(kCli, {"validate", kConfig, "fault.groups=[{group: trainr}]"}, dir.path());
+  CHECK(group.code == 2);
+  CHECK(contains(group.err, "fault.groups: this run has no worker group 'trainr'"));
+  auto moved = test::run_cli(kCli, {"validate", kConfig, "distributed.heartbeat_timeout_ms=500"}, dir.path());
+  CHECK(moved.code == 2);
+  CHECK(contains(moved.err, "fault.heartbeat_timeout_ms"));
+}
