@@ -112,4 +112,23 @@ void AdaptiveKl::update(double observed_kl, int64_t steps) {
   value_ *= 1.0 + error * static_cast<double>(steps) / horizon_;
 }
 
+std::vector<int64_t> informative_rows(const at::Tensor& scores, int64_t n) {
+  const at::Tensor g = scores.view({-1, n});
+  const at::Tensor keep = ((g.amax(1) - g.amin(1)) > 1e-9).nonzero().view({-1});
+  const at::Tensor rows = (keep.repeat_interleave(n) * n + at::arange(n).repeat(keep.numel())).contiguous();
+  return std::vector<int64_t>(rows.data_ptr<int64_t>(), rows.data_ptr<int64_t>() + rows.numel());
+}
+
+std::vector<int64_t> best_and_worst(const at::Tensor& scores, int64_t n) {
+  const at::Tensor g = scores.view({-1, n});
+  std::vector<int64_t> rows;
+  for (int64_t i = 0; i < g.size(0); ++i) {
+    const int64_t hi = g[i].argmax().item<int64_t>(), lo = g[i].argmin().item<int64_t>();
+    if (g[i][hi].item<double>() - g[i][lo].item<double>() <= 1e-9) continue;
+    rows.push_back(i * n + hi);
+    rows.push_back(i * n + lo);
+  }
+  return rows;
+}
+
 }  // namespace flotilla::algorithms

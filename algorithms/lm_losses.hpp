@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <string>
+#include <vector>
 
 namespace flotilla::algorithms {
 
@@ -22,6 +23,12 @@ at::Tensor grpo_advantages(const at::Tensor& rewards, int64_t group_size, bool s
 // The same over groups of any size: `group_ids` [B] int64 names each row's group (0 .. G-1).
 at::Tensor grpo_advantages(const at::Tensor& rewards, const at::Tensor& group_ids, bool scale = true, double eps = 1e-6);
 // RLOO: each reward minus the mean of the other samples of its group.
+// The rows of the groups of `n` consecutive rows whose scores differ (the groups with a learning
+// signal; dynamic sampling keeps only those).
+std::vector<int64_t> informative_rows(const at::Tensor& scores, int64_t n);
+// In each group of `n` whose scores differ, its best and its worst row (online DPO's pairs).
+std::vector<int64_t> best_and_worst(const at::Tensor& scores, int64_t n);
+
 at::Tensor rloo_advantages(const at::Tensor& rewards, int64_t group_size);
 // REINFORCE++: per token, the sequence reward at its last token minus beta * the per-token KL,
 // summed from each token to the end (gamma 1), then normalized over all masked tokens of the batch.

@@ -9,6 +9,9 @@
 
 #include <condition_variable>
 #include <deque>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <mutex>
 #include <thread>
 #include <zmq.hpp>
@@ -53,6 +56,42 @@ double now_s() {
 }
 
 const char* const kOutbox = "inproc://flotilla-worker-outbox";
+
+// FLOTILLA_FAULT_INJECT=WORKER:METHOD:N[:after] kills worker WORKER (SIGKILL, as a crash would) as
+// its Nth call of METHOD starts, or with `after` once that call has run and before it replies.
+// Once per run: RUN_DIR/fault_injected records it, so the worker's replacement lives on. For
+// testing a deployment's fault policy (and Flotilla's own tests).
+class FaultInjection {
+ public:
+  explicit FaultInjection(const WorkerInfo& info) {
+    const char* spec = std::getenv("FLOTILLA_FAULT_INJECT");
+    if (!spec || !*spec) return;
+    std::vector<std::string> parts;
+    std::stringstream in(spec);
+    for (std::string p; std::getline(in, p, ':');) parts.push_back(p);
+    if (parts.size() < 3 || parts.size() > 4 || (parts.size() == 4 && parts[3] != "after"))
+      throw ConfigError(std::string("FLOTILLA_FAULT_INJECT='") + spec + "': expected WORKER:METHOD:N or WORKER:METHOD:N:after");
+    if (parts[0] != info.name()) return;
+    method_ = parts[1];
+    call_ = std::stoll(parts[2]);
+    after_ = parts.size() == 4;
+    marker_ = std::filesystem::path(info.name_dir).parent_path() / "fault_injected";
+  }
+  // The call of `method` starts (`done` false) or has run (true).
+  void at(const std::string& method, bool done) {
+    if (method != method_) return;
+    if (!done) ++seen_;
+    if (done != after_ || seen_ != call_ || std::filesystem::exists(marker_)) return;
+    std::ofstream(marker_) << method_ << " call " << call_ << (after_ ? " after" : "") << "\n";
+    ::kill(::getpid(), SIGKILL);
+  }
+
+ private:
+  std::string method_;
+  int64_t call_ = 0, seen_ = 0;
+  bool after_ = false;
+  std::filesystem::path marker_;
+};
 
 // One worker process: the I/O thread (this one) owns the ROUTER socket; each lane is a thread that
 // runs its methods one after another and hands replies back through the outbox.
@@ -205,6 +244,7 @@ class Runtime {
     auto reply = out->envelope().initRpcReply();
     reply.setId(req.getId());
     const std::string method = req.getMethod().cStr();
+    faults_.at(method, false);
     try {
       std::optional<Lifecycle::Section> section;
       if (work) section.emplace(role_->life());
@@ -220,6 +260,7 @@ class Runtime {
       } else {
         out->put_batch(reply.getOutput().initBatch(), output);
       }
+      faults_.at(method, true);
       reply.setOk(true);
     } catch (const std::exception& e) {
       reply.setOk(false);
@@ -367,6 +408,7 @@ class Runtime {
   }
 
   WorkerInfo info_;
+  FaultInjection faults_{info_};
   std::unique_ptr<Role> role_;
   Methods methods_;
   std::unique_ptr<core::NameService> names_;

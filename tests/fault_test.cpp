@@ -15,6 +15,7 @@
 #include "core/metrics.hpp"
 #include "support/cli.hpp"
 #include "support/processes.hpp"
+#include "support/rlhf_workspace.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace flotilla;
@@ -52,6 +53,12 @@ pid_t worker_pid(const std::string& run, const std::string& role, int rank) {
   }
   return 0;
 }
+
+// FLOTILLA_FAULT_INJECT for the runs started while it lives.
+struct InjectFault {
+  explicit InjectFault(const std::string& spec) { ::setenv("FLOTILLA_FAULT_INJECT", spec.c_str(), 1); }
+  ~InjectFault() { ::unsetenv("FLOTILLA_FAULT_INJECT"); }
+};
 
 size_t rows(const fs::path& run) {
   return fs::exists(run / "metrics.jsonl") ? core::read_metrics_jsonl(run / "metrics.jsonl").size() : 0;
@@ -176,4 +183,82 @@ TEST_CASE("fault_config_errors_name_the_key") {
   auto moved = test::run_cli(kCli, {"validate", kConfig, "distributed.heartbeat_timeout_ms=500"}, dir.path());
   CHECK(moved.code == 2);
   CHECK(contains(moved.err, "fault.heartbeat_timeout_ms"));
+}
+
+TEST_CASE("an_env_actor_killed_while_writing_its_checkpoint_shard_abandons_that_checkpoint_only") {
+  test::TempDir dir;
+  const fs::path run = dir.path() / "r";
+  {
+    const InjectFault fault("env_actor/1:shard.save:1");
+    auto r = test::run_cli(kCli, {"run", "-q", kConfig, "train.total_steps=30000", "stop.mean_return=100000", "run.dir=r",
+                                  "checkpoint.every=3", "fault.restart_backoff_s=0"},
+                           dir.path(), dir.path());
+    CAPTURE(r.err);
+    REQUIRE(r.code == 0);
+  }
+  CHECK(contains(core::read_file(run / "fault_injected"), "shard.save call 1"));
+  CHECK(contains(core::read_file(run / "log.txt"), "checkpoint abandoned"));
+  CHECK(count_events(run, "rejoined", "env_actor/1") == 1);
+  CHECK_FALSE(fs::exists(run / "checkpoints" / "ckpt-3.json"));  // the one abandoned
+  CHECK_FALSE(fs::exists(run / "checkpoints" / "step-3"));
+  auto verify = test::run_cli(kCli, {"checkpoint", "verify", "r"}, dir.path(), dir.path());
+  CAPTURE(verify.out);
+  CHECK(verify.code == 0);
+  CHECK(nlohmann::json::parse(core::read_file(run / "summary.json"))["exit_reason"] == "completed");
+}
+
+namespace {
+const std::vector<std::string> kGrpo = {"data.train=data/train.jsonl", "data.val=val.jsonl", "algo.batch_size=4", "algo.group_size=4",
+                                        "algo.actor.lr=0.01", "eval.every=0", "eval.at_start=false", "checkpoint.every=2",
+                                        "train.steps=4", "fault.restart_backoff_s=0"};
+
+// The steps after the checkpoint a faulted run came back to are the uninterrupted run's: every
+// prompt of them was taken again, once.
+void check_same_steps(const fs::path& whole, const fs::path& faulted) {
+  auto a = test::rows_of(whole), b = test::rows_of(faulted);
+  for (int64_t step : {3, 4}) {
+    CAPTURE(step);
+    REQUIRE(b.count(step));
+    for (const char* m : {"critic/score/mean", "response_length/mean", "actor/pg_loss", "actor/grad_norm"})
+      CHECK_MESSAGE(a[step][m] == doctest::Approx(b[step][m]).epsilon(1e-5), std::string(m));
+  }
+}
+}  // namespace
+
+TEST_CASE("rlhf_a_rollout_killed_during_a_weight_sync_brings_the_run_back_to_its_checkpoint") {
+  test::Workspace w;
+  w.run_ok("addition_grpo.yaml", kGrpo, {"placement=split"}, "whole");
+  {
+    // The sync after step 3's update: the last checkpoint is step 2's.
+    const InjectFault fault("rollout/0:rollout.sync:3");
+    w.run_ok("addition_grpo.yaml", kGrpo, {"placement=split"}, "faulted");
+  }
+  const fs::path run = w.path() / "faulted";
+  CHECK(contains(core::read_file(run / "fault_injected"), "rollout.sync call 3"));
+  const auto events = faults(run);
+  REQUIRE(events.size() == 2);
+  CHECK(events[0]["worker"] == "rollout/0");
+  CHECK(events[0]["action"] == "restore");
+  CHECK(events[1]["event"] == "rejoined");
+  CHECK(contains(core::read_file(run / "log.txt"), "resumed at step 2"));
+  CHECK(test::summary_of(run)["fault/restarts"] == 1);
+  check_same_steps(w.path() / "whole", run);
+}
+
+TEST_CASE("rlhf_an_actor_killed_after_writing_its_checkpoint_but_before_the_manifest_comes_back_to_the_one_before") {
+  test::Workspace w;
+  w.run_ok("addition_grpo.yaml", kGrpo, {}, "whole");
+  {
+    // Colocated: one group, "colocated", holds every role. Its second save (step 4's) is written,
+    // and the worker dies before the manifest: step 2's checkpoint is the last.
+    const InjectFault fault("colocated/0:actor.save:2:after");
+    w.run_ok("addition_grpo.yaml", kGrpo, {}, "faulted");
+  }
+  const fs::path run = w.path() / "faulted";
+  CHECK(contains(core::read_file(run / "fault_injected"), "actor.save call 2 after"));
+  CHECK(contains(core::read_file(run / "log.txt"), "resumed at step 2"));
+  check_same_steps(w.path() / "whole", run);
+  auto verify = test::run_cli(FLOTILLA_TEST_CLI, {"checkpoint", "verify", "faulted"}, w.path(), w.path());
+  CAPTURE(verify.out);
+  CHECK(verify.code == 0);
 }

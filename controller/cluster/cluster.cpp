@@ -505,4 +505,20 @@ int64_t Cluster::transfer_bytes() const {
   return total;
 }
 
+void RunRestarts::back_to_checkpoint(const WorkerFailure& f, const FaultConfig& fault) {
+  spdlog::warn("{}; bringing the run back to its last checkpoint", f.what());
+  std::this_thread::sleep_for(std::chrono::duration<double>(fault.group(f.group).backoff_s));
+  restored_ = Replacement{f.group, f.rank, f.what(), f.detected};
+}
+
+void RunRestarts::up(Cluster& cluster) {
+  if (restored_) cluster.rejoined(*std::exchange(restored_, std::nullopt));
+}
+
+int RunRestarts::total(const Cluster& cluster) const {
+  int n = 0;
+  for (const auto& [group, count] : cluster.restarts()) n += count;
+  return n;
+}
+
 }  // namespace flotilla::controller

@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -113,6 +114,55 @@ class Cluster {
   std::filesystem::path name_dir_;
   std::unique_ptr<Monitor> monitor_;
   std::map<std::string, std::unique_ptr<runtime::WorkerGroup>> groups_;
+};
+
+// The restarts of one run across its clusters (bringing a run back to its last checkpoint builds
+// a new cluster): what each group has used, and the failure the run is coming back from.
+class RunRestarts {
+ public:
+  // Runs `attempt` until it returns. When a worker's failure ended it and the fault policy restores
+  // from it, waits the group's backoff, then `restore` brings the program back to its last
+  // checkpoint and `attempt` runs again; any other error is thrown on.
+  template <class Attempt, class Restore>
+  auto run(const FaultConfig& fault, Attempt attempt, Restore restore) {
+    while (true) {
+      try {
+        return attempt();
+      } catch (const Error&) {
+        // A call that a worker's failure ended throws that failure as a plain Error: the cluster
+        // it came from said which (Scope).
+        std::optional<WorkerFailure> f = std::exchange(failure_, std::nullopt);
+        if (!f || !f->restore) throw;
+        back_to_checkpoint(*f, fault);
+        restore();
+      }
+    }
+  }
+  // A new cluster of the run: it starts from the restarts used so far, and on destruction hands
+  // back its count (construct after the Cluster, so it goes first).
+  struct Scope {
+    Scope(RunRestarts& r, Cluster& c) : restarts(r), cluster(c) {}
+    ~Scope() {
+      restarts.used_ = cluster.restarts();
+      try {
+        cluster.check();
+      } catch (const WorkerFailure& f) {
+        restarts.failure_ = f;
+      }
+    }
+    RunRestarts& restarts;
+    Cluster& cluster;
+  };
+  void prepare(ClusterOptions& options) const { options.restarts = used_; }
+  // The cluster's workers run again: a restore is logged as the failed worker's return.
+  void up(Cluster& cluster);
+  int total(const Cluster& cluster) const;
+
+ private:
+  void back_to_checkpoint(const WorkerFailure& f, const FaultConfig& fault);
+  std::map<std::string, int> used_;
+  std::optional<Replacement> restored_;
+  std::optional<WorkerFailure> failure_;  // the one that ended the last cluster
 };
 
 }  // namespace flotilla::controller

@@ -9,7 +9,6 @@
 #include <chrono>
 #include <map>
 #include <optional>
-#include <thread>
 
 #include "actors/rl/common.hpp"
 #include "actors/rl/config.hpp"
@@ -59,17 +58,7 @@ class DistributedRl final : public Program {
   // in place while training goes on (rejoin).
   RunResult run(RunContext& ctx) override {
     run_dir_ = ctx.dir;
-    while (true) {
-      try {
-        return run_workers(ctx);
-      } catch (const WorkerFailure& f) {
-        if (!f.restore) throw;
-        spdlog::warn("{}; bringing the run back to its last checkpoint", f.what());
-        std::this_thread::sleep_for(std::chrono::duration<double>(experiment_.fault.group(f.group).backoff_s));
-        restore(ctx);
-        restored_ = Replacement{f.group, f.rank, f.what(), f.detected};
-      }
-    }
+    return restarts_.run(experiment_.fault, [&] { return run_workers(ctx); }, [&] { restore(ctx); });
   }
 
  private:
@@ -88,7 +77,7 @@ class DistributedRl final : public Program {
     options.heartbeat_timeout = std::chrono::milliseconds(experiment_.fault.heartbeat_timeout_ms);
     options.launcher = experiment_.launcher;
     options.fault = experiment_.fault;
-    options.restarts = restarts_;
+    restarts_.prepare(options);
     // A deterministic run's workers are in lockstep: none can be replaced without the others.
     if (!c_.deterministic) options.replaceable = {"env_actor", "policy_worker", "buffer"};
     std::vector<WorkerSpec> specs;
@@ -100,18 +89,12 @@ class DistributedRl final : public Program {
     spdlog::info("starting workers: {}", layout);
     Cluster cluster(ctx.dir, experiment_.name, specs, options);
     cluster_ = &cluster;
-    struct Forget {
-      DistributedRl& self;
-      ~Forget() {
-        self.restarts_ = self.cluster_->restarts();
-        self.cluster_ = nullptr;
-      }
-    } forget{*this};
+    const RunRestarts::Scope scope(restarts_, cluster);
     const auto woken = ctx.on_stop([&cluster] { cluster.wake(); });
     const std::string config = core::read_file(ctx.dir / "config.yaml");
     start_workers(config);
     spdlog::info("workers running");
-    if (restored_) cluster.rejoined(*std::exchange(restored_, std::nullopt));
+    restarts_.up(cluster);
 
     RunResult result;
     clock_ = TrainClock(resume_.is_null() ? 0.0 : resume_.value("train_time_s", 0.0));
@@ -134,10 +117,9 @@ class DistributedRl final : public Program {
     result.summary.push_back({"global_step", static_cast<double>(env_steps_)});
     result.summary.push_back({"iterations", static_cast<double>(version_)});
     result.summary.push_back({"train_time_s", clock_.seconds()});
-    int restarts = 0;
-    for (const auto& [group, n] : cluster.restarts()) restarts += n;
-    result.summary.push_back({"fault/restarts", static_cast<double>(restarts)});
+    result.summary.push_back({"fault/restarts", static_cast<double>(restarts_.total(cluster))});
     add_window_summary(window_, result);
+    cluster_ = nullptr;
     return result;
   }
 
@@ -283,8 +265,7 @@ class DistributedRl final : public Program {
   int64_t version_ = 0, env_steps_ = 0;
   std::map<int64_t, std::vector<Cluster::WorkerMetrics>> pending_;  // trainer rows by version
   std::map<std::string, double> wait_share_;
-  std::map<std::string, int> restarts_;  // by group, over the cluster's rebuilds
-  std::optional<Replacement> restored_;  // the failure the run was brought back from
+  RunRestarts restarts_;
 };
 
 }  // namespace

@@ -30,7 +30,6 @@
 #include "controller/run/program.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
-#include "core/safetensors.hpp"
 #include "models/tokenizer.hpp"
 
 namespace flotilla::controller {
@@ -97,15 +96,33 @@ class RlhfProgram final : public Program {
     return out;
   }
 
+  // A worker's failure, under fault policy restart, brings the run back to its last checkpoint
+  // (its start when there is none): every prompt of the steps after it is taken again.
   RunResult run(RunContext& ctx) override {
     at::set_num_threads(1);  // the workers do the heavy work; an idle thread pool here would spin beside them
     spdlog::info("data: {} train examples from {} ({} filtered, {} truncated over {} prompt tokens){}", train_.examples.size(),
                  c_.data.train, train_.filtered, train_.truncated, c_.data.max_prompt_tokens,
                  val_.examples.empty() ? "" : ", " + std::to_string(val_.examples.size()) + " held out");
+    return restarts_.run(experiment_.fault, [&] { return run_workers(ctx); }, [&] {
+      last_sync_.clear(), gen_clock_.reset(), gen_tokens_ = 0;
+      if (latest_checkpoint(ctx.dir)) return resume(ctx.dir);
+      resume_ = nullptr, version_ = 0, kl_coef_ = c_.kl_coef;
+      if (c_.kl_target > 0) adaptive_kl_ = algorithms::AdaptiveKl(c_.kl_coef, c_.kl_target, c_.kl_horizon);
+    });
+  }
+
+ private:
+  RunResult run_workers(RunContext& ctx) {
     Cluster cluster(ctx.dir, experiment_.name, worker_specs(), cluster_options());
     cluster_ = &cluster;
+    const RunRestarts::Scope scope(restarts_, cluster);
+    struct DropStream {  // the stream points at the cluster's groups: it goes first
+      std::unique_ptr<SampleStream>& stream;
+      ~DropStream() { stream.reset(); }
+    } drop{stream_};
     for (const auto& g : c_.workers) cluster.run(g.role, runtime::Configure{core::read_file(ctx.dir / "config.yaml")});
     for (const auto& g : c_.workers) cluster.run(g.role, runtime::Start{});  // the rollouts' continuous generation
+    restarts_.up(cluster);
 
     Sampler sampler(static_cast<int64_t>(train_.examples.size()), seed_);
     int64_t start = 0;
@@ -142,13 +159,11 @@ class RlhfProgram final : public Program {
     result.summary.push_back({"data/prompts_truncated", static_cast<double>(train_.truncated + val_.truncated)});
     result.summary.push_back({"data/responses_truncated", static_cast<double>(train_.responses_truncated)});
     result.summary.push_back({"train_time_s", clock.seconds()});
+    result.summary.push_back({"fault/restarts", static_cast<double>(restarts_.total(cluster))});
     if (stream_) save_schedule(ctx.dir);
-    stream_.reset();
-    cluster_ = nullptr;
     return result;
   }
 
- private:
   std::vector<WorkerSpec> worker_specs() const {
     std::vector<WorkerSpec> specs;
     std::string layout, roles;
@@ -167,6 +182,7 @@ class RlhfProgram final : public Program {
     options.call_timeout = std::chrono::milliseconds(static_cast<int64_t>(call_timeout_s_ * 1000));
     options.heartbeat_timeout = std::chrono::milliseconds(experiment_.fault.heartbeat_timeout_ms);
     options.fault = experiment_.fault;
+    restarts_.prepare(options);
     return options;
   }
   runtime::WorkerGroup& group(const std::string& role) { return cluster_->group(c_.group_of(role)); }
@@ -262,7 +278,8 @@ class RlhfProgram final : public Program {
     if (c_.dynamic_sampling && !keep_informative_groups(joined, scores, n, row)) return tokens_processed;
 
     if (c_.family.pairs_from_groups) {
-      const std::vector<int64_t> pairs = best_and_worst(scores, n, row);
+      const std::vector<int64_t> pairs = algorithms::best_and_worst(scores, n);
+      row.push_back({"batch/pairs", static_cast<double>(pairs.size() / 2)});
       if (!pairs.empty()) update_actor(joined.index(pairs).select({"tokens", "response_mask", "ref_log_prob"}), step, 2, row);
       else row.push_back({"batch/skipped", 1.0});
       return tokens_processed;
@@ -320,7 +337,7 @@ class RlhfProgram final : public Program {
     const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(c_.async.wait_timeout_s * 1000));
     stream_ = std::make_unique<SampleStream>(roles, std::move(ledger), train_, sampler, sampling, timeout);
     if (saved && stream_->ledger().ready() > 0)
-      stream_->restore_ready(load_stream_rows(resume_dir_ / "stream.safetensors"));
+      stream_->restore_ready(resume_dir_ / "stream.safetensors");
     // The schedule: recorded on from the checkpoint's, and followed when the config names one.
     if (saved && resume_.contains("schedule")) stream_->schedule() = Schedule::from_json(resume_.at("schedule"), "the checkpoint");
     std::vector<int64_t> from(static_cast<size_t>(group("rollout").replicas()), 0);
@@ -381,31 +398,15 @@ class RlhfProgram final : public Program {
 
   // Keeps the groups whose rewards differ (in `joined` and `scores`); false when none do.
   bool keep_informative_groups(DataRef& joined, at::Tensor& scores, int64_t n, core::Scalars& row) {
-    const at::Tensor g = scores.view({-1, n});
-    const at::Tensor keep = ((g.amax(1) - g.amin(1)) > 1e-9).nonzero().view({-1});
-    row.push_back({"batch/kept_groups", static_cast<double>(keep.numel())});
-    if (keep.numel() == 0) {
+    const std::vector<int64_t> rows = algorithms::informative_rows(scores, n);
+    row.push_back({"batch/kept_groups", static_cast<double>(rows.size() / static_cast<size_t>(n))});
+    if (rows.empty()) {
       row.push_back({"batch/skipped", 1.0});
       return false;
     }
-    const at::Tensor rows = (keep.repeat_interleave(n) * n + at::arange(n).repeat(keep.numel())).contiguous();
-    joined = joined.index(std::vector<int64_t>(rows.data_ptr<int64_t>(), rows.data_ptr<int64_t>() + rows.numel()));
-    scores = scores.index_select(0, rows);
+    joined = joined.index(rows);
+    scores = scores.index_select(0, at::tensor(rows));
     return true;
-  }
-
-  // Online DPO: in each group the best and the worst sample (by reward) become a pair.
-  static std::vector<int64_t> best_and_worst(const at::Tensor& scores, int64_t n, core::Scalars& row) {
-    const at::Tensor g = scores.view({-1, n});
-    std::vector<int64_t> rows;
-    for (int64_t i = 0; i < g.size(0); ++i) {
-      const int64_t hi = g[i].argmax().item<int64_t>(), lo = g[i].argmin().item<int64_t>();
-      if (g[i][hi].item<double>() - g[i][lo].item<double>() <= 1e-9) continue;
-      rows.push_back(i * n + hi);
-      rows.push_back(i * n + lo);
-    }
-    row.push_back({"batch/pairs", static_cast<double>(rows.size() / 2)});
-    return rows;
   }
 
   // The actor update and the weight sync that follows it.
@@ -521,12 +522,7 @@ class RlhfProgram final : public Program {
       for (const auto& s : rollout_replicas_polled()) steps.push_back(static_cast<int64_t>(s.counter("rollout/step")));
       manifest["rollout_steps"] = steps;
       save_schedule(run_dir);
-      const core::Batch ready = stream_->ready_rows();
-      if (ready.size() > 0) {
-        std::vector<std::pair<std::string, at::Tensor>> tensors;
-        for (const auto& name : ready.names()) tensors.emplace_back(name, ready[name]);
-        core::save_safetensors(run_dir / dir / "stream.safetensors", tensors, {{"format", "flotilla-stream"}});
-      }
+      stream_->save_ready(run_dir / dir / "stream.safetensors");
     }
     save_checkpoint(run_dir, step, {}, manifest.dump(2), ckpt_keep_);
   }
@@ -561,13 +557,6 @@ class RlhfProgram final : public Program {
     core::write_file_atomically(run_dir / "schedule.json", [&](std::ostream& o) { o << text << "\n"; });
   }
 
-  static core::Batch load_stream_rows(const fs::path& path) {
-    if (!fs::exists(path)) throw FormatError(path.string() + ": missing; the checkpoint records finished groups not trained yet");
-    core::Batch rows;
-    for (auto& [name, t] : core::load_safetensors(path).tensors) rows.set(name, t);
-    return rows;
-  }
-
   const Example& ex(int64_t i) const { return train_.examples[static_cast<size_t>(i)]; }
 
   Experiment experiment_;
@@ -583,6 +572,7 @@ class RlhfProgram final : public Program {
   json resume_;
   fs::path resume_dir_;  // the checkpoint's directory, when resuming
   Cluster* cluster_ = nullptr;
+  RunRestarts restarts_;
   std::unique_ptr<SampleStream> stream_;  // the training samples, for the algorithms that generate
   std::vector<Synced> last_sync_;         // what the last weight sync cost each rollout
   double gen_tokens_ = 0;                         // the rollouts' token count at the last row

@@ -9,6 +9,7 @@
 
 #include "core/batch.hpp"
 #include "core/error.hpp"
+#include "core/safetensors.hpp"
 
 namespace flotilla::controller {
 
@@ -439,7 +440,7 @@ void SampleStream::drain() {
       "the stream to drain before a checkpoint");
 }
 
-core::Batch SampleStream::ready_rows() const {
+void SampleStream::save_ready(const std::filesystem::path& file) const {
   const int64_t n = sampling_.n;
   std::vector<core::Batch> parts;
   for (const auto& a : arrivals_) {
@@ -453,10 +454,18 @@ core::Batch SampleStream::ready_rows() const {
     for (const auto& [id, first] : a->first_row)
       if (!a->taken.count(id)) parts.push_back(rows.slice(first, first + n));
   }
-  return runtime::concat_padded(std::move(parts));
+  if (parts.empty()) return;
+  const core::Batch ready = runtime::concat_padded(std::move(parts));
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& name : ready.names()) tensors.emplace_back(name, ready[name]);
+  core::save_safetensors(file, tensors, {{"format", "flotilla-stream"}});
 }
 
-void SampleStream::restore_ready(const core::Batch& rows) {
+void SampleStream::restore_ready(const std::filesystem::path& file) {
+  if (!std::filesystem::exists(file))
+    throw FormatError(file.string() + ": missing; the checkpoint records finished groups not trained yet");
+  core::Batch rows;
+  for (auto& [name, t] : core::load_safetensors(file).tensors) rows.set(name, t);
   const int64_t n = sampling_.n;
   if (rows.size() % n != 0) throw FormatError("a checkpoint's stream rows are not whole groups of " + std::to_string(n));
   auto a = std::make_unique<Arrival>();

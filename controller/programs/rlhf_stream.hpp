@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -131,10 +132,11 @@ class SampleStream {
   void drain();
 
   // The finished groups not yet trained, every field of their rows plus `scores`, `group` and
-  // `oldest_version`, for a checkpoint (after drain()); and the same rows back into a new stream
-  // whose ledger was restored from the same checkpoint.
-  core::Batch ready_rows() const;
-  void restore_ready(const core::Batch& rows);
+  // `oldest_version`, written to `file` (safetensors) for a checkpoint (after drain(); nothing
+  // when there are none); and the same rows back into a new stream whose ledger was restored from
+  // the same checkpoint.
+  void save_ready(const std::filesystem::path& file) const;
+  void restore_ready(const std::filesystem::path& file);
 
   GroupLedger& ledger() { return ledger_; }
   // What this run did so far (recorded as it goes), and a schedule to follow instead of timing:
