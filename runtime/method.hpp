@@ -114,7 +114,8 @@ struct DirectoryMethod {
   bool optimizer = true;  // with the optimizer's state
   int64_t version = 0;    // the version loaded weights become
   int64_t step = 0;       // the step (trainer version, fragment boundary) saved or loaded
-  auto fields() { return std::tie(dir, optimizer, version, step); }
+  bool background = false;  // save: copy the state now and write it while the worker goes on
+  auto fields() { return std::tie(dir, optimizer, version, step, background); }
 };
 
 // ---- the lifecycle every worker serves (runtime/worker.cpp) ----

@@ -228,10 +228,11 @@ TEST_CASE("bench_rlhf_compares_variants_by_accuracy_against_wall_time") {
   CHECK_MESSAGE(contains(base.err, "--baseline 'b' is not one of"), base.err);
 }
 
-TEST_CASE("async_run_fails_naming_a_killed_rollout_and_leaves_no_workers") {
+TEST_CASE("with_fault_policy_stop_an_async_run_fails_naming_a_killed_rollout_and_leaves_no_workers") {
   test::Workspace w;
   const std::string run = (w.path() / "r").string();
-  std::vector<std::string> args = {"run", "-q", test::config("addition_grpo.yaml"), "run.dir=r", "model.path=init", "train.steps=100000"};
+  std::vector<std::string> args = {"run", "-q", test::config("addition_grpo.yaml"), "run.dir=r", "model.path=init", "train.steps=100000",
+                                   "fault.on_worker_failure=stop"};
   for (const auto& a : with(kAsync, {"async.max_staleness=2"})) args.push_back(a);
   test::CliProcess p(kCli, args, w.path(), w.path());
   REQUIRE(test::wait_until([&] { return fs::exists(w.path() / "r" / "metrics.jsonl") && rows_of(w.path() / "r").size() >= 3; }, 120));

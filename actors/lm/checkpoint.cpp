@@ -2,12 +2,16 @@
 
 #include <ATen/ATen.h>
 
+#include <chrono>
+#include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "algorithms/lm_trainer.hpp"
 #include "core/error.hpp"
+#include "core/fs.hpp"
 #include "core/safetensors.hpp"
 #include "models/transformer.hpp"
 #include "runtime/collective.hpp"
@@ -58,6 +62,24 @@ void write_whole(const models::CausalLm& model, const runtime::Layout& layout, c
   if (!optimizer.empty()) core::save_safetensors(dir / "optimizer.safetensors", optimizer, {});
 }
 
+// The first replica's shards in `dir`/shards joined into the whole files; the shards go.
+void join_shards(const models::CausalLm& model, const runtime::Layout& layout, const fs::path& dir) {
+  const runtime::Parallel& p = layout.parallel();
+  std::map<std::string, at::Tensor> whole;
+  int64_t step = 0;
+  for (int r = 0; r < p.fsdp * p.tp; ++r) {
+    const core::TensorFile f = core::load_safetensors(shard_file(dir, r));
+    step = std::stoll(f.metadata.at("step"));
+    for (const char* field : kFields) {
+      if (!f.contains(field)) continue;
+      if (!whole.count(field)) whole[field] = at::zeros({layout.total()}, at::kFloat);
+      paste(whole[field], f.at(field), layout, r);
+    }
+  }
+  write_whole(model, layout, whole, step, dir);
+  fs::remove_all(dir / "shards");
+}
+
 }  // namespace
 
 void save_trained(const models::CausalLm& model, const algorithms::LmTrainer* trainer, runtime::LayoutGroup* group, int rank,
@@ -86,22 +108,83 @@ void save_trained(const models::CausalLm& model, const algorithms::LmTrainer* tr
     core::save_safetensors(shard_file(dir, rank), mine, {{"step", std::to_string(step)}, {"layout", p.str()}});
   }
   group->barrier();  // every shard is written
-  if (rank == 0) {
-    std::map<std::string, at::Tensor> whole;
-    int64_t step = 0;
-    for (int r = 0; r < p.fsdp * p.tp; ++r) {  // the first replica
-      const core::TensorFile f = core::load_safetensors(shard_file(dir, r));
-      step = std::stoll(f.metadata.at("step"));
-      for (const char* field : kFields) {
-        if (!f.contains(field)) continue;
-        if (!whole.count(field)) whole[field] = at::zeros({layout.total()}, at::kFloat);
-        paste(whole[field], f.at(field), layout, r);
-      }
-    }
-    write_whole(model, layout, whole, step, dir);
-    fs::remove_all(dir / "shards");
-  }
+  if (rank == 0) join_shards(model, layout, dir);
   group->barrier();  // no rank goes on (to a load, say) before the files are whole
+}
+
+BackgroundSaver::~BackgroundSaver() { wait(); }
+
+void BackgroundSaver::wait() {
+  if (thread_.joinable()) thread_.join();
+}
+
+at::Tensor BackgroundSaver::copy(const std::string& name, const at::Tensor& t) {
+  at::Tensor& host = buffers_[name];
+  if (!host.defined() || host.sizes() != t.sizes() || host.dtype() != t.dtype()) host = at::empty_like(t, at::TensorOptions().device(at::kCPU));
+  host.copy_(t);
+  return host;
+}
+
+void BackgroundSaver::save(const models::CausalLm& model, const algorithms::LmTrainer* trainer, runtime::LayoutGroup* group, int rank,
+                           const fs::path& dir, int64_t step) {
+  wait();
+  // Rank 0's thread says how its save went (the other ranks' shards are in its join).
+  auto in_background = [this, dir](bool marks, std::function<void()> write) {
+    if (marks) fs::remove(dir / "written");
+    thread_ = std::thread([dir, marks, write = std::move(write)] {
+      std::string outcome = "ok";
+      try {
+        write();
+      } catch (const std::exception& e) {
+        outcome = e.what();
+      }
+      if (!marks) return;
+      try {
+        fs::create_directories(dir);
+        core::write_file_atomically(dir / "written", [&](std::ostream& o) { o << outcome << "\n"; });
+      } catch (const std::exception&) {  // nowhere to say it: the checkpoint never completes
+      }
+    });
+  };
+  const bool whole_model = !group || (group->parallel().fsdp == 1 && group->parallel().tp == 1);
+  if (whole_model) {
+    if (rank != 0) return;
+    std::vector<std::pair<std::string, at::Tensor>> weights, optimizer;
+    for (const auto& [name, t] : model.named_parameters()) weights.emplace_back(name, copy("w." + name, t.detach()));
+    if (trainer)
+      for (const auto& [name, t] : trainer->state()) optimizer.emplace_back(name, copy("o." + name, t));
+    return in_background(true, [&model, dir, weights = std::move(weights), optimizer = std::move(optimizer)] {
+      model.save(dir, weights);
+      if (!optimizer.empty()) core::save_safetensors(dir / "optimizer.safetensors", optimizer, {});
+    });
+  }
+  const runtime::Parallel& p = group->parallel();
+  auto layout = std::make_shared<runtime::Layout>(runtime::param_infos(model), p);
+  if (p.dp_rank(rank) != 0) return;
+  std::vector<std::pair<std::string, at::Tensor>> mine = {{"flat", runtime::own_buffer(model, *layout, rank)}};  // a new tensor
+  int64_t adam_step = 0;
+  if (trainer) {
+    const algorithms::LmTrainer::FlatState s = trainer->flat_state();
+    if (s.exp_avg.defined()) {
+      mine.emplace_back("exp_avg", copy("exp_avg", s.exp_avg));
+      mine.emplace_back("exp_avg_sq", copy("exp_avg_sq", s.exp_avg_sq));
+      adam_step = s.step;
+    }
+  }
+  in_background(rank == 0, [&model, layout, dir, rank, step, adam_step, mine = std::move(mine)] {
+    const runtime::Parallel& p = layout->parallel();
+    fs::create_directories(dir / "shards");
+    core::save_safetensors(shard_file(dir, rank), mine, {{"step", std::to_string(adam_step)}, {"layout", p.str()}, {"save", std::to_string(step)}});
+    if (rank != 0) return;
+    // Every shard of this save (its "save" mark: an older one may lie there still) before the join.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(10);
+    for (int r = 1; r < p.fsdp * p.tp; ++r)
+      while (!fs::exists(shard_file(dir, r)) || core::load_safetensors(shard_file(dir, r)).metadata.at("save") != std::to_string(step)) {
+        if (std::chrono::steady_clock::now() > deadline) throw TimeoutError("rank " + std::to_string(r) + "'s shard did not come within 10 minutes");
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    join_shards(model, *layout, dir);
+  });
 }
 
 void load_trained(models::CausalLm& model, algorithms::LmTrainer* trainer, runtime::LayoutGroup* group, int rank,

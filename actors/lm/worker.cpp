@@ -219,7 +219,7 @@ class LmWorker final : public runtime::Role {
       return runtime::Stats{critic_.trainer->update_critic(aligned(b), c_.value_clip, seed)};
     });
     m.on<SaveActor>([this](const SaveActor& s) {
-      save_trained(need(actor_.model, "actor"), s.optimizer ? actor_.trainer.get() : nullptr, actor_.group.get(), info().rank, s.dir);
+      save(actor_, actor_saver_, s, "actor");
       return runtime::Version{version_};
     });
     m.on<LoadActor>([this](const LoadActor& l) {
@@ -229,7 +229,7 @@ class LmWorker final : public runtime::Role {
       return runtime::Version{version_};
     });
     m.on<SaveCritic>([this](const SaveCritic& s) {
-      save_trained(need(critic_.model, "critic"), s.optimizer ? critic_.trainer.get() : nullptr, critic_.group.get(), info().rank, s.dir);
+      save(critic_, critic_saver_, s, "critic");
       return runtime::Version{version_};
     });
     m.on<LoadCritic>([this](const LoadCritic& l) {
@@ -239,6 +239,15 @@ class LmWorker final : public runtime::Role {
   }
 
  private:
+  // A save now, or (s.background) a copy now written by the role's saver while the worker goes on.
+  template <class M>
+  void save(Trained& t, BackgroundSaver& saver, const M& s, const std::string& role) {
+    const algorithms::LmTrainer* trainer = s.optimizer ? t.trainer.get() : nullptr;
+    if (s.background) return saver.save(need(t.model, role), trainer, t.group.get(), info().rank, s.dir, s.step);
+    saver.wait();  // the files of a save before it come first
+    save_trained(need(t.model, role), trainer, t.group.get(), info().rank, s.dir);
+  }
+
   static models::CausalLm& need(const std::unique_ptr<models::CausalLm>& m, const std::string& role) {
     if (!m) throw Error("this worker does not host the " + role + " role");
     return *m;
@@ -361,6 +370,7 @@ class LmWorker final : public runtime::Role {
   std::unique_ptr<runtime::Collective> stream_tp_;  // the continuous generation's tensor-parallel group
   Lockstep lockstep_;
   Trained actor_, critic_, rollout_, ref_;
+  BackgroundSaver actor_saver_, critic_saver_;  // before the models they write go: declared after them
   std::unique_ptr<runtime::Layout> published_;  // the actor's layout, as PublishWeights cuts buffers
   WeightPull pull_;
   std::unique_ptr<models::CausalLm> reward_model_;

@@ -372,6 +372,16 @@ void add_bench_commands(CLI::App& app, Commands& commands) {
   commands.emplace_back(bench_rlhf_cmd, [rlhf_args] { return controller::bench_rlhf(*rlhf_args); });
   commands.emplace_back(bench_tok_cmd, [tok_args] { return controller::bench_tokenize(*tok_args); });
   commands.emplace_back(bench_gen_cmd, [gen_args] { return controller::bench_generate(*gen_args); });
+  auto ckpt_args = std::make_shared<controller::CheckpointBenchArgs>();
+  auto* bench_ckpt_cmd = bench->add_subcommand(
+      "checkpoint", "the training stall of a checkpoint of a model and its Adam state: synchronous against asynchronous");
+  bench_ckpt_cmd->add_option("--model", ckpt_args->model, "model directory (e.g. `flotilla lm init --preset base`)")->required()->check(CLI::ExistingDirectory);
+  bench_ckpt_cmd->add_option("--dir", ckpt_args->dir, "where to write the checkpoints (default: a temporary directory, removed after)");
+  bench_ckpt_cmd->add_option("--repeats", ckpt_args->repeats, "checkpoints of each kind; the best counts (default 2)")->check(CLI::Range(1, 100));
+  bench_ckpt_cmd->add_option("--batch", ckpt_args->batch, "rows per training step (default 4)")->check(CLI::Range(int64_t{1}, int64_t{4096}));
+  bench_ckpt_cmd->add_option("--seq-len", ckpt_args->seq_len, "tokens per row (default 64)")->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
+  bench_ckpt_cmd->add_flag("--json", ckpt_args->json, "print one JSON object");
+  commands.emplace_back(bench_ckpt_cmd, [ckpt_args] { return controller::bench_checkpoint(*ckpt_args); });
   commands.emplace_back(bench_stream_cmd, [stream_args] { return controller::bench_stream(*stream_args); });
 }
 

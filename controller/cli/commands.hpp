@@ -116,6 +116,18 @@ struct GenerateBenchArgs {
 // `flotilla bench generate`: engine tokens per second next to a full-recompute loop, and the ratio.
 int bench_generate(const GenerateBenchArgs& args);
 
+struct CheckpointBenchArgs {
+  std::string model, dir;  // dir: where the checkpoints are written ("" = a temporary directory)
+  int repeats = 2;
+  int64_t batch = 4, seq_len = 64;
+  bool json = false;
+};
+// `flotilla bench checkpoint`: the training stall of a checkpoint of a model with its Adam state,
+// written synchronously (the files, then the manifest with every file's SHA-256) against
+// asynchronously (a copy in host memory; the files and manifest written in the background while
+// training steps go on), and how much those steps slow down meanwhile.
+int bench_checkpoint(const CheckpointBenchArgs& args);
+
 struct DataMakeArgs {
   std::string task, out;
   int64_t n = 1000;

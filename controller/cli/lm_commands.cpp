@@ -9,10 +9,14 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <unistd.h>
 #include <sstream>
 
 #include "controller/cli/commands.hpp"
 #include "controller/cli/json32.hpp"
+#include "controller/run/checkpoint.hpp"
+#include "actors/lm/checkpoint.hpp"
+#include "algorithms/lm_trainer.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "core/process.hpp"
@@ -142,6 +146,97 @@ int generate(const GenerateArgs& args) {
                                 {"finish_reason", g.finish_reason}};
     std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   }
+  return 0;
+}
+
+int bench_checkpoint(const CheckpointBenchArgs& args) {
+  namespace fs = std::filesystem;
+  using clock = std::chrono::steady_clock;
+  auto since = [](clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); };
+  models::CausalLm lm = models::CausalLm::load(args.model);
+  algorithms::LmOptimConfig optim;
+  optim.micro_batch = args.batch;
+  algorithms::LmTrainer trainer(lm, optim);
+  algorithms::PolicyLossConfig sft;
+  sft.loss = "sft";
+  core::Batch batch;
+  batch.set("tokens", at::randint(0, lm.config().vocab_size, {args.batch, args.seq_len}, at::kLong));
+  batch.set("response_mask", at::ones({args.batch, args.seq_len - 1}, at::kFloat));
+  uint64_t seed = 1;
+  auto train_step = [&] {
+    const auto t = clock::now();
+    trainer.update_policy(batch, sft, seed++);
+    return since(t);
+  };
+  train_step();  // Adam's state exists from the first step
+  std::vector<double> alone;
+  for (int i = 0; i < 3; ++i) alone.push_back(train_step());
+  const fs::path root = args.dir.empty() ? fs::temp_directory_path() / ("flotilla-bench-checkpoint-" + std::to_string(::getpid())) : fs::path(args.dir);
+  struct Remove {
+    fs::path dir;
+    bool owned;
+    ~Remove() {
+      if (owned) fs::remove_all(dir);
+    }
+  } remove{root, args.dir.empty()};
+  // As the RLHF program does: the actor writes checkpoints/step-N/actor, then the controller the
+  // manifest (hashing every file).
+  auto manifest = [&](int64_t step) { return nlohmann::json{{"program", "bench"}, {"step", step}, {"dir", step_dir(step)}}.dump(); };
+  double sync_stall = 1e30, async_stall = 1e30, written_s = 0;
+  std::vector<double> during;
+  int64_t step = 0;
+  for (int r = 0; r < args.repeats; ++r) {
+    ++step;
+    auto t = clock::now();
+    actors::lm::save_trained(lm, &trainer, nullptr, 0, root / step_dir(step) / "actor");
+    save_checkpoint(root, step, {}, manifest(step), 2);
+    sync_stall = std::min(sync_stall, since(t));
+  }
+  actors::lm::BackgroundSaver saver;
+  CheckpointWriter writer;
+  for (int r = 0; r < args.repeats; ++r) {
+    ++step;
+    const fs::path dir = root / step_dir(step) / "actor";
+    auto t = clock::now();
+    saver.save(lm, &trainer, nullptr, 0, dir, step);
+    writer.add(root, step, manifest(step), 2, [dir] { return background_written(dir); });
+    async_stall = std::min(async_stall, since(t));
+    // Training goes on while the files and then the manifest are written.
+    const fs::path json = root / "checkpoints" / ("ckpt-" + std::to_string(step) + ".json");
+    while (!fs::exists(json)) {
+      during.push_back(train_step());
+      writer.poll();
+    }
+    written_s = std::max(written_s, since(t));
+  }
+  writer.flush();
+  if (!verify_checkpoint(root / "checkpoints" / ("ckpt-" + std::to_string(step) + ".json")).empty())
+    throw Error("the last asynchronous checkpoint does not verify");
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  int64_t params = 0;
+  for (const auto& [name, t] : lm.named_parameters()) params += t.numel();
+  const double step_alone = median(alone), step_during = median(during);
+  nlohmann::ordered_json j = {{"model", args.model},
+                              {"parameters", params},
+                              {"sync_stall_s", sync_stall},
+                              {"async_stall_s", async_stall},
+                              {"stall_ratio", sync_stall / async_stall},
+                              {"async_written_s", written_s},
+                              {"train_step_s", step_alone},
+                              {"train_step_during_write_s", step_during},
+                              {"steps_during_writes", static_cast<int64_t>(during.size())}};
+  if (args.json) std::cout << j.dump() << "\n";
+  else
+    std::cout << "model " << args.model << " (" << params << " parameters, with Adam's state), best of " << args.repeats << "\n"
+              << "synchronous checkpoint: training stalls " << sync_stall << " s (files, then the manifest's SHA-256s)\n"
+              << "asynchronous checkpoint: training stalls " << async_stall << " s (a copy in host memory); written "
+              << written_s << " s later\n"
+              << "stall ratio: " << sync_stall / async_stall << "\n"
+              << "train step: " << step_alone << " s alone, " << step_during << " s while a checkpoint is written ("
+              << during.size() << " steps)\n";
   return 0;
 }
 

@@ -61,6 +61,7 @@ class RlhfProgram final : public Program {
     core::ConfigView ckpt = root.section("checkpoint");
     ckpt_every_ = ckpt.get<int64_t>("every", 0, core::at_least<int64_t>(0));
     ckpt_keep_ = ckpt.get<int>("keep", 2, core::at_least(1));
+    ckpt_async_ = ckpt.get<bool>("async", true);
     seed_ = static_cast<uint64_t>(root.get<int64_t>("seed", 1));
     kl_coef_ = c_.kl_coef;
     if (c_.kl_target > 0) adaptive_kl_ = algorithms::AdaptiveKl(c_.kl_coef, c_.kl_target, c_.kl_horizon);
@@ -104,6 +105,7 @@ class RlhfProgram final : public Program {
                  c_.data.train, train_.filtered, train_.truncated, c_.data.max_prompt_tokens,
                  val_.examples.empty() ? "" : ", " + std::to_string(val_.examples.size()) + " held out");
     return restarts_.run(experiment_.fault, [&] { return run_workers(ctx); }, [&] {
+      checkpoints_.poll(), checkpoints_.drop();  // one whose files are whole is kept
       last_sync_.clear(), gen_clock_.reset(), gen_tokens_ = 0;
       if (latest_checkpoint(ctx.dir)) return resume(ctx.dir);
       resume_ = nullptr, version_ = 0, kl_coef_ = c_.kl_coef;
@@ -116,10 +118,10 @@ class RlhfProgram final : public Program {
     Cluster cluster(ctx.dir, experiment_.name, worker_specs(), cluster_options());
     cluster_ = &cluster;
     const RunRestarts::Scope scope(restarts_, cluster);
-    struct DropStream {  // the stream points at the cluster's groups: it goes first
-      std::unique_ptr<SampleStream>& stream;
-      ~DropStream() { stream.reset(); }
-    } drop{stream_};
+    struct Leave {  // the stream points at the cluster's groups: it goes first
+      RlhfProgram& p;
+      ~Leave() { p.stream_.reset(), p.cluster_ = nullptr; }
+    } leave{*this};
     for (const auto& g : c_.workers) cluster.run(g.role, runtime::Configure{core::read_file(ctx.dir / "config.yaml")});
     for (const auto& g : c_.workers) cluster.run(g.role, runtime::Start{});  // the rollouts' continuous generation
     restarts_.up(cluster);
@@ -136,6 +138,7 @@ class RlhfProgram final : public Program {
     while (step < steps_) {
       if (interrupted(ctx, result)) break;
       ++step;
+      checkpoints_.poll();  // a background checkpoint whose files are whole gets its manifest
       const auto ts = clock_type::now();
       const int64_t bytes_before = cluster.transfer_bytes();
       core::Scalars row;
@@ -153,6 +156,7 @@ class RlhfProgram final : public Program {
       else spdlog::warn("no checkpoint at step {}: following a schedule, a run checkpoints only where the recorded run did", step);
     }
     if (step > start || start == 0) save_final(ctx.dir);
+    checkpoints_.flush();
     result.summary.push_back({"global_step", static_cast<double>(step)});
     result.summary.push_back({"data/train_examples", static_cast<double>(train_.examples.size())});
     result.summary.push_back({"data/prompts_filtered", static_cast<double>(train_.filtered + val_.filtered)});
@@ -160,7 +164,7 @@ class RlhfProgram final : public Program {
     result.summary.push_back({"data/responses_truncated", static_cast<double>(train_.responses_truncated)});
     result.summary.push_back({"train_time_s", clock.seconds()});
     result.summary.push_back({"fault/restarts", static_cast<double>(restarts_.total(cluster))});
-    if (stream_) save_schedule(ctx.dir);
+    if (stream_) stream_->save_schedule(ctx.dir / "schedule.json");
     return result;
   }
 
@@ -509,8 +513,10 @@ class RlhfProgram final : public Program {
   // not trained yet are saved with the checkpoint, so a resumed run trains every prompt once.
   void checkpoint(const fs::path& run_dir, int64_t step, const Sampler& sampler, double train_time_s) {
     const std::string dir = step_dir(step);
-    group("actor").call(SaveActor{.dir = (run_dir / dir / "actor").string(), .step = step}).get();
-    if (c_.family.critic) group("critic").call(SaveCritic{.dir = (run_dir / dir / "critic").string(), .step = step}).get();
+    checkpoints_.poll(true);  // one at a time
+    group("actor").call(SaveActor{.dir = (run_dir / dir / "actor").string(), .step = step, .background = ckpt_async_}).get();
+    if (c_.family.critic)
+      group("critic").call(SaveCritic{.dir = (run_dir / dir / "critic").string(), .step = step, .background = ckpt_async_}).get();
     json manifest = {{"program", "rlhf"}, {"step", step}, {"version", version_}, {"dir", dir}, {"sampler", sampler.state()},
                      {"kl_coef", kl_coef_}, {"train_time_s", train_time_s}};
     if (stream_) {
@@ -521,10 +527,16 @@ class RlhfProgram final : public Program {
       std::vector<int64_t> steps;
       for (const auto& s : rollout_replicas_polled()) steps.push_back(static_cast<int64_t>(s.counter("rollout/step")));
       manifest["rollout_steps"] = steps;
-      save_schedule(run_dir);
+      stream_->save_schedule(run_dir / "schedule.json");
       stream_->save_ready(run_dir / dir / "stream.safetensors");
     }
-    save_checkpoint(run_dir, step, {}, manifest.dump(2), ckpt_keep_);
+    // The background saves' files are whole once each model's directory says so (a worker that
+    // failed meanwhile never says so: the checkpoint is dropped).
+    checkpoints_.add(run_dir, step, manifest.dump(2), ckpt_keep_, [this, d = run_dir / dir] {
+      if (cluster_) cluster_->check();
+      return !ckpt_async_ || (background_written(d / "actor") && (!c_.family.critic || background_written(d / "critic")));
+    });
+    if (!ckpt_async_) checkpoints_.flush();
   }
 
   // Loads the checkpoint `resume()` found; returns its step.
@@ -551,18 +563,14 @@ class RlhfProgram final : public Program {
     spdlog::info("final model: {}", final_dir.string());
   }
 
-  // RUN_DIR/schedule.json: what async.schedule takes to repeat this run.
-  void save_schedule(const fs::path& run_dir) const {
-    const std::string text = stream_->schedule().to_json().dump();
-    core::write_file_atomically(run_dir / "schedule.json", [&](std::ostream& o) { o << text << "\n"; });
-  }
-
   const Example& ex(int64_t i) const { return train_.examples[static_cast<size_t>(i)]; }
 
   Experiment experiment_;
   RlhfConfig c_;
   int64_t steps_ = 100, eval_every_ = 0, eval_n_ = 200, ckpt_every_ = 0;
   int ckpt_keep_ = 2;
+  bool ckpt_async_ = true;
+  CheckpointWriter checkpoints_;
   bool eval_at_start_ = true;
   double call_timeout_s_ = 600;
   uint64_t seed_ = 1;

@@ -9,6 +9,7 @@
 
 #include "core/batch.hpp"
 #include "core/error.hpp"
+#include "core/fs.hpp"
 #include "core/safetensors.hpp"
 
 namespace flotilla::controller {
@@ -459,6 +460,11 @@ void SampleStream::save_ready(const std::filesystem::path& file) const {
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   for (const auto& name : ready.names()) tensors.emplace_back(name, ready[name]);
   core::save_safetensors(file, tensors, {{"format", "flotilla-stream"}});
+}
+
+void SampleStream::save_schedule(const std::filesystem::path& file) const {
+  const std::string text = recorded_.to_json().dump();
+  core::write_file_atomically(file, [&](std::ostream& o) { o << text << "\n"; });
 }
 
 void SampleStream::restore_ready(const std::filesystem::path& file) {

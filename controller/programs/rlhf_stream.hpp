@@ -142,6 +142,9 @@ class SampleStream {
   // What this run did so far (recorded as it goes), and a schedule to follow instead of timing:
   // each rollout rank r counts its engine steps from from_steps[r].
   Schedule& schedule() { return recorded_; }
+  // The schedule recorded so far, to `file` (RUN_DIR/schedule.json: what async.schedule takes to
+  // repeat this run).
+  void save_schedule(const std::filesystem::path& file) const;
   // The schedule the rollouts follow, if any.
   const Schedule* following() const { return replay_ ? &*replay_ : nullptr; }
   void follow(const Schedule& s, const std::vector<int64_t>& from_steps);

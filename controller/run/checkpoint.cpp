@@ -1,7 +1,9 @@
 #include "controller/run/checkpoint.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <regex>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -114,6 +116,44 @@ Checkpoint load_checkpoint(const fs::path& path) {
   c.manifest_json = core::read_file(manifest);
   c.tensors = core::load_safetensors(tensors).tensors;
   return c;
+}
+
+bool background_written(const fs::path& dir) {
+  if (!fs::exists(dir / "written")) return false;
+  std::string text = core::read_file(dir / "written");
+  while (!text.empty() && text.back() == '\n') text.pop_back();
+  if (text != "ok") throw Error(dir.string() + ": the background save failed: " + text);
+  return true;
+}
+
+CheckpointWriter::~CheckpointWriter() {
+  if (manifest_.valid()) manifest_.wait();
+}
+
+void CheckpointWriter::add(const fs::path& run_dir, int64_t iteration, std::string manifest_json, int keep, std::function<bool()> written) {
+  poll(true);
+  pending_ = Pending{run_dir, iteration, std::move(manifest_json), keep, std::move(written)};
+}
+
+void CheckpointWriter::poll(bool wait) {
+  if (!pending_) return;
+  while (!pending_->written()) {
+    if (!wait) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (manifest_.valid()) manifest_.get();  // the one before, and what went wrong writing it
+  manifest_ = std::async(std::launch::async, [p = std::move(*pending_)] { save_checkpoint(p.run_dir, p.iteration, {}, p.manifest, p.keep); });
+  pending_.reset();
+}
+
+void CheckpointWriter::flush() {
+  poll(true);
+  if (manifest_.valid()) manifest_.get();
+}
+
+void CheckpointWriter::drop() {
+  pending_.reset();
+  if (manifest_.valid()) manifest_.wait();
 }
 
 }  // namespace flotilla::controller

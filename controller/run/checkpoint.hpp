@@ -9,6 +9,8 @@
 #include <ATen/core/Tensor.h>
 
 #include <filesystem>
+#include <functional>
+#include <future>
 #include <optional>
 #include <string>
 #include <utility>
@@ -20,6 +22,41 @@ using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
 void save_checkpoint(const std::filesystem::path& run_dir, int64_t iteration, const NamedTensors& tensors,
                      const std::string& manifest_json, int keep);
+
+// Whether a worker's background save into `dir` is whole: it writes `dir`/written last, "ok" or
+// what went wrong (thrown here as an Error naming the directory).
+bool background_written(const std::filesystem::path& dir);
+
+// Checkpoints whose workers write their files in the background (asynchronous checkpoints): the
+// manifest of one is written, on a thread of its own that hashes every file, once `written` says
+// every worker's files are whole, so the checkpoint exists only then. One is pending at a time.
+class CheckpointWriter {
+ public:
+  ~CheckpointWriter();
+  // A checkpoint whose files are being written; a pending one before it is finished first.
+  void add(const std::filesystem::path& run_dir, int64_t iteration, std::string manifest_json, int keep,
+           std::function<bool()> written);
+  // Writes the pending checkpoint's manifest if its files are whole (`wait`: once they are).
+  void poll(bool wait = false);
+  // Every pending checkpoint finished and its manifest written (the end of a run); throws what
+  // went wrong in the background.
+  void flush();
+  // Forgets the pending checkpoint (its workers failed; it never gets a manifest), after the
+  // manifest being written, if any, is.
+  void drop();
+  bool pending() const { return pending_.has_value(); }
+
+ private:
+  struct Pending {
+    std::filesystem::path run_dir;
+    int64_t iteration;
+    std::string manifest;
+    int keep;
+    std::function<bool()> written;
+  };
+  std::optional<Pending> pending_;
+  std::future<void> manifest_;
+};
 
 struct Checkpoint {
   std::filesystem::path manifest_path;

@@ -48,6 +48,7 @@ struct Directory {
   optimizer @1 :Bool;  # with the optimizer state
   version @2 :Int64;   # the version the loaded weights become
   step @3 :Int64;
+  background @4 :Bool;  # save: copy the state now, write it on a thread of its own
 }
 
 # How to sample continuations of the prompts in a call's input.
