@@ -121,6 +121,14 @@ TEST_CASE("killed_and_stopped_workers_are_replaced_and_rejoin_while_training_goe
   CHECK(detected < 6);
   auto s = nlohmann::json::parse(core::read_file(run / "summary.json"));
   CHECK(s["fault/restarts"] == 3);
+  // No fragment was taken twice, across the replacements (each carries its actor's incarnation).
+  double received = 0;
+  for (const auto& row : core::read_metrics_jsonl(run / "metrics.jsonl"))
+    for (const auto& [k, v] : row.values) {
+      if (k == "perf/duplicate_fragments") CHECK(v == 0);
+      if (k == "perf/fragments_received") received = v;
+    }
+  CHECK(received > 0);
   CHECK(wait_until([&] { return workers_of(run.string()).empty(); }, 10));
 }
 

@@ -6,6 +6,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 
+#include <unistd.h>
+
 #include <deque>
 #include <zmq.hpp>
 
@@ -146,6 +148,9 @@ class EnvActor final : public runtime::Role {
       // Env steps: a multi-agent env's agent rows move all its agents at once.
       for (const auto& e : envs_) fragment_steps += T * e->num_envs() / std::max<int64_t>(1, e->spec().layout.agents);
       stats.push_back({"env_steps", static_cast<double>(fragment_steps)});
+      // Which fragment this is: the trainer takes none twice (a replacement is a new incarnation).
+      stats.push_back({"fragment/incarnation", static_cast<double>(::getpid())});
+      stats.push_back({"fragment/index", static_cast<double>(fragments_.load())});
       samples_->send(fragment_batch(tracks), oldest, stats);
       // An inline actor outruns the trainer; it waits for parameters newer than those it used,
       // so its next fragment is on-policy for the next update.

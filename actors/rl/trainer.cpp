@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <map>
 #include <zmq.hpp>
 
 #include "actors/rl/common.hpp"
@@ -118,6 +119,11 @@ class Trainer final : public runtime::Role {
         last_publish = std::chrono::steady_clock::now();
       }
       if (!s) continue;
+      ++received_;
+      if (!first_time(*s)) {
+        ++duplicates_;
+        continue;
+      }
       for (const auto& kv : s->stats)
         if (kv.first.rfind("episode/", 0) == 0 || kv.first == "env_steps") got.episodes.push_back(kv);
       const bool stale = c_.deterministic ? s->policy_version != version_ : !staleness_.fresh(s->policy_version, version_);
@@ -135,6 +141,25 @@ class Trainer final : public runtime::Role {
         return a.sender.size() != b.sender.size() ? a.sender.size() < b.sender.size() : a.sender < b.sender;
       });
     return got;
+  }
+
+  // Whether a fragment is new: each actor incarnation's fragments come in order over one stream,
+  // so one whose index is not past the last taken from it was taken already (a replay buffer
+  // sends fragments again on purpose).
+  bool first_time(const core::Samples& s) {
+    if (c_.buffer_mode == "replay") return true;
+    double incarnation = -1, index = -1;
+    for (const auto& [k, v] : s.stats) {
+      if (k == "fragment/incarnation") incarnation = v;
+      if (k == "fragment/index") index = v;
+    }
+    if (index < 0) return true;
+    const std::string key = s.sender + "@" + std::to_string(static_cast<int64_t>(incarnation));
+    auto [it, fresh] = last_index_.emplace(key, static_cast<int64_t>(index));
+    if (fresh) return true;
+    if (static_cast<int64_t>(index) <= it->second) return false;
+    it->second = static_cast<int64_t>(index);
+    return true;
   }
 
   void train() {
@@ -157,6 +182,8 @@ class Trainer final : public runtime::Role {
       publish();
       row.push_back({"perf/policy_lag", static_cast<double>(version_ - 1 - got.oldest)});
       row.push_back({"perf/stale_fragments_dropped", static_cast<double>(stale_)});
+      row.push_back({"perf/fragments_received", static_cast<double>(received_)});
+      row.push_back({"perf/duplicate_fragments", static_cast<double>(duplicates_)});
       row.push_back({"timing_s/update", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()});
       row.push_back({"trainer/version", static_cast<double>(version_.load())});
       row.insert(row.end(), episodes.begin(), episodes.end());
@@ -180,7 +207,8 @@ class Trainer final : public runtime::Role {
   algorithms::Staleness staleness_{1, 1};
   at::Generator gen_ = at::make_generator<at::CPUGeneratorImpl>(12345);
   std::atomic<int64_t> version_{0}, env_steps_{0};
-  int64_t trained_ = 0, stale_ = 0;
+  int64_t trained_ = 0, stale_ = 0, received_ = 0, duplicates_ = 0;
+  std::map<std::string, int64_t> last_index_;  // by actor incarnation: the last fragment taken
   runtime::Loop loop_;  // last: joined before the sockets above go away
 };
 

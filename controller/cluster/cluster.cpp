@@ -193,12 +193,13 @@ struct Cluster::Monitor {
       ready = up;
       ++failures;
     }
-    const std::string action = !policy.restart || !ready || used >= policy.max_restarts ? "stop"
-                               : options.replaceable.count(p.group)                    ? "replace"
-                                                                                       : "restore";
+    const bool may = policy.restart && used < policy.max_restarts && (ready || options.restoring);
+    const std::string action = !may                                        ? "stop"
+                               : ready && options.replaceable.count(p.group) ? "replace"
+                                                                             : "restore";
     record({{"event", "failed"}, {"worker", p.name}, {"pid", p.process->pid()}, {"reason", why}, {"action", action}});
     if (action == "stop") {
-      const bool spent = policy.restart && ready;
+      const bool spent = policy.restart && used >= policy.max_restarts;
       return fail(why + (spent ? "; group " + p.group + " has used its " + std::to_string(policy.max_restarts) + " restarts (fault.max_restarts)" : ""),
                   &p);
     }
@@ -251,7 +252,7 @@ struct Cluster::Monitor {
       bool can_restart = false;
       {
         std::lock_guard lock(mutex);
-        can_restart = up && policy.restart && restarts[p.group] < policy.max_restarts;
+        can_restart = (up || options.restoring) && policy.restart && restarts[p.group] < policy.max_restarts;
       }
       if (!can_restart) return fail(why, &p);
       // Stopped or cut off: it is killed, and its exit is the failure.

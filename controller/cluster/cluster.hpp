@@ -65,6 +65,10 @@ struct ClusterOptions {
   FaultConfig fault;        // what a worker's failure does, per group
   std::set<std::string> replaceable;  // groups whose failed workers are replaced in place
   std::map<std::string, int> restarts;  // by group: those used already (by an earlier cluster of the run)
+  // Brought back to a checkpoint after a failure: a worker that fails while this cluster starts
+  // brings it back again (the group's restarts permitting), where at the run's first start it
+  // stops the run.
+  bool restoring = false;
 };
 
 class Cluster {
@@ -126,16 +130,21 @@ class RunRestarts {
   template <class Attempt, class Restore>
   auto run(const FaultConfig& fault, Attempt attempt, Restore restore) {
     while (true) {
+      std::optional<WorkerFailure> f;
       try {
         return attempt();
+      } catch (const WorkerFailure& e) {
+        f = e;
       } catch (const Error&) {
         // A call that a worker's failure ended throws that failure as a plain Error: the cluster
         // it came from said which (Scope).
-        std::optional<WorkerFailure> f = std::exchange(failure_, std::nullopt);
-        if (!f || !f->restore) throw;
-        back_to_checkpoint(*f, fault);
-        restore();
+        f = std::exchange(failure_, std::nullopt);
+        if (!f) throw;
       }
+      failure_.reset();
+      if (!f->restore) throw *f;
+      back_to_checkpoint(*f, fault);
+      restore();
     }
   }
   // A new cluster of the run: it starts from the restarts used so far, and on destruction hands
@@ -153,7 +162,10 @@ class RunRestarts {
     RunRestarts& restarts;
     Cluster& cluster;
   };
-  void prepare(ClusterOptions& options) const { options.restarts = used_; }
+  void prepare(ClusterOptions& options) const {
+    options.restarts = used_;
+    options.restoring = restored_.has_value();
+  }
   // The cluster's workers run again: a restore is logged as the failed worker's return.
   void up(Cluster& cluster);
   int total(const Cluster& cluster) const;
