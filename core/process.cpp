@@ -41,6 +41,12 @@ ExitStatus status_of(int raw) {
 
 }  // namespace
 
+std::string hostname() {
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0 || !host[0]) return "localhost";
+  return host;
+}
+
 std::string node_address(const std::string& interface) {
   ifaddrs* all = nullptr;
   if (::getifaddrs(&all) != 0) throw Error(std::string("cannot list the network interfaces: ") + std::strerror(errno));

@@ -55,6 +55,9 @@ class Process {
 // The absolute path of `name` on PATH, or "" when it is not there.
 std::string find_program(const std::string& name);
 
+// This machine's host name (gethostname), "localhost" when it has none.
+std::string hostname();
+
 // This machine's IPv4 address on `interface`, or on the first interface that is up and not
 // loopback when it is ""; throws naming the interface (or saying none is up).
 std::string node_address(const std::string& interface = "");

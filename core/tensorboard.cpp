@@ -9,6 +9,7 @@
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "core/process.hpp"
 #include "tensorboard.pb.h"
 
 namespace flotilla::core {
@@ -33,8 +34,7 @@ double wall_time_now() {
 class TensorboardSink final : public MetricSink {
  public:
   explicit TensorboardSink(const std::filesystem::path& dir) {
-    char host[256] = "localhost";
-    ::gethostname(host, sizeof host - 1);
+    const std::string host = hostname();
     const double now = wall_time_now();
     path_ = dir / ("events.out.tfevents." + std::to_string(static_cast<int64_t>(now)) + "." + host);
     out_.open(path_, std::ios::binary | std::ios::trunc);

@@ -64,6 +64,15 @@ size_t rows(const fs::path& run) {
   return fs::exists(run / "metrics.jsonl") ? core::read_metrics_jsonl(run / "metrics.jsonl").size() : 0;
 }
 
+// The trainers' updates logged so far (the workers' own rows aside).
+size_t updates(const fs::path& run) {
+  if (!fs::exists(run / "metrics.jsonl")) return 0;
+  size_t n = 0;
+  for (const auto& row : core::read_metrics_jsonl(run / "metrics.jsonl"))
+    for (const auto& [k, v] : row.values) n += k == "losses/policy_loss";
+  return n;
+}
+
 }  // namespace
 
 TEST_CASE("killed_and_stopped_workers_are_replaced_and_rejoin_while_training_goes_on") {
@@ -95,8 +104,8 @@ TEST_CASE("killed_and_stopped_workers_are_replaced_and_rejoin_while_training_goe
   ::kill(stopped, SIGKILL);  // in case the run left it (it must not)
 
   // Training goes on with all three replacements: more updates are logged.
-  const size_t before = rows(run);
-  CHECK(wait_until([&] { return rows(run) >= before + 3; }, 60));
+  const size_t before = updates(run);
+  CHECK(wait_until([&] { return updates(run) >= before + 3; }, 60));
   p.signal(SIGINT);
   auto r = p.wait(60);
   CAPTURE(r.err);
@@ -129,6 +138,22 @@ TEST_CASE("killed_and_stopped_workers_are_replaced_and_rejoin_while_training_goe
       if (k == "perf/fragments_received") received = v;
     }
   CHECK(received > 0);
+  CHECK(wait_until([&] { return workers_of(run.string()).empty(); }, 10));
+}
+
+TEST_CASE("a_killed_buffer_is_replaced_and_the_actors_fragments_flow_through_its_replacement") {
+  test::TempDir dir;
+  const fs::path run = dir.path() / "r";
+  test::CliProcess p(kCli, {"run", "-q", kConfig, "train.total_steps=100000000", "stop.mean_return=100000", "run.dir=r",
+                            "fault.restart_backoff_s=0.2", "workers=[{role: env_actor, count: 2}, {role: policy_worker}, {role: buffer}, {role: trainer}]"},
+                     dir.path(), dir.path());
+  REQUIRE(wait_until([&] { return rows(run) >= 2; }, 60));
+  ::kill(worker_pid(run.string(), "buffer", 0), SIGKILL);
+  REQUIRE(wait_until([&] { return count_events(run, "rejoined", "buffer/0") == 1; }, 30));
+  const size_t before = updates(run);
+  CHECK(wait_until([&] { return updates(run) >= before + 3; }, 60));  // every fragment goes through the buffer
+  p.signal(SIGINT);
+  CHECK(p.wait(60).code == 130);
   CHECK(wait_until([&] { return workers_of(run.string()).empty(); }, 10));
 }
 

@@ -181,6 +181,8 @@ TEST_CASE("rlhf_resume_continues_exactly_where_the_checkpoint_left_off") {
   w.run_ok("addition_grpo.yaml", args, {"train.steps=2"}, "half");
   CHECK(fs::exists(w.path() / "half" / "checkpoints" / "ckpt-2.json"));
   CHECK(fs::exists(w.path() / "half" / "checkpoints" / "step-2" / "actor" / "optimizer.safetensors"));
+  // Written in the background (checkpoint.async, the default): resuming from it repeats the run.
+  CHECK(core::read_file(w.path() / "half" / "checkpoints" / "step-2" / "actor" / "written") == "ok\n");
   const auto manifest = nlohmann::json::parse(core::read_file(w.path() / "half" / "checkpoints" / "ckpt-2.json"));
   const double trained_before = manifest.at("train_time_s").get<double>();
   CHECK(trained_before > 0);

@@ -116,11 +116,34 @@ TEST_CASE("a_split_rlhf_job_runs_through_slurm") {
   CHECK(fs::exists(w.path() / "rlhf" / "final" / "model.safetensors"));
 }
 
-TEST_CASE("a_killed_worker_under_slurm_is_reported_by_name_and_node_and_ends_the_job") {
+TEST_CASE("a_killed_policy_worker_under_slurm_is_replaced_by_a_job_step_on_its_node") {
+  SlurmCluster cluster;
+  test::TempDir dir;
+  const fs::path r = dir.path() / "r";
+  test::CliProcess run(kCli, {"run", kPpo, "run.dir=r", "launcher.kind=slurm", "launcher.nodes=2", "stop.mean_return=100000",
+                              "train.total_steps=60000", "fault.restart_backoff_s=0.2"},
+                       dir.path(), dir.path());
+  REQUIRE(test::wait_until([&] { return fs::exists(r / "log.txt") && contains(core::read_file(r / "log.txt"), "workers running"); }, 60));
+  pid_t policy = 0;
+  for (pid_t pid : workers_in(r))
+    if (contains(core::read_file("/proc/" + std::to_string(pid) + "/cmdline"), std::string("--role\0policy_worker", 20))) policy = pid;
+  REQUIRE(policy > 0);
+  ::kill(policy, SIGKILL);
+  const test::CliResult done = run.wait(120);
+  CAPTURE(done.err);
+  CHECK(done.code == 0);
+  const std::string faults = core::read_file(r / "faults.jsonl");
+  CHECK(contains(faults, "worker policy_worker/0 on node node"));
+  CHECK(contains(faults, "\"event\":\"rejoined\""));
+  CHECK(nlohmann::json::parse(core::read_file(r / "summary.json"))["global_step"].get<double>() >= 60000);
+  CHECK(test::wait_until([&] { return workers_in(r).empty(); }, 30));
+}
+
+TEST_CASE("with_fault_policy_stop_a_killed_worker_under_slurm_is_reported_by_name_and_node_and_ends_the_job") {
   SlurmCluster cluster;
   test::TempDir dir;
   test::CliProcess run(kCli, {"run", kPpo, "run.dir=r", "launcher.kind=slurm", "launcher.nodes=2", "stop.mean_return=100000",
-                              "train.total_steps=1000000000"},
+                              "train.total_steps=1000000000", "fault.on_worker_failure=stop"},
                        dir.path(), dir.path());
   const bool up = test::wait_until([&] { return fs::exists(dir.path() / "r" / "log.txt") && contains(core::read_file(dir.path() / "r" / "log.txt"), "workers running"); }, 60);
   REQUIRE_MESSAGE(up, "no 'workers running' in the log; the job's output: "

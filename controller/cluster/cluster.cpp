@@ -147,11 +147,7 @@ struct Cluster::Monitor {
 
   // "worker trainer/1 on host vm (pid 123)", or under Slurm "worker trainer/1 on node n2 (srun pid 123)".
   static std::string who(const Proc& p) {
-    static const std::string host = [] {
-      char h[256] = {};
-      ::gethostname(h, sizeof h - 1);
-      return std::string(h);
-    }();
+    static const std::string host = core::hostname();
     return "worker " + p.name + (p.node.empty() ? " on host " + host + " (pid " : " on node " + p.node + " (srun pid ") +
            std::to_string(p.process->pid()) + ")";
   }

@@ -47,11 +47,7 @@ class DistributedRl final : public Program {
     spdlog::info("resuming from {} (trainer version {}, step {})", path->string(), version_, env_steps_);
   }
 
-  std::vector<std::pair<std::string, int>> worker_groups() const override {
-    std::vector<std::pair<std::string, int>> out;
-    for (const auto& g : c_.workers) out.push_back({g.role, g.count});
-    return out;
-  }
+  std::vector<std::pair<std::string, int>> worker_groups() const override { return group_counts(c_.workers); }
 
   // A failed trainer (or any worker of a deterministic run) whose policy is restart brings the
   // run back to its last checkpoint (its start when it has none); the other roles are replaced

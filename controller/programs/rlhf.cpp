@@ -91,11 +91,7 @@ class RlhfProgram final : public Program {
     resume_ = json::parse(load_checkpoint(*path).manifest_json);
   }
 
-  std::vector<std::pair<std::string, int>> worker_groups() const override {
-    std::vector<std::pair<std::string, int>> out;
-    for (const auto& g : c_.workers) out.push_back({g.role, g.count});
-    return out;
-  }
+  std::vector<std::pair<std::string, int>> worker_groups() const override { return group_counts(c_.workers); }
 
   // A worker's failure, under fault policy restart, brings the run back to its last checkpoint
   // (its start when there is none): every prompt of the steps after it is taken again.

@@ -18,6 +18,7 @@
 #include "controller/run/signals.hpp"
 #include "core/fs.hpp"
 #include "core/log.hpp"
+#include "core/process.hpp"
 #include "core/registry.hpp"
 #include "core/tensorboard.hpp"
 
@@ -122,9 +123,7 @@ fs::path create_run_dir(const Experiment& e) {
 // `flotilla status` and `flotilla stop`.
 void write_run_info(const fs::path& dir, const std::string& job, bool controller_here) {
   nlohmann::ordered_json j;
-  char host[256] = {};
-  ::gethostname(host, sizeof host - 1);
-  if (controller_here) j["pid"] = ::getpid(), j["host"] = host;
+  if (controller_here) j["pid"] = ::getpid(), j["host"] = core::hostname();
   if (!job.empty()) j["slurm_job"] = job;
   core::write_file_atomically(dir / "run.json", [&](std::ostream& out) { out << j.dump(2) << '\n'; });
 }
@@ -297,9 +296,7 @@ nlohmann::json run_info(const fs::path& dir) {
   return nlohmann::json::parse(core::read_file(dir / "run.json"));
 }
 bool local_controller_runs(const nlohmann::json& info) {
-  char host[256] = {};
-  ::gethostname(host, sizeof host - 1);
-  return info.contains("pid") && info.value("host", "") == host && ::kill(info["pid"].get<pid_t>(), 0) == 0;
+  return info.contains("pid") && info.value("host", "") == core::hostname() && ::kill(info["pid"].get<pid_t>(), 0) == 0;
 }
 }  // namespace
 

@@ -58,6 +58,14 @@ inline bool interrupted(const RunContext& ctx, RunResult& result) {
   return true;
 }
 
+// (group, count) of each entry of a config's `workers:` list (anything with `role` and `count`).
+template <class Workers>
+std::vector<std::pair<std::string, int>> group_counts(const Workers& workers) {
+  std::vector<std::pair<std::string, int>> out;
+  for (const auto& g : workers) out.push_back({g.role, g.count});
+  return out;
+}
+
 class Program {
  public:
   virtual ~Program() = default;
