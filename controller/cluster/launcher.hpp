@@ -60,7 +60,7 @@ struct FaultPolicy {
   double backoff_s = 1.0;  // restart_backoff_s: from the failure to starting the replacement
 };
 struct FaultConfig {
-  int64_t heartbeat_timeout_ms = 2000;
+  int64_t heartbeat_timeout_ms = 1800;  // with a heartbeat every 200 ms: a stopped worker is found within 2 s
   FaultPolicy defaults;
   std::map<std::string, FaultPolicy> groups;
   static FaultConfig read(const core::ConfigView& fault);
