@@ -14,6 +14,7 @@
 #include "core/fs.hpp"
 #include "core/metrics.hpp"
 #include "support/cli.hpp"
+#include "support/cli_checks.hpp"
 #include "support/processes.hpp"
 #include "support/rlhf_workspace.hpp"
 #include "support/temp_dir.hpp"
@@ -207,15 +208,10 @@ TEST_CASE("a_group_that_has_used_its_restarts_stops_the_run_on_the_next_failure"
 
 TEST_CASE("fault_config_errors_name_the_key") {
   test::TempDir dir;
-  auto bad = test::run_cli(kCli, {"validate", kConfig, "fault.on_worker_failure=retry"}, dir.path());
-  CHECK(bad.code == 2);
-  CHECK(contains(bad.err, "on_worker_failure"));
-  auto group = test::run_cli(kCli, {"validate", kConfig, "fault.groups=[{group: trainr}]"}, dir.path());
-  CHECK(group.code == 2);
-  CHECK(contains(group.err, "fault.groups: this run has no worker group 'trainr'"));
-  auto moved = test::run_cli(kCli, {"validate", kConfig, "distributed.heartbeat_timeout_ms=500"}, dir.path());
-  CHECK(moved.code == 2);
-  CHECK(contains(moved.err, "fault.heartbeat_timeout_ms"));
+  test::check_config_error(kCli, {"validate", kConfig, "fault.on_worker_failure=retry"}, dir.path(), "on_worker_failure");
+  test::check_config_error(kCli, {"validate", kConfig, "fault.groups=[{group: trainr}]"}, dir.path(),
+                           "fault.groups: this run has no worker group 'trainr'");
+  test::check_config_error(kCli, {"validate", kConfig, "distributed.heartbeat_timeout_ms=500"}, dir.path(), "fault.heartbeat_timeout_ms");
 }
 
 TEST_CASE("an_env_actor_killed_while_writing_its_checkpoint_shard_abandons_that_checkpoint_only") {
