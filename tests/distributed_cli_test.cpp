@@ -104,10 +104,20 @@ TEST_CASE("distributed_ppo_trains_with_two_data_parallel_trainers") {
                                 "workers=[{role: env_actor, count: 2}, {role: policy_worker, count: 2}, {role: trainer, count: 2}]",
                                 "train.total_steps=4000", "stop.mean_return=100000", "run.dir=r"},
                          dir.path(), dir.path());
-  CHECK(r.code == 0);
+  CHECK_MESSAGE(r.code == 0, r.err);
   CHECK_FALSE(contains(r.err, "error"));
   CHECK(core::read_metrics_jsonl(dir.path() / "r" / "metrics.jsonl").size() >= 1);
   CHECK(workers_of((dir.path() / "r").string()).empty());
+  // Three actors on two trainers: rank 0 takes two fragments per update, rank 1 one, and both
+  // must still agree on when the run is done.
+  auto uneven = test::run_cli(kCli, {"run", "-q", kConfig,
+                                     "workers=[{role: env_actor, count: 3}, {role: policy_worker, count: 1}, {role: trainer, count: 2}]",
+                                     "train.total_steps=6000", "stop.mean_return=100000", "run.dir=u"},
+                              dir.path(), dir.path());
+  CHECK_MESSAGE(uneven.code == 0, uneven.err);
+  auto s = nlohmann::json::parse(core::read_file(dir.path() / "u" / "summary.json"));
+  CHECK(s["exit_reason"] == "completed");
+  CHECK(s["global_step"].get<double>() >= 6000);
   auto more = test::run_cli(kCli, {"validate", kConfig,
                                    "workers=[{role: env_actor, count: 1}, {role: policy_worker, count: 1}, {role: trainer, count: 2}]"},
                             dir.path());

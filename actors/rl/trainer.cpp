@@ -165,7 +165,7 @@ class Trainer final : public runtime::Role {
   void train() {
     while (life().checkpoint()) {
       Collected got = collect();
-      if (got.fragments.size() < actors_.size()) break;  // stopping
+      if (!every_rank(got.fragments.size() == actors_.size())) break;  // stopping
       std::vector<core::Batch> batches;
       for (const auto& f : got.fragments) batches.push_back(algo_->prepare(f.batch, *policy_));
       const core::Batch batch = core::Batch::concat(batches);
@@ -189,10 +189,28 @@ class Trainer final : public runtime::Role {
       row.insert(row.end(), episodes.begin(), episodes.end());
       env_steps_ += steps;
       metrics_->push(env_steps_, row);
-      // The run's env steps so far (every rank trains on as many fragments per actor); no update
-      // past train.total_steps, however late the controller's stop arrives.
-      if (env_steps_ * c_.count("env_actor") / static_cast<int64_t>(actors_.size()) >= c_.total_steps) break;
+      // No update past train.total_steps, however late the controller's stop arrives.
+      if (run_env_steps() >= c_.total_steps) break;
     }
+  }
+
+  // Whether `ready` holds on every data-parallel rank: all of them update or none does, so no
+  // rank is left waiting in a gradient all-reduce the others never join.
+  bool every_rank(bool ready) {
+    if (!collective_) return ready;
+    at::Tensor count = at::full({1}, ready ? 1 : 0, at::kLong);
+    collective_->all_reduce(count);
+    return count.item<int64_t>() == collective_->size();
+  }
+
+  // The run's env steps so far, the same on every rank: each counts the fragments of its own
+  // actors, stale ones too, so the ranks' counts differ and must be summed (a rank stopping on a
+  // count of its own would leave the others in the next all-reduce).
+  int64_t run_env_steps() {
+    if (!collective_) return env_steps_;
+    at::Tensor total = at::full({1}, env_steps_.load(), at::kLong);
+    collective_->all_reduce(total);
+    return total.item<int64_t>();
   }
 
   DistributedRlConfig c_;
