@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <deque>
+#include <functional>
+#include <random>
 #include <set>
 #include <zmq.hpp>
 
@@ -250,6 +252,8 @@ int64_t DataRef::local_bytes() const {
 
 // ---- the worker's store ----
 
+DataStore::DataStore() : next_((static_cast<uint64_t>(std::random_device{}()) & 0x7fffffffu) << 32 | 1) {}
+
 uint64_t DataStore::put(core::Batch batch) {
   std::lock_guard lock(mutex_);
   const uint64_t id = next_++;
@@ -260,7 +264,7 @@ uint64_t DataStore::put(core::Batch batch) {
 core::Batch DataStore::fields_of(uint64_t id, const std::vector<std::string>& fields) const {
   std::lock_guard lock(mutex_);
   auto it = objects_.find(id);
-  if (it == objects_.end()) throw Error("no object " + std::to_string(id) + " here (released, or never kept)");
+  if (it == objects_.end()) throw Error("no object " + std::to_string(id) + " here (released, never kept, or kept by a worker this one replaced)");
   return fields.empty() ? it->second : it->second.select(fields);
 }
 
@@ -431,11 +435,16 @@ void Fetcher::fetch_ranges(const std::vector<RangeRequest>& requests, int window
   }
 }
 
+namespace {
+constexpr std::chrono::milliseconds kAskAgain{5000};
+}  // namespace
+
 core::Batch Fetcher::assemble(const core::InMessage& message, proto::Input::Reader input) {
   std::vector<std::vector<core::Batch>> parts(input.getSources().size());
   std::vector<std::vector<std::string>> fields(parts.size());
   std::map<uint64_t, std::pair<size_t, size_t>> asked;  // request id -> (source, part)
   std::map<uint64_t, std::string> asked_of;
+  std::map<uint64_t, std::function<void()>> ask;  // sends request `id` (again)
   size_t s = 0;
   for (auto source : input.getSources()) {
     for (auto f : source.getFields()) fields[s].emplace_back(f.cStr());
@@ -451,15 +460,18 @@ core::Batch Fetcher::assemble(const core::InMessage& message, proto::Input::Read
         parts[s].back() = own_.read(seg.getObject(), fields[s], rows);
         continue;
       }
-      core::OutMessage m("fetch");
-      auto f = m.envelope().initDataFetch();
       const uint64_t id = next_id_++;
-      f.setId(id);
-      f.setObject(seg.getObject());
-      auto names = f.initFields(static_cast<unsigned>(fields[s].size()));
-      for (unsigned i = 0; i < fields[s].size(); ++i) names.set(i, fields[s][i]);
-      rows.write(f.initRows());
-      m.send(socket(seg.getHolder()));
+      ask[id] = [this, id, s, &fields, object = seg.getObject(), rows, holder = std::string(seg.getHolder().cStr())] {
+        core::OutMessage m("fetch");
+        auto f = m.envelope().initDataFetch();
+        f.setId(id);
+        f.setObject(object);
+        auto names = f.initFields(static_cast<unsigned>(fields[s].size()));
+        for (unsigned i = 0; i < fields[s].size(); ++i) names.set(i, fields[s][i]);
+        rows.write(f.initRows());
+        m.send(socket(holder));
+      };
+      ask[id]();
       asked[id] = {s, parts[s].size() - 1};
       asked_of[id] = seg.getHolder();
     }
@@ -477,9 +489,16 @@ core::Batch Fetcher::assemble(const core::InMessage& message, proto::Input::Read
       items.push_back({polled.back()->handle(), 0, ZMQ_POLLIN, 0});
     }
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0 || zmq::poll(items.data(), items.size(), left) == 0)
+    if (left.count() <= 0)
       throw TimeoutError("no rows from worker " + asked_of.begin()->second + " within " + std::to_string(timeout_.count()) +
                          " ms (fetching a call's input)");
+    // A request the holder never answered is sent again now and then: one that reached a worker
+    // as it died then reaches its replacement, which says it has no such object.
+    if (zmq::poll(items.data(), items.size(), std::min(left, kAskAgain)) == 0) {
+      for (const auto& [id, again] : ask)
+        if (asked.count(id)) again();
+      continue;
+    }
     for (size_t k = 0; k < items.size(); ++k) {
       if (!(items[k].revents & ZMQ_POLLIN)) continue;
       std::optional<core::InMessage> in = core::InMessage::receive(*polled[k]);

@@ -130,6 +130,7 @@ class DataRef {
 // The objects a worker keeps for others to fetch.
 class DataStore {
  public:
+  DataStore();
   uint64_t put(core::Batch batch);
   // Fields (all when empty) and rows of an object: views for a range, a copy for indices.
   core::Batch read(uint64_t id, const std::vector<std::string>& fields, const RowSet& rows) const;
@@ -146,7 +147,7 @@ class DataStore {
 
   mutable std::mutex mutex_;
   std::map<uint64_t, core::Batch> objects_;
-  uint64_t next_ = 1;
+  uint64_t next_;  // from a random start: a worker's replacement, at its address, answers none of its ids
 };
 
 // Parts whose fields differ in their trailing sizes (sequences padded to their own longest) padded

@@ -41,15 +41,17 @@ const core::InMessage& PendingCall::wait(std::chrono::steady_clock::time_point d
   std::unique_lock lock(mutex);
   if (!done.wait_until(lock, deadline, [this] { return finished; }))
     throw TimeoutError("no reply from worker " + worker + " to '" + method + "' within " + std::to_string(timeout.count()) + " ms");
+  if (lost) throw RankLost(error);
   if (!error.empty()) throw Error(error);
   return *reply;
 }
 
-void PendingCall::finish(std::optional<core::InMessage> message, std::string failure) {
+void PendingCall::finish(std::optional<core::InMessage> message, std::string failure, bool lost_rank) {
   std::lock_guard lock(mutex);
   if (finished) return;
   reply = std::move(message);
   error = std::move(failure);
+  lost = lost_rank;
   finished = true;
   done.notify_all();
 }
@@ -69,6 +71,7 @@ struct WorkerGroup::Io final : ObjectHolder {
   std::deque<std::pair<int, std::unique_ptr<core::OutMessage>>> queue;
   std::map<uint64_t, std::shared_ptr<PendingCall>> pending;
   std::string failure;
+  std::map<int, std::string> down;  // ranks being replaced, and why
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> next_id{1};
   std::atomic<int64_t> bytes{0};
@@ -114,6 +117,7 @@ struct WorkerGroup::Io final : ObjectHolder {
     std::vector<std::shared_ptr<PendingCall>> failed;
     {
       std::lock_guard lock(mutex);
+      down[rank] = why;
       for (auto it = pending.begin(); it != pending.end();) {
         if (it->second->rank != rank) {
           ++it;
@@ -123,7 +127,12 @@ struct WorkerGroup::Io final : ObjectHolder {
         it = pending.erase(it);
       }
     }
-    for (auto& p : failed) p->finish(std::nullopt, why);
+    for (auto& p : failed) p->finish(std::nullopt, why, true);
+  }
+
+  void rank_up(int rank) {
+    std::lock_guard lock(mutex);
+    down.erase(rank);
   }
 
   std::shared_ptr<PendingCall> send(int rank, std::unique_ptr<core::OutMessage> message, uint64_t id, std::string what) {
@@ -133,6 +142,10 @@ struct WorkerGroup::Io final : ObjectHolder {
     std::lock_guard lock(mutex);
     if (!failure.empty()) {
       p->finish(std::nullopt, failure);
+      return p;
+    }
+    if (auto it = down.find(rank); it != down.end()) {
+      p->finish(std::nullopt, it->second, true);
       return p;
     }
     pending.emplace(id, p);
@@ -217,7 +230,7 @@ struct WorkerGroup::Io final : ObjectHolder {
     auto m = std::make_unique<core::OutMessage>("controller");
     m->envelope().initDataRelease().initObjects(1).set(0, object);
     std::lock_guard lock(mutex);
-    if (stop.load() || !failure.empty()) return;
+    if (stop.load() || !failure.empty() || down.count(rank)) return;  // a replacement never held it
     queue.emplace_back(rank, std::move(m));
     wake_out.send(zmq::str_buffer("x"), zmq::send_flags::dontwait);
   }
@@ -249,6 +262,7 @@ core::Batch WorkerGroup::received(const core::InMessage& in, proto::BatchMeta::R
 
 void WorkerGroup::fail(const std::string& failure) { io_->fail(failure); }
 void WorkerGroup::fail_rank(int rank, const std::string& failure) { io_->fail_rank(rank, failure); }
+void WorkerGroup::rank_up(int rank) { io_->rank_up(rank); }
 
 int64_t WorkerGroup::transfer_bytes() const { return io_->bytes.load(); }
 

@@ -46,6 +46,13 @@ class Input {
   int64_t group_ = 1;
 };
 
+// A call that a worker's failure ended while the cluster replaces that worker in place
+// (WorkerGroup::fail_rank), or one made to it before its replacement is up: the caller may call
+// the replacement once it has rejoined.
+struct RankLost : Error {
+  using Error::Error;
+};
+
 // One rank's reply to one call, or the failure that ended it.
 struct PendingCall {
   std::mutex mutex;
@@ -56,10 +63,12 @@ struct PendingCall {
   int rank = 0;
   std::string method;
   bool counted = true;  // false: a tensor-parallel follower's copy of its leader's reply (awaited, then dropped)
-  // Waits until `deadline`; throws the worker's error, or TimeoutError naming worker and method.
+  bool lost = false;    // ended by the worker's failure (RankLost)
+  // Waits until `deadline`; throws the worker's error (RankLost when the worker failed), or
+  // TimeoutError naming worker and method.
   const core::InMessage& wait(std::chrono::steady_clock::time_point deadline, const std::string& worker,
                               std::chrono::milliseconds timeout);
-  void finish(std::optional<core::InMessage> message, std::string failure);
+  void finish(std::optional<core::InMessage> message, std::string failure, bool lost = false);
 };
 
 template <class M>
@@ -159,9 +168,10 @@ class WorkerGroup {
 
   // Ends every pending and later call with `failure` (a worker of the cluster died).
   void fail(const std::string& failure);
-  // Ends the calls pending on `rank` alone with `failure` (the worker is being replaced; later
-  // calls go to its replacement, at the same address).
+  // Ends the calls pending on `rank` alone with `failure` (the worker is being replaced), and every
+  // later one until rank_up() (its replacement is up, at the same address), with RankLost.
   void fail_rank(int rank, const std::string& failure);
+  void rank_up(int rank);
   // Tensor bytes sent to and received from this group's workers so far (calls and pulls).
   int64_t transfer_bytes() const;
   // The reference to an object kept by `rank`.

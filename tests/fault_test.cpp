@@ -6,9 +6,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 #include <sstream>
 
 #include "core/fs.hpp"
@@ -240,38 +242,109 @@ namespace {
 const std::vector<std::string> kGrpo = {"data.train=data/train.jsonl", "data.val=val.jsonl", "algo.batch_size=4", "algo.group_size=4",
                                         "algo.actor.lr=0.01", "eval.every=0", "eval.at_start=false", "checkpoint.every=2",
                                         "train.steps=4", "fault.restart_backoff_s=0"};
+// Split placement with a reference (a KL to it), rewarded by similarity to the answer so that even
+// a tiny untrained model's groups differ in reward and its updates are not zero.
+const std::vector<std::string> kSplit = {"placement=split", "reward.rule=similarity", "algo.kl.coef=0.01"};
 
-// The steps after the checkpoint a faulted run came back to are the uninterrupted run's: every
-// prompt of them was taken again, once.
-void check_same_steps(const fs::path& whole, const fs::path& faulted) {
+// The steps `steps` of a faulted run are the uninterrupted run's.
+void check_same_steps(const fs::path& whole, const fs::path& faulted, const std::vector<int64_t>& steps = {3, 4}) {
   auto a = test::rows_of(whole), b = test::rows_of(faulted);
-  for (int64_t step : {3, 4}) {
+  for (int64_t step : steps) {
     CAPTURE(step);
     REQUIRE(b.count(step));
     for (const char* m : {"critic/score/mean", "response_length/mean", "actor/pg_loss", "actor/grad_norm"})
       CHECK_MESSAGE(a[step][m] == doctest::Approx(b[step][m]).epsilon(1e-5), std::string(m));
   }
 }
-}  // namespace
 
-TEST_CASE("rlhf_a_rollout_killed_during_a_weight_sync_brings_the_run_back_to_its_checkpoint") {
-  test::Workspace w;
-  w.run_ok("addition_grpo.yaml", kGrpo, {"placement=split"}, "whole");
-  {
-    // The sync after step 3's update: the last checkpoint is step 2's.
-    const InjectFault fault("rollout/0:rollout.sync:3");
-    w.run_ok("addition_grpo.yaml", kGrpo, {"placement=split"}, "faulted");
-  }
-  const fs::path run = w.path() / "faulted";
-  CHECK(contains(core::read_file(run / "fault_injected"), "rollout.sync call 3"));
+// The groups each version trained on (RUN_DIR/schedule.json), in order.
+std::vector<int64_t> trained_groups(const fs::path& run) {
+  std::vector<int64_t> out;
+  const auto schedule = nlohmann::json::parse(core::read_file(run / "schedule.json"));
+  for (const auto& v : schedule["trained"])
+    for (const auto& g : v["groups"]) out.push_back(g.get<int64_t>());
+  return out;
+}
+
+// One failure of `worker`, replaced in place, and its return.
+void check_replaced(const fs::path& run, const std::string& worker) {
   const auto events = faults(run);
   REQUIRE(events.size() == 2);
-  CHECK(events[0]["worker"] == "rollout/0");
-  CHECK(events[0]["action"] == "restore");
+  CHECK(events[0]["worker"] == worker);
+  CHECK(events[0]["action"] == "replace");
   CHECK(events[1]["event"] == "rejoined");
-  CHECK(contains(core::read_file(run / "log.txt"), "resumed at step 2"));
+  CHECK(events[1]["worker"] == worker);
+  CHECK_FALSE(contains(core::read_file(run / "log.txt"), "resumed at"));
   CHECK(test::summary_of(run)["fault/restarts"] == 1);
-  check_same_steps(w.path() / "whole", run);
+}
+}  // namespace
+
+TEST_CASE("rlhf_rollout_reward_and_reference_workers_killed_mid_step_are_replaced_and_the_run_matches_an_uninterrupted_one") {
+  // Synchronous: a step generates with fixed seeds, so the groups a replaced worker held, made
+  // again, are the same, and every step equals the uninterrupted run's.
+  test::Workspace w;
+  w.run_ok("addition_grpo.yaml", kGrpo, kSplit, "whole");
+  const std::vector<std::pair<std::string, std::string>> faults_at = {
+      {"rollout/0:rollout.sync:3", "rollout/0"},     // during the weight sync after step 3's update
+      {"rollout/0:rollout.collect:5", "rollout/0"},  // while generating
+      {"reward/0:reward.score:3", "reward/0"},       // while scoring
+      {"ref/0:ref.log_probs:2:after", "ref/0"},      // holding step 2's reference log-probs
+  };
+  for (size_t i = 0; i < faults_at.size(); ++i) {
+    const auto& [spec, worker] = faults_at[i];
+    CAPTURE(spec);
+    const std::string name = std::string("f") + std::to_string(i);
+    {
+      const InjectFault fault(spec);
+      w.run_ok("addition_grpo.yaml", kGrpo, kSplit, name);
+    }
+    const fs::path run = w.path() / name;
+    CHECK(fs::exists(run / "fault_injected"));
+    check_replaced(run, worker);
+    check_same_steps(w.path() / "whole", run, {1, 2, 3, 4});
+  }
+}
+
+TEST_CASE("rlhf_async_run_keeps_its_staleness_bound_and_trains_every_prompt_once_across_a_replacement") {
+  test::Workspace w;
+  const std::vector<std::string> async = {"placement=split", "reward.rule=similarity", "algo.kl.coef=0.01", "async.max_staleness=1",
+                                          "train.steps=8",
+                                          "workers=[{role: actor}, {role: rollout, count: 2}, {role: reward}, {role: ref}]"};
+  {
+    const InjectFault fault("rollout/1:rollout.collect:6");
+    w.run_ok("addition_grpo.yaml", kGrpo, async, "r");
+  }
+  const fs::path run = w.path() / "r";
+  check_replaced(run, "rollout/1");
+  // Every group admitted for the 8 steps of 4 prompts trained exactly once.
+  std::vector<int64_t> groups = trained_groups(run);
+  std::sort(groups.begin(), groups.end());
+  std::vector<int64_t> expected(32);
+  std::iota(expected.begin(), expected.end(), 0);
+  CHECK(groups == expected);
+  int rows = 0;
+  for (const auto& [step, m] : test::rows_of(run)) {
+    if (!m.count("async/staleness_max")) continue;
+    ++rows;
+    CHECK(m.at("async/staleness_max") <= 1);
+  }
+  CHECK(rows == 8);
+}
+
+TEST_CASE("rlhf_a_killed_critic_brings_the_run_back_to_its_checkpoint") {
+  // The critic holds what it learned: it cannot be rebuilt in place.
+  test::Workspace w;
+  {
+    const InjectFault fault("critic/0:critic.values:3");  // step 3's
+    w.run_ok("addition_ppo.yaml", kGrpo, kSplit, "r");
+  }
+  const fs::path run = w.path() / "r";
+  const auto events = faults(run);
+  REQUIRE(events.size() == 2);
+  CHECK(events[0]["worker"] == "critic/0");
+  CHECK(events[0]["action"] == "restore");
+  CHECK(contains(core::read_file(run / "log.txt"), "resumed at step 2"));
+  CHECK(test::summary_of(run)["exit_reason"] == "completed");
 }
 
 TEST_CASE("rlhf_an_actor_killed_after_writing_its_checkpoint_but_before_the_manifest_comes_back_to_the_one_before") {

@@ -41,7 +41,7 @@ TEST_CASE("async_runs_stay_within_the_staleness_bound_and_use_it") {
   test::Workspace w;
   for (int64_t max : {int64_t{1}, int64_t{2}, int64_t{-1}}) {
     CAPTURE(max);
-    const std::string run = "s" + std::to_string(max);
+    const std::string run = std::string("s") + std::to_string(max);
     w.run_ok("addition_grpo.yaml", kAsync, {"train.steps=6", "async.max_staleness=" + std::to_string(max)}, run);
     const auto rows = rows_of(w.path() / run);
     int64_t most = 0;
@@ -160,6 +160,8 @@ TEST_CASE("a_deterministic_async_run_repeats_bit_for_bit_from_its_schedule_and_a
 
   // Following the schedule, stopped at a checkpoint after step 2 and resumed to step 6.
   w.run_ok("addition_grpo.yaml", args, {"train.steps=2", schedule}, "resumed");
+  // Its checkpoint was written in the background (checkpoint.async, the default).
+  CHECK(core::read_file(w.path() / "resumed" / "checkpoints" / "step-2" / "actor" / "written") == "ok\n");
   auto r = w.resume("resumed", {"train.steps=6"});
   REQUIRE_MESSAGE(r.code == 0, r.err);
   const auto c = trained_rows(w.path() / "resumed");

@@ -463,6 +463,8 @@ std::vector<Replacement> Cluster::replaced() {
   std::lock_guard lock(monitor_->mutex);
   std::vector<Replacement> out(monitor_->replaced.begin(), monitor_->replaced.end());
   monitor_->replaced.clear();
+  for (const auto& r : out)
+    if (auto it = groups_.find(r.group); it != groups_.end()) it->second->rank_up(r.rank);  // calls reach it again
   return out;
 }
 

@@ -108,6 +108,10 @@ class DistributedRl final : public Program {
     while (version_ != last_checkpoint || !latest_checkpoint(ctx.dir)) {
       cluster.check();
       for (const Replacement& r : cluster.replaced()) rejoin(r, config);
+      if (cluster.replacing() > 0) {  // the last checkpoint waits for every worker
+        take_metrics(ctx, cluster.metrics(std::chrono::milliseconds(200)));
+        continue;
+      }
       if (auto v = checkpoint(ctx)) break;
     }
     result.summary.push_back({"global_step", static_cast<double>(env_steps_)});
@@ -127,7 +131,12 @@ class DistributedRl final : public Program {
     g.call_rank(r.rank, runtime::Start{}).get();
     if (r.group == "policy_worker")
       for (int a = 0; a < c_.count("env_actor"); ++a)
-        if (a % c_.count("policy_worker") == r.rank) cluster_->group("env_actor").call_rank(a, actors::rl::Resend{}).get();
+        if (a % c_.count("policy_worker") == r.rank) {
+          try {
+            cluster_->group("env_actor").call_rank(a, actors::rl::Resend{}).get();
+          } catch (const runtime::RankLost&) {  // that actor is being replaced too: its replacement asks afresh
+          }
+        }
     cluster_->rejoined(r);
   }
 
@@ -212,7 +221,8 @@ class DistributedRl final : public Program {
     } catch (const WorkerFailure&) {
       throw;
     } catch (const Error& e) {
-      if (cluster_->failures() == failures) throw;
+      // A worker failed meanwhile, or one is being replaced: the checkpoint is tried again later.
+      if (cluster_->failures() == failures && !dynamic_cast<const runtime::RankLost*>(&e)) throw;
       spdlog::warn("checkpoint abandoned: {}", e.what());
       if (!shard_dir.empty()) fs::remove_all(shard_dir);
       try {

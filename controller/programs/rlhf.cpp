@@ -26,6 +26,7 @@
 #include "algorithms/lm_losses.hpp"
 #include "controller/cluster/cluster.hpp"
 #include "controller/programs/rlhf_stream.hpp"
+#include "controller/programs/rlhf_workers.hpp"
 #include "controller/run/checkpoint.hpp"
 #include "controller/run/program.hpp"
 #include "core/error.hpp"
@@ -111,12 +112,13 @@ class RlhfProgram final : public Program {
 
  private:
   RunResult run_workers(RunContext& ctx) {
-    Cluster cluster(ctx.dir, experiment_.name, worker_specs(), cluster_options());
+    Cluster cluster(ctx.dir, experiment_.name, workers_.specs(), workers_.options(restarts_, call_timeout_s_));
     cluster_ = &cluster;
+    workers_.attach(&cluster, core::read_file(ctx.dir / "config.yaml"));
     const RunRestarts::Scope scope(restarts_, cluster);
     struct Leave {  // the stream points at the cluster's groups: it goes first
       RlhfProgram& p;
-      ~Leave() { p.stream_.reset(), p.cluster_ = nullptr; }
+      ~Leave() { p.stream_.reset(), p.cluster_ = nullptr, p.workers_.attach(nullptr, {}); }
     } leave{*this};
     for (const auto& g : c_.workers) cluster.run(g.role, runtime::Configure{core::read_file(ctx.dir / "config.yaml")});
     for (const auto& g : c_.workers) cluster.run(g.role, runtime::Start{});  // the rollouts' continuous generation
@@ -164,36 +166,28 @@ class RlhfProgram final : public Program {
     return result;
   }
 
-  std::vector<WorkerSpec> worker_specs() const {
-    std::vector<WorkerSpec> specs;
-    std::string layout, roles;
-    for (const auto& g : c_.workers) {
-      specs.push_back({g.role, g.count, g.parallel.tp});
-      layout += (layout.empty() ? "" : ", ") + std::to_string(g.count) + " " + g.role;
-      if (g.parallel.size() > 1) layout += " (" + g.parallel.str() + ")";
+  runtime::WorkerGroup& group(const std::string& role) { return workers_.group(role); }
+
+  // Brings back the workers being replaced (RlhfWorkers::bring_back) and tells the stream what
+  // they held; returns them (none when no worker failed).
+  std::vector<Replacement> lost() {
+    auto back = workers_.bring_back(version_);
+    for (const auto& r : back)
+      if (stream_) stream_->replaced(r.group, r.rank);
+    return back;
+  }
+  // `call`, again after a worker it needed was replaced.
+  template <class F>
+  auto retrying(F call) {
+    while (true) {
+      try {
+        return call();
+      } catch (const WorkerFailure&) {
+        throw;
+      } catch (const Error&) {
+        if (lost().empty()) throw;
+      }
     }
-    for (const auto& r : c_.roles) roles += (roles.empty() ? "" : " ") + r;
-    spdlog::info("{}: {} placement, roles {}; starting workers: {}", c_.algo, c_.placement, roles, layout);
-    return specs;
-  }
-  ClusterOptions cluster_options() const {
-    ClusterOptions options;
-    options.launcher = experiment_.launcher;
-    options.call_timeout = std::chrono::milliseconds(static_cast<int64_t>(call_timeout_s_ * 1000));
-    options.heartbeat_timeout = std::chrono::milliseconds(experiment_.fault.heartbeat_timeout_ms);
-    options.fault = experiment_.fault;
-    restarts_.prepare(options);
-    return options;
-  }
-  runtime::WorkerGroup& group(const std::string& role) { return cluster_->group(c_.group_of(role)); }
-  // The status of each rollout replica (a tensor-parallel replica's ranks step in lockstep; its
-  // first rank speaks for it).
-  std::vector<runtime::Status> rollout_replicas_polled() {
-    runtime::WorkerGroup& g = group("rollout");
-    const auto all = g.call(runtime::Poll{}).get().ranks;
-    std::vector<runtime::Status> out;
-    for (size_t r = 0; r < all.size(); r += static_cast<size_t>(g.tensor_parallel())) out.push_back(all[r]);
-    return out;
   }
 
   // ---- one training step per kind of algorithm: metrics into `row`, tokens processed returned ----
@@ -228,18 +222,40 @@ class RlhfProgram final : public Program {
     DataRef data = DataRef::of(batch);
     if (c_.needs_ref()) {
       const auto t = clock_type::now();
-      data = DataRef::join({data, group("ref").call(RefLogProbs{}, Input(data.select({"tokens"})).grouped(2)).get().data});
+      data = DataRef::join({data, retrying([&] { return group("ref").call(RefLogProbs{}, Input(data.select({"tokens"})).grouped(2)).get().data; })});
       row.push_back({"timing_s/ref", seconds_since(t)});
     }
     update_actor(data, step, 2, row);
     return tokens_in(batch["last"]);
   }
 
+  // 1. the samples that train this version, from the stream: n per prompt, rows p*n .. p*n+n-1
+  // in admission order, scored and with reference log-probs and values as they finished. When a
+  // worker that held some of them fails before the actor's update, they are generated again.
   double rl_step(int64_t step, core::Scalars& row) {
+    while (true) {
+      SampleStream::Taken taken = stream_->take(version_);
+      const int64_t version = version_;
+      critic_updated_ = false;
+      core::Scalars r;
+      try {
+        const double tokens = train_on(taken, step, r);
+        row.insert(row.end(), r.begin(), r.end());
+        return tokens;
+      } catch (const WorkerFailure&) {
+        throw;
+      } catch (const Error& e) {
+        if (version_ != version || lost().empty()) throw;
+        // The critic learned from them already: only its checkpoint undoes that.
+        if (critic_updated_) throw WorkerFailure(e.what() + std::string(" (after the critic's update)"), c_.group_of("critic"), 0, true);
+        spdlog::warn("step {}: a worker holding its samples failed; their {} prompts are generated again", step, taken.groups.size());
+        stream_->again(taken.groups, version_);
+      }
+    }
+  }
+
+  double train_on(const SampleStream::Taken& taken, int64_t step, core::Scalars& row) {
     const int64_t n = c_.group_size;
-    // 1. the samples that train this version, from the stream: n per prompt, rows p*n .. p*n+n-1
-    // in admission order, scored and with reference log-probs and values as they finished
-    SampleStream::Taken taken = stream_->take(version_);
     row.push_back({"timing_s/gen", taken.waited_s});
     row.push_back({"timing_s/reward", taken.reward_s});
     if (c_.needs_ref()) row.push_back({"timing_s/ref", taken.ref_s});
@@ -297,17 +313,13 @@ class RlhfProgram final : public Program {
     auto adv = group("actor").call(EstimateAdvantages{kl_coef_}, DataRef::join({joined.select(fields), DataRef::of(s)})).get();
     row.insert(row.end(), adv.result().values.begin(), adv.result().values.end());
     row.push_back({"actor/kl_coef", kl_coef_});
-    if (c_.kl_target > 0) {
-      for (const auto& [k, v] : adv.result().values)
-        if (k == "actor/reward_kl") adaptive_kl_.update(v, joined.rows());
-      kl_coef_ = adaptive_kl_.value();
-    }
 
     // 5. critic update, 6. actor update
     if (c_.family.critic) {
       t = clock_type::now();
       const DataRef critic_rows = DataRef::join({joined.select({"tokens", "response_mask", "values"}), adv.data.select({"returns"})});
       const auto stats = group("critic").call(UpdateCritic{static_cast<uint64_t>(step)}, Input(critic_rows).grouped(n)).get();
+      critic_updated_ = true;
       row.insert(row.end(), stats.result().values.begin(), stats.result().values.end());
       row.push_back({"timing_s/update_critic", seconds_since(t)});
     }
@@ -315,6 +327,11 @@ class RlhfProgram final : public Program {
     for (const char* f : {"old_log_prob", "ref_log_prob", "rollout_log_prob"})
       if (joined.contains(f)) actor_fields.push_back(f);
     update_actor(DataRef::join({joined.select(actor_fields), adv.data.select({"advantages"})}), step, n, row);
+    if (c_.kl_target > 0) {  // after the update: a step done again must not move it twice
+      for (const auto& [k, v] : adv.result().values)
+        if (k == "actor/reward_kl") adaptive_kl_.update(v, joined.rows());
+      kl_coef_ = adaptive_kl_.value();
+    }
     return tokens_processed;
   }
 
@@ -336,6 +353,7 @@ class RlhfProgram final : public Program {
                                     c_.family.critic ? &group("critic") : nullptr};
     const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(c_.async.wait_timeout_s * 1000));
     stream_ = std::make_unique<SampleStream>(roles, std::move(ledger), train_, sampler, sampling, timeout);
+    stream_->on_loss([this] { return lost().size(); });
     if (saved && stream_->ledger().ready() > 0)
       stream_->restore_ready(resume_dir_ / "stream.safetensors");
     // The schedule: recorded on from the checkpoint's, and followed when the config names one.
@@ -382,7 +400,7 @@ class RlhfProgram final : public Program {
     row.push_back({"async/actor_wait_s", taken.waited_s});
     // The rollouts' live counters, summed over ranks.
     std::map<std::string, double> live;
-    for (const auto& s : rollout_replicas_polled())
+    for (const auto& s : retrying([&] { return workers_.rollout_replicas_polled(); }))
       for (const char* k : {"rollout/tokens", "rollout/idle_s", "rollout/inflight", "rollout/queued"}) live[k] += s.counter(k);
     const double tokens = live["rollout/tokens"];
     if (gen_clock_) row.push_back({"perf/gen_tokens_per_s", (tokens - gen_tokens_) / std::max(seconds_since(*gen_clock_), 1e-9)});
@@ -428,31 +446,22 @@ class RlhfProgram final : public Program {
     }
   }
 
-  // Every rollout worker to the actor's version. In split placement each actor rank keeps its
-  // buffer of the new weights and each rollout rank pulls its slice from them (worker to worker,
-  // by the reshard plan between the two layouts); the buffers go when the sync is done. A colocated
-  // rollout generates with the actor's weights.
+  // Every rollout worker to the actor's version (RlhfWorkers::sync_weights). One that fails
+  // meanwhile gets the weights when it is replaced.
   void sync_weights() {
-    SyncWeights sync{.version = version_, .on_update = c_.async.on_update};
-    DataRef published;
-    if (c_.placement == "split") {
-      auto w = group("actor").call(PublishWeights{}).get();
-      for (size_t r = 0; r < w.ranks.size(); ++r)
-        if (w.ranks[r].version != version_)
-          throw Error("the rollout needs weights of version " + std::to_string(version_) + "; actor rank " + std::to_string(r) +
-                      " has version " + std::to_string(w.ranks[r].version));
-      published = w.data;
-      for (const auto& h : published.held()) {
-        sync.holders.push_back(h.endpoint);
-        sync.objects.push_back(static_cast<int64_t>(h.object));
-      }
+    try {
+      last_sync_ = workers_.sync_weights(version_);
+    } catch (const WorkerFailure&) {
+      throw;
+    } catch (const Error&) {
+      if (lost().empty()) throw;
+      last_sync_.clear();
+      return;
     }
-    const auto synced = group("rollout").call(sync).get();
-    last_sync_ = synced.ranks;
     if (stream_) {
       std::vector<int64_t>& steps = stream_->schedule().syncs[version_];
       steps.clear();
-      for (const auto& s : synced.ranks) steps.push_back(s.step);
+      for (const auto& s : last_sync_) steps.push_back(s.step);
     }
   }
 
@@ -485,12 +494,15 @@ class RlhfProgram final : public Program {
       const at::Tensor s = group("actor").call(RewardHeadScores{}, pairs).get().batch["scores"];
       row.push_back({"val/accuracy", (s.slice(0, 0, {}, 2) > s.slice(0, 1, {}, 2)).to(at::kDouble).mean().item<double>()});
     } else {
-      const DataRef samples = greedy_answers(n);
-      // Accuracy is the task's own check (exact or numeric match), whatever the training reward.
-      const Input rows(samples.select({"tokens", "last", "response_length", "example"}));
-      const at::Tensor s = group("reward").call(Score{"val", true}, rows).get().batch["scores"].to(at::kFloat);
-      row.push_back({"val/accuracy", (s > 0.5).to(at::kDouble).mean().item<double>()});
-      row.push_back({"val/response_length", samples.pull({"response_length"})["response_length"].to(at::kDouble).mean().item<double>()});
+      retrying([&] {
+        const DataRef samples = greedy_answers(n);
+        // Accuracy is the task's own check (exact or numeric match), whatever the training reward.
+        const Input rows(samples.select({"tokens", "last", "response_length", "example"}));
+        const at::Tensor s = group("reward").call(Score{"val", true}, rows).get().batch["scores"].to(at::kFloat);
+        const at::Tensor length = samples.pull({"response_length"})["response_length"].to(at::kDouble);
+        row.push_back({"val/accuracy", (s > 0.5).to(at::kDouble).mean().item<double>()});
+        row.push_back({"val/response_length", length.mean().item<double>()});
+      });
     }
     row.push_back({"timing_s/eval", seconds_since(t)});
     ctx.metrics.log(step, row);
@@ -515,17 +527,17 @@ class RlhfProgram final : public Program {
       group("critic").call(SaveCritic{.dir = (run_dir / dir / "critic").string(), .step = step, .background = ckpt_async_}).get();
     json manifest = {{"program", "rlhf"}, {"step", step}, {"version", version_}, {"dir", dir}, {"sampler", sampler.state()},
                      {"kl_coef", kl_coef_}, {"train_time_s", train_time_s}};
-    if (stream_) {
-      stream_->drain();
-      stream_->schedule().drains.insert(version_);
-      manifest["stream"] = stream_->ledger().state();
-      manifest["schedule"] = stream_->schedule().to_json();
-      std::vector<int64_t> steps;
-      for (const auto& s : rollout_replicas_polled()) steps.push_back(static_cast<int64_t>(s.counter("rollout/step")));
-      manifest["rollout_steps"] = steps;
-      stream_->save_schedule(run_dir / "schedule.json");
-      stream_->save_ready(run_dir / dir / "stream.safetensors");
-    }
+    if (stream_) retrying([&] {  // a replaced worker's groups are generated again, and the stream drains again
+        stream_->drain();
+        stream_->schedule().drains.insert(version_);
+        manifest["stream"] = stream_->ledger().state();
+        manifest["schedule"] = stream_->schedule().to_json();
+        std::vector<int64_t> steps;
+        for (const auto& s : workers_.rollout_replicas_polled()) steps.push_back(static_cast<int64_t>(s.counter("rollout/step")));
+        manifest["rollout_steps"] = steps;
+        stream_->save_schedule(run_dir / "schedule.json");
+        stream_->save_ready(run_dir / dir / "stream.safetensors");
+      });
     // The background saves' files are whole once each model's directory says so (a worker that
     // failed meanwhile never says so: the checkpoint is dropped).
     checkpoints_.add(run_dir, step, manifest.dump(2), ckpt_keep_, [this, d = run_dir / dir] {
@@ -563,6 +575,7 @@ class RlhfProgram final : public Program {
 
   Experiment experiment_;
   RlhfConfig c_;
+  RlhfWorkers workers_{c_, experiment_};
   int64_t steps_ = 100, eval_every_ = 0, eval_n_ = 200, ckpt_every_ = 0;
   int ckpt_keep_ = 2;
   bool ckpt_async_ = true;
@@ -582,6 +595,7 @@ class RlhfProgram final : public Program {
   double gen_tokens_ = 0;                         // the rollouts' token count at the last row
   std::optional<clock_type::time_point> gen_clock_;  // and when it was logged
   int64_t version_ = 0;
+  bool critic_updated_ = false;  // in this step, before the actor's update
   double kl_coef_ = 0;
   algorithms::AdaptiveKl adaptive_kl_{0, 1, 1};
 };
