@@ -13,6 +13,7 @@
 #include "core/metrics.hpp"
 #include "support/cli.hpp"
 #include "support/cli_checks.hpp"
+#include "support/processes.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace flotilla;
@@ -152,8 +153,7 @@ TEST_CASE("cli_ctrl_c_stops_gracefully_and_a_second_stops_at_once") {
     test::CliProcess p(kCli, {"run", cfg.string(), "run.dir=one"}, dir.path(), dir.path());
     // Wait until the run is under way (metrics flowing), then press Ctrl-C once.
     const fs::path one = dir.path() / "one" / "metrics.jsonl";
-    for (int i = 0; i < 3000 && !(fs::exists(one) && core::read_metrics_jsonl(one).size() >= 3); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    REQUIRE(test::wait_until([&] { return fs::exists(one) && core::read_metrics_jsonl(one).size() >= 3; }, 60));
     p.signal(SIGINT);
     auto r = p.wait(30);
     CHECK(r.code == 130);
@@ -168,12 +168,10 @@ TEST_CASE("cli_ctrl_c_stops_gracefully_and_a_second_stops_at_once") {
     auto stubborn = dir.write("slow.yaml", "program: countdown\ncountdown: {steps: 100000, step_ms: 5, ignore_stop: true}\n");
     test::CliProcess p(kCli, {"run", stubborn.string(), "run.dir=two"}, dir.path(), dir.path());
     const fs::path two = dir.path() / "two" / "metrics.jsonl";
-    for (int i = 0; i < 3000 && !(fs::exists(two) && core::read_metrics_jsonl(two).size() >= 3); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    REQUIRE(test::wait_until([&] { return fs::exists(two) && core::read_metrics_jsonl(two).size() >= 3; }, 60));
     p.signal(SIGINT);
     // The second Ctrl-C once the first has been taken (the program says so).
-    for (int i = 0; i < 3000 && !contains(p.err_so_far(), "stopping after the current step"); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    REQUIRE(test::wait_until([&] { return contains(p.err_so_far(), "stopping after the current step"); }, 60));
     p.signal(SIGINT);
     auto r = p.wait(30);
     CHECK(r.code == 130);

@@ -14,6 +14,7 @@
 #include "core/metrics.hpp"
 #include "support/cli.hpp"
 #include "support/cli_checks.hpp"
+#include "support/processes.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace flotilla;
@@ -74,8 +75,7 @@ TEST_CASE("qmix_ctrl_c_then_resume_continues_the_run") {
   auto interrupted_run = [&](const std::vector<std::string>& args, size_t rows) {
     test::CliProcess p(kCli, args, dir.path(), dir.path());
     const fs::path metrics = dir.path() / "r" / "metrics.jsonl";
-    for (int i = 0; i < 3000 && !(fs::exists(metrics) && core::read_metrics_jsonl(metrics).size() > rows + 5); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    REQUIRE(test::wait_until([&] { return fs::exists(metrics) && core::read_metrics_jsonl(metrics).size() > rows + 5; }, 60));
     p.signal(SIGINT);
     return p.wait(60);
   };

@@ -12,6 +12,7 @@
 #include "core/metrics.hpp"
 #include "support/cli.hpp"
 #include "support/cli_checks.hpp"
+#include "support/processes.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace flotilla;
@@ -74,8 +75,7 @@ TEST_CASE("rl_ctrl_c_then_resume_finishes_the_run_in_the_same_directory") {
     test::CliProcess p(kCli, args, dir.path(), dir.path());
     // Ctrl-C once the run has logged a few rows (an event, not a fixed time: CI machines are loaded).
     const fs::path metrics = dir.path() / "r" / "metrics.jsonl";
-    for (int i = 0; i < 3000 && !(fs::exists(metrics) && core::read_metrics_jsonl(metrics).size() >= 3); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    REQUIRE(test::wait_until([&] { return fs::exists(metrics) && core::read_metrics_jsonl(metrics).size() >= 3; }, 60));
     p.signal(SIGINT);
     auto r = p.wait(60);
     CHECK(r.code == 130);
@@ -89,8 +89,7 @@ TEST_CASE("rl_ctrl_c_then_resume_finishes_the_run_in_the_same_directory") {
   auto resumed = test::CliProcess(kCli, {"resume", "--progress", "lines", "r"}, dir.path(), dir.path());
   // Ctrl-C once the resumed run has logged rows of its own.
   const fs::path metrics = dir.path() / "r" / "metrics.jsonl";
-  for (int i = 0; i < 3000 && core::read_metrics_jsonl(metrics).size() <= rows_before + 2; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  REQUIRE(test::wait_until([&] { return core::read_metrics_jsonl(metrics).size() > rows_before + 2; }, 60));
   resumed.signal(SIGINT);
   auto r2 = resumed.wait(60);
   CHECK(r2.code == 130);

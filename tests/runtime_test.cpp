@@ -17,6 +17,7 @@
 #include "runtime/collective.hpp"
 #include "runtime/worker.hpp"
 #include "support/echo_methods.hpp"
+#include "support/processes.hpp"
 #include "support/temp_dir.hpp"
 #include "support/torch_doctest.hpp"
 
@@ -75,7 +76,7 @@ struct WrongCount {
   double factor = 0;
   auto fields() { return std::tie(factor); }
 };
-double stat(const core::Scalars& s, const std::string& name) {
+double scalar(const core::Scalars& s, const std::string& name) {
   for (const auto& [k, v] : s)
     if (k == name) return v;
   FAIL("no " << name);
@@ -153,16 +154,16 @@ TEST_CASE("kept_rows_go_worker_to_worker_bit_identical_without_the_controller") 
     CHECK(cluster.transfer_bytes() == before);
     const core::Batch pulled = made.data.pull();
     CHECK(cluster.transfer_bytes() - before >= 8192 * (64 * 4 + 3 * 8));
-    CHECK(stat(sum.result().values, "checksum") == checksum(pulled));
-    CHECK(stat(sum.result().values, "rows") == 8192);
+    CHECK(scalar(sum.result().values, "checksum") == checksum(pulled));
+    CHECK(scalar(sum.result().values, "rows") == 8192);
     // Each rank's object, pulled back, is the one it made.
-    CHECK(stat(made.ranks[1].values, "checksum") == checksum(made.data.slice(4096, 8192).pull()));
+    CHECK(scalar(made.ranks[1].values, "checksum") == checksum(made.data.slice(4096, 8192).pull()));
     // Selections and row orders travel as references too: odd rows across both holders, one field.
     std::vector<int64_t> odd;
     for (int64_t i = 8191; i > 0; i -= 2) odd.push_back(i);
     const runtime::DataRef picked = made.data.index(odd).select({"i"});
     auto picked_sum = cluster.group("echo_b").call(EchoChecksum{}, picked).get();
-    CHECK(stat(picked_sum.result().values, "checksum") == checksum(pulled.select({"i"}).index(at::tensor(odd, at::kLong))));
+    CHECK(scalar(picked_sum.result().values, "checksum") == checksum(pulled.select({"i"}).index(at::tensor(odd, at::kLong))));
     // Joined with rows the controller sends.
     core::Batch extra;
     extra.set("w", at::arange(4096, at::kDouble));
@@ -170,7 +171,7 @@ TEST_CASE("kept_rows_go_worker_to_worker_bit_identical_without_the_controller") 
     auto joined_sum = cluster.group("echo_b").call(EchoChecksum{}, joined).get();
     core::Batch expect = pulled.slice(2048, 6144).select({"f"});
     expect.set("w", extra["w"]);
-    CHECK(stat(joined_sum.result().values, "checksum") == checksum(expect));
+    CHECK(scalar(joined_sum.result().values, "checksum") == checksum(expect));
   }
   // When the last reference is gone, the holders free the objects.
   auto objects = [&] {
@@ -178,9 +179,7 @@ TEST_CASE("kept_rows_go_worker_to_worker_bit_identical_without_the_controller") 
     for (const auto& s : cluster.group("echo").call(runtime::Poll{}).get().ranks) n += s.counter("store/objects");
     return n;
   };
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (objects() > 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  CHECK(objects() == 0);
+  CHECK(test::wait_until([&] { return objects() == 0; }, 10));
 }
 
 TEST_CASE("a_method_on_another_lane_runs_while_a_long_one_is_in_progress") {
@@ -301,18 +300,14 @@ TEST_CASE("rl_workers_start_pause_resume_and_report_through_poll") {
   cluster.run("trainer", actors::rl::Publish{});
   for (const char* g : {"trainer", "policy_worker", "env_actor"}) cluster.run(g, runtime::Start{});
   auto steps = [&] { return actor.call(runtime::Poll{}).get().result().counter("env_steps"); };
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (steps() == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  CHECK(steps() > 0);
+  CHECK(test::wait_until([&] { return steps() > 0; }, 20));
   // Pause returns once the actor's loop is parked between fragments: nothing moves after it.
   CHECK(actor.call(runtime::Pause{}).get().result().state == "paused");
   const double paused_at = steps();
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   CHECK(steps() == paused_at);
   CHECK(actor.call(runtime::Resume{}).get().result().state == "running");
-  const auto again = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (steps() == paused_at && std::chrono::steady_clock::now() < again) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  CHECK(steps() > paused_at);
+  CHECK(test::wait_until([&] { return steps() > paused_at; }, 20));
   cluster.check();
 }
 
@@ -333,8 +328,7 @@ TEST_CASE("an_lm_rollout_pauses_mid_generation_takes_new_weights_while_paused_an
   prompts.set("prompt_len", at::full({4}, 5, at::kLong));
   auto generating = rollout.call(actors::lm::Generate{.n = 2, .temperature = 1.0, .seed = 7, .stop = {}, .width = 0}, prompts);
   auto tokens = [&] { return rollout.call(runtime::Poll{}).get().result().counter("rollout/tokens"); };
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (tokens() == 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  test::wait_until([&] { return tokens() > 0; }, 20);
   // Pause returns once the generation is parked between two engine steps.
   CHECK(rollout.call(runtime::Pause{}).get().result().state == "paused");
   const double parked_at = tokens();

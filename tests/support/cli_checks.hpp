@@ -16,7 +16,11 @@
 
 namespace flotilla::test {
 
-inline std::string config_path(const std::string& name) { return std::string(FLOTILLA_SOURCE_DIR) + "/configs/" + name; }
+inline std::string config_path(const std::string& name) {
+  std::string path = FLOTILLA_SOURCE_DIR;
+  path += "/configs/";
+  return path += name;
+}
 
 // A command (`validate CONFIG key=value ...`, `eval DIR`, ...), run in `dir`, must stop with a
 // config error (exit 2) whose message holds `expected`.
