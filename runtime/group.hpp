@@ -94,6 +94,9 @@ class Future {
     }
     return true;
   }
+  // Waits until every rank called has answered or failed (up to the call timeout), so that no
+  // rank is still at work when get() throws the first failure.
+  Future& settle();
 
  private:
   friend class WorkerGroup;
@@ -232,6 +235,16 @@ Reply<M> Future<M>::get() {
   if (M::spec.collect == Collect::Keep) out.data = DataRef::concat(kept);
   else out.batch = concat_padded(std::move(rows));
   return out;
+}
+
+template <class M>
+Future<M>& Future<M>::settle() {
+  const auto deadline = std::chrono::steady_clock::now() + group_->timeout();
+  for (const auto& c : calls_) {
+    std::unique_lock lock(c->mutex);
+    c->done.wait_until(lock, deadline, [&] { return c->finished; });
+  }
+  return *this;
 }
 
 }  // namespace flotilla::runtime

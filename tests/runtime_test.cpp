@@ -341,7 +341,7 @@ TEST_CASE("an_lm_rollout_pauses_mid_generation_takes_new_weights_while_paused_an
   // the new version.
   actor.call(actors::lm::LoadActor{.dir = (dir.path() / "model").string(), .version = 5}).get();
   const auto published = actor.call(actors::lm::PublishWeights{}).get();
-  actors::lm::SyncWeights sync{.version = 5};
+  actors::lm::SyncWeights sync{.version = 5, .on_update = "continue", .holders = {}, .objects = {}};
   for (const auto& h : published.data.held()) sync.holders.push_back(h.endpoint), sync.objects.push_back(static_cast<int64_t>(h.object));
   const auto synced = rollout.call(sync).get().result();
   CHECK(synced.version == 5);

@@ -224,7 +224,9 @@ class DistributedRl final : public Program {
       // A worker failed meanwhile, or one is being replaced: the checkpoint is tried again later.
       if (cluster_->failures() == failures && !dynamic_cast<const runtime::RankLost*>(&e)) throw;
       spdlog::warn("checkpoint abandoned: {}", e.what());
-      if (!shard_dir.empty()) fs::remove_all(shard_dir);
+      std::error_code gone;
+      if (!shard_dir.empty()) fs::remove_all(shard_dir, gone);
+      if (gone) spdlog::warn("the abandoned checkpoint's files stay in {}: {}", shard_dir.string(), gone.message());
       try {
         cluster_->run("trainer", runtime::Resume{});
       } catch (const Error&) {  // a trainer failed too: check() says so
@@ -250,8 +252,11 @@ class DistributedRl final : public Program {
     }
     const std::string dir = step_dir(version);
     shard_dir = ctx.dir / dir;
-    cluster_->run("trainer", actors::rl::SaveShard{.dir = shard_dir.string(), .step = version});
-    cluster_->run("env_actor", actors::rl::SaveShard{.dir = shard_dir.string(), .step = version});
+    // Every rank is done writing (or gone) before the checkpoint is kept, or abandoned and removed.
+    const actors::rl::SaveShard save{.dir = shard_dir.string(), .step = version};
+    auto trainers = cluster_->group("trainer").call(save), actors = cluster_->group("env_actor").call(save);
+    trainers.settle(), actors.settle();
+    trainers.get(), actors.get();
     nlohmann::ordered_json m = rl_manifest(version, env_steps_, clock_.seconds(), window_, c_.env.id, ctx.dir);
     m["program"] = "rl";
     m["dir"] = dir;

@@ -50,7 +50,7 @@ std::vector<runtime::Status> RlhfWorkers::rollout_replicas_polled() {
 }
 
 std::vector<Synced> RlhfWorkers::sync_weights(int64_t version, std::optional<int> rank) {
-  SyncWeights sync{.version = version, .on_update = c_.async.on_update};
+  SyncWeights sync{.version = version, .on_update = c_.async.on_update, .holders = {}, .objects = {}};
   runtime::DataRef published;
   if (c_.placement == "split") {
     auto w = group("actor").call(PublishWeights{}).get();
