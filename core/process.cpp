@@ -5,6 +5,7 @@
 #include <net/if.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,7 +15,9 @@
 #include <boost/asio/streambuf.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/process.hpp>
+#include <boost/process/extend.hpp>
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -145,7 +148,19 @@ std::string run_with_input(const ProcessSpec& spec, const std::string& input, st
   bp::group group;
   bp::child child;
   try {
-    child = bp::child(bp::exe = resolve(spec), bp::args = spec.args, bp::std_in < to_child, bp::std_out > from_child, group);
+    // The limits are set in the child, between fork and exec.
+    auto limits = bp::extend::on_exec_setup = [&spec](auto&) {
+      if (spec.cpu_s > 0) {
+        const auto cpu = static_cast<rlim_t>(std::ceil(spec.cpu_s));
+        const rlimit l{cpu, cpu + 1};  // SIGXCPU at the limit, SIGKILL a second later
+        ::setrlimit(RLIMIT_CPU, &l);
+      }
+      if (spec.memory_bytes > 0) {
+        const rlimit l{static_cast<rlim_t>(spec.memory_bytes), static_cast<rlim_t>(spec.memory_bytes)};
+        ::setrlimit(RLIMIT_AS, &l);
+      }
+    };
+    child = bp::child(bp::exe = resolve(spec), bp::args = spec.args, bp::std_in < to_child, bp::std_out > from_child, group, limits);
   } catch (const bp::process_error& e) {
     throw Error(spec.what + ": cannot start: " + e.what());
   }
@@ -178,6 +193,9 @@ std::string run_with_input(const ProcessSpec& spec, const std::string& input, st
   }
   child.wait(ec);
   const ExitStatus status = status_of(child.native_exit_code());
+  if (status.signal == SIGXCPU || (spec.cpu_s > 0 && status.signal == SIGKILL))
+    throw Error(spec.what + ": " + status.str() + " (past its limit of " + std::to_string(static_cast<int64_t>(std::ceil(spec.cpu_s))) +
+                " CPU seconds)");
   if (status.signal > 0 || status.code != 0) throw Error(spec.what + ": " + status.str());
   return {boost::asio::buffers_begin(out.data()), boost::asio::buffers_end(out.data())};
 }

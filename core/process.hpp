@@ -22,6 +22,10 @@ struct ProcessSpec {
   std::filesystem::path program;  // an absolute path, or a name looked up on PATH
   std::vector<std::string> args;
   std::string what;  // names the process in errors ("worker rollout/1", "reward command 'x'")
+  // Resource limits of the child (run_with_input), 0 for none: CPU seconds (RLIMIT_CPU; past
+  // them it is killed) and address space (RLIMIT_AS; past it allocations fail).
+  double cpu_s = 0;
+  int64_t memory_bytes = 0;
 };
 
 // How a child ended: its exit code, or the signal that killed it.

@@ -100,9 +100,9 @@ std::vector<TextExample> make_text_task(const std::string& task, int64_t n, uint
       std::vector<int64_t> v(static_cast<size_t>(list_length(o, d, task)));
       for (auto& x : v) x = d.between(0, 99);
       std::string list, sorted;
-      for (size_t k = 0; k < v.size(); ++k) list += (k ? " " : "") + std::to_string(v[k]);
+      for (size_t k = 0; k < v.size(); ++k) (k ? list += ' ' : list) += std::to_string(v[k]);
       std::sort(v.begin(), v.end());
-      for (size_t k = 0; k < v.size(); ++k) sorted += (k ? " " : "") + std::to_string(v[k]);
+      for (size_t k = 0; k < v.size(); ++k) (k ? sorted += ' ' : sorted) += std::to_string(v[k]);
       out.push_back({"Sort these numbers in ascending order, separated by spaces: " + list + "\n", sorted, "", "", ""});
     }
   } else if (task == "reverse") {
@@ -236,13 +236,29 @@ double length_penalty(int64_t response_tokens, int64_t limit, double coef) {
   return response_tokens > limit ? -coef * static_cast<double>(response_tokens - limit) : 0.0;
 }
 
-std::vector<double> command_rewards(const std::string& command, const std::vector<RewardQuery>& queries, double timeout_s) {
-  const std::string who = "reward command '" + command + "'";
+char shell_syntax(const std::string& text) {
+  const auto at = text.find_first_of("|&;<>()$`\\\"'*?[]#~\n");
+  return at == std::string::npos ? 0 : text[at];
+}
+
+std::vector<double> command_rewards(const RewardCommand& command, const std::vector<RewardQuery>& queries) {
+  const std::string who = "reward command '" + command.text + "'";
+  core::ProcessSpec spec{.program = "/bin/sh", .args = {"-c", command.text}, .what = who, .cpu_s = command.cpu_s,
+                         .memory_bytes = command.memory_mb << 20};
+  if (!command.shell) {
+    if (const char c = shell_syntax(command.text))
+      throw Error(who + " has '" + std::string(1, c) + "', which only a shell understands; set reward.shell: true to run it under /bin/sh");
+    std::istringstream words(command.text);
+    std::string word;
+    spec.args.clear();
+    for (words >> word, spec.program = word; words >> word;) spec.args.push_back(word);
+    if (spec.program.empty()) throw Error("the reward command is empty");
+  }
   std::string input;
   for (const auto& q : queries)
     input += nlohmann::json{{"prompt", q.prompt}, {"response", q.response}, {"answer", q.answer}}.dump(
                  -1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-  const std::string output = core::run_with_input({"/bin/sh", {"-c", command}, who}, input, std::chrono::duration<double>(timeout_s));
+  const std::string output = core::run_with_input(spec, input, std::chrono::duration<double>(command.timeout_s));
   std::vector<double> scores;
   std::istringstream lines(output);
   std::string line;

@@ -63,10 +63,22 @@ double length_penalty(int64_t response_tokens, int64_t limit, double coef);
 struct RewardQuery {
   std::string prompt, response, answer;
 };
-// Rewards from an external program, so users write reward code in any language: `command` runs
-// under /bin/sh, reads one JSON object {"prompt", "response", "answer"} per line on stdin and
-// writes one {"score": x} per line on stdout, in order. A timeout, a non-zero exit, a malformed
-// line or a wrong number of scores is an Error naming the command and what went wrong.
-std::vector<double> command_rewards(const std::string& command, const std::vector<RewardQuery>& queries, double timeout_s);
+// An external reward program: `text` is the program and its arguments separated by spaces, run
+// directly, or with `shell` a /bin/sh command line. It runs with `timeout_s` of wall time, and
+// within `cpu_s` CPU seconds and `memory_mb` of address space (0: no limit).
+struct RewardCommand {
+  std::string text;
+  bool shell = false;
+  double timeout_s = 30, cpu_s = 0;
+  int64_t memory_mb = 0;
+};
+// The first character of `text` only a shell would understand (a quote, `|`, `;`, `$`, `*`,
+// ...), or 0: a command run without a shell must have none.
+char shell_syntax(const std::string& text);
+// Rewards from the program, so users write reward code in any language: it reads one JSON object
+// {"prompt", "response", "answer"} per line on stdin and writes one {"score": x} per line on
+// stdout, in order. A timeout, a non-zero exit, a limit reached, a malformed line or a wrong
+// number of scores is an Error naming the command and what went wrong.
+std::vector<double> command_rewards(const RewardCommand& command, const std::vector<RewardQuery>& queries);
 
 }  // namespace flotilla::envs

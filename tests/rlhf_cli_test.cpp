@@ -230,6 +230,8 @@ TEST_CASE("rlhf_config_errors_name_the_problem") {
     test::check_config_error(kCli, args, w.path(), expected);
   };
   check({"algo.name=grpoo"}, "grpo");
+  check({"reward.kind=command", "reward.command=python3 score.py | tee log"}, "'|' is shell syntax, and the command runs without a shell");
+  check({"reward.kind=command", "reward.command= "}, "needs reward.command, the program to run and its arguments");
   check({"model.path=missing"}, "missing: not a model directory");
   check({"data.train=nope.jsonl"}, "nope.jsonl does not exist; make a synthetic set with `flotilla data make");
   check({"algo.group_size=1"}, "group_size must be at least 2");

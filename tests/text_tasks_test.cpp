@@ -102,25 +102,57 @@ TEST_CASE("cli_data_make_writes_a_verifiable_dataset") {
 TEST_CASE("command_rewards_run_a_user_program_over_jsonl") {
   std::vector<envs::RewardQuery> q;
   for (int i = 0; i < 300; ++i) q.push_back({"p" + std::to_string(i), i % 3 == 0 ? "yes" : "no", "yes"});
+  auto shell = [](const std::string& text, double timeout = 10.0) {
+    return envs::RewardCommand{.text = text, .shell = true, .timeout_s = timeout, .cpu_s = 0, .memory_mb = 0};
+  };
   // A reward program in any language: here sh + sed, 1 when the response is "yes".
   const std::string cmd = R"(sed -e 's/.*"response":"yes".*/{"score": 1}/' -e 's/.*"response":"no".*/{"score": 0.25}/')";
-  const std::vector<double> s = envs::command_rewards(cmd, q, 10.0);
+  const std::vector<double> s = envs::command_rewards(shell(cmd), q);
   REQUIRE(s.size() == 300);
   for (int i = 0; i < 300; ++i) CHECK(s[i] == (i % 3 == 0 ? 1.0 : 0.25));
-  auto fails_with = [&](const std::string& command, const std::string& part, double timeout = 10.0) {
-    CAPTURE(command);
+  auto fails_with = [&](const envs::RewardCommand& command, const std::string& part) {
+    CAPTURE(command.text);
     try {
-      envs::command_rewards(command, q, timeout);
+      envs::command_rewards(command, q);
       FAIL("the reward command's failure went unnoticed");
     } catch (const Error& e) {
-      CHECK(std::string(e.what()).find(part) != std::string::npos);
+      CHECK_MESSAGE(std::string(e.what()).find(part) != std::string::npos, e.what());
     }
   };
-  fails_with("sleep 5", "no complete answer within", 0.3);
-  fails_with("exit 3", "reward command 'exit 3': exited with code 3");
-  fails_with("echo '{\"score\": 1}'", "wrote 1 scores for 300 queries");
-  fails_with("cat > /dev/null; echo nonsense", "output line 1 is not");
-  fails_with("head -c 10 > /dev/null; exit 0", "wrote 0 scores");  // stops reading early: no SIGPIPE death
+  fails_with(shell("sleep 5", 0.3), "no complete answer within");
+  fails_with(shell("exit 3"), "reward command 'exit 3': exited with code 3");
+  fails_with(shell("echo '{\"score\": 1}'"), "wrote 1 scores for 300 queries");
+  fails_with(shell("cat > /dev/null; echo nonsense"), "output line 1 is not");
+  fails_with(shell("head -c 10 > /dev/null; exit 0"), "wrote 0 scores");  // stops reading early: no SIGPIPE death
+}
+
+TEST_CASE("a_reward_command_runs_without_a_shell_and_within_its_limits") {
+  test::TempDir dir;
+  std::vector<envs::RewardQuery> q(8, {"p", "r", "a"});
+  auto command = [&](const std::string& text, double cpu_s = 0, int64_t memory_mb = 0) {
+    return envs::RewardCommand{.text = text, .shell = false, .timeout_s = 60, .cpu_s = cpu_s, .memory_mb = memory_mb};
+  };
+  // No shell: the words are the program and its arguments.
+  const auto score = dir.write("score.sh", "while read line; do echo '{\"score\": 0.5}'; done\n");
+  CHECK(envs::command_rewards(command(std::string("sh  ") + score.string()), q) == std::vector<double>(8, 0.5));
+  CHECK(envs::shell_syntax("python3 score.py --scale=2 data/x.jsonl") == 0);
+  CHECK(envs::shell_syntax("python3 score.py | tee log") == '|');
+  CHECK(envs::shell_syntax("python3 $HOME/score.py") == '$');
+  CHECK_THROWS_WITH_AS(envs::command_rewards(command(std::string("sh ") + score.string() + " > log"), q),
+                       doctest::Contains("'>', which only a shell understands; set reward.shell: true"), Error);
+  // A program that spins past its CPU seconds is stopped long before the wall-time limit.
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto spin = dir.write("spin.sh", "while :; do :; done\n");
+  CHECK_THROWS_WITH_AS(envs::command_rewards(command(std::string("sh ") + spin.string(), 1), q), doctest::Contains("past its limit of 1 CPU seconds"),
+                       Error);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(30));
+  // One that allocates past its address space fails instead of taking the machine's memory.
+  const auto hog = dir.write("hog.py", "b = bytearray(1 << 30)\n");
+  CHECK_THROWS_WITH_AS(envs::command_rewards(command(std::string("/usr/bin/python3 ") + hog.string(), 0, 256), q),
+                       doctest::Contains("exited with code 1"), Error);
+  const auto small = dir.write("small.py", "b = bytearray(1 << 20)\n");
+  CHECK_THROWS_WITH_AS(envs::command_rewards(command(std::string("/usr/bin/python3 ") + small.string(), 0, 256), q),
+                       doctest::Contains("wrote 0 scores for 8"), Error);  // it ran, within the limit, and scored nothing
 }
 
 TEST_CASE("long_tailed_list_lengths_stay_in_range_and_are_mostly_short") {

@@ -45,9 +45,16 @@ RewardConfig read_reward(core::ConfigView reward) {
   core::ConfigView length = reward.section("length_penalty");
   r.length_limit = length.get<int64_t>("limit", 0, core::at_least<int64_t>(0));
   r.length_coef = length.get<double>("coef", 0.0, core::at_least(0.0));
-  r.command = reward.get<std::string>("command", "");
-  if (r.kind == "command" && r.command.empty()) reward.fail("command", "reward.kind: command needs reward.command, a shell command");
-  r.timeout_s = reward.get<double>("timeout_s", 30.0, core::greater_than(0.0));
+  envs::RewardCommand& c = r.command;
+  c.text = reward.get<std::string>("command", "");
+  c.shell = reward.get<bool>("shell", false);
+  if (r.kind == "command" && c.text.find_first_not_of(" \t") == std::string::npos)
+    reward.fail("command", "reward.kind: command needs reward.command, the program to run and its arguments");
+  if (const char s = envs::shell_syntax(c.text); s && !c.shell)
+    reward.fail("command", std::string("'") + s + "' is shell syntax, and the command runs without a shell; set reward.shell: true to run it under /bin/sh");
+  c.timeout_s = reward.get<double>("timeout_s", 30.0, core::greater_than(0.0));
+  c.cpu_s = reward.get<double>("cpu_s", 300.0, core::at_least(0.0));
+  c.memory_mb = reward.get<int64_t>("memory_mb", 8192, core::at_least<int64_t>(0));
   r.on_error = reward.choice("on_error", "stop", {"stop", "zero"});
   return r;
 }
@@ -178,11 +185,11 @@ void read_workers(core::ConfigView root, RlhfConfig& c) {
     given[g.role] = g;
   }
   if (c.placement == "colocated") {
-    RlhfConfig::Group g = given.count("actor") ? given["actor"] : RlhfConfig::Group{"actor", 1, 1};
+    RlhfConfig::Group g = given.count("actor") ? given["actor"] : RlhfConfig::Group{"actor", 1, 1, {}};
     g.role = "colocated";
     c.workers.push_back(g);
   } else {
-    for (const auto& r : c.roles) c.workers.push_back(given.count(r) ? given[r] : RlhfConfig::Group{r, 1, 1});
+    for (const auto& r : c.roles) c.workers.push_back(given.count(r) ? given[r] : RlhfConfig::Group{r, 1, 1, {}});
   }
 }
 

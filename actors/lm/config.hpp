@@ -10,6 +10,7 @@
 #include "algorithms/lm_algorithms.hpp"
 #include "algorithms/lm_trainer.hpp"
 #include "core/config.hpp"
+#include "envs/text_tasks.hpp"
 #include "runtime/layout.hpp"
 
 namespace flotilla::actors::lm {
@@ -21,8 +22,7 @@ struct RewardConfig {
   double format_weight = 0;
   int64_t length_limit = 0;
   double length_coef = 0;
-  std::string command;
-  double timeout_s = 30;
+  envs::RewardCommand command;   // kind command: the program, its shell, time and limits
   std::string on_error = "stop";  // stop or zero
 };
 

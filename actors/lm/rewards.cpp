@@ -67,7 +67,7 @@ Scorer::Scores Scorer::score(const core::Batch& rows, const std::string& split, 
   std::vector<double> s(queries.size(), 0.0);
   if (!check && c_.reward.kind == "command") {
     try {
-      s = envs::command_rewards(c_.reward.command, queries, c_.reward.timeout_s);
+      s = envs::command_rewards(c_.reward.command, queries);
     } catch (const Error& e) {
       if (c_.reward.on_error == "stop") throw;
       spdlog::warn("reward command failed, scoring these {} responses 0 (reward.on_error: zero): {}", queries.size(), e.what());
