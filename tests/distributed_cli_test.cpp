@@ -44,6 +44,9 @@ TEST_CASE("distributed_ppo_runs_a_short_job_end_to_end") {
                         "perf/actor_wait_share", "timing_s/update", "workers/env_actor/1/env_steps"})
     CHECK_MESSAGE(names.count(m), std::string(m));
   CHECK(workers_of((dir.path() / "r").string()).empty());
+  // The run directory and its name service are the owner's alone.
+  CHECK(fs::status(dir.path() / "r").permissions() == fs::perms::owner_all);
+  CHECK(fs::status(dir.path() / "r" / "names").permissions() == fs::perms::owner_all);
 }
 
 TEST_CASE("distributed_ppo_runs_inline_and_over_ipc") {

@@ -338,6 +338,7 @@ Cluster::Cluster(const fs::path& run_dir, std::string experiment, const std::vec
   const std::string beat_to = m.heartbeats.get(zmq::sockopt::last_endpoint);
   const std::string metrics_to = m.metrics.get(zmq::sockopt::last_endpoint);
   fs::create_directories(name_dir_);
+  fs::permissions(name_dir_, fs::perms::owner_all, fs::perm_options::replace);  // the workers' addresses: the owner's alone
 
   for (const auto& spec : workers) {
     for (int rank = 0; rank < spec.count; ++rank) {

@@ -116,6 +116,9 @@ fs::path create_run_dir(const Experiment& e) {
   std::error_code ec;
   fs::create_directories(dir / "checkpoints", ec);
   if (ec) throw IoError(dir.string() + ": cannot create the run directory: " + ec.message());
+  // The owner's alone (0700): it holds the workers' addresses, logs and checkpoints.
+  fs::permissions(dir, fs::perms::owner_all, fs::perm_options::replace, ec);
+  if (ec) throw IoError(dir.string() + ": cannot make the run directory private: " + ec.message());
   return dir;
 }
 
