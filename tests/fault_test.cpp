@@ -57,6 +57,18 @@ pid_t worker_pid(const std::string& run, const std::string& role, int rank) {
   return 0;
 }
 
+// Kills worker `role`/`rank` of the run in `run` (SIGKILL) and waits until its replacement has
+// rejoined; returns the killed pid.
+pid_t kill_until_rejoined(const fs::path& run, const std::string& role, int rank) {
+  const std::string worker = role + "/" + std::to_string(rank);
+  const int before = count_events(run, "rejoined", worker);
+  const pid_t pid = worker_pid(run.string(), role, rank);
+  REQUIRE(pid > 0);
+  ::kill(pid, SIGKILL);
+  REQUIRE(wait_until([&] { return count_events(run, "rejoined", worker) == before + 1; }, 30));
+  return pid;
+}
+
 // FLOTILLA_FAULT_INJECT for the runs started while it lives.
 struct InjectFault {
   explicit InjectFault(const std::string& spec) { ::setenv("FLOTILLA_FAULT_INJECT", spec.c_str(), 1); }
@@ -87,17 +99,13 @@ TEST_CASE("killed_and_stopped_workers_are_replaced_and_rejoin_while_training_goe
   REQUIRE(wait_until([&] { return rows(run) >= 2; }, 60));
 
   // A policy worker: the env actors' unanswered requests go to its replacement.
-  const pid_t policy = worker_pid(run.string(), "policy_worker", 0);
-  REQUIRE(policy > 0);
-  ::kill(policy, SIGKILL);
-  REQUIRE(wait_until([&] { return count_events(run, "rejoined", "policy_worker/0") == 1; }, 30));
+  const pid_t policy = kill_until_rejoined(run, "policy_worker", 0);
   const pid_t replacement = worker_pid(run.string(), "policy_worker", 0);
   CHECK(replacement > 0);
   CHECK(replacement != policy);
 
   // An env actor, killed mid-fragment: what it had collected is gone, the rest goes on.
-  ::kill(worker_pid(run.string(), "env_actor", 1), SIGKILL);
-  REQUIRE(wait_until([&] { return count_events(run, "rejoined", "env_actor/1") == 1; }, 30));
+  kill_until_rejoined(run, "env_actor", 1);
 
   // A stopped one is found by its silence (the default detection: 1.8 s of silence), killed and replaced.
   const pid_t stopped = worker_pid(run.string(), "env_actor", 0);
@@ -151,8 +159,7 @@ TEST_CASE("a_killed_buffer_is_replaced_and_the_actors_fragments_flow_through_its
                             "fault.restart_backoff_s=0.2", "workers=[{role: env_actor, count: 2}, {role: policy_worker}, {role: buffer}, {role: trainer}]"},
                      dir.path(), dir.path());
   REQUIRE(wait_until([&] { return rows(run) >= 2; }, 60));
-  ::kill(worker_pid(run.string(), "buffer", 0), SIGKILL);
-  REQUIRE(wait_until([&] { return count_events(run, "rejoined", "buffer/0") == 1; }, 30));
+  kill_until_rejoined(run, "buffer", 0);
   const size_t before = updates(run);
   CHECK(wait_until([&] { return updates(run) >= before + 3; }, 60));  // every fragment goes through the buffer
   p.signal(SIGINT);
@@ -197,8 +204,7 @@ TEST_CASE("a_group_that_has_used_its_restarts_stops_the_run_on_the_next_failure"
                             "fault.restart_backoff_s=0", "fault.groups=[{group: policy_worker, max_restarts: 1}]"},
                      dir.path(), dir.path());
   REQUIRE(wait_until([&] { return rows(run) >= 1; }, 60));
-  ::kill(worker_pid(run.string(), "policy_worker", 0), SIGKILL);
-  REQUIRE(wait_until([&] { return count_events(run, "rejoined", "policy_worker/0") == 1; }, 30));
+  kill_until_rejoined(run, "policy_worker", 0);
   ::kill(worker_pid(run.string(), "policy_worker", 0), SIGKILL);
   auto r = p.wait(60);
   CAPTURE(r.err);

@@ -17,7 +17,6 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
-#include <numeric>
 #include <optional>
 
 #include "actors/lm/config.hpp"
@@ -169,7 +168,8 @@ class RlhfProgram final : public Program {
   runtime::WorkerGroup& group(const std::string& role) { return workers_.group(role); }
 
   // Brings back the workers being replaced (RlhfWorkers::bring_back) and tells the stream what
-  // they held; returns them (none when no worker failed).
+  // they held; returns them (none when no worker failed). A failure the cluster does not replace
+  // (WorkerFailure) is thrown from here, so a catch of Error that calls this passes it on.
   std::vector<Replacement> lost() {
     auto back = workers_.bring_back(version_);
     for (const auto& r : back)
@@ -182,8 +182,6 @@ class RlhfProgram final : public Program {
     while (true) {
       try {
         return call();
-      } catch (const WorkerFailure&) {
-        throw;
       } catch (const Error&) {
         if (lost().empty()) throw;
       }
@@ -242,8 +240,6 @@ class RlhfProgram final : public Program {
         const double tokens = train_on(taken, step, r);
         row.insert(row.end(), r.begin(), r.end());
         return tokens;
-      } catch (const WorkerFailure&) {
-        throw;
       } catch (const Error& e) {
         if (version_ != version || lost().empty()) throw;
         // The critic learned from them already: only its checkpoint undoes that.
@@ -451,8 +447,6 @@ class RlhfProgram final : public Program {
   void sync_weights() {
     try {
       last_sync_ = workers_.sync_weights(version_);
-    } catch (const WorkerFailure&) {
-      throw;
     } catch (const Error&) {
       if (lost().empty()) throw;
       last_sync_.clear();
@@ -465,45 +459,12 @@ class RlhfProgram final : public Program {
     }
   }
 
-  // Greedy answers to the first `n` held-out prompts, kept by the rollout workers; every rank must
-  // have generated with the actor's current version.
-  DataRef greedy_answers(size_t n) {
-    std::vector<int64_t> indices(n);
-    std::iota(indices.begin(), indices.end(), 0);
-    const Generate g{.n = 1, .temperature = 0.0, .top_p = c_.top_p, .top_k = c_.top_k, .seed = 0, .stop = {format_->eos()}, .width = 0};
-    auto r = group("rollout").call(g, Input(prompt_batch(val_, indices))).get();
-    for (const auto& v : r.ranks)
-      if (v.version != version_)
-        throw Error("a rollout worker generated with weights of version " + std::to_string(v.version) + ", not " + std::to_string(version_));
-    return r.data;
-  }
-
   // ---- evaluation: greedy answers to held-out prompts, or reward-model accuracy on held-out pairs ----
 
   void log_eval(RunContext& ctx, int64_t step, RunResult& result) {
     const auto t = clock_type::now();
-    core::Scalars row;
     const size_t n = std::min<size_t>(static_cast<size_t>(eval_n_), val_.examples.size());
-    if (c_.family.pair_eval()) {
-      std::vector<SequenceRow> rows;
-      for (size_t i = 0; i < n; ++i) {
-        rows.push_back({&val_.examples[i].prompt, &val_.examples[i].chosen});
-        rows.push_back({&val_.examples[i].prompt, &val_.examples[i].rejected});
-      }
-      const Input pairs = Input(sequence_batch(rows).select({"tokens", "last"})).grouped(2);
-      const at::Tensor s = group("actor").call(RewardHeadScores{}, pairs).get().batch["scores"];
-      row.push_back({"val/accuracy", (s.slice(0, 0, {}, 2) > s.slice(0, 1, {}, 2)).to(at::kDouble).mean().item<double>()});
-    } else {
-      retrying([&] {
-        const DataRef samples = greedy_answers(n);
-        // Accuracy is the task's own check (exact or numeric match), whatever the training reward.
-        const Input rows(samples.select({"tokens", "last", "response_length", "example"}));
-        const at::Tensor s = group("reward").call(Score{"val", true}, rows).get().batch["scores"].to(at::kFloat);
-        const at::Tensor length = samples.pull({"response_length"})["response_length"].to(at::kDouble);
-        row.push_back({"val/accuracy", (s > 0.5).to(at::kDouble).mean().item<double>()});
-        row.push_back({"val/response_length", length.mean().item<double>()});
-      });
-    }
+    core::Scalars row = retrying([&] { return workers_.held_out(val_, n, format_->eos(), version_); });
     row.push_back({"timing_s/eval", seconds_since(t)});
     ctx.metrics.log(step, row);
     spdlog::info("step {}: val/accuracy {:.3f} on {} held-out examples", step, row.front().second, n);

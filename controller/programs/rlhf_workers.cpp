@@ -1,6 +1,9 @@
 #include "controller/programs/rlhf_workers.hpp"
 
+#include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
+
+#include <numeric>
 
 #include "core/error.hpp"
 
@@ -66,6 +69,31 @@ std::vector<Synced> RlhfWorkers::sync_weights(int64_t version, std::optional<int
   }
   runtime::WorkerGroup& rollout = group("rollout");
   return (rank ? rollout.call_rank(*rank, sync) : rollout.call(sync)).get().ranks;
+}
+
+core::Scalars RlhfWorkers::held_out(const Dataset& val, size_t n, int32_t eos, int64_t version) {
+  if (c_.family.pair_eval()) {
+    std::vector<SequenceRow> rows;
+    for (size_t i = 0; i < n; ++i) {
+      rows.push_back({&val.examples[i].prompt, &val.examples[i].chosen});
+      rows.push_back({&val.examples[i].prompt, &val.examples[i].rejected});
+    }
+    const runtime::Input pairs = runtime::Input(sequence_batch(rows).select({"tokens", "last"})).grouped(2);
+    const at::Tensor s = group("actor").call(RewardHeadScores{}, pairs).get().batch["scores"];
+    return {{"val/accuracy", (s.slice(0, 0, {}, 2) > s.slice(0, 1, {}, 2)).to(at::kDouble).mean().item<double>()}};
+  }
+  std::vector<int64_t> indices(n);
+  std::iota(indices.begin(), indices.end(), 0);
+  const Generate g{.n = 1, .temperature = 0.0, .top_p = c_.top_p, .top_k = c_.top_k, .seed = 0, .stop = {eos}, .width = 0};
+  auto answers = group("rollout").call(g, runtime::Input(prompt_batch(val, indices))).get();
+  for (const auto& v : answers.ranks)
+    if (v.version != version)
+      throw Error("a rollout worker generated with weights of version " + std::to_string(v.version) + ", not " + std::to_string(version));
+  const runtime::DataRef& samples = answers.data;
+  const runtime::Input rows(samples.select({"tokens", "last", "response_length", "example"}));
+  const at::Tensor s = group("reward").call(Score{"val", true}, rows).get().batch["scores"].to(at::kFloat);
+  const at::Tensor length = samples.pull({"response_length"})["response_length"].to(at::kDouble);
+  return {{"val/accuracy", (s > 0.5).to(at::kDouble).mean().item<double>()}, {"val/response_length", length.mean().item<double>()}};
 }
 
 std::vector<Replacement> RlhfWorkers::bring_back(int64_t version) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "actors/lm/config.hpp"
+#include "actors/lm/data.hpp"
 #include "actors/lm/methods.hpp"
 #include "controller/cluster/cluster.hpp"
 #include "controller/run/program.hpp"
@@ -42,6 +43,11 @@ class RlhfWorkers {
   // (worker to worker, by the reshard plan between the two layouts); the buffers go when the sync
   // is done. A colocated rollout generates with the actor's weights.
   std::vector<actors::lm::Synced> sync_weights(int64_t version, std::optional<int> rank = std::nullopt);
+  // `val/accuracy` on the first `n` examples of `val`: of the reward head on preference pairs
+  // (chosen scored above rejected), or of greedy answers (stopping at `eos`) checked by the task's
+  // own rule whatever the training reward, with `val/response_length`. The rollouts must have
+  // generated with the actor's `version`.
+  core::Scalars held_out(const actors::lm::Dataset& val, size_t n, int32_t eos, int64_t version);
 
   // Waits for the workers being replaced and brings each replacement in, its rollout at the
   // actor's `version`; returns them (none when no worker failed). A failure the cluster does not
