@@ -5,6 +5,7 @@
 #include <mutex>
 #include <zmq.hpp>
 
+#include "core/curve.hpp"
 #include "core/error.hpp"
 #include "core/wire.hpp"
 
@@ -16,9 +17,9 @@ class ZmqSampleReceiver final : public SampleReceiver {
   ZmqSampleReceiver(zmq::context_t& context, const std::string& bind) : socket_(context, zmq::socket_type::pull) {
     socket_.set(zmq::sockopt::rcvhwm, 64);
     try {
-      socket_.bind(bind);
-    } catch (const zmq::error_t& e) {
-      throw Error("cannot bind the sample stream to '" + bind + "': " + e.what());
+      curve::bind(context, socket_, bind);
+    } catch (const Error& e) {
+      throw Error(std::string("the sample stream: ") + e.what());
     }
     endpoint_ = socket_.get(zmq::sockopt::last_endpoint);
   }
@@ -58,9 +59,9 @@ class ZmqSampleSender final : public SampleSender {
     socket_.set(zmq::sockopt::linger, 2000);
     timeout_ = timeout;
     try {
-      socket_.connect(endpoint);
-    } catch (const zmq::error_t& e) {
-      throw Error("cannot connect the sample stream to '" + endpoint + "': " + e.what());
+      curve::connect(socket_, endpoint);
+    } catch (const Error& e) {
+      throw Error(std::string("the sample stream: ") + e.what());
     }
   }
   void send(const Batch& batch, int64_t policy_version, const Scalars& stats) override {
@@ -150,7 +151,7 @@ class ZmqParameterPublisher final : public ParameterPublisher {
       : socket_(context, zmq::socket_type::pub), name_(std::move(name)) {
     socket_.set(zmq::sockopt::sndhwm, 4);
     socket_.set(zmq::sockopt::linger, 0);
-    socket_.bind(bind);
+    curve::bind(context, socket_, bind);
     endpoint_ = socket_.get(zmq::sockopt::last_endpoint);
   }
   void publish(int64_t version, const Batch& tensors) override {
@@ -173,7 +174,7 @@ class ZmqParameterSubscriber final : public ParameterSubscriber {
     socket_.set(zmq::sockopt::subscribe, "");
     socket_.set(zmq::sockopt::rcvhwm, 4);
     socket_.set(zmq::sockopt::linger, 0);
-    socket_.connect(endpoint);
+    curve::connect(socket_, endpoint);
     endpoint_ = endpoint;
   }
   std::optional<Parameters> latest(std::chrono::milliseconds timeout) override {
@@ -205,7 +206,7 @@ class ZmqInferenceServer final : public InferenceServer {
   ZmqInferenceServer(zmq::context_t& context, const std::string& bind, std::string name)
       : socket_(context, zmq::socket_type::router), name_(std::move(name)) {
     socket_.set(zmq::sockopt::linger, 0);
-    socket_.bind(bind);
+    curve::bind(context, socket_, bind);
     endpoint_ = socket_.get(zmq::sockopt::last_endpoint);
   }
   std::optional<InferenceBatch> gather(int64_t max_rows, std::chrono::milliseconds max_delay,
@@ -267,7 +268,7 @@ class ZmqInferenceClient final : public InferenceClient {
   ZmqInferenceClient(zmq::context_t& context, const std::string& endpoint, std::string name)
       : socket_(context, zmq::socket_type::dealer), endpoint_(endpoint), name_(std::move(name)) {
     socket_.set(zmq::sockopt::linger, 0);
-    socket_.connect(endpoint);
+    curve::connect(socket_, endpoint);
   }
   uint64_t submit(const Batch& inputs, const InferenceTags& tags) override {
     const uint64_t id = ++next_id_;

@@ -9,6 +9,7 @@
 #include <set>
 #include <zmq.hpp>
 
+#include "core/curve.hpp"
 #include "core/error.hpp"
 
 namespace flotilla::runtime {
@@ -364,7 +365,7 @@ zmq::socket_t& Fetcher::socket(const std::string& endpoint) {
   if (!s) {
     s = std::make_unique<zmq::socket_t>(context_, zmq::socket_type::dealer);
     s->set(zmq::sockopt::linger, 0);
-    s->connect(endpoint);
+    core::curve::connect(*s, endpoint);
   }
   return *s;
 }

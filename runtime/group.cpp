@@ -7,6 +7,8 @@
 #include <thread>
 #include <zmq.hpp>
 
+#include "core/curve.hpp"
+
 namespace flotilla::runtime {
 
 // ---- inputs ----
@@ -80,13 +82,16 @@ struct WorkerGroup::Io final : ObjectHolder {
 
   Io(zmq::context_t& ctx, std::string n, const std::vector<std::string>& endpoints, std::chrono::milliseconds t)
       : context(ctx), name(std::move(n)), timeout(t), wake_in(ctx, zmq::socket_type::pair), wake_out(ctx, zmq::socket_type::pair) {
-    const std::string wake = "inproc://flotilla-group-" + name + "-" + std::to_string(reinterpret_cast<uintptr_t>(this));
+    // A name never used before in this process: ZeroMQ frees a closed socket's inproc name later,
+    // so a group made where the last one was (the same address) could not bind it yet.
+    static std::atomic<uint64_t> groups{0};
+    const std::string wake = "inproc://flotilla-group-" + name + "-" + std::to_string(++groups);
     wake_in.bind(wake);
     wake_out.connect(wake);
     for (const auto& e : endpoints) {
       dealers.emplace_back(ctx, zmq::socket_type::dealer);
       dealers.back().set(zmq::sockopt::linger, 0);
-      dealers.back().connect(e);
+      core::curve::connect(dealers.back(), e);
     }
     thread = std::thread([this] { loop(); });
   }

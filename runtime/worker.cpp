@@ -16,6 +16,7 @@
 #include <thread>
 #include <zmq.hpp>
 
+#include "core/curve.hpp"
 #include "core/error.hpp"
 #include "core/name_service.hpp"
 #include "core/names.hpp"
@@ -103,7 +104,7 @@ class Runtime {
     role_->add_methods(methods_);
     outbox_.bind(kOutbox);
     router_.set(zmq::sockopt::linger, 1000);
-    router_.bind(info_.rpc_endpoint.empty() ? "tcp://" + info_.host + ":*" : info_.rpc_endpoint);
+    core::curve::bind(context_, router_, info_.rpc_endpoint.empty() ? "tcp://" + info_.host + ":*" : info_.rpc_endpoint);
     endpoint_ = router_.get(zmq::sockopt::last_endpoint);
     for (const auto& lane : methods_.lanes()) lanes_.emplace(lane, std::make_unique<Lane>(*this, lane, lane != "main"));
   }
@@ -386,7 +387,7 @@ class Runtime {
     zmq::socket_t push(context_, zmq::socket_type::push);
     push.set(zmq::sockopt::linger, 0);
     push.set(zmq::sockopt::sndhwm, 16);
-    push.connect(to);
+    core::curve::connect(push, to);
     zmq::socket_t wake(context_, zmq::socket_type::push);
     wake.set(zmq::sockopt::linger, 0);
     wake.connect(kOutbox);
@@ -398,6 +399,7 @@ class Runtime {
       h.setState(Lifecycle::name(role_->life().state()));
       h.setSentAt(now_s());
       h.setEndpoint(endpoint_);
+      h.setRefused(static_cast<uint64_t>(core::curve::refused()));
       m.send(push);  // never blocks: a full queue drops the beat
       names_->keepalive(key);
       if (::getppid() != parent && !leaving_.exchange(true)) {  // the controller is gone

@@ -4,6 +4,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "core/curve.hpp"
 #include "core/error.hpp"
 #include "core/name_service.hpp"
 #include "core/names.hpp"
@@ -19,7 +20,7 @@ MetricsPusher::MetricsPusher(zmq::context_t& context, const runtime::WorkerInfo&
     : socket_(std::make_unique<zmq::socket_t>(context, zmq::socket_type::push)), name_(info.name()) {
   socket_->set(zmq::sockopt::linger, 1000);
   socket_->set(zmq::sockopt::sndhwm, 1000);
-  socket_->connect(info.metrics_to);
+  core::curve::connect(*socket_, info.metrics_to);
 }
 
 MetricsPusher::~MetricsPusher() = default;

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <algorithm>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <iomanip>
@@ -12,6 +13,7 @@
 
 #include "controller/cli/commands.hpp"
 #include "controller/run/experiment.hpp"
+#include "core/curve.hpp"
 #include "core/fs.hpp"
 #include "core/process.hpp"
 #include "core/stream.hpp"
@@ -180,8 +182,9 @@ constexpr size_t kBareHeaderBytes = 64;  // about the size of a sample-stream en
 
 // The sending side, in the child process.
 int stream_sender(const StreamBenchArgs& a) {
+  if (a.mode == "curve") core::curve::use(core::curve::read(a.keys), a.keys);
   zmq::context_t context(1);
-  if (a.mode == "flotilla") {
+  if (a.mode != "zmq") {
     auto sender = core::zmq_sample_sender(context, a.send_to, "bench/0");
     core::Batch batch;
     batch.set("data", at::zeros({a.bytes}, at::kByte));
@@ -207,7 +210,8 @@ int stream_sender(const StreamBenchArgs& a) {
 std::unique_ptr<core::Process> spawn_sender(const StreamBenchArgs& a, const std::string& endpoint, const std::string& mode) {
   return std::make_unique<core::Process>(core::ProcessSpec{
       std::filesystem::read_symlink("/proc/self/exe"),
-      {"bench", "stream", "--bytes", std::to_string(a.bytes), "--count", std::to_string(a.count), "--send-to", endpoint, "--mode", mode},
+      {"bench", "stream", "--bytes", std::to_string(a.bytes), "--count", std::to_string(a.count), "--send-to", endpoint, "--mode", mode,
+       "--keys", a.keys},
       "bench stream: the sending process"});
 }
 
@@ -228,7 +232,14 @@ StreamFigures measure(const StreamBenchArgs& a, const std::string& mode) {
     if (status->code != 0 || status->signal != 0) throw Error("bench stream: the sending process " + status->str());
   };
   const auto timeout = std::chrono::seconds(60);
-  if (mode == "flotilla") {
+  if (mode != "zmq") {
+    // CURVE: this process's sockets use the keys while it measures, and the sender loads them.
+    struct Keys {
+      explicit Keys(const StreamBenchArgs& a, bool on) {
+        if (on) core::curve::use(core::curve::read(a.keys), a.keys);
+      }
+      ~Keys() { core::curve::use(std::nullopt); }
+    } keys(a, mode == "curve");
     auto receiver = core::zmq_sample_receiver(context, bind);
     child = spawn_sender(a, receiver->endpoint(), mode);
     while (got < a.count) {
@@ -267,13 +278,28 @@ int bench_stream(const StreamBenchArgs& a) {
   if (!a.send_to.empty()) return stream_sender(a);
   if (a.count < 2) throw ConfigError("bench stream: --count must be at least 2");
   // Alternate and keep each side's best of two, so a noisy moment hurts neither more.
-  StreamFigures flot, bare;
+  // The CURVE run's keys, in a directory of this process's own.
+  char made[] = "/tmp/flotilla-bench-keys-XXXXXX";  // 0700
+  if (!::mkdtemp(made)) throw IoError(std::string("bench stream: cannot make a key directory in /tmp: ") + std::strerror(errno));
+  struct Remove {
+    std::filesystem::path dir;
+    ~Remove() {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    }
+  } remove{made};
+  StreamBenchArgs args = a;
+  args.keys = (remove.dir / "curve.keys").string();
+  core::curve::write(args.keys, core::curve::generate());
+  StreamFigures flot, bare, curve;
   for (int round = 0; round < 2; ++round) {
-    StreamFigures b = measure(a, "zmq"), f = measure(a, "flotilla");
+    StreamFigures b = measure(args, "zmq"), f = measure(args, "flotilla"), c = measure(args, "curve");
     if (b.mb_per_s > bare.mb_per_s) bare = b;
     if (f.mb_per_s > flot.mb_per_s) flot = f;
+    if (c.mb_per_s > curve.mb_per_s) curve = c;
   }
   const double ratio = flot.mb_per_s / bare.mb_per_s;
+  const double curve_cost = flot.mb_per_s / curve.mb_per_s;
   if (a.json) {
     nlohmann::ordered_json j = {{"bytes", a.bytes},
                                 {"count", a.count},
@@ -282,14 +308,19 @@ int bench_stream(const StreamBenchArgs& a) {
                                 {"flotilla_messages_per_s", flot.messages_per_s},
                                 {"zmq_mb_per_s", bare.mb_per_s},
                                 {"zmq_messages_per_s", bare.messages_per_s},
-                                {"ratio", ratio}};
+                                {"ratio", ratio},
+                                {"curve_mb_per_s", curve.mb_per_s},
+                                {"curve_messages_per_s", curve.messages_per_s},
+                                {"curve_cost", curve_cost}};
     std::cout << j.dump() << "\n";
   } else {
     std::cout << std::fixed << std::setprecision(1) << "messages: " << a.count << " x " << a.bytes << " bytes over "
               << a.transport << "\n"
               << "flotilla sample stream: " << flot.mb_per_s << " MB/s, " << flot.messages_per_s << " messages/s\n"
               << "bare zeromq push/pull:  " << bare.mb_per_s << " MB/s, " << bare.messages_per_s << " messages/s\n"
-              << std::setprecision(3) << "ratio: " << ratio << "\n";
+              << "sample stream, CURVE:   " << curve.mb_per_s << " MB/s, " << curve.messages_per_s << " messages/s\n"
+              << std::setprecision(3) << "ratio (flotilla / bare): " << ratio << "\n"
+              << "CURVE cost (plain / CURVE): " << curve_cost << "\n";
   }
   return 0;
 }

@@ -22,6 +22,7 @@
 #include "actors/roles.hpp"
 #include "controller/run/checkpoint.hpp"
 #include "controller/programs/rl.hpp"
+#include "core/curve.hpp"
 #include "core/log.hpp"
 #include "core/process.hpp"
 
@@ -186,6 +187,32 @@ void add_control_commands(CLI::App& app, Commands& commands) {
   commands.emplace_back(stop, [dir, now] { return controller::stop_run(*dir, *now); });
 }
 
+// keys gen: a run's CURVE keys in a directory of the user's choosing.
+void add_keys_command(CLI::App& app, Commands& commands) {
+  struct Args {
+    std::string dir;
+    bool force = false;
+  };
+  auto a = std::make_shared<Args>();
+  auto* keys = app.add_subcommand("keys", "CURVE keys for runs whose run directory is not private");
+  keys->require_subcommand(1);
+  auto* gen = keys->add_subcommand("gen", "write new server and client key pairs to DIR/curve.keys (mode 0600)");
+  gen->add_option("dir", a->dir, "directory for curve.keys (created 0700)")->required();
+  gen->add_flag("--force", a->force, "replace a key file already there");
+  commands.emplace_back(gen, [a] {
+    const std::filesystem::path file = std::filesystem::path(a->dir) / "curve.keys";
+    if (std::filesystem::exists(file) && !a->force)
+      throw ConfigError(file.string() + " exists; pass --force to replace it (runs using it must restart)");
+    core::curve::write(file, core::curve::generate());
+    const core::curve::RunKeys k = core::curve::read(file);
+    std::cout << "wrote " << file.string() << " (mode 0600)\n"
+              << "server public key: " << k.server.public_key << "\n"
+              << "client public key: " << k.client.public_key << "\n"
+              << "use it with: security.keys=" << a->dir << "\n";
+    return 0;
+  });
+}
+
 // validate, config show and plot: reading configs and runs.
 void add_inspect_commands(CLI::App& app, Commands& commands) {
   struct Args {
@@ -348,6 +375,7 @@ void add_bench_commands(CLI::App& app, Commands& commands) {
   bench_stream_cmd->add_flag("--json", stream_args->json, "print one JSON object");
   bench_stream_cmd->add_option("--send-to", stream_args->send_to)->group("");  // the sending child's
   bench_stream_cmd->add_option("--mode", stream_args->mode)->group("");
+  bench_stream_cmd->add_option("--keys", stream_args->keys)->group("");
 
   auto reshard_args = std::make_shared<controller::ReshardBenchArgs>();
   auto* bench_reshard_cmd = bench->add_subcommand(
@@ -485,9 +513,12 @@ void add_worker_command(CLI::App& app, Commands& commands) {
   worker->add_option("--heartbeat-to", info->heartbeat_to)->required();
   worker->add_option("--metrics-to", info->metrics_to)->required();
   worker->add_option("--bind-rpc", info->rpc_endpoint, "the RPC address to bind (a replacement's: its predecessor's)");
+  auto keys = std::make_shared<std::string>();
+  worker->add_option("--keys", *keys, "the run's CURVE key file");
 
-  commands.emplace_back(worker, [info, heartbeat_ms, interface] {
+  commands.emplace_back(worker, [info, heartbeat_ms, interface, keys] {
     info->heartbeat = std::chrono::milliseconds(*heartbeat_ms);
+    if (!keys->empty()) core::curve::use(core::curve::read(*keys), *keys);
     if (info->host == "auto") info->host = core::node_address(*interface);
     return runtime::run_worker(*info, actors::roles().at(info->role));
   });
@@ -506,6 +537,7 @@ int flotilla::controller::cli_main(int argc, char** argv) {
   Commands commands;
   add_run_commands(app, commands);
   add_control_commands(app, commands);
+  add_keys_command(app, commands);
   add_checkpoint_commands(app, commands);
   add_eval_command(app, commands);
   add_inspect_commands(app, commands);

@@ -63,10 +63,11 @@ struct StreamBenchArgs {
   std::string transport = "tcp";  // tcp (loopback) or ipc
   bool json = false;
   // Internal: set in the sending child process that bench_stream starts.
-  std::string send_to, mode;
+  std::string send_to, mode, keys;
 };
 // `flotilla bench stream`: N messages of B bytes from a child process to this one, through
-// Flotilla's sample stream and through a bare ZeroMQ PUSH/PULL pair with the same frames.
+// Flotilla's sample stream (plain, and with CURVE as a run's TCP sockets use it) and through a bare
+// ZeroMQ PUSH/PULL pair with the same frames.
 int bench_stream(const StreamBenchArgs& args);
 
 struct ReshardBenchArgs {

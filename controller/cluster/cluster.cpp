@@ -17,6 +17,7 @@
 #include <zmq.hpp>
 
 #include "core/config.hpp"
+#include "core/curve.hpp"
 #include "core/error.hpp"
 #include "core/process.hpp"
 #include "core/wire.hpp"
@@ -85,6 +86,7 @@ struct Cluster::Monitor {
     bool replacing = false;  // failed, and its replacement has not sent a heartbeat yet
     std::string silent;      // why it was killed: it sent no heartbeats
     std::string why;         // its last failure
+    uint64_t refused = 0;    // connections refused, by its latest heartbeat
     std::chrono::steady_clock::time_point detected;
   };
 
@@ -112,6 +114,7 @@ struct Cluster::Monitor {
   std::map<std::string, int> restarts;  // by group
   std::deque<Replacement> replaced;
   int64_t failures = 0;
+  int64_t refused_total = 0;  // connections the workers refused
 
   ~Monitor() {
     io.stop();
@@ -265,6 +268,10 @@ struct Cluster::Monitor {
         std::lock_guard lock(mutex);
         if (p.exited) continue;  // sent before it died
         if (p.endpoint.empty()) p.endpoint = m.envelope().getHeartbeat().getEndpoint().cStr();
+        // A replacement counts from 0 again.
+        const uint64_t refused = m.envelope().getHeartbeat().getRefused();
+        refused_total += static_cast<int64_t>(refused >= p.refused ? refused - p.refused : refused);
+        p.refused = refused;
         if (p.replacing) {
           p.replacing = false;
           replaced.push_back({p.group, p.rank, p.why, p.detected});
@@ -333,7 +340,7 @@ Cluster::Cluster(const fs::path& run_dir, std::string experiment, const std::vec
   for (zmq::socket_t* s : {&m.heartbeats, &m.metrics}) {
     s->set(zmq::sockopt::linger, 0);
     s->set(zmq::sockopt::rcvtimeo, 0);
-    s->bind("tcp://" + host + ":*");
+    core::curve::bind(m.context, *s, "tcp://" + host + ":*");
   }
   const std::string beat_to = m.heartbeats.get(zmq::sockopt::last_endpoint);
   const std::string metrics_to = m.metrics.get(zmq::sockopt::last_endpoint);
@@ -351,6 +358,7 @@ Cluster::Cluster(const fs::path& run_dir, std::string experiment, const std::vec
                     "--experiment", experiment_, "--trial", trial_, "--name-dir", name_dir_.string(), "--heartbeat-ms",
                     std::to_string(options.heartbeat.count()), "--heartbeat-to", beat_to, "--metrics-to", metrics_to},
                    "worker " + proc.name};
+      if (auto keys = core::curve::key_file()) proc.spec.args.insert(proc.spec.args.end(), {"--keys", keys->string()});
       if (launch.slurm()) {
         // A job step on its node; it binds that node's address, and ends with its step (Slurm
         // ends the steps when the controller's job ends).
@@ -474,6 +482,11 @@ void Cluster::rejoined(const Replacement& r) {
   const std::string worker = r.group + "/" + std::to_string(r.rank);
   spdlog::info("worker {} is back {:.2f} s after its failure", worker, seconds);
   monitor_->record({{"event", "rejoined"}, {"worker", worker}, {"pid", pid(r.group, r.rank)}, {"restart_s", seconds}});
+}
+
+int64_t Cluster::refused() const {
+  std::lock_guard lock(monitor_->mutex);
+  return monitor_->refused_total + core::curve::refused();
 }
 
 int64_t Cluster::failures() const {

@@ -104,6 +104,8 @@ class Cluster {
   void rejoined(const Replacement& r);
   // Worker failures so far (replaced or not), and replacements not rejoined yet.
   int64_t failures() const;
+  // Connections the run's sockets refused (CURVE): the workers' and this process's.
+  int64_t refused() const;
   int replacing() const;
   // Restarts used by group (fault.max_restarts bounds each), including options.restarts.
   std::map<std::string, int> restarts() const;

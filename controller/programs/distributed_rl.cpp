@@ -118,6 +118,7 @@ class DistributedRl final : public Program {
     result.summary.push_back({"iterations", static_cast<double>(version_)});
     result.summary.push_back({"train_time_s", clock_.seconds()});
     result.summary.push_back({"fault/restarts", static_cast<double>(restarts_.total(cluster))});
+    result.summary.push_back({"security/refused_connections", static_cast<double>(cluster.refused())});
     add_window_summary(window_, result);
     cluster_ = nullptr;
     return result;

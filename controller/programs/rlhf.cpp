@@ -161,6 +161,7 @@ class RlhfProgram final : public Program {
     result.summary.push_back({"data/responses_truncated", static_cast<double>(train_.responses_truncated)});
     result.summary.push_back({"train_time_s", clock.seconds()});
     result.summary.push_back({"fault/restarts", static_cast<double>(restarts_.total(cluster))});
+    result.summary.push_back({"security/refused_connections", static_cast<double>(cluster.refused())});
     if (stream_) stream_->save_schedule(ctx.dir / "schedule.json");
     return result;
   }

@@ -16,6 +16,7 @@
 #include "controller/cluster/launcher.hpp"
 #include "controller/run/progress.hpp"
 #include "controller/run/signals.hpp"
+#include "core/curve.hpp"
 #include "core/fs.hpp"
 #include "core/log.hpp"
 #include "core/process.hpp"
@@ -68,6 +69,10 @@ Experiment read_experiment(core::ConfigView root, const fs::path& file) {
   e.progress_interval_s = progress.get<double>("interval_s", 10.0, core::greater_than(0.0));
   e.launcher = LauncherConfig::read(root.section("launcher"));
   e.fault = FaultConfig::read(root.section("fault"));
+  core::ConfigView security = root.section("security");
+  e.curve = security.get<bool>("curve", true);
+  e.keys = security.get<std::string>("keys", "");
+  if (!e.curve && !e.keys.empty()) security.fail("keys", "keys are given but curve is false; drop one of them");
   return e;
 }
 
@@ -198,6 +203,22 @@ class LastValues final : public core::MetricSink {
   int64_t last_step = 0;
 };
 
+// A run with workers secures its TCP sockets with CURVE: new keys in RUN_DIR/curve.keys, or those
+// of security.keys (`flotilla keys gen DIR`); the workers load the same file.
+void secure_transport(const LoadedExperiment& loaded, const fs::path& dir) {
+  const Experiment& e = loaded.experiment;
+  core::curve::use(std::nullopt);
+  if (loaded.program->worker_groups().empty()) return;  // one process: no sockets
+  if (!e.curve) {
+    spdlog::warn("security.curve is false: anyone who can reach this run's TCP addresses can connect to its workers");
+    return;
+  }
+  fs::path file = fs::absolute(e.keys.empty() ? dir / "curve.keys" : fs::path(e.keys) / "curve.keys");
+  if (e.keys.empty()) core::curve::write(file, core::curve::generate());
+  core::curve::use(core::curve::read(file), file);
+  spdlog::info("TCP sockets authenticate with the CURVE keys in {}", file.string());
+}
+
 Progress::Mode progress_mode(ProgressMode requested) {
   switch (requested) {
     case ProgressMode::Bar: return Progress::Mode::Bar;
@@ -261,6 +282,7 @@ int run_experiment(LoadedExperiment& loaded, const RunOptions& options) {
   std::string error;
   const auto t0 = std::chrono::steady_clock::now();
   try {
+    secure_transport(loaded, dir);
     result = loaded.program->run(ctx);
     if (signals.requested().load() && result.exit_reason == "completed") result.exit_reason = "interrupted";
     if (result.exit_reason == "interrupted") code = 130;
@@ -289,6 +311,7 @@ int run_experiment(LoadedExperiment& loaded, const RunOptions& options) {
   spdlog::info("{} after {:.1f} s; results in {}", result.exit_reason, wall, dir.string());
   spdlog::default_logger()->flush();
   core::init_logging(options.log_level);  // detach from the run's sinks
+  core::curve::use(std::nullopt);
   return code;
 }
 

@@ -31,6 +31,8 @@ struct Experiment {
   double progress_interval_s = 10;            // between plain progress lines off a terminal
   LauncherConfig launcher;                    // where the workers run (local processes, or Slurm)
   FaultConfig fault;                          // what a worker's failure does
+  bool curve = true;                          // security.curve: TCP sockets authenticate and encrypt (CURVE)
+  std::string keys;                           // security.keys: a directory with curve.keys; "" = new keys in the run directory
 };
 
 // Everything a program needs while it runs.

@@ -145,6 +145,7 @@ struct Heartbeat {
   state @1 :Text;
   sentAt @2 :Float64;  # seconds since the epoch
   endpoint @3 :Text;   # where the worker answers calls
+  refused @4 :UInt64;  # connections its sockets have refused (CURVE), since it started
 }
 
 struct Metrics {
