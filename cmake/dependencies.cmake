@@ -16,6 +16,8 @@ find_package(OpenSSL REQUIRED)     # SHA-256 of checkpoint files (libcrypto)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(ONIGURUMA REQUIRED IMPORTED_TARGET oniguruma)
 pkg_check_modules(UTF8PROC REQUIRED IMPORTED_TARGET libutf8proc)
+# libsodium: the cipher under ZeroMQ's CURVE, which `bench stream` times on its own.
+pkg_check_modules(SODIUM REQUIRED IMPORTED_TARGET libsodium)
 
 # Debian's libtorch exports its flags (the C++11 ABI define) through TORCH_CXX_FLAGS only.
 add_library(flotilla_torch INTERFACE)

@@ -75,7 +75,6 @@ bool OutMessage::send(zmq::socket_t& socket, const zmq::message_t* route) {
 }
 
 std::optional<InMessage> InMessage::receive(zmq::socket_t& socket, bool routed) {
-  InMessage m;
   std::vector<std::shared_ptr<zmq::message_t>> parts;
   while (true) {
     auto part = std::make_shared<zmq::message_t>();
@@ -87,12 +86,20 @@ std::optional<InMessage> InMessage::receive(zmq::socket_t& socket, bool routed) 
     parts.push_back(std::move(part));
     if (!more) break;
   }
+  std::shared_ptr<zmq::message_t> route;
   if (routed) {
-    m.route_ = parts.front();
+    route = parts.front();
     parts.erase(parts.begin());
   }
-  if (parts.empty()) throw DecodeError("truncated", "a message with no envelope frame");
-  m.frames_ = std::move(parts);
+  InMessage m = decode(std::move(parts));
+  m.route_ = std::move(route);
+  return m;
+}
+
+InMessage InMessage::decode(std::vector<std::shared_ptr<zmq::message_t>> frames) {
+  InMessage m;
+  if (frames.empty()) throw DecodeError("truncated", "a message with no envelope frame");
+  m.frames_ = std::move(frames);
   const zmq::message_t& head = *m.frames_.front();
   if (head.size() % sizeof(capnp::word) != 0 || head.size() == 0)
     throw DecodeError("bad-envelope", "the envelope frame has " + std::to_string(head.size()) +

@@ -54,6 +54,9 @@ class InMessage {
   // Reads one message (waiting up to the socket's receive timeout: nullopt when none came). A
   // malformed message is consumed whole and reported as DecodeError.
   static std::optional<InMessage> receive(zmq::socket_t& socket, bool routed = false);
+  // The message these frames make (the envelope first, then the tensor frames), as receive()
+  // checks it; DecodeError when malformed.
+  static InMessage decode(std::vector<std::shared_ptr<zmq::message_t>> frames);
   proto::Envelope::Reader envelope() const { return envelope_; }
   // The batch a BatchMeta describes; its tensors share memory with the received frames.
   Batch batch(proto::BatchMeta::Reader meta) const;

@@ -328,7 +328,7 @@ TEST_CASE("name_service_ttl_expiry_keepalive_list_and_wait_timeout") {
   }
 }
 
-TEST_CASE("cli_bench_stream_reports_both_throughputs_and_their_ratio") {
+TEST_CASE("cli_bench_stream_reports_plain_curve_and_bare_throughputs_and_their_ratios") {
   test::TempDir dir;
   auto r = test::run_cli(FLOTILLA_TEST_CLI, {"bench", "stream", "--bytes", "4096", "--count", "300", "--json"}, dir.path());
   REQUIRE(r.code == 0);
@@ -337,4 +337,7 @@ TEST_CASE("cli_bench_stream_reports_both_throughputs_and_their_ratio") {
   CHECK(j["flotilla_mb_per_s"].get<double>() > 0);
   CHECK(j["zmq_messages_per_s"].get<double>() > 0);
   CHECK(j["ratio"].get<double>() > 0);
+  CHECK(j["curve_mb_per_s"].get<double>() > 0);
+  CHECK(j["cipher_mb_per_s"].get<double>() > 0);
+  CHECK(j["curve_cost"].get<double>() == doctest::Approx(j["flotilla_mb_per_s"].get<double>() / j["curve_mb_per_s"].get<double>()));
 }
