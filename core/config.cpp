@@ -73,7 +73,8 @@ YAML::Node parse_yaml(const std::string& text, const std::string& source) {
   }
 }
 
-// Splits "a.b[2].c" into {"a", "b", 2, "c"}; integers mark list indices.
+// Splits "a.b[2].c" into {"a", "b", 2, "c"}; integers mark list indices. A '[' that does not
+// open an index ("[digits]") is part of a key: keys are the user's text.
 struct Segment {
   std::string key;
   long index = -1;
@@ -83,11 +84,13 @@ std::vector<Segment> split_path(const std::string& path) {
   std::string cur;
   for (size_t i = 0; i < path.size(); ++i) {
     char c = path[i];
-    if (c == '.' || c == '[') {
+    const size_t close = c == '[' ? path.find(']', i) : std::string::npos;
+    const bool index = close != std::string::npos && close > i + 1 && close - i - 1 <= 9 &&
+                       path.find_first_not_of("0123456789", i + 1) == close;
+    if (c == '.' || index) {
       if (!cur.empty()) out.push_back({cur});
       cur.clear();
-      if (c == '[') {
-        size_t close = path.find(']', i);
+      if (index) {
         out.push_back({"", std::stol(path.substr(i + 1, close - i - 1))});
         i = close;
       }

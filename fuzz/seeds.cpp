@@ -134,7 +134,7 @@ int main(int argc, char** argv) {
   auto save = [&](const std::string& name, const std::string& bytes) { std::ofstream(st / name, std::ios::binary) << bytes; };
   save("float_and_long", safetensors_bytes({{"w", at::randn({2, 3})}, {"step", at::tensor({5}, at::kLong)}}, {{"format", "pt"}}));
   save("bf16_and_empty", safetensors_bytes({{"b", at::ones({4}, at::kBFloat16)}, {"e", at::zeros({0, 2})}}));
-  save("bool_u8_scalar", safetensors_bytes({{"mask", at::tensor({true, false})}, {"u", at::arange(3, at::kByte)}, {"s", at::scalar_tensor(2.5)}}));
+  save("bool_u8_scalar", safetensors_bytes({{"mask", at::tensor({1, 0}, at::kByte).to(at::kBool)}, {"u", at::arange(3, at::kByte)}, {"s", at::scalar_tensor(2.5)}}));
   std::cout << "wrote " << kinds.size() << " messages to " << wire.string() << " and 3 files to " << st.string() << "\n";
   return 0;
 }

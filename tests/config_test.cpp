@@ -80,6 +80,20 @@ TEST_CASE("config_unknown_key_gets_did_you_mean") {
   CHECK(err.find("did you mean 'total_steps'") != std::string::npos);
 }
 
+// Found by fuzz_config: a '[' in a key that opens no index made path splitting throw
+// std::invalid_argument ("stol") instead of naming the key.
+TEST_CASE("config_key_with_a_bracket_is_named_as_written") {
+  Config c(ConfigTree::load_string("rollout:\n  max_new_t[le5ain: 3\n  steps[2: 1\n", "x.yaml"));
+  auto rollout = c.root().section("rollout");
+  CHECK(error_of([&] { rollout.get<std::string>("max_new_t[le5ain", ""); }) == "");
+  CHECK(rollout.get<int64_t>("steps[2", 0) == 1);
+  Config d(ConfigTree::load_string("rollout:\n  max_new_t[le5ain: 3\n", "x.yaml"));
+  d.root().section("rollout").get<int64_t>("max_new_tokens", 1);
+  std::string err = error_of([&] { d.check_unknown_keys(); });
+  CHECK(err.find("x.yaml:2:3") != std::string::npos);
+  CHECK(err.find("unknown key 'max_new_t[le5ain' in 'rollout'") != std::string::npos);
+}
+
 TEST_CASE("config_unknown_top_level_section_is_reported_once") {
   Config c(ConfigTree::load_string("seed: 1\ntrian:\n  a: 1\n", "x.yaml"));
   c.root().get<int64_t>("seed", 0);

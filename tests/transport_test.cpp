@@ -121,6 +121,35 @@ TEST_CASE("wire_rejects_malformed_messages_by_kind") {
   CHECK(decode_kind(p.in) == "bad-tensor");
 }
 
+// Found by fuzz_wire: a pointer of the wrong kind deep in an envelope passed decode() and threw
+// Cap'n Proto's exception later, in whichever thread read the field. decode() now follows every
+// pointer, so such a message is one bad-envelope drop.
+TEST_CASE("wire_rejects_a_pointer_of_the_wrong_kind_anywhere_in_the_envelope") {
+  // The kind decode() reports for the envelope `fill` makes; "decoded" when it passes.
+  auto decoded = [](const std::function<void(proto::Envelope::Builder)>& fill) {
+    capnp::MallocMessageBuilder b;
+    auto env = b.initRoot<proto::Envelope>();
+    env.setVersion(proto::SCHEMA_VERSION);
+    fill(env);
+    auto words = capnp::messageToFlatArray(b);
+    auto frame = std::make_shared<zmq::message_t>(words.asBytes().begin(), words.asBytes().size());
+    try {
+      (void)core::InMessage::decode({frame});
+    } catch (const core::DecodeError& e) {
+      return e.kind();
+    }
+    return std::string("decoded");
+  };
+  // A struct where a text belongs: the first pointer of `s`.
+  auto spoil = [](auto s) { capnp::toAny(s).getPointerSection()[0].template initAs<proto::RowRange>(); };
+  CHECK(decoded([](auto e) { e.initHeartbeat().setState("running"); }) == "decoded");
+  CHECK(decoded([](auto e) { e.initSamples().initBatch().initTensors(1)[0].setName("x"); }) == "decoded");
+  CHECK(decoded([&](auto e) { e.initHeartbeat(), spoil(e); }) == "bad-envelope");                  // the sender
+  CHECK(decoded([&](auto e) { spoil(e.initHeartbeat()); }) == "bad-envelope");                      // the heartbeat's state
+  CHECK(decoded([&](auto e) { spoil(e.initSamples().initBatch().initTensors(1)[0]); }) == "bad-envelope");  // a tensor's name
+  CHECK(decoded([&](auto e) { spoil(e.initRpcRequest().initInput().initSources(1)[0].initSegments(1)[0]); }) == "bad-envelope");
+}
+
 TEST_CASE("sample_stream_drops_and_counts_bad_messages_and_keeps_serving") {
   zmq::context_t context(1);
   auto receiver = core::zmq_sample_receiver(context, "tcp://127.0.0.1:*");
