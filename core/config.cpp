@@ -353,9 +353,12 @@ void ConfigView::record(const std::string& key, const YAML::Node& value) const {
         cur[s.key] = value;
         return;
       }
-      if (!cur[s.key].IsDefined() || cur[s.key].IsNull())
-        cur[s.key] = segments[i + 1].key.empty() ? YAML::Node(YAML::NodeType::Sequence)
-                                                 : YAML::Node(YAML::NodeType::Map);
+      // A key read before as a value and now as a section (or list) becomes one: the resolved
+      // config holds what was read last.
+      const bool list = segments[i + 1].key.empty();
+      const YAML::Node child = cur[s.key];
+      if (!child.IsDefined() || child.IsNull() || (list ? !child.IsSequence() : !child.IsMap()))
+        cur[s.key] = list ? YAML::Node(YAML::NodeType::Sequence) : YAML::Node(YAML::NodeType::Map);
       next.reset(cur[s.key]);
     }
     cur.reset(next);

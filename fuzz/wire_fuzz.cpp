@@ -28,8 +28,19 @@ void walk(const InMessage& m, capnp::DynamicValue::Reader v, int depth) {
         } catch (const flotilla::core::DecodeError&) {
         }
       }
-      for (auto f : s.getSchema().getNonUnionFields())
+      for (auto f : s.getSchema().getNonUnionFields()) {
+        if (f.getType().isAnyPointer()) {
+          // A method's arguments or result: each method's own type, read by the runtime's codec
+          // inside the call, where a failure becomes the call's error (runtime/worker.cpp).
+          try {
+            auto p = s.get(f).as<capnp::AnyPointer>();
+            if (!p.isNull()) (void)p.getAs<capnp::AnyStruct>().totalSize();
+          } catch (const std::exception&) {
+          }
+          continue;
+        }
         if (s.has(f)) walk(m, s.get(f), depth + 1);
+      }
       KJ_IF_MAYBE (u, s.which()) {
         walk(m, s.get(*u), depth + 1);
       }

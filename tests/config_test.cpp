@@ -186,6 +186,16 @@ TEST_CASE("config_resolved_holds_every_value_read_and_reads_back_the_same") {
   CHECK(again.resolved()["workers"][0]["count"].as<int>() == 1);
 }
 
+// Found by fuzz_config: a key with a dot ("a.b") is recorded in the resolved config as a path,
+// and a section read after it at the same path made the bookkeeping throw YAML::BadSubscript.
+TEST_CASE("config_dotted_key_and_a_section_at_the_same_path_resolve_without_throwing") {
+  Config c(ConfigTree::load_string("a.b: 1\na: {b: {c: 2}}\n"));
+  auto root = c.root();
+  CHECK(root.get<int64_t>("a.b", 0) == 1);
+  CHECK(root.section("a").section("b").get<int64_t>("c", 0) == 2);
+  CHECK(c.resolved()["a"]["b"]["c"].as<int>() == 2);
+}
+
 TEST_CASE("closest_match_tolerates_small_typos_only") {
   CHECK(core::closest_match("trian", {"train", "seed"}) == "train");
   CHECK(core::closest_match("total_step", {"total_steps", "lr"}) == "total_steps");
