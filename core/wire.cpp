@@ -176,13 +176,19 @@ InMessage InMessage::decode(std::vector<std::shared_ptr<zmq::message_t>> frames)
     words = m.aligned_.asPtr();
   }
   try {
+    // Checked on a reader of its own with a quarter of the traversal limit the message is read
+    // with afterwards: an envelope whose pointers overlap (amplification) fails here, and its
+    // consumers may read every field a few times over without reaching the limit.
+    capnp::ReaderOptions check;
+    check.traversalLimitInWords = capnp::ReaderOptions().traversalLimitInWords / 4;
+    capnp::FlatArrayMessageReader probe(words, check);
+    touch_envelope(probe.getRoot<proto::Envelope>());
     m.reader_ = std::make_shared<capnp::FlatArrayMessageReader>(words);
     m.envelope_ = m.reader_->getRoot<proto::Envelope>();
     if (m.envelope_.getVersion() != proto::SCHEMA_VERSION)
       throw DecodeError("bad-version", "schema version " + std::to_string(m.envelope_.getVersion()) + " from '" +
                                            std::string(m.envelope_.getSender().cStr()) + "', this process speaks " +
                                            std::to_string(proto::SCHEMA_VERSION));
-    touch_envelope(m.envelope_);
   } catch (const kj::Exception& e) {
     throw DecodeError("bad-envelope", std::string("the envelope does not decode: ") + e.getDescription().cStr());
   }

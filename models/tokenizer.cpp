@@ -359,6 +359,14 @@ class ByteTokenizer final : public Tokenizer {
   std::vector<std::string> specials_;
 };
 
+// A token id: a whole number that fits the vocabulary's int32 (nlohmann would convert 1e300 or
+// -1.5 without a word).
+int32_t token_id_of(const nlohmann::json& id, const std::string& where, const std::string& token) {
+  if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
+    throw FormatError(where + ": token '" + token + "' has id " + id.dump() + ", not a whole number from 0 to " + std::to_string(INT32_MAX));
+  return static_cast<int32_t>(id.get<int64_t>());
+}
+
 nlohmann::json read_json(const std::filesystem::path& path) {
   try {
     return nlohmann::json::parse(core::read_file(path));
@@ -418,7 +426,7 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::filesystem::path& path) 
     std::vector<BpeTokenizer::PreStep> steps;
     if (j.contains("pre_tokenizer")) read_pre_tokenizer(j["pre_tokenizer"], steps, where);
     std::unordered_map<std::string, int32_t> vocab;
-    for (const auto& [tok, id] : model.at("vocab").items()) vocab.emplace(tok, id.get<int32_t>());
+    for (const auto& [tok, id] : model.at("vocab").items()) vocab.emplace(tok, token_id_of(id, where, tok));
     std::vector<std::pair<std::string, std::string>> merges;
     for (const auto& m : model.at("merges")) {
       if (m.is_array() && m.size() == 2) {
@@ -438,7 +446,7 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::filesystem::path& path) 
         for (const char* flag : {"single_word", "lstrip", "rstrip"})
           if (a.value(flag, false))
             throw FormatError(where + ": added token '" + a.value("content", "") + "' sets " + flag + ", which is not supported");
-        added.push_back({a.at("content").get<std::string>(), a.at("id").get<int32_t>()});
+        added.push_back({a.at("content").get<std::string>(), token_id_of(a.at("id"), where, a.at("content").get<std::string>())});
       }
     return std::make_unique<BpeTokenizer>(std::move(vocab), merges, std::move(added), std::move(steps), use_nfc);
   } catch (const nlohmann::json::exception& e) {
@@ -449,7 +457,7 @@ std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::filesystem::path& path) 
 std::unique_ptr<Tokenizer> load_gpt2_tokenizer(const std::filesystem::path& encoder_json, const std::filesystem::path& vocab_bpe) {
   const nlohmann::json enc = read_json(encoder_json);
   std::unordered_map<std::string, int32_t> vocab;
-  for (const auto& [tok, id] : enc.items()) vocab.emplace(tok, id.get<int32_t>());
+  for (const auto& [tok, id] : enc.items()) vocab.emplace(tok, token_id_of(id, encoder_json.string(), tok));
   std::vector<std::pair<std::string, std::string>> merges;
   const std::string text = core::read_file(vocab_bpe);
   size_t pos = 0;

@@ -157,6 +157,22 @@ TEST_CASE("tokenizers_reject_bad_input_naming_the_problem") {
   CHECK_THROWS_AS(models::load_tokenizer(dir.write("broken.json", "{not json").string()), FormatError);
 }
 
+// Found by fuzz_tokenizer: an id of 9e124 was converted to int32 (undefined behaviour).
+TEST_CASE("tokenizer_ids_must_be_whole_numbers_in_range") {
+  test::TempDir dir;
+  for (const auto& [id, shown] : std::vector<std::pair<nlohmann::json, std::string>>{
+           {9.2e124, "9.2e+124"}, {-1, "-1"}, {1.5, "1.5"}, {int64_t{1} << 40, "1099511627776"}}) {
+    nlohmann::json j = {{"model", {{"type", "BPE"}, {"vocab", {{"a", 0}, {"b", id}}}, {"merges", nlohmann::json::array()}}}};
+    CAPTURE(shown);
+    try {
+      models::load_tokenizer(dir.write("t.json", j.dump()).string());
+      FAIL("a bad id was accepted");
+    } catch (const FormatError& e) {
+      CHECK(std::string(e.what()).find("token 'b' has id " + shown + ", not a whole number from 0 to 2147483647") != std::string::npos);
+    }
+  }
+}
+
 TEST_CASE("bpe_merges_read_in_string_and_pair_form") {
   // A byte-level vocabulary (ids 0-255 in GPT-2's byte encoding) plus "ab" and "abc".
   test::TempDir dir;
