@@ -139,7 +139,7 @@ TEST_CASE("a_running_job_refuses_foreign_and_plaintext_peers_answers_its_own_key
   test::TempDir dir;
   const fs::path run = dir.path() / "r";
   test::CliProcess job(kCli,
-                       {"run", "-q", std::string(FLOTILLA_SOURCE_DIR) + "/configs/cartpole_ppo_distributed.yaml", "train.total_steps=60000",
+                       {"run", "-q", std::string(FLOTILLA_SOURCE_DIR) + "/configs/cartpole_ppo_distributed.yaml", "train.total_steps=120000",
                         "stop.mean_return=100000", "run.dir=" + run.string()},
                        dir.path());
   std::string rpc, samples, parameters;
@@ -192,7 +192,7 @@ TEST_CASE("a_running_job_refuses_foreign_and_plaintext_peers_answers_its_own_key
   REQUIRE_MESSAGE(r.code == 0, r.err);
   const auto summary = nlohmann::json::parse(core::read_file(run / "summary.json"));
   CHECK(summary["exit_reason"] == "completed");
-  CHECK(summary["global_step"].get<double>() >= 60000);
+  CHECK(summary["global_step"].get<double>() >= 120000);
   CHECK(summary["security/refused_connections"].get<double>() >= 5);  // each peer above, once or more
   CHECK_MESSAGE(test::contains(r.err, "refused a connection from 127.0.0.1: its key is not this run's"), r.err);
   CHECK(test::contains(r.err, "refused a connection on " + rpc + ": the peer's CURVE hello does not open with this run's server key"));
