@@ -220,7 +220,15 @@ Batch InMessage::batch(proto::BatchMeta::Reader meta) const {
       if (static_cast<size_t>(numel) * c10::elementSize(type) != frame->size())
         throw DecodeError("bad-tensor", "tensor '" + name + "' needs " + std::to_string(numel * c10::elementSize(type)) +
                                             " bytes, its frame has " + std::to_string(frame->size()));
-      at::Tensor tensor = at::from_blob(frame->data(), shape, [frame](void*) {}, at::TensorOptions().dtype(type));
+      // ZeroMQ does not align a frame's bytes (a small one lives inside the message object at any
+      // offset): a misaligned frame is copied, since reading its elements in place is undefined.
+      at::Tensor tensor;
+      if (reinterpret_cast<uintptr_t>(frame->data()) % c10::elementSize(type) == 0) {
+        tensor = at::from_blob(frame->data(), shape, [frame](void*) {}, at::TensorOptions().dtype(type));
+      } else {
+        tensor = at::empty(shape, at::TensorOptions().dtype(type));
+        std::memcpy(tensor.data_ptr(), frame->data(), frame->size());
+      }
       out.set(name, std::move(tensor));
     }
     for (auto kv : meta.getMeta()) out.meta()[kv.getKey().cStr()] = kv.getValue().cStr();

@@ -124,6 +124,32 @@ TEST_CASE("wire_rejects_malformed_messages_by_kind") {
 // Found by fuzz_wire: a pointer of the wrong kind deep in an envelope passed decode() and threw
 // Cap'n Proto's exception later, in whichever thread read the field. decode() now follows every
 // pointer, so such a message is one bad-envelope drop.
+// Found by UBSan in the sanitizer build: a rollout read prompt ids in place from a frame at an odd
+// address. Frames are not aligned (a small one lives inside the message object).
+TEST_CASE("wire_gives_aligned_tensors_for_frames_at_any_address") {
+  const std::vector<int64_t> ids = {7, -3, 1LL << 40};
+  capnp::MallocMessageBuilder b;
+  auto env = b.initRoot<proto::Envelope>();
+  env.setVersion(proto::SCHEMA_VERSION);
+  auto t = env.initSamples().initBatch().initTensors(1)[0];
+  t.setName("ids");
+  t.setDtype(proto::DType::I64);
+  t.initShape(1).set(0, 3);
+  t.setFrame(1);
+  auto words = capnp::messageToFlatArray(b);
+  std::vector<char> storage(64);
+  for (size_t offset : {size_t{0}, size_t{1}, size_t{3}}) {
+    CAPTURE(offset);
+    std::memcpy(storage.data() + offset, ids.data(), 24);
+    auto frame = std::make_shared<zmq::message_t>(storage.data() + offset, 24, [](void*, void*) {}, nullptr);  // in place
+    core::InMessage m = core::InMessage::decode({std::make_shared<zmq::message_t>(words.asBytes().begin(), words.asBytes().size()), frame});
+    const at::Tensor got = m.batch(m.envelope().getSamples().getBatch())["ids"];
+    CHECK(reinterpret_cast<uintptr_t>(got.data_ptr()) % 8 == 0);
+    CHECK(got[0].item<int64_t>() == 7);
+    CHECK(got[2].item<int64_t>() == (1LL << 40));
+  }
+}
+
 TEST_CASE("wire_rejects_a_pointer_of_the_wrong_kind_anywhere_in_the_envelope") {
   // The kind decode() reports for the envelope `fill` makes; "decoded" when it passes.
   auto decoded = [](const std::function<void(proto::Envelope::Builder)>& fill) {
