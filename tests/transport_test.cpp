@@ -38,6 +38,20 @@ struct Pair {
   }
 };
 
+// The words of a Samples envelope holding one 1-d tensor of `length` elements in frame 1 (the
+// frame itself is the caller's to send).
+kj::Array<capnp::word> one_tensor_samples(const char* name, proto::DType dtype, int64_t length) {
+  capnp::MallocMessageBuilder b;
+  auto env = b.initRoot<proto::Envelope>();
+  env.setVersion(proto::SCHEMA_VERSION);
+  auto t = env.initSamples().initBatch().initTensors(1)[0];
+  t.setName(name);
+  t.setDtype(dtype);
+  t.initShape(1).set(0, length);
+  t.setFrame(1);
+  return capnp::messageToFlatArray(b);
+}
+
 std::string decode_kind(zmq::socket_t& in) {
   try {
     auto m = core::InMessage::receive(in);
@@ -106,37 +120,18 @@ TEST_CASE("wire_rejects_malformed_messages_by_kind") {
   CHECK(decode_kind(p.in) == "bad-version");
   {
     // A tensor whose frame is shorter than its shape says.
-    capnp::MallocMessageBuilder b;
-    auto env = b.initRoot<proto::Envelope>();
-    env.setVersion(proto::SCHEMA_VERSION);
-    auto t = env.initSamples().initBatch().initTensors(1)[0];
-    t.setName("x");
-    t.setDtype(proto::DType::F32);
-    t.initShape(1).set(0, 100);
-    t.setFrame(1);
-    auto bytes = capnp::messageToFlatArray(b);
+    auto bytes = one_tensor_samples("x", proto::DType::F32, 100);
     p.out.send(zmq::buffer(bytes.asBytes().begin(), bytes.asBytes().size()), zmq::send_flags::sndmore);
     p.out.send(zmq::buffer(std::string(8, 'x')));
   }
   CHECK(decode_kind(p.in) == "bad-tensor");
 }
 
-// Found by fuzz_wire: a pointer of the wrong kind deep in an envelope passed decode() and threw
-// Cap'n Proto's exception later, in whichever thread read the field. decode() now follows every
-// pointer, so such a message is one bad-envelope drop.
 // Found by UBSan in the sanitizer build: a rollout read prompt ids in place from a frame at an odd
 // address. Frames are not aligned (a small one lives inside the message object).
 TEST_CASE("wire_gives_aligned_tensors_for_frames_at_any_address") {
   const std::vector<int64_t> ids = {7, -3, 1LL << 40};
-  capnp::MallocMessageBuilder b;
-  auto env = b.initRoot<proto::Envelope>();
-  env.setVersion(proto::SCHEMA_VERSION);
-  auto t = env.initSamples().initBatch().initTensors(1)[0];
-  t.setName("ids");
-  t.setDtype(proto::DType::I64);
-  t.initShape(1).set(0, 3);
-  t.setFrame(1);
-  auto words = capnp::messageToFlatArray(b);
+  auto words = one_tensor_samples("ids", proto::DType::I64, 3);
   std::vector<char> storage(64);
   for (size_t offset : {size_t{0}, size_t{1}, size_t{3}}) {
     CAPTURE(offset);
@@ -150,6 +145,9 @@ TEST_CASE("wire_gives_aligned_tensors_for_frames_at_any_address") {
   }
 }
 
+// Found by fuzz_wire: a pointer of the wrong kind deep in an envelope passed decode() and threw
+// Cap'n Proto's exception later, in whichever thread read the field. decode() now follows every
+// pointer, so such a message is one bad-envelope drop.
 TEST_CASE("wire_rejects_a_pointer_of_the_wrong_kind_anywhere_in_the_envelope") {
   // The kind decode() reports for the envelope `fill` makes; "decoded" when it passes.
   auto decoded = [](const std::function<void(proto::Envelope::Builder)>& fill) {
