@@ -344,7 +344,9 @@ TEST_CASE("a_colocated_worker_reports_each_phases_peak_memory") {
     REQUIRE(rows[step].count("memory/generate_peak_mib"));
     REQUIRE(rows[step].count("memory/train_peak_mib"));
     CHECK(rows[step]["memory/train_peak_mib"] > 10);
+#ifndef __SANITIZE_ADDRESS__  // AddressSanitizer holds freed memory in quarantine, so training's peak keeps the cache
     CHECK(rows[step]["memory/generate_peak_mib"] > rows[step]["memory/train_peak_mib"] + 128);
+#endif
   }
   // Split placement: no worker both generates and trains.
   w.run_ok("addition_grpo.yaml", args, {"placement=split"}, "split");

@@ -320,8 +320,11 @@ SampleStream::Taken SampleStream::take(int64_t version) {
   const int64_t n = sampling_.n;
   std::vector<DataRef> rows;
   std::vector<at::Tensor> scores, resp_len, truncated, last;
+  // Rows restored from a checkpoint are held here; with them, the kept rows are fetched too.
+  bool local = false, kept = false;
   for (const auto& g : out.groups) {
     Arrival* a = holder.at(g.id);
+    (a->joined.is_local() ? local : kept) = true;
     const int64_t first = a->first_row.at(g.id);
     rows.push_back(a->joined.slice(first, first + n));
     scores.push_back(a->scores.slice(0, first, first + n));
@@ -334,11 +337,9 @@ SampleStream::Taken SampleStream::take(int64_t version) {
     out.reward_s = std::max(out.reward_s, seconds(a->arrived, *a->scored));
     if (a->ref_done) out.ref_s = std::max(out.ref_s, seconds(a->arrived, *a->ref_done));
   }
+  // Arrivals whose groups are all taken go (`holder` points into them: not used past here).
   arrivals_.erase(std::remove_if(arrivals_.begin(), arrivals_.end(), [](const auto& a) { return a->complete && a->untaken == 0; }),
                   arrivals_.end());
-  // Rows restored from a checkpoint are held here; with them, the kept rows are fetched too.
-  bool local = false, kept = false;
-  for (const auto& g : out.groups) (holder.at(g.id)->joined.is_local() ? local : kept) = true;
   if (local && kept) {
     std::vector<core::Batch> pulled;
     for (const auto& r : rows) pulled.push_back(r.pull());
