@@ -60,7 +60,10 @@ std::string bounds(const std::vector<double>& v) {
   for (double x : v) same &= x == v[0];
   if (same) return number(v[0]);
   std::string out = "[";
-  for (size_t i = 0; i < v.size(); ++i) out += (i ? " " : "") + number(v[i]);
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) out += ' ';
+    out += number(v[i]);
+  }
   return out + "]";
 }
 }  // namespace
@@ -70,7 +73,10 @@ std::string Space::str() const {
     case Kind::Discrete: return "Discrete(" + std::to_string(n) + ")";
     case Kind::MultiDiscrete: {
       std::string out = "MultiDiscrete([";
-      for (size_t i = 0; i < nvec.size(); ++i) out += (i ? " " : "") + std::to_string(nvec[i]);
+      for (size_t i = 0; i < nvec.size(); ++i) {
+        if (i) out += ' ';
+        out += std::to_string(nvec[i]);
+      }
       return out + "])";
     }
     case Kind::Box: {
