@@ -132,6 +132,14 @@ struct Batch {
     if constexpr (std::is_same_v<Env, envs::VecEnv>) return env->spec().action_space.is_discrete();
     else return env->spec().discrete();
   }
+  // The spec fields both batch kinds have; each adds its spaces.
+  py::dict spec() const {
+    py::dict d;
+    d["id"] = env->spec().id;
+    d["max_episode_steps"] = env->max_episode_steps();
+    d["backend"] = env->backend();
+    return d;
+  }
   std::unique_ptr<Env> env;
 };
 using VecEnv = Batch<envs::VecEnv>;
@@ -196,12 +204,9 @@ PYBIND11_MODULE(_flotilla, m) {
       .def("spec",
            [](const python::VecEnv& e) {
              const envs::EnvSpec& s = e.env->spec();
-             py::dict d;
-             d["id"] = s.id;
+             py::dict d = e.spec();
              d["observation_space"] = space_dict(s.observation_space);
              d["action_space"] = space_dict(s.action_space);
-             d["max_episode_steps"] = e.env->max_episode_steps();
-             d["backend"] = e.env->backend();
              return d;
            })
       .def("arrays",
@@ -221,8 +226,7 @@ PYBIND11_MODULE(_flotilla, m) {
       .def("spec",
            [](const python::MultiAgentVecEnv& e) {
              const envs::MultiAgentSpec& s = e.env->spec();
-             py::dict d;
-             d["id"] = s.id;
+             py::dict d = e.spec();
              py::list agents;
              for (const auto& a : s.agents) {
                py::dict agent;
@@ -235,8 +239,6 @@ PYBIND11_MODULE(_flotilla, m) {
              d["state_space"] = space_dict(s.state);
              d["discrete"] = s.discrete();
              d["has_outcome"] = s.has_outcome;
-             d["max_episode_steps"] = e.env->max_episode_steps();
-             d["backend"] = e.env->backend();
              return d;
            })
       .def("arrays", [](py::object self) {

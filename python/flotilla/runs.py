@@ -82,7 +82,7 @@ def run(config, overrides=None, *, quiet=False, cwd=None):
             print(line, file=sys.stderr, flush=True)
     code = proc.wait()
     if code != 0:
-        errors = [l for l in tail if "[error]" in l or "error" in l.lower()] or tail
+        errors = [l for l in tail if "error" in l.lower()] or tail
         raise RunError(f"flotilla run {config} failed (exit {code}):\n" + "\n".join(errors[-8:]), run_dir, code)
     if run_dir is None:
         raise RunError(f"flotilla run {config} named no run directory", None, code)

@@ -42,21 +42,22 @@ class _Batch:
     render_mode = None
 
     def _start(self, seed):
-        self._seed, self._resets = 0, 0
-        self._next_seed(seed)
-        self._resets = 0
+        self._seed, self._resets = self._checked_seed(seed), 0
         self._ready = False
         self.closed = False
+
+    def _checked_seed(self, seed):
+        if isinstance(seed, (list, tuple, np.ndarray)):
+            raise TypeError(f"{self.spec_id}: reset(seed=...) takes one integer; env i draws from stream (seed, i)")
+        seed = int(seed)
+        if seed < 0:
+            raise ValueError(f"{self.spec_id}: seed must be 0 or more, got {seed}")
+        return seed
 
     def _next_seed(self, seed):
         """The seed of this reset: `seed` when given, else the last given seed plus the resets since."""
         if seed is not None:
-            if isinstance(seed, (list, tuple, np.ndarray)):
-                raise TypeError(f"{self.spec_id}: reset(seed=...) takes one integer; env i draws from stream (seed, i)")
-            seed = int(seed)
-            if seed < 0:
-                raise ValueError(f"{self.spec_id}: seed must be 0 or more, got {seed}")
-            self._seed, self._resets = seed, 0
+            self._seed, self._resets = self._checked_seed(seed), 0
         seed = self._seed + self._resets
         self._resets += 1
         return seed
