@@ -499,6 +499,17 @@ std::map<std::string, int> Cluster::restarts() const {
   return monitor_->restarts;
 }
 
+std::optional<WorkerFailure> Cluster::recent_replacement(std::chrono::seconds window) const {
+  std::lock_guard lock(monitor_->mutex);
+  const Monitor::Proc* latest = nullptr;
+  for (const auto& p : monitor_->procs)
+    if (!p.why.empty() && (!latest || p.detected > latest->detected)) latest = &p;
+  if (!latest || (!latest->replacing && std::chrono::steady_clock::now() - latest->detected > window)) return std::nullopt;
+  WorkerFailure f(latest->why, latest->group, latest->rank, true);
+  f.detected = latest->detected;
+  return f;
+}
+
 int Cluster::replacing() const {
   std::lock_guard lock(monitor_->mutex);
   int n = static_cast<int>(monitor_->replaced.size());  // up, not yet rejoined

@@ -104,6 +104,10 @@ class Cluster {
   void rejoined(const Replacement& r);
   // Worker failures so far (replaced or not), and replacements not rejoined yet.
   int64_t failures() const;
+  // The latest failure of a worker being replaced in place, while its replacement has not
+  // rejoined or for `window` after: a call of the program's that ended on it, at a point where the
+  // program does not retry (starting, restoring), explains the error that ended the run.
+  std::optional<WorkerFailure> recent_replacement(std::chrono::seconds window) const;
   // Connections the run's sockets refused (CURVE): the workers' and this process's.
   int64_t refused() const;
   int replacing() const;
@@ -137,13 +141,19 @@ class RunRestarts {
         return attempt();
       } catch (const WorkerFailure& e) {
         f = e;
-      } catch (const Error&) {
+      } catch (const Error& e) {
         // A call that a worker's failure ended throws that failure as a plain Error: the cluster
-        // it came from said which (Scope).
+        // it came from said which (Scope). One that a replaced worker's failure ended where the
+        // program does not retry (while it starts or restores) brings the run back to its
+        // checkpoint too; an error with no failure behind it ends the run.
         f = std::exchange(failure_, std::nullopt);
+        if (auto r = std::exchange(replaced_, std::nullopt); !f && r)
+          f = WorkerFailure(std::string(e.what()) == r->what() ? r->what() : std::string(r->what()) + ", and then: " + e.what(),
+                            r->group, r->rank, true);
         if (!f) throw;
       }
       failure_.reset();
+      replaced_.reset();
       if (!f->restore) throw *f;
       back_to_checkpoint(*f, fault);
       restore();
@@ -159,7 +169,9 @@ class RunRestarts {
         cluster.check();
       } catch (const WorkerFailure& f) {
         restarts.failure_ = f;
+        return;
       }
+      restarts.replaced_ = cluster.recent_replacement(std::chrono::seconds(30));
     }
     RunRestarts& restarts;
     Cluster& cluster;
@@ -177,6 +189,7 @@ class RunRestarts {
   std::map<std::string, int> used_;
   std::optional<Replacement> restored_;
   std::optional<WorkerFailure> failure_;  // the one that ended the last cluster
+  std::optional<WorkerFailure> replaced_;  // its latest replaced worker's, when none ended it
 };
 
 }  // namespace flotilla::controller
