@@ -2,12 +2,17 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <deque>
 #include <limits>
+#include <map>
 
 #include "core/error.hpp"
+#include "models/inference.hpp"
 
 namespace flotilla::models {
 namespace {
@@ -32,6 +37,21 @@ int64_t sample_token(const at::Tensor& logits, const SamplingParams& s, at::Gene
   return at::multinomial(l.softmax(0), 1, false, gen).item<int64_t>();
 }
 
+// The next token from a row of logits and its log-probability at temperature 1: greedy decoding
+// reads the row once; sampling draws from the generator as sample_token always has, so a seed
+// gives the same tokens whatever the batch around the sequence.
+std::pair<int64_t, float> pick(const at::Tensor& row, const SamplingParams& s, at::Generator& gen) {
+  const float* l = row.data_ptr<float>();
+  const int64_t V = row.size(0);
+  const int64_t best = std::max_element(l, l + V) - l;
+  const float m = l[best];
+  double total = 0;
+  for (int64_t i = 0; i < V; ++i) total += std::exp(static_cast<double>(l[i] - m));
+  const double log_z = m + std::log(total);
+  const int64_t tok = s.temperature > 0 ? sample_token(row, s, gen) : best;
+  return {tok, static_cast<float>(l[tok] - log_z)};
+}
+
 }  // namespace
 
 struct GenerationEngine::Impl {
@@ -49,12 +69,12 @@ struct GenerationEngine::Impl {
     at::Generator gen;
     bool aborted = false;
     int followers = 0;  // samples still to start from this sequence's prompt (a group's leader)
-    bool prefilling() const { return cached < static_cast<int64_t>(tokens.size()) - 1; }
     int64_t generated() const { return static_cast<int64_t>(tokens.size() - prompt_len) + resumed; }
   };
 
   CausalLm& model;
   EngineConfig config;
+  InferenceModel runner;
   KvCache cache;
   std::vector<int64_t> free;  // free block ids
   std::vector<int> refs;      // references per block
@@ -64,7 +84,7 @@ struct GenerationEngine::Impl {
   int64_t version = 0;
   EngineStats stats;
 
-  Impl(CausalLm& m, EngineConfig c) : model(m), config(c), cache(m.make_cache(c.num_blocks, c.block_size)) {
+  Impl(CausalLm& m, EngineConfig c) : model(m), config(c), runner(m, c.weights), cache(m.make_cache(c.num_blocks, c.block_size)) {
     if (c.max_batch < 1 || c.prefill_chunk < 1) throw ConfigError("the engine needs max_batch and prefill_chunk of at least 1");
     refs.assign(static_cast<size_t>(c.num_blocks), 0);
     for (int64_t b = c.num_blocks - 1; b >= 0; --b) free.push_back(b);
@@ -145,23 +165,10 @@ struct GenerationEngine::Impl {
     }
   }
 
-  // The cache slot of each position of each sequence: [B, L].
-  at::Tensor slots_of(const std::vector<Seq*>& seqs, int64_t L) const {
-    at::Tensor slots = at::zeros({static_cast<int64_t>(seqs.size()), L}, at::kLong);
-    auto acc = slots.accessor<int64_t, 2>();
-    for (size_t b = 0; b < seqs.size(); ++b) {
-      const int64_t n = std::min<int64_t>(L, static_cast<int64_t>(seqs[b]->blocks.size()) * config.block_size);
-      for (int64_t p = 0; p < n; ++p)
-        acc[static_cast<int64_t>(b)][p] = seqs[b]->blocks[static_cast<size_t>(p / config.block_size)] * config.block_size +
-                                          p % config.block_size;
-    }
-    return slots;
-  }
-
   // The group's other samples start from the leader's cached prompt: full blocks shared, the
   // partial last block copied.
   void spawn_followers(Seq& leader) {
-    const int64_t prefix = leader.cached;
+    const int64_t prefix = static_cast<int64_t>(leader.prompt_len) - 1;  // the last prompt token is each sample's first input
     const int64_t shared = prefix / config.block_size;
     const int64_t longest = static_cast<int64_t>(leader.prompt_len) + leader.sampling.max_new_tokens;
     GenerationRequest r;
@@ -211,56 +218,125 @@ struct GenerationEngine::Impl {
     for (auto& s : active)
       if (s->aborted) finish(*s, "abort");
     std::erase_if(active, [](const std::unique_ptr<Seq>& s) { return s->blocks.empty(); });
-    // Prefill up to prefill_chunk prompt tokens this step, sequence by sequence (the last one
-    // may stop mid-prompt and continue next step).
-    int64_t budget = config.prefill_chunk;
-    for (size_t k = 0; k < active.size() && budget > 0; ++k) {
-      auto& s = active[k];
-      if (!s->prefilling()) continue;
-      const int64_t n = std::min<int64_t>(budget, static_cast<int64_t>(s->tokens.size()) - 1 - s->cached);
-      budget -= n;
-      std::vector<int64_t> chunk(s->tokens.begin() + s->cached, s->tokens.begin() + s->cached + n);
-      std::vector<Seq*> one = {s.get()};
-      model.forward_cached(at::tensor(chunk, at::kLong).unsqueeze(0), at::full({1}, s->cached, at::kLong),
-                           at::full({1}, n, at::kLong), slots_of(one, s->cached + n), cache);
+    // One forward pass over this step's rows: every decoding sequence's last token, and up to
+    // prefill_chunk prompt tokens, sequence by sequence (the last one may stop mid-prompt and
+    // continue next step). A prompt whose last token fits samples its first token in this pass.
+    using clock = std::chrono::steady_clock;
+    const auto t = clock::now();
+    StepRows rows;
+    std::vector<Seq*> sampling;
+    int64_t budget = config.prefill_chunk, prefilled = 0;
+    for (auto& s : active) {
+      const int64_t left = static_cast<int64_t>(s->tokens.size()) - s->cached;
+      const int64_t n = left == 1 ? 1 : std::min(budget, left);
+      if (n == 0) continue;
+      const bool samples = n == left;
+      if (left > 1) budget -= n, prefilled += n - (samples ? 1 : 0);
+      rows.add(s->blocks, config.block_size, s->cached, s->tokens.data() + s->cached, n, samples);
       s->cached += n;
-      stats.prefill_tokens += n;
-      if (!s->prefilling() && s->followers > 0) spawn_followers(*s);  // appends to `active`
+      if (samples) sampling.push_back(s.get());
     }
-    // One decode step for every sequence whose prompt is cached.
-    std::vector<Seq*> ready;
-    for (auto& s : active)
-      if (!s->prefilling()) ready.push_back(s.get());
-    if (!ready.empty()) {
-      const int64_t B = static_cast<int64_t>(ready.size());
-      int64_t L = 0;
-      std::vector<int64_t> last(B), start(B);
-      for (int64_t b = 0; b < B; ++b) {
-        last[b] = ready[b]->tokens.back();
-        start[b] = ready[b]->cached;
-        L = std::max<int64_t>(L, start[b] + 1);
-      }
-      at::Tensor logits = model.forward_cached(at::tensor(last, at::kLong).unsqueeze(1), at::tensor(start, at::kLong),
-                                               at::ones({B}, at::kLong), slots_of(ready, L), cache)
-                              .select(1, 0);
-      const at::Tensor logp = logits.log_softmax(-1);
-      for (int64_t b = 0; b < B; ++b) {
-        Seq& s = *ready[b];
-        const int64_t tok = sample_token(logits[b], s.sampling, s.gen);
-        s.tokens.push_back(static_cast<int32_t>(tok));
-        s.logprobs.push_back(logp[b][tok].item<float>());
-        s.versions.push_back(version);
-        s.cached += 1;
-        ++stats.decode_tokens;
-        const auto& stops = s.sampling.stop_tokens;
-        if (std::find(stops.begin(), stops.end(), static_cast<int32_t>(tok)) != stops.end()) finish(s, "stop");
-        else if (s.generated() >= s.sampling.max_new_tokens) finish(s, "length");
-      }
+    const at::Tensor logits = runner.forward(rows, cache);
+    stats.prefill_tokens += prefilled;
+    // A group's other samples start from its leader's cached prompt before the leader can finish.
+    for (Seq* s : sampling)
+      if (s->followers > 0) spawn_followers(*s);  // appends to `active`
+    std::vector<std::pair<int64_t, float>> picked(sampling.size());
+    at::parallel_for(0, static_cast<int64_t>(sampling.size()), 4, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) picked[static_cast<size_t>(b)] = pick(logits[b], sampling[static_cast<size_t>(b)]->sampling, sampling[static_cast<size_t>(b)]->gen);
+    });
+    for (size_t b = 0; b < sampling.size(); ++b) {
+      Seq& s = *sampling[b];
+      const auto [tok, logprob] = picked[b];
+      s.tokens.push_back(static_cast<int32_t>(tok));
+      s.logprobs.push_back(logprob);
+      s.versions.push_back(version);
+      ++stats.decode_tokens;
+      const auto& stops = s.sampling.stop_tokens;
+      if (std::find(stops.begin(), stops.end(), static_cast<int32_t>(tok)) != stops.end()) finish(s, "stop");
+      else if (s.generated() >= s.sampling.max_new_tokens) finish(s, "length");
+    }
+    const double took = std::chrono::duration<double>(clock::now() - t).count();
+    if (prefilled > 0) {
+      stats.prefill_s += took;
+    } else {
+      stats.decode_s += took;
+      ++stats.decode_steps, stats.decode_rows += static_cast<int64_t>(sampling.size());
     }
     std::erase_if(active, [](const std::unique_ptr<Seq>& s) { return s->blocks.empty(); });
     return true;
   }
 };
+
+EagerGreedy eager_greedy(const CausalLm& model, const at::Tensor& prompts, int64_t new_tokens) {
+  const LmConfig& c = model.config();
+  if (model.tensor_parallel().size > 1 || c.head != "lm") throw Error("eager_greedy takes a whole language model");
+  if (prompts.dim() != 2 || prompts.scalar_type() != at::kLong) throw Error("eager_greedy takes int64 prompts [batch, length]");
+  at::NoGradGuard no_grad;
+  std::map<std::string, at::Tensor> w;
+  for (auto& [name, t] : model.named_parameters()) w[name] = t;
+  auto param = [&](const std::string& name) { return w.at(name); };
+  auto has = [&](const std::string& name) { return w.count(name) > 0; };
+  auto rms = [&](const at::Tensor& x, const at::Tensor& weight) {
+    return weight * (x * at::rsqrt(x.pow(2).mean(-1, true) + c.rms_norm_eps));
+  };
+  auto linear = [&](const at::Tensor& x, const std::string& name) {
+    return at::linear(x, param(name + ".weight"), has(name + ".bias") ? param(name + ".bias") : at::Tensor());
+  };
+  auto rotate_half = [](const at::Tensor& x) {
+    const int64_t half = x.size(-1) / 2;
+    return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  };
+  const int64_t B = prompts.size(0), H = c.num_attention_heads, KV = c.num_key_value_heads, D = c.head_dim;
+  const at::Tensor inv_freq = 1.0 / at::pow(c.rope_theta, at::arange(0, D, 2, at::kDouble) / static_cast<double>(D));
+  const at::Tensor head_weight = has("lm_head.weight") ? param("lm_head.weight") : param("model.embed_tokens.weight");
+  std::vector<at::Tensor> keys(static_cast<size_t>(c.num_hidden_layers)), values(keys.size());
+  // Logits of the last position after `tokens` [B, T] at positions past .. past+T-1.
+  auto forward = [&](const at::Tensor& tokens, int64_t past) {
+    const int64_t T = tokens.size(1);
+    const at::Tensor freqs = at::arange(past, past + T, at::kDouble).unsqueeze(1) * inv_freq;
+    const at::Tensor emb = at::cat({freqs, freqs}, -1);
+    const at::Tensor cos = emb.cos().to(at::kFloat), sin = emb.sin().to(at::kFloat);
+    at::Tensor x = at::embedding(param("model.embed_tokens.weight"), tokens);
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      const at::Tensor h = rms(x, param(p + "input_layernorm.weight"));
+      at::Tensor q = linear(h, p + "self_attn.q_proj").view({B, T, H, D});
+      at::Tensor k = linear(h, p + "self_attn.k_proj").view({B, T, KV, D});
+      at::Tensor v = linear(h, p + "self_attn.v_proj").view({B, T, KV, D}).transpose(1, 2);
+      if (c.qk_norm) q = rms(q, param(p + "self_attn.q_norm.weight")), k = rms(k, param(p + "self_attn.k_norm.weight"));
+      q = q.transpose(1, 2), k = k.transpose(1, 2);
+      q = q * cos + rotate_half(q) * sin;
+      k = k * cos + rotate_half(k) * sin;
+      auto& kc = keys[static_cast<size_t>(l)];
+      auto& vc = values[static_cast<size_t>(l)];
+      kc = kc.defined() ? at::cat({kc, k}, 2) : k;
+      vc = vc.defined() ? at::cat({vc, v}, 2) : v;
+      const at::Tensor kr = kc.repeat_interleave(H / KV, 1), vr = vc.repeat_interleave(H / KV, 1);
+      at::Tensor scores = at::matmul(q, kr.transpose(-2, -1)) / std::sqrt(static_cast<double>(D));
+      if (T > 1) scores = scores.masked_fill(at::ones({T, past + T}, at::kBool).triu(past + 1), -std::numeric_limits<float>::infinity());
+      const at::Tensor out = at::matmul(scores.softmax(-1), vr).transpose(1, 2).reshape({B, T, H * D});
+      x = x + linear(out, p + "self_attn.o_proj");
+      const at::Tensor m = rms(x, param(p + "post_attention_layernorm.weight"));
+      x = x + linear(at::silu(linear(m, p + "mlp.gate_proj")) * linear(m, p + "mlp.up_proj"), p + "mlp.down_proj");
+    }
+    return at::linear(rms(x.select(1, T - 1), param("model.norm.weight")), head_weight);
+  };
+  using clock = std::chrono::steady_clock;
+  EagerGreedy out;
+  auto t = clock::now();
+  at::Tensor next = forward(prompts, 0).argmax(-1, true);
+  out.prefill_s = std::chrono::duration<double>(clock::now() - t).count();
+  std::vector<at::Tensor> tokens = {next};
+  t = clock::now();
+  for (int64_t i = 1; i < new_tokens; ++i) {
+    next = forward(next, prompts.size(1) + i - 1).argmax(-1, true);
+    tokens.push_back(next);
+  }
+  out.decode_s = std::chrono::duration<double>(clock::now() - t).count();
+  out.tokens = at::cat(tokens, 1);
+  return out;
+}
 
 GenerationEngine::GenerationEngine(CausalLm& model, EngineConfig config) : impl_(std::make_unique<Impl>(model, config)) {}
 GenerationEngine::~GenerationEngine() = default;

@@ -1,7 +1,7 @@
 #pragma once
 // The generation engine: batched decoding over a paged KV cache (fixed-size blocks), continuous
 // batching (a finished sequence's slot goes to the next waiting one at once), chunked prefill
-// interleaved with decoding, and prompts shared by n samples (GRPO groups) prefilled once with
+// in the same forward pass as the decoding rows (models/inference.hpp), and prompts shared by n samples (GRPO groups) prefilled once with
 // their full cache blocks shared. Every generated token carries its log-probability under the
 // model at temperature 1 and the policy version that produced it.
 #include <cstdint>
@@ -46,10 +46,15 @@ struct EngineConfig {
   int64_t num_blocks = 2048;
   int64_t max_batch = 32;       // sequences decoded together
   int64_t prefill_chunk = 256;  // prompt tokens prefilled per step (over one or more sequences)
+  std::string weights = "float32";  // or "bfloat16": matrix weights rounded, float32 accumulation (models/inference.hpp)
 };
 
 struct EngineStats {
   int64_t steps = 0, prefill_tokens = 0, decode_tokens = 0, shared_blocks = 0;
+  // Steps with prompt tokens take prefill_s (decode rows ride along in them); steps of decode rows
+  // only take decode_s, with their count and rows.
+  int64_t decode_steps = 0, decode_rows = 0;
+  double prefill_s = 0, decode_s = 0;
 };
 
 class GenerationEngine {
@@ -79,5 +84,17 @@ class GenerationEngine {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// Greedy decoding the plain way, as a PyTorch user writes it in an afternoon: the batch's prompts
+// (all one length) prefilled together, then one token per step for every row, each layer's keys
+// and values appended with cat and attention over key/value heads repeated for their query heads.
+// It reads the model's parameters by name and shares no code with the engine: the benchmark's
+// baseline (`flotilla bench generate --reference`), and the check that the engine's greedy tokens
+// are the model's.
+struct EagerGreedy {
+  at::Tensor tokens;  // [B, new_tokens] int64
+  double prefill_s = 0, decode_s = 0;
+};
+EagerGreedy eager_greedy(const CausalLm& model, const at::Tensor& prompts, int64_t new_tokens);
 
 }  // namespace flotilla::models

@@ -146,39 +146,6 @@ struct AttentionImpl : torch::nn::Module {
     torch::Tensor out = torch::matmul(torch::softmax(scores, -1), v);  // [B, heads, T, head_dim]
     return o_proj->forward(out.transpose(1, 2).reshape({B, T, heads * head_dim}));
   }
-
-  // The cached twin of forward(): x [B, S, H]; cos, sin [B, S, head_dim] at each token's position;
-  // new tokens' keys and values go to `write_slots` (where `valid`); keys come from `read_slots`
-  // [B, L] with `mask` [B, 1, S, L] saying which a query may see.
-  torch::Tensor forward_cached(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                               const torch::Tensor& write_slots, const torch::Tensor& valid, const torch::Tensor& read_slots,
-                               const torch::Tensor& mask, torch::Tensor& k_pool, torch::Tensor& v_pool) {
-    const int64_t B = x.size(0), S = x.size(1), L = read_slots.size(1);
-    torch::Tensor q = q_proj->forward(x).view({B, S, heads, head_dim});
-    torch::Tensor k = k_proj->forward(x).view({B, S, kv_heads, head_dim});
-    torch::Tensor v = v_proj->forward(x).view({B, S, kv_heads, head_dim});
-    if (q_norm) {
-      q = q_norm->forward(q);
-      k = k_norm->forward(k);
-    }
-    const torch::Tensor c = cos.unsqueeze(2), s = sin.unsqueeze(2);  // broadcast over heads
-    q = q * c + rotate_half(q) * s;
-    k = k * c + rotate_half(k) * s;
-    const torch::Tensor rows = valid.reshape({-1}).nonzero().squeeze(1);
-    const torch::Tensor dest = write_slots.reshape({-1}).index_select(0, rows);
-    k_pool.index_copy_(0, dest, k.reshape({B * S, kv_heads, head_dim}).index_select(0, rows));
-    v_pool.index_copy_(0, dest, v.reshape({B * S, kv_heads, head_dim}).index_select(0, rows));
-    const torch::Tensor keys = k_pool.index_select(0, read_slots.reshape({-1})).view({B, L, kv_heads, head_dim}).transpose(1, 2);
-    const torch::Tensor values = v_pool.index_select(0, read_slots.reshape({-1})).view({B, L, kv_heads, head_dim}).transpose(1, 2);
-    // Grouped-query attention without copying keys: the `group` query heads of one key/value
-    // head are stacked as extra query rows, [B, kv_heads, group * S, head_dim].
-    const int64_t group = heads / kv_heads;
-    torch::Tensor qg = q.transpose(1, 2).reshape({B, kv_heads, group * S, head_dim});
-    torch::Tensor scores = torch::matmul(qg, keys.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim));
-    scores = scores.view({B, kv_heads, group, S, L}).masked_fill(~mask.unsqueeze(1), -std::numeric_limits<float>::infinity());
-    torch::Tensor out = torch::matmul(torch::softmax(scores, -1).view({B, kv_heads, group * S, L}), values);
-    return o_proj->forward(out.view({B, heads, S, head_dim}).transpose(1, 2).reshape({B, S, heads * head_dim}));
-  }
 };
 TORCH_MODULE(Attention);
 
@@ -209,10 +176,7 @@ struct LayerImpl : torch::nn::Module {
   }
   torch::Tensor forward(torch::Tensor x, const torch::Tensor& cos, const torch::Tensor& sin) {
     x = x + reduce_from(*tp, self_attn->forward(copy_to(*tp, input_layernorm->forward(x)), cos, sin));
-    return x + mlp_block(x);
-  }
-  torch::Tensor mlp_block(const torch::Tensor& x) {
-    return reduce_from(*tp, mlp->forward(copy_to(*tp, post_attention_layernorm->forward(x))));
+    return x + reduce_from(*tp, mlp->forward(copy_to(*tp, post_attention_layernorm->forward(x))));
   }
 };
 TORCH_MODULE(Layer);
@@ -347,27 +311,6 @@ struct CausalLm::Impl : torch::nn::Module {
     for (const auto& layer : *model->layers) x = layer->as<LayerImpl>()->forward(x, cos, sin);
     return head(x);
   }
-
-  torch::Tensor forward_cached(const torch::Tensor& tokens, const torch::Tensor& start, const torch::Tensor& count,
-                               const torch::Tensor& slots, KvCache& cache) {
-    check_tokens(tokens);
-    const int64_t B = tokens.size(0), S = tokens.size(1), L = slots.size(1);
-    const torch::Tensor i = torch::arange(S, torch::kLong).unsqueeze(0);                  // [1, S]
-    const torch::Tensor valid = i < count.unsqueeze(1);                                    // [B, S]
-    const torch::Tensor pos = (start.unsqueeze(1) + i).clamp_max(L - 1);                    // [B, S]
-    const torch::Tensor write_slots = slots.gather(1, pos);                                 // [B, S]
-    const torch::Tensor j = torch::arange(L, torch::kLong).view({1, 1, L});
-    const torch::Tensor mask = ((j <= pos.unsqueeze(2)) & (j < (start + count).view({B, 1, 1}))).unsqueeze(1);
-    auto [cos, sin] = rope_at(pos);
-    torch::Tensor x = embed(tokens);
-    for (size_t l = 0; l < model->layers->size(); ++l) {
-      auto* layer = (*model->layers)[l]->as<LayerImpl>();
-      x = x + reduce_from(tp, layer->self_attn->forward_cached(copy_to(tp, layer->input_layernorm->forward(x)), cos, sin, write_slots,
-                                                             valid, slots, mask, cache.k[l], cache.v[l]));
-      x = x + layer->mlp_block(x);
-    }
-    return head(x);
-  }
 };
 
 CausalLm::CausalLm(const LmConfig& config, TensorParallel tp) : impl_(std::make_unique<Impl>(config, std::move(tp))) {}
@@ -400,12 +343,6 @@ KvCache CausalLm::make_cache(int64_t num_blocks, int64_t block_size) const {
     cache.v.push_back(torch::zeros({num_blocks * block_size, kv_heads, c.head_dim}));
   }
   return cache;
-}
-
-at::Tensor CausalLm::forward_cached(const at::Tensor& tokens, const at::Tensor& start, const at::Tensor& count,
-                                    const at::Tensor& slots, KvCache& cache) {
-  torch::NoGradGuard no_grad;
-  return impl_->forward_cached(tokens, start, count, slots, cache);
 }
 
 at::Tensor CausalLm::scores(const at::Tensor& tokens) { return impl_->scores(tokens); }

@@ -48,7 +48,8 @@ struct LmConfig {
 
 // A paged key/value cache: for every layer, keys and values of num_blocks blocks of block_size
 // positions each, as flat slots (slot = block * block_size + offset). Which slots a sequence uses
-// is its block table's business (models/generation.hpp).
+// is its block table's business (models/generation.hpp); the engine's forward pass reads and
+// writes it (models/inference.hpp).
 struct KvCache {
   int64_t block_size = 16, num_blocks = 0;
   std::vector<at::Tensor> k, v;  // per layer: [num_blocks * block_size, kv_heads, head_dim]
@@ -123,14 +124,8 @@ class CausalLm {
   // The parameters (this rank's slices under tensor parallelism), in the model's order.
   std::vector<std::pair<std::string, at::Tensor>> named_parameters() const;
 
+  // An empty paged cache for this rank's key/value heads.
   KvCache make_cache(int64_t num_blocks, int64_t block_size) const;
-  // One cached step for B sequences, without gradients. Row b appends tokens[b, 0:count[b]] at
-  // positions start[b] .. start[b]+count[b]-1; slots[b, p] is the cache slot of row b's position
-  // p (for every p < start[b]+count[b]). The new keys and values are written to their slots and
-  // each new token attends to its row's positions up to itself. Returns logits [B, S, V] (rows
-  // past count[b] are padding).
-  at::Tensor forward_cached(const at::Tensor& tokens, const at::Tensor& start, const at::Tensor& count,
-                            const at::Tensor& slots, KvCache& cache);
 
  private:
   void read_weights(const std::filesystem::path& dir, bool new_head);

@@ -75,6 +75,12 @@ struct InjectFault {
   ~InjectFault() { ::unsetenv("FLOTILLA_FAULT_INJECT"); }
 };
 
+// What a run has said so far, for a failed wait: its stderr and its log.
+std::string so_far(const test::CliProcess& p, const fs::path& run) {
+  const fs::path log = run / "log.txt";
+  return "stderr:\n" + p.err_so_far() + "\nlog.txt:\n" + (fs::exists(log) ? core::read_file(log) : std::string("(none)"));
+}
+
 size_t rows(const fs::path& run) {
   return fs::exists(run / "metrics.jsonl") ? core::read_metrics_jsonl(run / "metrics.jsonl").size() : 0;
 }
@@ -96,7 +102,7 @@ TEST_CASE("killed_and_stopped_workers_are_replaced_and_rejoin_while_training_goe
   test::CliProcess p(kCli, {"run", "-q", kConfig, "train.total_steps=100000000", "stop.mean_return=100000", "run.dir=r",
                             "fault.restart_backoff_s=0.2"},
                      dir.path(), dir.path());
-  REQUIRE(wait_until([&] { return rows(run) >= 2; }, 60));
+  REQUIRE_MESSAGE(wait_until([&] { return rows(run) >= 2; }, 60), so_far(p, run));
 
   // A policy worker: the env actors' unanswered requests go to its replacement.
   const pid_t policy = kill_until_rejoined(run, "policy_worker", 0);
@@ -158,7 +164,7 @@ TEST_CASE("a_killed_buffer_is_replaced_and_the_actors_fragments_flow_through_its
   test::CliProcess p(kCli, {"run", "-q", kConfig, "train.total_steps=100000000", "stop.mean_return=100000", "run.dir=r",
                             "fault.restart_backoff_s=0.2", "workers=[{role: env_actor, count: 2}, {role: policy_worker}, {role: buffer}, {role: trainer}]"},
                      dir.path(), dir.path());
-  REQUIRE(wait_until([&] { return rows(run) >= 2; }, 60));
+  REQUIRE_MESSAGE(wait_until([&] { return rows(run) >= 2; }, 60), so_far(p, run));
   kill_until_rejoined(run, "buffer", 0);
   const size_t before = updates(run);
   CHECK(wait_until([&] { return updates(run) >= before + 3; }, 60));  // every fragment goes through the buffer
@@ -174,7 +180,7 @@ TEST_CASE("a_killed_trainer_brings_the_run_back_to_its_last_checkpoint_and_it_fi
                             "checkpoint.every=4", "fault.restart_backoff_s=0.2"},
                      dir.path(), dir.path());
   const fs::path first = run / "checkpoints" / "ckpt-4.json";
-  REQUIRE(wait_until([&] { return fs::exists(first); }, 60));
+  REQUIRE_MESSAGE(wait_until([&] { return fs::exists(first); }, 60), so_far(p, run));
   const pid_t trainer = worker_pid(run.string(), "trainer", 0);
   REQUIRE(trainer > 0);
   ::kill(trainer, SIGKILL);
@@ -203,7 +209,7 @@ TEST_CASE("a_group_that_has_used_its_restarts_stops_the_run_on_the_next_failure"
   test::CliProcess p(kCli, {"run", "-q", kConfig, "train.total_steps=100000000", "stop.mean_return=100000", "run.dir=r",
                             "fault.restart_backoff_s=0", "fault.groups=[{group: policy_worker, max_restarts: 1}]"},
                      dir.path(), dir.path());
-  REQUIRE(wait_until([&] { return rows(run) >= 1; }, 60));
+  REQUIRE_MESSAGE(wait_until([&] { return rows(run) >= 1; }, 60), so_far(p, run));
   kill_until_rejoined(run, "policy_worker", 0);
   ::kill(worker_pid(run.string(), "policy_worker", 0), SIGKILL);
   auto r = p.wait(60);

@@ -8,6 +8,7 @@
 
 #include "core/error.hpp"
 #include "models/generation.hpp"
+#include "models/inference.hpp"
 #include "models/transformer.hpp"
 #include "support/tiny_lm.hpp"
 #include "support/torch_doctest.hpp"
@@ -48,25 +49,84 @@ std::vector<float> full_forward_logprobs(models::CausalLm& lm, const std::vector
 
 }  // namespace
 
-TEST_CASE("cached_decoding_gives_the_logits_of_full_recomputation") {
+// Logits of every position of two sequences under the engine's forward pass: a chunk of each
+// together (blocks in no particular order), then one token per step of each.
+std::vector<at::Tensor> stepped_logits(models::InferenceModel& m, models::CausalLm& lm, const std::vector<std::vector<int32_t>>& seqs,
+                                       int64_t chunk) {
+  models::KvCache cache = lm.make_cache(16, 4);
+  const std::vector<std::vector<int64_t>> tables = {{7, 2, 5, 0, 3, 6}, {1, 4, 8}};
+  std::vector<std::vector<at::Tensor>> rows(seqs.size());
+  for (int64_t p = chunk - 1; p < static_cast<int64_t>(seqs[0].size()); ++p) {
+    models::StepRows s;
+    std::vector<size_t> which;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      if (p >= static_cast<int64_t>(seqs[i].size())) continue;
+      const int64_t first = p == chunk - 1 ? 0 : p;
+      s.add(tables[i], 4, first, seqs[i].data() + first, p - first + 1, true);
+      which.push_back(i);
+    }
+    const at::Tensor logits = m.forward(s, cache);
+    REQUIRE(logits.size(0) == static_cast<int64_t>(which.size()));
+    for (size_t k = 0; k < which.size(); ++k) rows[which[k]].push_back(logits[static_cast<int64_t>(k)]);
+  }
+  std::vector<at::Tensor> out;
+  for (auto& r : rows) out.push_back(at::stack(r));
+  return out;
+}
+
+at::Tensor full_logits(models::CausalLm& lm, const std::vector<int32_t>& seq, int64_t from) {
+  at::NoGradGuard no_grad;
+  const std::vector<int64_t> ids(seq.begin(), seq.end());
+  const at::Tensor full = lm.forward(at::tensor(ids, at::kLong).unsqueeze(0))[0];
+  return full.narrow(0, from, full.size(0) - from);
+}
+
+TEST_CASE("the_engines_forward_pass_gives_the_logits_of_full_recomputation") {
   for (const char* arch : {"qwen3", "qwen2", "llama"}) {
     CAPTURE(std::string(arch));
     models::CausalLm lm = spread_model(arch);
-    const std::vector<int32_t> seq = prompt_of(21, 3);
-    std::vector<int64_t> ids(seq.begin(), seq.end());
-    const at::Tensor full = lm.forward(at::tensor(ids, at::kLong).unsqueeze(0))[0].detach();
-    // Blocks of 4 positions, a prefill chunk of 7 tokens, then one token at a time.
-    models::KvCache cache = lm.make_cache(8, 4);
-    at::Tensor slots = at::arange(32, at::kLong).flip(0).unsqueeze(0);  // blocks in no particular order
-    std::vector<at::Tensor> rows;
-    at::Tensor chunk = lm.forward_cached(at::tensor(std::vector<int64_t>(ids.begin(), ids.begin() + 7), at::kLong).unsqueeze(0),
-                                         at::full({1}, 0, at::kLong), at::full({1}, 7, at::kLong), slots.narrow(1, 0, 7), cache);
-    rows.push_back(chunk[0]);
-    for (int64_t p = 7; p < 21; ++p)
-      rows.push_back(lm.forward_cached(at::full({1, 1}, ids[p], at::kLong), at::full({1}, p, at::kLong),
-                                       at::full({1}, 1, at::kLong), slots.narrow(1, 0, p + 1), cache)[0]);
-    const at::Tensor cached = at::cat(rows, 0);
-    CHECK((cached - full).abs().max().item<double>() < 1e-4);
+    const std::vector<std::vector<int32_t>> seqs = {prompt_of(21, 3), prompt_of(9, 5)};
+    models::InferenceModel f32(lm, "float32"), bf16(lm, "bfloat16");
+    auto check = [&](double f32_tol, double bf16_tol) {
+      const auto got = stepped_logits(f32, lm, seqs, 7);
+      const auto rounded = stepped_logits(bf16, lm, seqs, 7);
+      for (size_t i = 0; i < seqs.size(); ++i) {
+        const at::Tensor want = full_logits(lm, seqs[i], 6);
+        CHECK((got[i] - want).abs().max().item<double>() < f32_tol);
+        // Bfloat16 weights: close, and not equal (the weights really are rounded).
+        const double err = (rounded[i] - want).abs().max().item<double>() / want.abs().max().item<double>();
+        CHECK(err < bf16_tol);
+        CHECK(err > 1e-6);
+      }
+    };
+    check(1e-4, 0.05);
+    // A weight update (as a rollout worker's) is seen by the next step, in both precisions.
+    {
+      at::NoGradGuard no_grad;
+      for (auto& [name, t] : lm.named_parameters())
+        if (name.find("up_proj.weight") != std::string::npos || name.find("q_proj.weight") != std::string::npos) t.mul_(1.5);
+    }
+    check(1e-4, 0.05);
+  }
+}
+
+TEST_CASE("engine_greedy_tokens_equal_the_eager_loop") {
+  models::CausalLm lm = spread_model();
+  at::manual_seed(3);
+  const at::Tensor prompts = at::randint(0, 300, {3, 10}, at::kLong);
+  const models::EagerGreedy eager = models::eager_greedy(lm, prompts, 8);
+  models::GenerationEngine engine(lm, {.block_size = 4, .num_blocks = 64, .max_batch = 3, .prefill_chunk = 12});
+  for (int64_t r = 0; r < 3; ++r) {
+    const at::Tensor row = prompts[r].contiguous();
+    engine.submit(request(r, std::vector<int32_t>(row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + 10), 8, 0.0));
+  }
+  const auto out = engine.run();
+  REQUIRE(out.size() == 3);
+  for (const auto& g : out) {
+    CAPTURE(g.request_id);
+    const at::Tensor want = eager.tokens[g.request_id];
+    REQUIRE(static_cast<int64_t>(g.tokens.size()) == want.size(0));
+    for (size_t i = 0; i < g.tokens.size(); ++i) CHECK(g.tokens[i] == want[static_cast<int64_t>(i)].item<int64_t>());
   }
 }
 

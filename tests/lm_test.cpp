@@ -186,6 +186,19 @@ TEST_CASE("lm_init_writes_a_model_directory_with_its_tokenizer") {
   const std::vector<int32_t> ids = tok->encode("Hi<|im_end|>");
   CHECK(ids == std::vector<int32_t>{72, 105, 258});
   CHECK(tok->decode(ids) == "Hi<|im_end|>");
+  // Explicit sizes replace the preset's.
+  auto sized = test::run_cli(kCli, {"lm", "init", "--preset", "tiny", "--vocab", "300", "--out", "sized", "--hidden", "48", "--layers",
+                                    "3", "--heads", "6", "--kv-heads", "2", "--head-dim", "8", "--intermediate", "100"},
+                             dir.path(), dir.path());
+  REQUIRE_MESSAGE(sized.code == 0, sized.err);
+  const models::LmConfig s = models::CausalLm::load(dir.path() / "sized").config();
+  CHECK(std::vector<int64_t>{s.hidden_size, s.num_hidden_layers, s.num_attention_heads, s.num_key_value_heads, s.head_dim,
+                             s.intermediate_size} == std::vector<int64_t>{48, 3, 6, 2, 8, 100});
+  auto groups = test::run_cli(kCli, {"lm", "init", "--vocab", "300", "--out", "g", "--heads", "6", "--kv-heads", "4"}, dir.path(),
+                              dir.path());
+  CHECK(groups.code == 2);
+  CHECK(groups.err.find("--heads 6 is not a multiple of --kv-heads 4") != std::string::npos);
+  CHECK(!fs::exists(dir.path() / "g"));
   auto small = test::run_cli(kCli, {"lm", "init", "--vocab", "100", "--out", "x"}, dir.path(), dir.path());
   CHECK(small.code == 2);
   CHECK(small.err.find("too small") != std::string::npos);
@@ -210,12 +223,32 @@ TEST_CASE("cli_generate_and_bench_generate") {
   auto again = test::run_cli(kCli, {"generate", "--model", "m", "--prompt", "Hello", "--n", "3", "--max-tokens", "5", "--seed", "4"},
                              dir.path(), dir.path());
   CHECK(again.out == g.out);  // a seed repeats the samples
-  auto b = test::run_cli(kCli, {"bench", "generate", "--model", "m", "--batch", "2", "--prompt-len", "8", "--gen-len", "6", "--json"},
+  auto b = test::run_cli(kCli, {"bench", "generate", "--model", "m", "--batch", "1,4", "--prompt-len", "8", "--gen-len", "6", "--group",
+                                "2", "--reference", "--weights", "bfloat16", "--stream", "--prefill-chunk", "4", "--json"},
                          dir.path(), dir.path());
   REQUIRE_MESSAGE(b.code == 0, b.err);
   auto j = nlohmann::json::parse(b.out);
-  CHECK(j["engine_tokens_per_second"].get<double>() > 0);
-  CHECK(j["recompute_tokens_per_second"].get<double>() > 0);
+  REQUIRE(j["rows"].size() == 2);
+  for (const auto& row : j["rows"]) {
+    CHECK(row["tokens_per_second"].get<double>() > 0);
+    CHECK(row["decode_sgemm_share"].get<double>() > 0);
+    CHECK(row["reference"]["tokens_per_second"].get<double>() > 0);
+    CHECK(row["reference"]["same_tokens"].get<double>() >= 0);
+    CHECK(row["float32"]["mean_abs_logprob_diff"].get<double>() >= 0);
+    // One prefill per group of two: half the prompt tokens of the unshared run. Batch 1 has no
+    // group of two.
+    if (row["batch"] == 1) {
+      CHECK(!row.contains("shared"));
+      continue;
+    }
+    CHECK(row["shared"]["prefill_tokens"].get<int64_t>() * 2 == row["shared"]["unshared_prefill_tokens"].get<int64_t>());
+  }
+  // 16 requests of 8-token prompts through 4 slots: chunks of 4 prompt tokens take more steps.
+  CHECK(j["stream"]["requests"] == 16);
+  CHECK(j["stream"]["chunked"]["steps"].get<int64_t>() > j["stream"]["whole_prompts"]["steps"].get<int64_t>());
+  auto bad = test::run_cli(kCli, {"bench", "generate", "--model", "m", "--prompt-len", "4000", "--gen-len", "100"}, dir.path(), dir.path());
+  CHECK(bad.code == 2);
+  CHECK(bad.err.find("--prompt-len plus twice --gen-len is 4200, more than the model's max_position_embeddings") != std::string::npos);
 }
 
 TEST_CASE("value_and_reward_heads_save_load_and_score_causally") {

@@ -7,6 +7,7 @@
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "models/generation.hpp"
 #include "models/transformer.hpp"
 #include "envs/text_tasks.hpp"
 
@@ -112,6 +113,8 @@ void read_rollout(core::ConfigView rollout, RlhfConfig& c) {
   c.block_size = rollout.get<int64_t>("block_size", 16, core::in_range<int64_t>(1, 4096));
   c.num_blocks = rollout.get<int64_t>("num_blocks", 4096, core::at_least<int64_t>(1));
   c.max_batch = rollout.get<int64_t>("max_batch", 256, core::at_least<int64_t>(1));
+  c.prefill_chunk = rollout.get<int64_t>("prefill_chunk", 256, core::at_least<int64_t>(1));
+  c.weights = rollout.choice("weights", "float32", {"float32", "bfloat16"});
   c.sync_bucket_mb = rollout.get<double>("sync_bucket_mb", 32.0, core::in_range(0.001, 4096.0));
   c.sync_window = rollout.get<int>("sync_window", 4, core::in_range(1, 1024));
 }
@@ -249,6 +252,10 @@ const RlhfConfig::Group& RlhfConfig::group(const std::string& name) const {
   for (const auto& g : workers)
     if (g.role == name) return g;
   throw Error("no worker group '" + name + "'");
+}
+
+models::EngineConfig RlhfConfig::engine() const {
+  return {.block_size = block_size, .num_blocks = num_blocks, .max_batch = max_batch, .prefill_chunk = prefill_chunk, .weights = weights};
 }
 
 }  // namespace flotilla::actors::lm

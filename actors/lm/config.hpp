@@ -13,6 +13,10 @@
 #include "envs/text_tasks.hpp"
 #include "runtime/layout.hpp"
 
+namespace flotilla::models {
+struct EngineConfig;
+}
+
 namespace flotilla::actors::lm {
 
 struct RewardConfig {
@@ -67,7 +71,8 @@ struct RlhfConfig {
   int64_t max_new_tokens = 32;
   double temperature = 1.0, top_p = 1.0;
   int64_t top_k = 0;
-  int64_t block_size = 16, num_blocks = 4096, max_batch = 256;
+  int64_t block_size = 16, num_blocks = 4096, max_batch = 256, prefill_chunk = 256;
+  std::string weights = "float32";  // the engine's matrix weights: float32 or bfloat16
   // The weight sync's transfer (split placement): buckets of at most sync_bucket_mb MiB,
   // sync_window of them in flight per actor rank.
   double sync_bucket_mb = 32;
@@ -83,6 +88,9 @@ struct RlhfConfig {
   };
   std::vector<Group> workers;      // the process groups to start (one "colocated" group, or one per role)
   std::vector<std::string> roles;  // the roles this algorithm uses
+
+  // The rollout's generation engine, as rollout: sets it.
+  models::EngineConfig engine() const;
 
   static RlhfConfig read(core::ConfigView root);
   bool uses(const std::string& role) const;

@@ -60,7 +60,7 @@ core::Batch sample_rows(const std::vector<Sample>& samples, int64_t width) {
 core::Batch generate(RolloutWeights& weights, const RlhfConfig& c, const Generate& g, const core::Batch& prompts,
                      runtime::Lifecycle& life, std::atomic<int64_t>& tokens) {
   if (prompts.size() == 0) return {};  // a data-parallel rank's empty chunk
-  models::GenerationEngine engine(*weights.model, {.block_size = c.block_size, .num_blocks = c.num_blocks, .max_batch = c.max_batch});
+  models::GenerationEngine engine(*weights.model, c.engine());
   const at::Tensor pt = prompts["prompt_tokens"].contiguous(), pl = prompts["prompt_len"].contiguous();
   const auto prompt = pt.accessor<int64_t, 2>();
   const auto prompt_len = pl.accessor<int64_t, 1>();

@@ -163,7 +163,7 @@ void RolloutStream::run() {
     if (!wait_for_work()) break;
     if (!engine) {
       engine = std::make_unique<models::GenerationEngine>(
-          *weights_.model, models::EngineConfig{.block_size = c_.block_size, .num_blocks = c_.num_blocks, .max_batch = c_.max_batch});
+          *weights_.model, c_.engine());
       counted = 0;
     }
     bool stepped = false;
@@ -222,7 +222,7 @@ void RolloutStream::mirror() {
     }
     if (!engine) {
       engine = std::make_unique<models::GenerationEngine>(
-          *weights_.model, models::EngineConfig{.block_size = c_.block_size, .num_blocks = c_.num_blocks, .max_batch = c_.max_batch});
+          *weights_.model, c_.engine());
       counted = 0;
     }
     {

@@ -358,11 +358,28 @@ void add_bench_commands(CLI::App& app, Commands& commands) {
 
   auto gen_args = std::make_shared<controller::GenerateBenchArgs>();
   auto* bench_gen_cmd = bench->add_subcommand(
-      "generate", "generation tokens per second: the engine next to recomputing the full sequence per token");
-  bench_gen_cmd->add_option("--model", gen_args->model, "model directory")->required()->check(CLI::ExistingDirectory);
-  bench_gen_cmd->add_option("--batch", gen_args->batch, "sequences")->check(CLI::Range(int64_t{1}, int64_t{4096}));
-  bench_gen_cmd->add_option("--prompt-len", gen_args->prompt_len, "prompt tokens")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
-  bench_gen_cmd->add_option("--gen-len", gen_args->gen_len, "generated tokens")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+      "generate", "the generation engine's prefill and decode rates against this machine's sgemm and memory bandwidth; "
+                  "--group: with shared prefixes; --reference: next to an eager libtorch loop");
+  bench_gen_cmd->add_option("--model", gen_args->model, "model directory (e.g. `flotilla lm init --preset base --vocab 32000`)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  bench_gen_cmd->add_option("--batch", gen_args->batches, "sequences decoded together, one run each (default 1 8 32 128)")
+      ->check(CLI::Range(int64_t{1}, int64_t{4096}))
+      ->delimiter(',');
+  bench_gen_cmd->add_option("--prompt-len", gen_args->prompt_len, "prompt tokens (default 64)")->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
+  bench_gen_cmd->add_option("--gen-len", gen_args->gen_len, "generated tokens (default 32)")->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
+  bench_gen_cmd->add_option("--group", gen_args->group, "samples per prompt: also run them sharing the prompt's prefill (default 1)")
+      ->check(CLI::Range(1, 4096));
+  bench_gen_cmd->add_option("--threads", gen_args->threads, "libtorch threads for the engine and the eager loop (default: libtorch's)")
+      ->check(CLI::Range(1, 1024));
+  bench_gen_cmd->add_option("--prefill-chunk", gen_args->prefill_chunk, "prompt tokens prefilled per engine step (default 256)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  bench_gen_cmd->add_flag("--reference", gen_args->reference, "also run an eager libtorch loop with a KV cache, for a ratio");
+  bench_gen_cmd->add_option("--weights", gen_args->weights, "the engine's weights: float32 or bfloat16 (then also its log-prob cost)")
+      ->check(CLI::IsMember({"float32", "bfloat16"}));
+  bench_gen_cmd->add_flag("--stream", gen_args->stream,
+                          "also a stream of 4x the largest batch with varied lengths: chunked prefill against whole prompts");
+  bench_gen_cmd->add_option("--seed", gen_args->seed, "seed of the random prompts");
   bench_gen_cmd->add_flag("--json", gen_args->json, "print one JSON object");
 
   auto stream_args = std::make_shared<controller::StreamBenchArgs>();
@@ -426,6 +443,13 @@ void add_lm_commands(CLI::App& app, Commands& commands) {
   lm_init_cmd->add_option("--dtype", init_args->dtype, "float32, bfloat16 or float16")
       ->check(CLI::IsMember({"float32", "bfloat16", "float16"}));
   lm_init_cmd->add_option("--seed", init_args->seed, "seed of the random weights");
+  for (auto [flag, size, what] : {std::tuple{"--hidden", &init_args->hidden, "hidden size"},
+                                  {"--layers", &init_args->layers, "decoder layers"},
+                                  {"--heads", &init_args->heads, "query heads"},
+                                  {"--kv-heads", &init_args->kv_heads, "key-value heads (a divisor of --heads)"},
+                                  {"--head-dim", &init_args->head_dim, "size of one head"},
+                                  {"--intermediate", &init_args->intermediate, "MLP intermediate size"}})
+    lm_init_cmd->add_option(flag, *size, std::string(what) + " (default: the preset's)")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   lm_init_cmd->add_option("--head", init_args->head, "lm (next-token logits), value (critic) or reward")
       ->check(CLI::IsMember({"lm", "value", "reward"}));
   auto score_args = std::make_shared<controller::LmScoreArgs>();

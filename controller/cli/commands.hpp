@@ -87,6 +87,8 @@ struct LmInitArgs {
   std::string arch = "qwen3", preset = "tiny", out, dtype = "float32", head = "lm";
   int64_t vocab = 512;
   uint64_t seed = 1;
+  // Sizes that replace the preset's (0: the preset's).
+  int64_t hidden = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, intermediate = 0;
 };
 // `flotilla lm init`: a randomly initialized model directory in Hugging Face's layout.
 int lm_init(const LmInitArgs& args);
@@ -110,11 +112,21 @@ int generate(const GenerateArgs& args);
 
 struct GenerateBenchArgs {
   std::string model;
-  int64_t batch = 8, prompt_len = 64, gen_len = 64;
+  std::vector<int64_t> batches = {1, 8, 32, 128};
+  int64_t prompt_len = 64, gen_len = 32;
+  int group = 1;          // samples per prompt sharing its prefix (a GRPO group); 1: none
+  int threads = 0;        // libtorch's threads for both loops; 0: its default
+  int64_t prefill_chunk = 256;
+  bool reference = false; // also run the eager libtorch loop (models::eager_greedy)
+  std::string weights = "float32";  // the engine's weights; bfloat16 also measures its log-prob cost
+  bool stream = false;    // also a continuous stream of requests, chunked prefill against whole prompts
   uint64_t seed = 1;
   bool json = false;
 };
-// `flotilla bench generate`: engine tokens per second next to a full-recompute loop, and the ratio.
+// `flotilla bench generate`: the engine's prefill and decode rates at each batch size, as shares of
+// this machine's measured sgemm rate and memory bandwidth; with --group, against the same prompts
+// without prefix sharing; with --reference, against an eager libtorch loop in the same process;
+// with --stream, chunked prefill against whole-prompt prefill under continuous batching.
 int bench_generate(const GenerateBenchArgs& args);
 
 struct CheckpointBenchArgs {

@@ -1,6 +1,7 @@
 // Language-model commands: `flotilla lm init`, `lm score`, `generate`, `tokenize`, `data make`
-// and the `bench generate` / `bench tokenize` benchmarks.
+// and the `bench tokenize` and `bench checkpoint` benchmarks.
 #include <ATen/ATen.h>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -59,6 +60,13 @@ const std::vector<std::string> kSpecials = {"<|endoftext|>", "<|im_start|>", "<|
 int lm_init(const LmInitArgs& args) {
   models::LmConfig c = models::LmConfig::preset(args.arch, args.preset, args.vocab);
   c.head = args.head;
+  for (auto [size, given] : {std::pair{&c.hidden_size, args.hidden}, {&c.num_hidden_layers, args.layers},
+                             {&c.num_attention_heads, args.heads}, {&c.num_key_value_heads, args.kv_heads},
+                             {&c.head_dim, args.head_dim}, {&c.intermediate_size, args.intermediate}})
+    if (given > 0) *size = given;
+  if (c.num_attention_heads % c.num_key_value_heads != 0)
+    throw ConfigError(fmt::format("--heads {} is not a multiple of --kv-heads {}: each key-value head serves a whole group of query heads",
+                                  c.num_attention_heads, c.num_key_value_heads));
   if (args.vocab < 256 + static_cast<int64_t>(kSpecials.size()))
     throw ConfigError("--vocab " + std::to_string(args.vocab) + " is too small for the byte-level tokenizer written beside "
                       "the model (256 bytes + " + std::to_string(kSpecials.size()) + " specials = 259)");
@@ -69,8 +77,10 @@ int lm_init(const LmInitArgs& args) {
   core::write_file_atomically(std::filesystem::path(args.out) / "tokenizer.json", [&](std::ostream& o) { o << tok; });
   int64_t params = 0;
   for (const auto& [name, t] : lm.named_parameters()) params += t.numel();
-  std::cout << args.out << ": " << args.arch << " " << args.preset << ", " << params << " parameters, vocab "
-            << args.vocab << ", " << args.dtype << "\n";
+  std::cout << fmt::format("{}: {} {}, {} parameters (hidden {}, {} layers, {} query / {} key-value heads of {}, intermediate {}), "
+                           "vocab {}, {}\n",
+                           args.out, args.arch, args.preset, params, c.hidden_size, c.num_hidden_layers, c.num_attention_heads,
+                           c.num_key_value_heads, c.head_dim, c.intermediate_size, args.vocab, args.dtype);
   return 0;
 }
 
@@ -237,59 +247,6 @@ int bench_checkpoint(const CheckpointBenchArgs& args) {
               << "stall ratio: " << sync_stall / async_stall << "\n"
               << "train step: " << step_alone << " s alone, " << step_during << " s while a checkpoint is written ("
               << during.size() << " steps)\n";
-  return 0;
-}
-
-int bench_generate(const GenerateBenchArgs& args) {
-  models::CausalLm lm = models::CausalLm::load(args.model);
-  const int64_t B = args.batch, P = args.prompt_len, G = args.gen_len;
-  if (P + G > lm.config().max_position_embeddings)
-    throw ConfigError("--prompt-len plus --gen-len is more than the model's max_position_embeddings");
-  at::manual_seed(args.seed);
-  const at::Tensor prompts = at::randint(0, lm.config().vocab_size, {B, P}, at::kLong);
-  using clock = std::chrono::steady_clock;
-  // The engine: greedy decoding of B sequences together.
-  models::EngineConfig c;
-  c.max_batch = B;
-  c.num_blocks = B * ((P + G) / c.block_size + 2);
-  models::GenerationEngine engine(lm, c);
-  for (int64_t b = 0; b < B; ++b) {
-    models::GenerationRequest r;
-    r.id = b;
-    at::Tensor row = prompts[b].contiguous();
-    r.prompt.assign(row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + P);
-    r.sampling.temperature = 0;
-    r.sampling.max_new_tokens = G;
-    engine.submit(r);
-  }
-  auto t0 = clock::now();
-  const auto out = engine.run();
-  const double engine_s = std::chrono::duration<double>(clock::now() - t0).count();
-  int64_t generated = 0;
-  for (const auto& g : out) generated += static_cast<int64_t>(g.tokens.size());
-  // The baseline: the whole sequence recomputed for every new token.
-  t0 = clock::now();
-  at::Tensor seq = prompts.clone();
-  {
-    at::NoGradGuard no_grad;
-    for (int64_t t = 0; t < G; ++t) {
-      at::Tensor next = lm.forward(seq).select(1, seq.size(1) - 1).argmax(-1, true);
-      seq = at::cat({seq, next}, 1);
-    }
-  }
-  const double naive_s = std::chrono::duration<double>(clock::now() - t0).count();
-  const double engine_tps = static_cast<double>(generated) / engine_s, naive_tps = static_cast<double>(B * G) / naive_s;
-  nlohmann::ordered_json j = {{"model", args.model},         {"batch", B},
-                              {"prompt_len", P},             {"gen_len", G},
-                              {"engine_tokens_per_second", engine_tps},
-                              {"recompute_tokens_per_second", naive_tps},
-                              {"ratio", engine_tps / naive_tps}};
-  if (args.json) std::cout << j.dump() << "\n";
-  else
-    std::cout << "batch " << B << ", prompt " << P << ", generate " << G << "\n"
-              << "engine: " << engine_tps << " tokens/s\n"
-              << "recompute baseline: " << naive_tps << " tokens/s\n"
-              << "ratio: " << engine_tps / naive_tps << "\n";
   return 0;
 }
 
