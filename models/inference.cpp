@@ -2,9 +2,13 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 
 #include "core/error.hpp"
@@ -12,23 +16,113 @@
 namespace flotilla::models {
 namespace {
 
+constexpr int64_t kPanel = 16;  // outputs per panel of a packed matrix
+
 // A weight matrix as pieces stacked along its output (q, k and v of a layer; gate and up).
 struct Matrix {
   std::vector<at::Tensor> pieces;  // [rows_i, in], contiguous: the model's float32 tensors or bfloat16 copies
   int64_t rows = 0;
+  // Float32 only: the whole matrix again in panels of kPanel outputs, [panels, in, kPanel], zero
+  // past the last output, for products with few rows (panel_product).
+  at::Tensor panels;
 };
 
-Matrix matrix(const std::vector<at::Tensor>& from, bool bf16) {
+Matrix matrix(const std::vector<at::Tensor>& from, bool bf16, bool pack) {
   Matrix m;
   for (const auto& t : from) {
     m.pieces.push_back(bf16 ? t.detach().to(at::kBFloat16).contiguous() : t.detach());
     m.rows += t.size(0);
   }
+  if (!bf16 && pack) {
+    const int64_t in = from.front().size(1), n = (m.rows + kPanel - 1) / kPanel;
+    at::Tensor whole = at::zeros({n * kPanel, in});
+    int64_t row = 0;
+    for (const auto& t : from) whole.narrow(0, row, t.size(0)).copy_(t.detach()), row += t.size(0);
+    m.panels = whole.view({n, kPanel, in}).transpose(1, 2).contiguous();
+  }
   return m;
 }
 
+// Up to this many rows (decode steps) a float32 product runs on panel_product, over weights laid
+// out for it once (Matrix::panels), rather than on OpenBLAS's sgemm, which copies (packs) the
+// weights on every call: profiled at 8 rows, the copy took as long as the arithmetic, and sgemm
+// ran at 39-47 GFLOP/s on one core. At 32 rows sgemm was the faster of the two.
+constexpr int64_t kPanelRows = 16;
+
+#if defined(__x86_64__)
+// y[i][0..cols) (+)= x[i] . panel for R rows of x (ldx apart), one panel [K][kPanel]: 2R
+// accumulators of 8 outputs, each k step two weight loads and R broadcasts.
+template <int R>
+__attribute__((target("avx2,fma"))) void panel_rows(const float* x, int64_t ldx, const float* panel, int64_t K, float* y,
+                                                    int64_t ldy, int64_t cols, bool accumulate) {
+  __m256 a[R][2];
+  for (int i = 0; i < R; ++i) a[i][0] = a[i][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const __m256 w0 = _mm256_loadu_ps(panel + k * kPanel), w1 = _mm256_loadu_ps(panel + k * kPanel + 8);
+    for (int i = 0; i < R; ++i) {
+      const __m256 b = _mm256_broadcast_ss(x + i * ldx + k);
+      a[i][0] = _mm256_fmadd_ps(w0, b, a[i][0]);
+      a[i][1] = _mm256_fmadd_ps(w1, b, a[i][1]);
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    alignas(32) float v[kPanel];
+    _mm256_store_ps(v, a[i][0]);
+    _mm256_store_ps(v + 8, a[i][1]);
+    float* yi = y + i * ldy;
+    for (int64_t c = 0; c < cols; ++c) yi[c] = accumulate ? yi[c] + v[c] : v[c];
+  }
+}
+
+// out[:, panels [p0, p1)] (+)= x [N, K] times those panels: each panel serves the rows of x in
+// groups of at most 6 (12 accumulators), the groups as even as N allows.
+__attribute__((target("avx2,fma"))) void panel_product(const at::Tensor& out, const at::Tensor& x, const at::Tensor& panels,
+                                                       int64_t outputs, int64_t p0, int64_t p1, bool accumulate) {
+  const int64_t N = x.size(0), K = x.size(1), ldx = x.stride(0), ldy = out.stride(0);
+  const float *xs = x.data_ptr<float>(), *ps = panels.data_ptr<float>();
+  float* ys = out.data_ptr<float>();
+  const int64_t groups = (N + 5) / 6;
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* panel = ps + p * K * kPanel;
+    const int64_t cols = std::min(kPanel, outputs - p * kPanel);
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t r0 = N * g / groups, r1 = N * (g + 1) / groups;
+      const float* xr = xs + r0 * ldx;
+      float* yr = ys + r0 * ldy + p * kPanel;
+      switch (r1 - r0) {
+        case 6: panel_rows<6>(xr, ldx, panel, K, yr, ldy, cols, accumulate); break;
+        case 5: panel_rows<5>(xr, ldx, panel, K, yr, ldy, cols, accumulate); break;
+        case 4: panel_rows<4>(xr, ldx, panel, K, yr, ldy, cols, accumulate); break;
+        case 3: panel_rows<3>(xr, ldx, panel, K, yr, ldy, cols, accumulate); break;
+        case 2: panel_rows<2>(xr, ldx, panel, K, yr, ldy, cols, accumulate); break;
+        default: panel_rows<1>(xr, ldx, panel, K, yr, ldy, cols, accumulate); break;
+      }
+    }
+  }
+}
+
+bool has_avx2() {
+  static const bool yes = (__builtin_cpu_init(), __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"));
+  return yes;
+}
+#else
+bool has_avx2() { return false; }
+void panel_product(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t, bool) {}
+#endif
+
+// out [N, n] (+)= x [N, K] w^T with sgemm on the calling thread; `out` may be a column range of a
+// wider matrix.
+void product(const at::Tensor& out, const at::Tensor& x, const at::Tensor& w, bool accumulate) {
+  if (accumulate) {
+    at::Tensor(out).addmm_(x, w.t());
+  } else {
+    at::Tensor o = out;
+    at::mm_out(o, x, w.t());
+  }
+}
+
 // out [N, m.rows] = (or +=) x [N, in] m^T. Float32: the output columns split evenly over the
-// threads, each a single-threaded sgemm writing its columns of `out` in place, so a weight is
+// threads, each a single-threaded product writing its columns of `out` in place, so a weight is
 // read once per step whatever the thread count. Bfloat16: oneDNN's matmul, which threads itself.
 void linear(const at::Tensor& out, const at::Tensor& x, const Matrix& m, bool accumulate) {
   if (m.pieces.front().scalar_type() == at::kBFloat16) {
@@ -42,6 +136,15 @@ void linear(const at::Tensor& out, const at::Tensor& x, const Matrix& m, bool ac
     }
     return;
   }
+  const int64_t N = x.size(0);
+  if (m.panels.defined() && N <= kPanelRows && has_avx2() && x.is_contiguous() && out.stride(1) == 1) {
+    const int64_t panels = m.panels.size(0), parts = std::min<int64_t>(panels, at::get_num_threads());
+    at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t)
+        panel_product(out, x, m.panels, m.rows, panels * t / parts, panels * (t + 1) / parts, accumulate);
+    });
+    return;
+  }
   const int64_t parts = std::clamp<int64_t>(m.rows / 128, 1, at::get_num_threads());
   at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
@@ -50,16 +153,25 @@ void linear(const at::Tensor& out, const at::Tensor& x, const Matrix& m, bool ac
       for (const auto& w : m.pieces) {
         const int64_t lo = std::max(a, col), hi = std::min(b, col + w.size(0));
         if (lo < hi) {
-          at::Tensor o = out.narrow(1, lo, hi - lo);
-          const at::Tensor wt = w.narrow(0, lo - col, hi - lo).t();
-          if (accumulate) o.addmm_(x, wt);
-          else at::mm_out(o, x, wt);
+          product(out.narrow(1, lo, hi - lo), x, w.narrow(0, lo - col, hi - lo), accumulate);
         }
         col += w.size(0);
       }
     }
   });
 }
+
+}  // namespace
+
+void split_mm(const at::Tensor& out, const at::Tensor& x, const at::Tensor& w) {
+  if (w.scalar_type() != at::kFloat) throw Error("split_mm takes float32 weights");
+  Matrix m;
+  m.pieces = {w};
+  m.rows = w.size(0);
+  linear(out, x, m, false);  // no panels: sgemm
+}
+
+namespace {
 
 // Runs f(i) for i in [0, n) over the threads, interleaved (task costs that grow with i, as
 // attention's with the position, stay balanced).
@@ -119,6 +231,73 @@ float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
+// Four dot products of a [n] with b0..b3 [n], as four independent sums.
+inline __attribute__((always_inline)) void dot4(const float* a, const float* b0, const float* b1, const float* b2, const float* b3,
+                                                int64_t n, float* out) {
+  float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+  for (int64_t i = 0; i < n; ++i) s0 += a[i] * b0[i], s1 += a[i] * b1[i], s2 += a[i] * b2[i], s3 += a[i] * b3[i];
+  out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
+}
+
+// What one attention task reads and writes (InferenceModel::Impl::attention).
+struct Attend {
+  const float *q, *k, *v;
+  float* out;
+  int64_t width, kv, group, D, block_size;
+  float scale;
+};
+
+// Row r's queries of key/value head h against positions [0, L) of its sequence (block table
+// `table`), softmax-weighted values into its output. Scores for four positions are computed at
+// once, so each query vector is read once per four keys.
+inline __attribute__((always_inline)) void attend_body(const Attend& a, int64_t r, int64_t h, const std::vector<int64_t>& table,
+                                                       int64_t L) {
+  thread_local std::vector<float> scores;
+  const int64_t G = a.group, D = a.D, bs = a.block_size;
+  scores.resize(static_cast<size_t>(G * L));
+  const float* q = a.q + r * a.width + h * G * D;
+  float* o = a.out + r * G * a.kv * D + h * G * D;
+  auto key = [&](int64_t j) { return a.k + ((table[static_cast<size_t>(j / bs)] * bs + j % bs) * a.kv + h) * D; };
+  int64_t j = 0;
+  for (; j + 4 <= L; j += 4) {
+    const float *k0 = key(j), *k1 = key(j + 1), *k2 = key(j + 2), *k3 = key(j + 3);
+    for (int64_t g = 0; g < G; ++g) dot4(q + g * D, k0, k1, k2, k3, D, scores.data() + g * L + j);
+  }
+  for (; j < L; ++j)
+    for (int64_t g = 0; g < G; ++g) scores[static_cast<size_t>(g * L + j)] = dot(q + g * D, key(j), D);
+  for (int64_t g = 0; g < G; ++g) {
+    float* sc = scores.data() + g * L;
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t i = 0; i < L; ++i) m = std::max(m, sc[i] *= a.scale);
+    float sum = 0;
+    for (int64_t i = 0; i < L; ++i) sum += (sc[i] = std::exp(sc[i] - m));
+    const float inv = 1.0f / sum;
+    for (int64_t i = 0; i < L; ++i) sc[i] *= inv;
+  }
+  std::fill(o, o + G * D, 0.0f);
+  for (int64_t i = 0; i < L; ++i) {
+    const float* v = a.v + ((table[static_cast<size_t>(i / bs)] * bs + i % bs) * a.kv + h) * D;
+    for (int64_t g = 0; g < G; ++g) {
+      const float p = scores[static_cast<size_t>(g * L + i)];
+      float* og = o + g * D;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) og[d] += p * v[d];
+    }
+  }
+}
+
+void attend_plain(const Attend& a, int64_t r, int64_t h, const std::vector<int64_t>& table, int64_t L) {
+  attend_body(a, r, h, table, L);
+}
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) void attend_avx2(const Attend& a, int64_t r, int64_t h, const std::vector<int64_t>& table, int64_t L) {
+  attend_body(a, r, h, table, L);
+}
+#else
+void attend_avx2(const Attend& a, int64_t r, int64_t h, const std::vector<int64_t>& table, int64_t L) { attend_body(a, r, h, table, L); }
+#endif
+
 struct Layer {
   at::Tensor ln1, ln2, q_norm, k_norm, q_bias, k_bias, v_bias;  // the model's float32 tensors (biases may be undefined)
   Matrix qkv, o, gate_up, down;
@@ -174,7 +353,7 @@ struct InferenceModel::Impl {
       return it->second;
     };
     auto maybe = [&](const std::string& name) { return p.count(name) ? p[name] : at::Tensor(); };
-    const bool bf16 = weights == "bfloat16";
+    const bool bf16 = weights == "bfloat16", pack = !bf16 && has_avx2();
     watched.clear();
     layers.clear();
     embed = get("model.embed_tokens.weight");
@@ -195,10 +374,10 @@ struct InferenceModel::Impl {
                                            get(n + "self_attn.v_proj.weight")};
       const std::vector<at::Tensor> gate_up = {get(n + "mlp.gate_proj.weight"), get(n + "mlp.up_proj.weight")};
       const at::Tensor o = get(n + "self_attn.o_proj.weight"), down = get(n + "mlp.down_proj.weight");
-      L.qkv = matrix(qkv, bf16);
-      L.gate_up = matrix(gate_up, bf16);
-      L.o = matrix({o}, bf16);
-      L.down = matrix({down}, bf16);
+      L.qkv = matrix(qkv, bf16, pack);
+      L.gate_up = matrix(gate_up, bf16, pack);
+      L.o = matrix({o}, bf16, pack);
+      L.down = matrix({down}, bf16, pack);
       heads = qkv[0].size(0) / D;
       kv_heads = qkv[1].size(0) / D;
       units = gate_up[0].size(0);
@@ -206,12 +385,12 @@ struct InferenceModel::Impl {
       layers.push_back(std::move(L));
     }
     const at::Tensor h = p.count("lm_head.weight") ? p["lm_head.weight"] : embed;
-    head = matrix({h}, bf16);
+    head = matrix({h}, bf16, pack);
     watched.emplace_back(h, h._version());
-    if (!bf16) watched.clear();  // float32 reads the model's tensors themselves
+    if (!bf16 && !pack) watched.clear();  // float32 alone reads the model's tensors themselves
   }
 
-  // Bfloat16 copies follow the model's parameters (a weight update, a load).
+  // Bfloat16 copies and packed panels follow the model's parameters (a weight update, a load).
   void refresh() {
     for (const auto& [t, version] : watched)
       if (t._version() != version) return read();
@@ -282,46 +461,21 @@ struct InferenceModel::Impl {
 
   // out [N, heads*D]: each row's queries against its sequence's keys at positions up to its own,
   // read from the cache's blocks in place. One task per (row, key/value head) serves the head's
-  // `group` query heads with one read of each key and value.
+  // `group` query heads with one read of each key and value; tasks run AVX2 code where the CPU
+  // has it.
   void attention(const at::Tensor& out, const at::Tensor& qkv, const StepRows& s, const std::vector<int32_t>& run_of,
                  const at::Tensor& k_pool, const at::Tensor& v_pool, int64_t block_size) {
-    const int64_t N = qkv.size(0), width = qkv.size(1), KV = kv_heads, G = heads / kv_heads;
-    const float* qs = qkv.data_ptr<float>();
-    const float *kp = k_pool.data_ptr<float>(), *vp = v_pool.data_ptr<float>();
-    float* os = out.data_ptr<float>();
-    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-    interleaved(N * KV, [&](int64_t item) {
-      thread_local std::vector<float> scores;
-      const int64_t r = item / KV, h = item % KV;
+    Attend a;
+    a.width = qkv.size(1), a.kv = kv_heads, a.group = heads / kv_heads, a.D = D, a.block_size = block_size;
+    a.q = qkv.data_ptr<float>(), a.k = k_pool.data_ptr<float>(), a.v = v_pool.data_ptr<float>(), a.out = out.data_ptr<float>();
+    a.scale = 1.0f / std::sqrt(static_cast<float>(D));
+    const bool avx2 = has_avx2();
+    interleaved(qkv.size(0) * kv_heads, [&](int64_t item) {
+      const int64_t r = item / kv_heads;
       const auto& table = *s.runs[static_cast<size_t>(run_of[static_cast<size_t>(r)])].blocks;
       const int64_t L = s.positions[static_cast<size_t>(r)] + 1;
-      scores.resize(static_cast<size_t>(G * L));
-      const float* q = qs + r * width + h * G * D;
-      float* o = os + r * heads * D + h * G * D;
-      for (int64_t j = 0; j < L; ++j) {
-        const int64_t slot = table[static_cast<size_t>(j / block_size)] * block_size + j % block_size;
-        const float* k = kp + (slot * KV + h) * D;
-        for (int64_t g = 0; g < G; ++g) scores[static_cast<size_t>(g * L + j)] = dot(q + g * D, k, D) * scale;
-      }
-      for (int64_t g = 0; g < G; ++g) {
-        float* sc = scores.data() + g * L;
-        const float m = *std::max_element(sc, sc + L);
-        float sum = 0;
-        for (int64_t j = 0; j < L; ++j) sum += (sc[j] = std::exp(sc[j] - m));
-        const float inv = 1.0f / sum;
-        for (int64_t j = 0; j < L; ++j) sc[j] *= inv;
-      }
-      std::fill(o, o + G * D, 0.0f);
-      for (int64_t j = 0; j < L; ++j) {
-        const int64_t slot = table[static_cast<size_t>(j / block_size)] * block_size + j % block_size;
-        const float* v = vp + (slot * KV + h) * D;
-        for (int64_t g = 0; g < G; ++g) {
-          const float p = scores[static_cast<size_t>(g * L + j)];
-          float* og = o + g * D;
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) og[d] += p * v[d];
-        }
-      }
+      if (avx2) attend_avx2(a, r, item % kv_heads, table, L);
+      else attend_plain(a, r, item % kv_heads, table, L);
     });
   }
 

@@ -31,6 +31,11 @@ struct StepRows {
            bool logits);
 };
 
+// out [N, n] = x [N, k] w^T for float32 w [n, k] with OpenBLAS's sgemm, split the way
+// InferenceModel splits its weights: the output columns evenly over libtorch's threads, each a
+// single-threaded sgemm writing its columns of `out` in place (the bench's sgemm roofline).
+void split_mm(const at::Tensor& out, const at::Tensor& x, const at::Tensor& w);
+
 class InferenceModel {
  public:
   // `weights`: "float32" (the model's tensors) or "bfloat16" (matrix weights rounded to bfloat16,

@@ -68,7 +68,7 @@ struct CopyToTp : torch::autograd::Function<CopyToTp> {
 };
 // Out of a row-parallel block: the partial outputs summed forward, the gradient as it is back.
 struct ReduceFromTp : torch::autograd::Function<ReduceFromTp> {
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, int64_t tp) {
+  static torch::Tensor forward(AutogradContext*, const torch::Tensor& x, int64_t tp) {
     return summed(*reinterpret_cast<const TensorParallel*>(tp), x);
   }
   static variable_list backward(AutogradContext*, variable_list g) { return {g[0], torch::Tensor()}; }

@@ -30,6 +30,21 @@
 #define FLOTILLA_VERSION "unknown"
 #endif
 
+namespace flotilla::controller {
+
+int set_openblas_threads(int n) {
+  using GetThreads = int (*)();
+  using SetThreads = void (*)(int);
+  auto get = reinterpret_cast<GetThreads>(::dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  auto set = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (!get || !set) return 0;
+  const int before = get();
+  set(n);
+  return before;
+}
+
+}  // namespace flotilla::controller
+
 namespace {
 
 using namespace flotilla;
@@ -76,9 +91,7 @@ void use_the_cpus_blas_kernels(char** argv) {
 // libtorch runs its own thread pool; OpenBLAS's pool on top of it oversubscribes the cores and runs
 // several times slower. A user's explicit OPENBLAS_NUM_THREADS is left alone.
 void pin_openblas_threads() {
-  if (std::getenv("OPENBLAS_NUM_THREADS")) return;
-  using SetThreads = void (*)(int);
-  if (auto set = reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set(1);
+  if (!std::getenv("OPENBLAS_NUM_THREADS")) controller::set_openblas_threads(1);
 }
 
 // glibc hands blocks of more than 128 KB to mmap and gives freed memory back to the kernel as soon

@@ -110,6 +110,10 @@ struct GenerateArgs {
 // `flotilla generate`: n samples of a prompt through the generation engine, one JSON line each.
 int generate(const GenerateArgs& args);
 
+// Sets OpenBLAS's own thread count and returns the one before; 0 (and nothing done) when the
+// BLAS is not OpenBLAS.
+int set_openblas_threads(int n);
+
 struct GenerateBenchArgs {
   std::string model;
   std::vector<int64_t> batches = {1, 8, 32, 128};
