@@ -234,6 +234,7 @@ TEST_CASE("cli_generate_and_bench_generate") {
     CHECK(row["decode_sgemm_share"].get<double>() > 0);
     CHECK(row["reference"]["tokens_per_second"].get<double>() > 0);
     CHECK(row["reference"]["same_tokens"].get<double>() >= 0);
+    CHECK(row["reference"]["openblas_threads"].get<int>() >= 1);
     CHECK(row["float32"]["mean_abs_logprob_diff"].get<double>() >= 0);
     // One prefill per group of two: half the prompt tokens of the unshared run. Batch 1 has no
     // group of two.

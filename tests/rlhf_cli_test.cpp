@@ -249,6 +249,8 @@ TEST_CASE("rlhf_config_errors_name_the_problem") {
   check({"async.objective=naive"}, "decoupled, plain");
   check({"async.is_cap=0.5"}, "is_cap");
   check({"async.max_stalenes=1"}, "max_stalenes");
+  check({"rollout.weights=int8"}, "float32, bfloat16");
+  check({"rollout.prefill_chunk=0"}, "prefill_chunk");
   // Layouts: the degrees and the count agree, fsdp only where there is training state to shard,
   // a tensor-parallel degree the model's heads split over, lockstep generation synchronous only.
   check({"workers=[{role: actor, count: 3, parallel: {fsdp: 2}}]"}, "count 3 does not match parallel fsdp=2 (2 ranks)");
