@@ -281,7 +281,9 @@ std::vector<int64_t> trained_groups(const fs::path& run) {
 // One failure of `worker`, replaced in place, and its return.
 void check_replaced(const fs::path& run, const std::string& worker) {
   const auto events = faults(run);
-  REQUIRE(events.size() == 2);
+  std::string listed;
+  for (const auto& e : events) listed += e.dump() + "\n";
+  REQUIRE_MESSAGE(events.size() == 2, listed);
   CHECK(events[0]["worker"] == worker);
   CHECK(events[0]["action"] == "replace");
   CHECK(events[1]["event"] == "rejoined");

@@ -53,8 +53,11 @@ std::vector<float> full_forward_logprobs(models::CausalLm& lm, const std::vector
 // together (blocks in no particular order), then one token per step of each.
 std::vector<at::Tensor> stepped_logits(models::InferenceModel& m, models::CausalLm& lm, const std::vector<std::vector<int32_t>>& seqs,
                                        int64_t chunk) {
-  models::KvCache cache = lm.make_cache(16, 4);
-  const std::vector<std::vector<int64_t>> tables = {{7, 2, 5, 0, 3, 6}, {1, 4, 8}};
+  models::KvCache cache = lm.make_cache(64, 4);
+  std::vector<std::vector<int64_t>> tables(seqs.size());
+  int64_t next = 0;
+  for (size_t i = 0; i < seqs.size(); ++i)
+    for (size_t b = 0; b * 4 < seqs[i].size(); ++b) tables[i].push_back((7 * next++ + 3) % 64);  // distinct, scattered
   std::vector<std::vector<at::Tensor>> rows(seqs.size());
   for (int64_t p = chunk - 1; p < static_cast<int64_t>(seqs[0].size()); ++p) {
     models::StepRows s;
@@ -85,12 +88,12 @@ TEST_CASE("the_engines_forward_pass_gives_the_logits_of_full_recomputation") {
   for (const char* arch : {"qwen3", "qwen2", "llama"}) {
     CAPTURE(std::string(arch));
     models::CausalLm lm = spread_model(arch);
-    const std::vector<std::vector<int32_t>> seqs = {prompt_of(21, 3), prompt_of(9, 5)};
+    const std::vector<std::vector<int32_t>> seqs = {prompt_of(72, 3), prompt_of(40, 5)};
     models::InferenceModel f32(lm, "float32"), bf16(lm, "bfloat16");
-    // A first chunk of 7 puts 14 rows in a step, of 9 puts 18: float32 products of up to 16 rows
-    // run on the engine's packed panels, larger ones on sgemm.
+    // Float32 products of up to 64 rows run on the engine's packed panels, larger ones on sgemm:
+    // first chunks of 7 and 38 put 14 and 76 rows in a step, and later steps have 1 or 2.
     auto check = [&](double f32_tol, double bf16_tol) {
-     for (int64_t chunk : {7, 9}) {
+     for (int64_t chunk : {7, 38}) {
       CAPTURE(chunk);
       const auto got = stepped_logits(f32, lm, seqs, chunk);
       const auto rounded = stepped_logits(bf16, lm, seqs, chunk);
