@@ -33,6 +33,10 @@ struct LmOptimConfig {
   int epochs = 1;        // passes over each step's batch
   int mini_batches = 1;  // optimizer steps per pass (the same on every data-parallel rank)
   int64_t micro_batch = 16;  // rows per forward pass (gradients accumulate over a mini-batch)
+  // Micro-batches hold the rows of a prompt together, the prompt's positions run once for them,
+  // and only the response positions get logits (CausalLm::response_logits); false: every row's
+  // whole sequence through forward().
+  bool shared_prompts = true;
   static LmOptimConfig read(core::ConfigView section, double default_lr);
 };
 
@@ -126,10 +130,14 @@ class LmTrainer {
 };
 
 // log p(token t+1 | tokens up to t) for every row, [B, T-1], computed `micro_batch` rows at a
-// time without gradients.
-at::Tensor sequence_log_probs(models::CausalLm& model, const at::Tensor& tokens, int64_t micro_batch = 16);
-// The value head at every log-prob position, [B, T-1], without gradients.
-at::Tensor sequence_values(models::CausalLm& model, const at::Tensor& tokens, int64_t micro_batch = 16);
+// time without gradients. Given a `response_mask`, only the positions from each row's first
+// response position on are computed (the others are 0), with each prompt's positions run once
+// for the rows that share it (CausalLm::response_logits).
+at::Tensor sequence_log_probs(models::CausalLm& model, const at::Tensor& tokens, int64_t micro_batch = 16,
+                              const at::Tensor& response_mask = {});
+// The value head at every log-prob position, [B, T-1], without gradients; `response_mask` as above.
+at::Tensor sequence_values(models::CausalLm& model, const at::Tensor& tokens, int64_t micro_batch = 16,
+                           const at::Tensor& response_mask = {});
 // The reward head at each row's `last` token, [B], without gradients.
 at::Tensor sequence_rewards(models::CausalLm& model, const at::Tensor& tokens, const at::Tensor& last, int64_t micro_batch = 16);
 

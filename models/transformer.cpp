@@ -7,6 +7,7 @@
 #include <limits>
 #include <optional>
 #include <sstream>
+#include <unordered_map>
 #include <map>
 
 #include "core/error.hpp"
@@ -99,6 +100,11 @@ int64_t split(int64_t n, const TensorParallel& tp, const std::string& what) {
   return n / tp.size;
 }
 
+// One layer's keys and values, [B, kv_heads, T, head_dim], rotated.
+struct KeysValues {
+  torch::Tensor k, v;
+};
+
 struct AttentionImpl : torch::nn::Module {
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   RmsNorm q_norm{nullptr}, k_norm{nullptr};
@@ -122,10 +128,11 @@ struct AttentionImpl : torch::nn::Module {
     return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
   }
 
-  // x [B, T, H]; cos, sin [T, head_dim]
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  // x [B, T, H]; cos, sin [T, head_dim] (or [B, 1, T, head_dim], each row its own positions).
+  // Queries [B, heads, T, head_dim], keys and values [B, kv_heads, T, head_dim], rotated.
+  KeysValues project(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor& q) {
     const int64_t B = x.size(0), T = x.size(1);
-    torch::Tensor q = q_proj->forward(x).view({B, T, heads, head_dim});
+    q = q_proj->forward(x).view({B, T, heads, head_dim});
     torch::Tensor k = k_proj->forward(x).view({B, T, kv_heads, head_dim});
     torch::Tensor v = v_proj->forward(x).view({B, T, kv_heads, head_dim}).transpose(1, 2);
     if (q_norm) {  // Qwen3: each head's queries and keys normalized before the rotation
@@ -136,15 +143,39 @@ struct AttentionImpl : torch::nn::Module {
     k = k.transpose(1, 2);
     q = q * cos + rotate_half(q) * sin;
     k = k * cos + rotate_half(k) * sin;
+    return {k, v};
+  }
+
+  // Attention of `q` over `kv` through the output projection: [B, T, H]. `hidden` [.., T, keys]
+  // is true where a query may not look.
+  torch::Tensor attend(const torch::Tensor& q, KeysValues kv, const torch::Tensor& hidden) {
+    const int64_t B = q.size(0), T = q.size(2);
     if (kv_heads != heads) {  // grouped-query attention: each key/value head serves heads/kv_heads queries
-      k = k.repeat_interleave(heads / kv_heads, 1);
-      v = v.repeat_interleave(heads / kv_heads, 1);
+      kv.k = kv.k.repeat_interleave(heads / kv_heads, 1);
+      kv.v = kv.v.repeat_interleave(heads / kv_heads, 1);
     }
-    torch::Tensor scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim));
-    torch::Tensor mask = torch::ones({T, T}, torch::kBool).triu(1);
-    scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
-    torch::Tensor out = torch::matmul(torch::softmax(scores, -1), v);  // [B, heads, T, head_dim]
+    torch::Tensor scores = torch::matmul(q, kv.k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim));
+    scores = scores.masked_fill(hidden, -std::numeric_limits<float>::infinity());
+    torch::Tensor out = torch::matmul(torch::softmax(scores, -1), kv.v);  // [B, heads, T, head_dim]
     return o_proj->forward(out.transpose(1, 2).reshape({B, T, heads * head_dim}));
+  }
+
+  // Causal self-attention over x alone; `kept` (when given) receives x's keys and values.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, KeysValues* kept = nullptr) {
+    torch::Tensor q;
+    KeysValues kv = project(x, cos, sin, q);
+    if (kept) *kept = kv;
+    const int64_t T = x.size(1);
+    return attend(q, std::move(kv), torch::ones({T, T}, torch::kBool).triu(1));
+  }
+
+  // x's positions after `before`'s (each row's keys and values of the positions ahead of it):
+  // x's queries look at `before` and at x causally, hidden where `hidden` [B, 1, T, P + T] says.
+  torch::Tensor forward_after(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, const KeysValues& before,
+                              const torch::Tensor& hidden) {
+    torch::Tensor q;
+    KeysValues kv = project(x, cos, sin, q);
+    return attend(q, {torch::cat({before.k, kv.k}, 2), torch::cat({before.v, kv.v}, 2)}, hidden);
   }
 };
 TORCH_MODULE(Attention);
@@ -174,8 +205,17 @@ struct LayerImpl : torch::nn::Module {
     post_attention_layernorm = register_module("post_attention_layernorm", RmsNorm(c.hidden_size, c.rms_norm_eps));
     mlp = register_module("mlp", Mlp(c, group));
   }
-  torch::Tensor forward(torch::Tensor x, const torch::Tensor& cos, const torch::Tensor& sin) {
-    x = x + reduce_from(*tp, self_attn->forward(copy_to(*tp, input_layernorm->forward(x)), cos, sin));
+  torch::Tensor forward(torch::Tensor x, const torch::Tensor& cos, const torch::Tensor& sin, KeysValues* kept = nullptr) {
+    x = x + reduce_from(*tp, self_attn->forward(copy_to(*tp, input_layernorm->forward(x)), cos, sin, kept));
+    return mlp_block(x);
+  }
+  // x's positions after the keys and values `before` (AttentionImpl::forward_after).
+  torch::Tensor forward_after(torch::Tensor x, const torch::Tensor& cos, const torch::Tensor& sin, const KeysValues& before,
+                              const torch::Tensor& hidden) {
+    x = x + reduce_from(*tp, self_attn->forward_after(copy_to(*tp, input_layernorm->forward(x)), cos, sin, before, hidden));
+    return mlp_block(x);
+  }
+  torch::Tensor mlp_block(const torch::Tensor& x) {
     return x + reduce_from(*tp, mlp->forward(copy_to(*tp, post_attention_layernorm->forward(x))));
   }
 };
@@ -203,6 +243,37 @@ torch::ScalarType dtype_of(const std::string& name) {
 }
 
 }  // namespace
+
+std::vector<int64_t> same_prompts(const at::Tensor& tokens, const at::Tensor& starts) {
+  if (tokens.dim() != 2 || tokens.scalar_type() != torch::kLong || starts.dim() != 1 || starts.size(0) != tokens.size(0) ||
+      starts.scalar_type() != torch::kLong)
+    throw Error("same_prompts(): expected int64 tokens [B, T] and one int64 start per row");
+  const int64_t B = tokens.size(0), T = tokens.size(1);
+  const torch::Tensor st = starts.contiguous(), tok = tokens.contiguous();
+  const auto s = st.accessor<int64_t, 1>();
+  const auto t = tok.accessor<int64_t, 2>();
+  std::vector<int64_t> first, group(static_cast<size_t>(B));
+  std::unordered_multimap<size_t, int64_t> seen;  // a prompt's hash: its index in `first`
+  for (int64_t r = 0; r < B; ++r) {
+    if (s[r] < 1 || s[r] > T)
+      throw Error("row " + std::to_string(r) + "'s response starts at " + std::to_string(s[r]) + ", outside [1, " + std::to_string(T) + "]");
+    const int64_t* row = &t[r][0];
+    size_t h = std::hash<int64_t>()(s[r]);
+    for (int64_t i = 0; i < s[r]; ++i) h = (h * 1000003u) ^ std::hash<int64_t>()(row[i]);
+    int64_t g = -1;
+    for (auto [it, end] = seen.equal_range(h); it != end && g < 0; ++it) {
+      const int64_t f = first[static_cast<size_t>(it->second)];
+      if (s[f] == s[r] && std::equal(row, row + s[r], &t[f][0])) g = it->second;
+    }
+    if (g < 0) {
+      g = static_cast<int64_t>(first.size());
+      first.push_back(r);
+      seen.emplace(h, g);
+    }
+    group[static_cast<size_t>(r)] = g;
+  }
+  return group;
+}
 
 struct CausalLm::Impl : torch::nn::Module {
   LmConfig config;
@@ -311,6 +382,45 @@ struct CausalLm::Impl : torch::nn::Module {
     for (const auto& layer : *model->layers) x = layer->as<LayerImpl>()->forward(x, cos, sin);
     return head(x);
   }
+
+  // The body's output (before the final norm) at each row's log-prob positions from starts[r] - 1
+  // on: [B, S, H], S = T - min(starts), column j at position starts[r] - 1 + j (past the row's
+  // end, padding). Rows whose first starts[r] tokens are the same (a GRPO group's prompt, a DPO
+  // pair's) share one pass over those positions: it runs once per distinct prompt, and each row's
+  // own positions run after it, attending to its keys and values.
+  torch::Tensor response_states(const torch::Tensor& tokens, const torch::Tensor& starts) {
+    check_tokens(tokens);
+    const int64_t B = tokens.size(0), T = tokens.size(1);
+    const torch::Tensor st = starts.contiguous(), tok = tokens.contiguous();
+    const std::vector<int64_t> group = same_prompts(tok, st);
+    std::vector<int64_t> first;  // each distinct prompt's first row
+    for (int64_t r = 0; r < B; ++r)
+      if (group[static_cast<size_t>(r)] == static_cast<int64_t>(first.size())) first.push_back(r);
+    const int64_t P = st.max().item<int64_t>(), lo = st.min().item<int64_t>();
+    const torch::Tensor firsts = torch::tensor(first, torch::kLong), groups = torch::tensor(group, torch::kLong);
+    const int64_t S = T - lo, own = S - 1;  // window columns; each row's own positions in it
+    // The prompts' pass, every distinct prompt's first P tokens (a shorter prompt's row goes on
+    // with its own response: those positions are hidden from the rows below).
+    auto [cos, sin] = rope(P);
+    torch::Tensor xp = embed(tok.index_select(0, firsts).narrow(1, 0, P));
+    // Each row's own positions starts[r] .. starts[r] + own - 1 (inputs past the row's end: padding).
+    const torch::Tensor pos = st.unsqueeze(1) + torch::arange(own, torch::kLong);
+    auto [cos_s, sin_s] = rope_at(pos);
+    cos_s = cos_s.unsqueeze(1), sin_s = sin_s.unsqueeze(1);
+    torch::Tensor xs = embed(tok.gather(1, pos.clamp_max(T - 1)));
+    // Hidden from row r's queries: its prompt's positions from starts[r] on, and its own later ones.
+    const torch::Tensor past = (torch::arange(P, torch::kLong).unsqueeze(0) >= st.unsqueeze(1)).view({B, 1, 1, P});
+    const torch::Tensor hidden = torch::cat({past.expand({B, 1, own, P}), torch::ones({own, own}, torch::kBool).triu(1).expand({B, 1, own, own})}, 3);
+    for (const auto& l : *model->layers) {
+      LayerImpl& layer = *l->as<LayerImpl>();
+      KeysValues kv;
+      xp = layer.forward(xp, cos, sin, &kv);
+      if (own > 0) xs = layer.forward_after(xs, cos_s, sin_s, {kv.k.index_select(0, groups), kv.v.index_select(0, groups)}, hidden);
+    }
+    // Column 0: each row's last prompt position, from its prompt's pass.
+    const torch::Tensor last = xp.index({groups, st - 1});
+    return own > 0 ? torch::cat({last.unsqueeze(1), xs}, 1) : last.unsqueeze(1);
+  }
 };
 
 CausalLm::CausalLm(const LmConfig& config, TensorParallel tp) : impl_(std::make_unique<Impl>(config, std::move(tp))) {}
@@ -322,6 +432,15 @@ const LmConfig& CausalLm::config() const { return impl_->config; }
 const TensorParallel& CausalLm::tensor_parallel() const { return impl_->tp; }
 
 at::Tensor CausalLm::forward(const at::Tensor& tokens) { return impl_->forward(tokens); }
+
+at::Tensor CausalLm::response_logits(const at::Tensor& tokens, const at::Tensor& starts) {
+  return impl_->head(impl_->response_states(tokens, starts));
+}
+
+at::Tensor CausalLm::response_scores(const at::Tensor& tokens, const at::Tensor& starts) {
+  if (!impl_->score) throw Error("this model has a language-model head, not a value or reward head");
+  return impl_->score->forward(impl_->model->norm->forward(impl_->response_states(tokens, starts))).squeeze(-1);
+}
 
 at::Tensor CausalLm::token_log_probs(const at::Tensor& tokens) {
   torch::NoGradGuard no_grad;

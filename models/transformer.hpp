@@ -78,6 +78,11 @@ struct TensorParallel {
   std::function<at::Tensor(const at::Tensor&)> all_gather_last;  // concatenated on the last dim, rank order
 };
 
+// Which rows begin with the same prompt: for each row of `tokens` [B, T] whose response starts at
+// token starts[r] (in [1, T]), the index of the first distinct prompt (starts[r] and the tokens
+// before it) it equals, counted in order of appearance.
+std::vector<int64_t> same_prompts(const at::Tensor& tokens, const at::Tensor& starts);
+
 class CausalLm {
  public:
   // Random weights (normal, std 0.02) from libtorch's default generator (seed it first). Under
@@ -109,6 +114,15 @@ class CausalLm {
   const TensorParallel& tensor_parallel() const;
   // Logits [B, T, V] (float32) for tokens [B, T] (int64) at positions 0 .. T-1.
   at::Tensor forward(const at::Tensor& tokens);
+  // The logits from each row's response on: column j of row r predicts tokens[r, starts[r] + j],
+  // [B, S, V] with S = T - min(starts) (past a row's end: padding); starts[r] in [1, T]. Rows that
+  // begin with the same starts[r] tokens (a GRPO group's prompt, a DPO pair's) run those positions
+  // once, and no logits are made for the prompts' positions: what a policy update needs, at a
+  // fraction of forward()'s cost when rows share prompts. Equal to forward()'s logits at those
+  // positions up to rounding.
+  at::Tensor response_logits(const at::Tensor& tokens, const at::Tensor& starts);
+  // The value head at the same positions (column j: log-prob position starts[r] - 1 + j), [B, S].
+  at::Tensor response_scores(const at::Tensor& tokens, const at::Tensor& starts);
   // log p(token t | tokens before t) for t = 1 .. T-1: [B, T-1], without gradients.
   at::Tensor token_log_probs(const at::Tensor& tokens);
   // Value and reward heads: the head's scalar at every position [B, T] (with gradients).

@@ -247,6 +247,20 @@ TEST_CASE("cli_generate_and_bench_generate") {
   // 16 requests of 8-token prompts through 4 slots: chunks of 4 prompt tokens take more steps.
   CHECK(j["stream"]["requests"] == 16);
   CHECK(j["stream"]["chunked"]["steps"].get<int64_t>() > j["stream"]["whole_prompts"]["steps"].get<int64_t>());
+  // bench update: both paths time an update on the same batch, and their first updates agree.
+  auto u = test::run_cli(kCli, {"bench", "update", "--model", "m", "--prompts", "3", "--group", "4", "--prompt-len", "10", "--gen-len", "5",
+                                "--micro-batch", "5", "--repeats", "1", "--json"},
+                         dir.path(), dir.path());
+  REQUIRE_MESSAGE(u.code == 0, u.err);
+  auto uj = nlohmann::json::parse(u.out);
+  CHECK(uj["rows"] == 12);
+  CHECK(uj["whole_s"].get<double>() > 0);
+  CHECK(uj["shared_s"].get<double>() > 0);
+  CHECK(uj["pg_loss_shared"].get<double>() == doctest::Approx(uj["pg_loss_whole"].get<double>()).epsilon(1e-4).scale(1e-6));
+  REQUIRE(test::run_cli(kCli, {"lm", "init", "--out", "v", "--vocab", "300", "--head", "value"}, dir.path(), dir.path()).code == 0);
+  auto no_lm = test::run_cli(kCli, {"bench", "update", "--model", "v"}, dir.path(), dir.path());
+  CHECK(no_lm.code == 2);
+  CHECK(no_lm.err.find("a policy update needs a language-model head") != std::string::npos);
   auto bad = test::run_cli(kCli, {"bench", "generate", "--model", "m", "--prompt-len", "4000", "--gen-len", "100"}, dir.path(), dir.path());
   CHECK(bad.code == 2);
   CHECK(bad.err.find("--prompt-len plus twice --gen-len is 4200, more than the model's max_position_embeddings") != std::string::npos);

@@ -169,6 +169,137 @@ TEST_CASE("micro_batches_of_similar_length_give_the_whole_batch_update") {
   }
 }
 
+namespace {
+// Rows of four prompts: A (3 tokens) for rows 0, 1, 2 and 9, B (5 tokens) for rows 3 to 5, C (5
+// tokens, B's length, other tokens) for rows 6 and 7, D (4 tokens) for row 8 alone; responses of 1
+// to 6 tokens, right-padded to 10 columns. `starts` holds each row's first response token.
+struct PromptRows {
+  at::Tensor tokens, starts, mask, last;
+};
+PromptRows prompt_rows() {
+  const std::vector<std::vector<int64_t>> prompts = {{5, 6, 7}, {8, 9, 10, 11, 12}, {8, 9, 10, 11, 13}, {14, 15, 16, 17}};
+  const std::vector<int64_t> of = {0, 0, 0, 1, 1, 1, 2, 2, 3, 0}, response = {1, 4, 6, 2, 5, 3, 4, 1, 6, 2};
+  const int64_t B = 10, T = 10;
+  PromptRows r{at::zeros({B, T}, at::kLong), at::zeros({B}, at::kLong), at::zeros({B, T - 1}), at::zeros({B}, at::kLong)};
+  at::manual_seed(11);
+  for (int64_t i = 0; i < B; ++i) {
+    const auto& p = prompts[static_cast<size_t>(of[static_cast<size_t>(i)])];
+    const int64_t s = static_cast<int64_t>(p.size()), n = response[static_cast<size_t>(i)];
+    r.tokens[i].slice(0, 0, s).copy_(at::tensor(p, at::kLong));
+    r.tokens[i].slice(0, s, s + n).copy_(at::randint(18, 40, {n}, at::kLong));
+    r.mask[i].slice(0, s - 1, s - 1 + n).fill_(1.0);
+    r.starts[i] = s;
+    r.last[i] = s + n - 1;
+  }
+  return r;
+}
+}  // namespace
+
+TEST_CASE("response_logits_share_each_prompt_and_equal_the_whole_forward_pass") {
+  const PromptRows r = prompt_rows();
+  CHECK(models::same_prompts(r.tokens, r.starts) == std::vector<int64_t>{0, 0, 0, 1, 1, 1, 2, 2, 3, 0});
+  models::CausalLm lm = tiny_lm();
+  const at::Tensor whole = lm.forward(r.tokens), window = lm.response_logits(r.tokens, r.starts);
+  const int64_t T = r.tokens.size(1);
+  REQUIRE(window.sizes() == at::IntArrayRef({10, T - 3, 40}));  // from the shortest prompt (3) on
+  // Every window column inside the row's width is forward()'s logits at that position: a prompt
+  // position shared with the wrong rows, a rotary position off by one or a mask letting a row see
+  // another's response would each differ.
+  int compared = 0;
+  for (int64_t i = 0; i < 10; ++i)
+    for (int64_t j = 0; j < window.size(1); ++j) {
+      const int64_t pos = r.starts[i].item<int64_t>() - 1 + j;
+      if (pos >= T) continue;
+      CAPTURE(i);
+      CAPTURE(j);
+      CHECK((window[i][j] - whole[i][pos]).abs().max().item<float>() < 1e-4f);
+      ++compared;
+    }
+  CHECK(compared == 65);
+  // The value head at the same positions.
+  models::CausalLm critic = tiny_lm("value");
+  {
+    at::NoGradGuard no_grad;
+    for (auto& [name, p] : critic.named_parameters())
+      if (name == "score.weight") p.normal_();
+  }
+  const at::Tensor values = critic.scores(r.tokens), window_values = critic.response_scores(r.tokens, r.starts);
+  for (int64_t i = 0; i < 10; ++i)
+    for (int64_t j = 0; j < window_values.size(1); ++j)
+      if (const int64_t pos = r.starts[i].item<int64_t>() - 1 + j; pos < T)
+        CHECK(std::abs(window_values[i][j].item<float>() - values[i][pos].item<float>()) < 1e-4f);
+  // The log-prob and value passes given the response mask: forward()'s figures from each row's
+  // first response position on, zero before it.
+  const at::Tensor lp = sequence_log_probs(lm, r.tokens, 4), lp_window = sequence_log_probs(lm, r.tokens, 4, r.mask);
+  const at::Tensor v = sequence_values(critic, r.tokens, 4), v_window = sequence_values(critic, r.tokens, 4, r.mask);
+  const at::Tensor from = at::arange(T - 1, at::kLong).unsqueeze(0) >= (r.starts - 1).unsqueeze(1);
+  CHECK(at::allclose(lp_window, lp * from, 1e-4, 1e-4));
+  CHECK(at::allclose(v_window, v * from, 1e-4, 1e-4));
+  CHECK(lp_window.masked_select(from.logical_not()).abs().max().item<float>() == 0.0f);
+  // A start outside the row is named.
+  at::Tensor bad = r.starts.clone();
+  bad[4] = 0;
+  CHECK_THROWS_WITH_AS(lm.response_logits(r.tokens, bad), doctest::Contains("row 4's response starts at 0"), Error);
+  bad[4] = T + 1;
+  CHECK_THROWS_WITH_AS(lm.response_logits(r.tokens, bad), doctest::Contains("outside [1, 10]"), Error);
+}
+
+TEST_CASE("updates_with_shared_prompts_equal_the_whole_sequence_updates") {
+  // The same batch through both paths of each trainer, in micro-batches of 4 (groups of three and
+  // four rows: some straddle micro-batches): the statistics and the weights after the step agree
+  // to rounding. A per-position field gathered to the wrong column, a micro-batch weighted by the
+  // wrong share or a row trained against another row's prompt would part them.
+  const PromptRows r = prompt_rows();
+  core::Batch b;
+  b.set("tokens", r.tokens);
+  b.set("response_mask", r.mask);
+  b.set("last", r.last);
+  at::manual_seed(12);
+  b.set("advantages", at::randn({10, 9}) * r.mask);
+  b.set("rollout_log_prob", (at::randn({10, 9}) * 0.1 - 3.0) * r.mask);
+  b.set("ref_log_prob", (at::randn({10, 9}) * 0.1 - 3.0) * r.mask);
+  b.set("values", at::randn({10, 9}) * r.mask);
+  b.set("returns", at::randn({10, 9}) * r.mask);
+  auto same = [](const core::Scalars& a, const core::Scalars& c) {
+    REQUIRE(a.size() == c.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      CAPTURE(a[i].first);
+      CHECK(c[i].second == doctest::Approx(a[i].second).epsilon(1e-4).scale(1e-6));
+    }
+  };
+  auto same_weights = [](const models::CausalLm& a, const models::CausalLm& c) {
+    const auto pa = a.named_parameters(), pc = c.named_parameters();
+    for (size_t i = 0; i < pa.size(); ++i) {
+      CAPTURE(pa[i].first);
+      CHECK((pa[i].second - pc[i].second).abs().max().item<double>() < 1e-3);  // see the test above
+    }
+  };
+  for (const std::string loss_name : {"ppo", "sft", "dpo"}) {  // DPO: pairs (2i, 2i+1) stay together
+    CAPTURE(loss_name);
+    PolicyLossConfig loss;
+    loss.loss = loss_name;
+    // (DPO weighs micro-batches by rows, so its token means, the entropy bonus and RPO's NLL,
+    // depend on which pairs share a micro-batch; its own loss does not.)
+    if (loss_name != "dpo") loss.kl_loss_coef = 0.1, loss.entropy_coef = 0.01;
+    models::CausalLm whole = tiny_lm(), shared = tiny_lm();
+    LmOptimConfig o;
+    o.lr = 1e-2, o.micro_batch = 4, o.shared_prompts = false;
+    LmTrainer a(whole, o);
+    o.shared_prompts = true;
+    LmTrainer c(shared, o);
+    same(a.update_policy(b, loss, 1), c.update_policy(b, loss, 1));
+    same_weights(whole, shared);
+  }
+  models::CausalLm whole = tiny_lm("value"), shared = tiny_lm("value");
+  LmOptimConfig o;
+  o.lr = 1e-2, o.micro_batch = 4, o.shared_prompts = false;
+  LmTrainer a(whole, o);
+  o.shared_prompts = true;
+  LmTrainer c(shared, o);
+  same(a.update_critic(b, 0.2, 1), c.update_critic(b, 0.2, 1));
+  same_weights(whole, shared);
+}
+
 TEST_CASE("pair_updates_keep_pairs_together") {
   models::CausalLm lm = tiny_lm("reward");
   LmOptimConfig o;

@@ -181,14 +181,21 @@ class LmWorker final : public runtime::Role {
       b.meta()["version"] = std::to_string(version_);
       return Output<runtime::Version>{{version_}, std::move(b)};
     });
-    m.on<ActorLogProbs>([this](const ActorLogProbs&, const core::Batch& b) {
-      return Output<runtime::Void>{{}, one("old_log_prob", algorithms::sequence_log_probs(need(actor_.model, "actor"), b["tokens"], c_.actor_optim.micro_batch))};
+    // Given the response mask (and shared prompts), only the response positions are computed.
+    auto mask = [](const core::Batch& b, const algorithms::LmOptimConfig& o) {
+      return o.shared_prompts && b.contains("response_mask") ? b["response_mask"] : at::Tensor();
+    };
+    m.on<ActorLogProbs>([this, mask](const ActorLogProbs&, const core::Batch& b) {
+      const auto& o = c_.actor_optim;
+      return Output<runtime::Void>{{}, one("old_log_prob", algorithms::sequence_log_probs(need(actor_.model, "actor"), b["tokens"], o.micro_batch, mask(b, o)))};
     });
-    m.on<RefLogProbs>([this](const RefLogProbs&, const core::Batch& b) {
-      return Output<runtime::Void>{{}, one("ref_log_prob", algorithms::sequence_log_probs(need(ref_.model, "ref"), b["tokens"], c_.actor_optim.micro_batch))};
+    m.on<RefLogProbs>([this, mask](const RefLogProbs&, const core::Batch& b) {
+      const auto& o = c_.actor_optim;
+      return Output<runtime::Void>{{}, one("ref_log_prob", algorithms::sequence_log_probs(need(ref_.model, "ref"), b["tokens"], o.micro_batch, mask(b, o)))};
     });
-    m.on<CriticValues>([this](const CriticValues&, const core::Batch& b) {
-      return Output<runtime::Void>{{}, one("values", algorithms::sequence_values(need(critic_.model, "critic"), b["tokens"], c_.critic_optim.micro_batch))};
+    m.on<CriticValues>([this, mask](const CriticValues&, const core::Batch& b) {
+      const auto& o = c_.critic_optim;
+      return Output<runtime::Void>{{}, one("values", algorithms::sequence_values(need(critic_.model, "critic"), b["tokens"], o.micro_batch, mask(b, o)))};
     });
     m.on<Score>([this](const Score& s, const core::Batch& b) {
       if (!scorer_) throw Error("this worker does not host the reward role");

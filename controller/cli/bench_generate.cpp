@@ -1,7 +1,8 @@
 // `flotilla bench generate`: the generation engine's prefill and decode rates at several batch
 // sizes, each as a share of what this machine can do (a measured sgemm rate for the FLOPs, a
 // measured memory bandwidth for the bytes a decode step reads), with and without prefix sharing,
-// and next to an eager libtorch loop (models::eager_greedy) in the same process.
+// and next to an eager libtorch loop (models::eager_greedy) in the same process. `flotilla bench
+// update`: a policy update over whole sequences against one with shared prompts.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <fmt/format.h>
@@ -15,6 +16,7 @@
 #include <optional>
 
 #include "controller/cli/commands.hpp"
+#include "algorithms/lm_trainer.hpp"
 #include "core/error.hpp"
 #include "models/generation.hpp"
 #include "models/inference.hpp"
@@ -346,6 +348,99 @@ int bench_generate(const GenerateBenchArgs& args) {
     j["stream"] = stream;
   }
   if (args.json) std::cout << j.dump() << "\n";
+  return 0;
+}
+
+
+// `flotilla bench update`: one policy update (GRPO's PPO-clip loss) on a batch of groups, rows
+// that share their prompt, through the model's whole sequences and with shared prompts.
+int bench_update(const UpdateBenchArgs& args) {
+  at::set_num_threads(args.threads);
+  const int before_blas = set_openblas_threads(1);  // libtorch's threads run the rest; no oversubscription
+  models::CausalLm whole = models::CausalLm::load(args.model), shared = models::CausalLm::load(args.model);
+  const models::LmConfig& c = whole.config();
+  if (c.head != "lm") throw ConfigError(args.model + " has a " + c.head + " head; a policy update needs a language-model head");
+  const int64_t P = args.prompt_len, G = args.gen_len, n = args.group, rows = args.prompts * n, T = P + G;
+  if (T > c.max_position_embeddings)
+    throw ConfigError(fmt::format("--prompt-len plus --gen-len is {}, more than the model's max_position_embeddings {}", T,
+                                  c.max_position_embeddings));
+  // Prompts of P/2 .. P tokens, each sampled n times with 1 .. G response tokens, right-padded.
+  at::manual_seed(static_cast<int64_t>(args.seed));
+  core::Batch b;
+  at::Tensor tokens = at::zeros({rows, T}, at::kLong), mask = at::zeros({rows, T - 1}), last = at::zeros({rows}, at::kLong);
+  int64_t response_tokens = 0, prompt_tokens = 0;
+  for (int64_t p = 0; p < args.prompts; ++p) {
+    const int64_t len = at::randint(std::max<int64_t>(1, P / 2), P + 1, {1}).item<int64_t>();
+    const at::Tensor prompt = at::randint(0, c.vocab_size, {len}, at::kLong);
+    prompt_tokens += len;
+    for (int64_t i = p * n; i < (p + 1) * n; ++i) {
+      const int64_t r = at::randint(1, G + 1, {1}).item<int64_t>();
+      tokens[i].slice(0, 0, len).copy_(prompt);
+      tokens[i].slice(0, len, len + r).copy_(at::randint(0, c.vocab_size, {r}, at::kLong));
+      mask[i].slice(0, len - 1, len - 1 + r).fill_(1.0);
+      last[i] = len + r - 1;
+      response_tokens += r;
+    }
+  }
+  b.set("tokens", tokens);
+  b.set("response_mask", mask);
+  b.set("last", last);
+  b.set("advantages", at::randn({rows, 1}) * mask);
+  algorithms::PolicyLossConfig loss;
+  algorithms::LmOptimConfig o;
+  o.lr = 1e-6, o.micro_batch = args.micro_batch, o.shared_prompts = false;
+  algorithms::LmTrainer on_whole(whole, o);
+  o.shared_prompts = true;
+  algorithms::LmTrainer on_shared(shared, o);
+  // The first update of each, from the same weights, must agree: the loss they computed.
+  auto pg_loss = [](const core::Scalars& s) {
+    for (const auto& [k, v] : s)
+      if (k == "actor/pg_loss") return v;
+    return 0.0;
+  };
+  const double loss_whole = pg_loss(on_whole.update_policy(b, loss, 1)), loss_shared = pg_loss(on_shared.update_policy(b, loss, 1));
+  std::vector<double> t_whole, t_shared;
+  for (int i = 0; i < args.repeats; ++i) {  // interleaved, so that the machine's drift hits both
+    auto t = clock::now();
+    on_whole.update_policy(b, loss, 2 + i);
+    t_whole.push_back(since(t));
+    t = clock::now();
+    on_shared.update_policy(b, loss, 2 + i);
+    t_shared.push_back(since(t));
+  }
+  set_openblas_threads(before_blas);
+  const double w = percentile(t_whole, 0.5), s = percentile(t_shared, 0.5);
+  // Positions through the body: every row's whole sequence, or each prompt once and every row's response.
+  const int64_t whole_positions = rows * T;
+  nlohmann::ordered_json j = {{"model", args.model},
+                              {"threads", args.threads},
+                              {"prompts", args.prompts},
+                              {"group", n},
+                              {"rows", rows},
+                              {"micro_batch", args.micro_batch},
+                              {"prompt_tokens", prompt_tokens},
+                              {"response_tokens", response_tokens},
+                              {"whole_s", w},
+                              {"shared_s", s},
+                              {"speedup", w / s},
+                              {"whole_response_tokens_per_second", static_cast<double>(response_tokens) / w},
+                              {"shared_response_tokens_per_second", static_cast<double>(response_tokens) / s},
+                              {"pg_loss_whole", loss_whole},
+                              {"pg_loss_shared", loss_shared}};
+  if (args.json) {
+    std::cout << j.dump() << "\n";
+    return 0;
+  }
+  std::cout << fmt::format("model {}: {}, {} layers, hidden {}; {} thread(s), OpenBLAS on one\n", args.model, c.model_type,
+                           c.num_hidden_layers, c.hidden_size, args.threads);
+  std::cout << fmt::format("batch: {} prompts of {}..{} tokens x {} samples of 1..{} tokens = {} rows ({} positions padded), "
+                           "micro-batches of {}\n",
+                           args.prompts, std::max<int64_t>(1, P / 2), P, n, G, rows, whole_positions, args.micro_batch);
+  std::cout << fmt::format("{:<16} {:>12} {:>22}\n", "update", "median s", "response tokens/s");
+  std::cout << fmt::format("{:<16} {:>12.4f} {:>22.0f}\n", "whole sequences", w, static_cast<double>(response_tokens) / w);
+  std::cout << fmt::format("{:<16} {:>12.4f} {:>22.0f}\n", "shared prompts", s, static_cast<double>(response_tokens) / s);
+  std::cout << fmt::format("speedup {:.2f}x over {} updates each; first update's pg_loss {:.6f} (whole) and {:.6f} (shared)\n", w / s,
+                           args.repeats, loss_whole, loss_shared);
   return 0;
 }
 

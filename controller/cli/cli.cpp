@@ -395,6 +395,22 @@ void add_bench_commands(CLI::App& app, Commands& commands) {
   bench_gen_cmd->add_option("--seed", gen_args->seed, "seed of the random prompts");
   bench_gen_cmd->add_flag("--json", gen_args->json, "print one JSON object");
 
+  auto upd_args = std::make_shared<controller::UpdateBenchArgs>();
+  auto* bench_upd_cmd = bench->add_subcommand(
+      "update", "a policy update on GRPO groups over whole sequences and with shared prompts (each prompt's positions once)");
+  bench_upd_cmd->add_option("--model", upd_args->model, "model directory with a language-model head")->required()->check(CLI::ExistingDirectory);
+  bench_upd_cmd->add_option("--prompts", upd_args->prompts, "distinct prompts (default 32)")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  bench_upd_cmd->add_option("--group", upd_args->group, "samples per prompt (default 8)")->check(CLI::Range(1, 4096));
+  bench_upd_cmd->add_option("--prompt-len", upd_args->prompt_len, "longest prompt; prompts run from half of it (default 48)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  bench_upd_cmd->add_option("--gen-len", upd_args->gen_len, "longest response (default 8)")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  bench_upd_cmd->add_option("--micro-batch", upd_args->micro_batch, "rows per forward pass (default 64)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  bench_upd_cmd->add_option("--threads", upd_args->threads, "libtorch threads (default 1)")->check(CLI::Range(1, 1024));
+  bench_upd_cmd->add_option("--repeats", upd_args->repeats, "timed updates of each kind (default 5)")->check(CLI::Range(1, 10000));
+  bench_upd_cmd->add_option("--seed", upd_args->seed, "seed of the random batch");
+  bench_upd_cmd->add_flag("--json", upd_args->json, "print one JSON object");
+
   auto stream_args = std::make_shared<controller::StreamBenchArgs>();
   auto* bench_stream_cmd = bench->add_subcommand(
       "stream", "throughput of Flotilla's sample stream between two processes, next to bare ZeroMQ");
@@ -430,6 +446,7 @@ void add_bench_commands(CLI::App& app, Commands& commands) {
   commands.emplace_back(bench_rlhf_cmd, [rlhf_args] { return controller::bench_rlhf(*rlhf_args); });
   commands.emplace_back(bench_tok_cmd, [tok_args] { return controller::bench_tokenize(*tok_args); });
   commands.emplace_back(bench_gen_cmd, [gen_args] { return controller::bench_generate(*gen_args); });
+  commands.emplace_back(bench_upd_cmd, [upd_args] { return controller::bench_update(*upd_args); });
   auto ckpt_args = std::make_shared<controller::CheckpointBenchArgs>();
   auto* bench_ckpt_cmd = bench->add_subcommand(
       "checkpoint", "the training stall of a checkpoint of a model and its Adam state: synchronous against asynchronous");

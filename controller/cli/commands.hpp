@@ -133,6 +133,20 @@ struct GenerateBenchArgs {
 // with --stream, chunked prefill against whole-prompt prefill under continuous batching.
 int bench_generate(const GenerateBenchArgs& args);
 
+struct UpdateBenchArgs {
+  std::string model;
+  int64_t prompts = 32, prompt_len = 48, gen_len = 8, micro_batch = 64;
+  int group = 8;     // samples per prompt
+  int threads = 1;   // libtorch's threads (OpenBLAS runs on one)
+  int repeats = 5;
+  uint64_t seed = 1;
+  bool json = false;
+};
+// `flotilla bench update`: the median time of a policy update on groups of rows sharing their
+// prompt, over whole sequences and with shared prompts (algorithms::LmOptimConfig::shared_prompts),
+// in the same run.
+int bench_update(const UpdateBenchArgs& args);
+
 struct CheckpointBenchArgs {
   std::string model, dir;  // dir: where the checkpoints are written ("" = a temporary directory)
   int repeats = 2;

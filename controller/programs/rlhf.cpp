@@ -221,7 +221,7 @@ class RlhfProgram final : public Program {
     DataRef data = DataRef::of(batch);
     if (c_.needs_ref()) {
       const auto t = clock_type::now();
-      data = DataRef::join({data, retrying([&] { return group("ref").call(RefLogProbs{}, Input(data.select({"tokens"})).grouped(2)).get().data; })});
+      data = DataRef::join({data, retrying([&] { return group("ref").call(RefLogProbs{}, Input(data.select({"tokens", "response_mask"})).grouped(2)).get().data; })});
       row.push_back({"timing_s/ref", seconds_since(t)});
     }
     update_actor(data, step, 2, row);
@@ -269,9 +269,11 @@ class RlhfProgram final : public Program {
       if (samples.contains(f)) kept.push_back(f);
     // Samples made by older weights carry the rollout's log-probs into the loss (async.objective).
     if (c_.async.overlaps()) kept.push_back("rollout_log_prob");
-    DataRef joined = samples.select(kept);
+    // Each row's last token (the controller holds them) goes along: the updates cut their
+    // micro-batches to their longest row.
+    DataRef joined = DataRef::join({samples.select(kept), DataRef::of(taken.lengths.select({"last"}))});
     if (!c_.reuses_log_probs()) {
-      auto old_lp = group("actor").call(ActorLogProbs{}, Input(samples.select({"tokens"})).grouped(n)).get();
+      auto old_lp = group("actor").call(ActorLogProbs{}, Input(samples.select({"tokens", "response_mask"})).grouped(n)).get();
       row.push_back({"timing_s/old_log_prob", seconds_since(t)});
       joined = DataRef::join({joined, old_lp.data});
     }
@@ -314,13 +316,13 @@ class RlhfProgram final : public Program {
     // 5. critic update, 6. actor update
     if (c_.family.critic) {
       t = clock_type::now();
-      const DataRef critic_rows = DataRef::join({joined.select({"tokens", "response_mask", "values"}), adv.data.select({"returns"})});
+      const DataRef critic_rows = DataRef::join({joined.select({"tokens", "response_mask", "last", "values"}), adv.data.select({"returns"})});
       const auto stats = group("critic").call(UpdateCritic{static_cast<uint64_t>(step)}, Input(critic_rows).grouped(n)).get();
       critic_updated_ = true;
       row.insert(row.end(), stats.result().values.begin(), stats.result().values.end());
       row.push_back({"timing_s/update_critic", seconds_since(t)});
     }
-    std::vector<std::string> actor_fields = {"tokens", "response_mask"};
+    std::vector<std::string> actor_fields = {"tokens", "response_mask", "last"};  // `last`: micro-batches cut to their longest row
     for (const char* f : {"old_log_prob", "ref_log_prob", "rollout_log_prob"})
       if (joined.contains(f)) actor_fields.push_back(f);
     update_actor(DataRef::join({joined.select(actor_fields), adv.data.select({"advantages"})}), step, n, row);

@@ -236,7 +236,7 @@ std::unique_ptr<SampleStream::Arrival> SampleStream::merge_held() const {
 
 void SampleStream::issue(Arrival& a) {
   const int64_t n = sampling_.n;
-  const Input tokens = Input(a.rows.select({"tokens"})).grouped(n);
+  const Input tokens = Input(a.rows.select({"tokens", "response_mask"})).grouped(n);  // the mask: response positions only
   a.score = roles_.reward->call(Score{.split = "train", .check = false},
                                 Input(a.rows.select({"tokens", "last", "response_length", "example"})).grouped(n));
   if (roles_.ref) a.ref = roles_.ref->call(RefLogProbs{}, tokens);
