@@ -3,9 +3,9 @@
 #include <torch/torch.h>
 
 #include <map>
-#include <numeric>
 
 #include "algorithms/adam_state.hpp"
+#include "algorithms/lm_batches.hpp"
 #include "algorithms/lm_losses.hpp"
 #include "core/error.hpp"
 #include "models/transformer.hpp"
@@ -195,99 +195,6 @@ namespace {
 struct Share {
   double rows = 1, tokens = 1;
 };
-
-// The mini-batch's row groups ordered by their longest row (a stable sort), so that the rows of
-// a micro-batch have similar lengths and each micro-batch can be cut to its own longest row:
-// with long-tailed responses, most rows are far shorter than the batch's longest.
-core::Batch by_length(const core::Batch& mini, int64_t row_group) {
-  if (!mini.contains("last") || mini.size() <= row_group) return mini;
-  const at::Tensor longest = std::get<0>(mini["last"].reshape({-1, row_group}).max(1));
-  at::Tensor order = std::get<1>(longest.sort(/*stable=*/true, 0, /*descending=*/false));
-  if (row_group > 1) order = (order.unsqueeze(1) * row_group + at::arange(row_group, at::kLong)).reshape({-1});
-  return mini.index(order);
-}
-
-// Each row's first response token: one past its first response position (the row's end + 1
-// when it has none).
-at::Tensor response_starts(const core::Batch& part) {
-  const at::Tensor mask = part["response_mask"].contiguous();
-  const auto m = mask.accessor<float, 2>();
-  at::Tensor starts = at::empty({mask.size(0)}, at::kLong);
-  auto s = starts.accessor<int64_t, 1>();
-  for (int64_t r = 0; r < mask.size(0); ++r) {
-    int64_t t = 0;
-    while (t < mask.size(1) && m[r][t] == 0.0f) ++t;
-    s[r] = t + 1;
-  }
-  return starts;
-}
-
-// With shared prompts: the row groups of each distinct prompt together (in their order), the
-// prompts ordered by their longest row (`last`, where the batch has it), so that a micro-batch
-// holds whole GRPO groups of rows of similar length.
-core::Batch by_prompt(const core::Batch& mini, int64_t row_group) {
-  if (!mini.contains("response_mask") || mini.size() <= row_group) return by_length(mini, row_group);
-  const int64_t units = mini.size() / row_group;
-  const at::Tensor heads = at::arange(units, at::kLong) * row_group;  // each row group's first row
-  const std::vector<int64_t> prompt = models::same_prompts(mini["tokens"].index_select(0, heads), response_starts(mini).index_select(0, heads));
-  const at::Tensor longest_t = mini.contains("last") ? std::get<0>(mini["last"].reshape({-1, row_group}).max(1)).contiguous()
-                                                     : at::zeros({units}, at::kLong);
-  const auto longest = longest_t.accessor<int64_t, 1>();
-  std::vector<int64_t> prompt_longest(static_cast<size_t>(units), 0);
-  for (int64_t u = 0; u < units; ++u) {
-    auto& l = prompt_longest[static_cast<size_t>(prompt[static_cast<size_t>(u)])];
-    l = std::max(l, longest[u]);
-  }
-  std::vector<int64_t> order(static_cast<size_t>(units));
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    const int64_t pa = prompt[static_cast<size_t>(a)], pb = prompt[static_cast<size_t>(b)];
-    const int64_t la = prompt_longest[static_cast<size_t>(pa)], lb = prompt_longest[static_cast<size_t>(pb)];
-    return la != lb ? la < lb : pa < pb;
-  });
-  at::Tensor rows = at::tensor(order, at::kLong);
-  if (row_group > 1) rows = (rows.unsqueeze(1) * row_group + at::arange(row_group, at::kLong)).reshape({-1});
-  return mini.index(rows);
-}
-
-// `part` in its response window: the log-prob positions from each row's first response position
-// on, as many as the row with the earliest one has. Its per-position fields at log-prob positions
-// are gathered to that window (zero past a row's end), `window_start` holds each row's first
-// response token, and the tokens stay whole (the model reads them).
-core::Batch response_window(const core::Batch& part) {
-  if (!part.contains("response_mask") || part.size() == 0 || part["tokens"].size(1) < 2) return part;
-  const int64_t W = part["tokens"].size(1);
-  const at::Tensor starts = response_starts(part);
-  const int64_t S = W - starts.min().item<int64_t>();
-  const at::Tensor pos = starts.unsqueeze(1) - 1 + at::arange(S, at::kLong);
-  const at::Tensor inside = pos <= W - 2, index = pos.clamp_max(W - 2);
-  core::Batch out;
-  for (const auto& name : part.names()) {
-    const at::Tensor& t = part[name];
-    const bool positions = t.dim() == 2 && t.size(1) == W - 1;
-    out.set(name, positions ? t.gather(1, index) * inside.to(t.scalar_type()) : t);
-  }
-  out.set("window_start", starts);
-  out.meta() = part.meta();
-  return out;
-}
-
-// `part` without the columns past its longest row (`last` is a row's last token). Its
-// per-position fields are as wide as the tokens or, at log-prob positions, one column narrower;
-// both are cut. Padding is on the right, so no row loses a token.
-core::Batch cut_to_longest(const core::Batch& part) {
-  if (!part.contains("last") || part.size() == 0) return part;
-  const int64_t W = part["tokens"].size(1), w = part["last"].max().item<int64_t>() + 1;
-  if (w >= W) return part;
-  core::Batch out;
-  for (const auto& name : part.names()) {
-    const at::Tensor& t = part[name];
-    const bool positions = t.dim() >= 2 && (t.size(1) == W || t.size(1) == W - 1);
-    out.set(name, positions ? t.slice(1, 0, w - (W - t.size(1))) : t);
-  }
-  out.meta() = part.meta();
-  return out;
-}
 
 // Runs `epochs` passes of `mini_batches` optimizer steps over the batch; `loss_of(micro, share,
 // stats)` returns a micro-batch's loss weighted by its share of the mini-batch, and adds its
@@ -566,45 +473,21 @@ void LmTrainer::load_state(const std::map<std::string, at::Tensor>& tensors) {
   else load_adam_state(*impl_->adam, impl_->params, tensors);
 }
 
-namespace {
-// Rows [b, e) of `tokens` with their response mask, and each row's first response token.
-struct Rows {
-  core::Batch part;
-  at::Tensor starts;
-  Rows(const at::Tensor& tokens, const at::Tensor& response_mask, int64_t b, int64_t e) {
-    part.set("tokens", tokens.slice(0, b, e));
-    part.set("response_mask", response_mask.slice(0, b, e));
-    starts = response_starts(part);
-  }
-  // A response window's columns [rows, S] back at their log-prob positions [rows, T-1] (zero before
-  // each row's window).
-  at::Tensor at_positions(const at::Tensor& window) const {
-    const int64_t T = part["tokens"].size(1);
-    const at::Tensor pos = starts.unsqueeze(1) - 1 + at::arange(window.size(1), at::kLong);
-    const at::Tensor inside = (pos <= T - 2).to(window.scalar_type());
-    return at::zeros({window.size(0), T - 1}, window.options()).scatter_add(1, pos.clamp_max(T - 2), window * inside);
-  }
-};
-}  // namespace
-
 at::Tensor sequence_log_probs(models::CausalLm& model, const at::Tensor& tokens, int64_t micro_batch, const at::Tensor& response_mask) {
   return in_micro_batches(tokens, micro_batch, no_positions(tokens), [&](int64_t b, int64_t e) {
-    if (response_mask.defined() && tokens.size(1) > 1) {
-      const Rows rows(tokens, response_mask, b, e);
-      return rows.at_positions(window_log_probs(model, rows.part["tokens"], rows.starts).lp);
-    }
     const at::Tensor t = tokens.slice(0, b, e);
-    return next_token_log_probs(position_log_softmax(model.forward(t)), t);
+    if (!response_mask.defined() || t.size(1) < 2) return next_token_log_probs(position_log_softmax(model.forward(t)), t);
+    const at::Tensor starts = response_starts(response_mask.slice(0, b, e));
+    return from_response_window(window_log_probs(model, t, starts).lp, starts, t.size(1));
   });
 }
 
 at::Tensor sequence_values(models::CausalLm& model, const at::Tensor& tokens, int64_t micro_batch, const at::Tensor& response_mask) {
   return in_micro_batches(tokens, micro_batch, no_positions(tokens), [&](int64_t b, int64_t e) {
-    if (response_mask.defined() && tokens.size(1) > 1) {
-      const Rows rows(tokens, response_mask, b, e);
-      return rows.at_positions(model.response_scores(rows.part["tokens"], rows.starts));
-    }
-    return model.scores(tokens.slice(0, b, e)).slice(1, 0, -1);
+    const at::Tensor t = tokens.slice(0, b, e);
+    if (!response_mask.defined() || t.size(1) < 2) return model.scores(t).slice(1, 0, -1);
+    const at::Tensor starts = response_starts(response_mask.slice(0, b, e));
+    return from_response_window(model.response_scores(t, starts), starts, t.size(1));
   });
 }
 

@@ -199,33 +199,24 @@ void interleaved(int64_t n, F f) {
   });
 }
 
-// y = w * x / rms(x), over the rows of x [N, H].
+// y = w * x / rms(x) for one vector [D] (y may be x: Qwen3's q_norm and k_norm run in place).
+void rms_row(float* y, const float* x, const float* w, int64_t D, double eps) {
+  float ss = 0;
+#pragma omp simd reduction(+ : ss)
+  for (int64_t i = 0; i < D; ++i) ss += x[i] * x[i];
+  const float s = 1.0f / std::sqrt(ss / static_cast<float>(D) + static_cast<float>(eps));
+#pragma omp simd
+  for (int64_t i = 0; i < D; ++i) y[i] = w[i] * (x[i] * s);
+}
+
+// The same over the rows of x [N, H].
 void rms_norm(const at::Tensor& y, const at::Tensor& x, const at::Tensor& w, double eps) {
   const int64_t N = x.size(0), H = x.size(1);
   const float *xs = x.data_ptr<float>(), *ws = w.data_ptr<float>();
   float* ys = y.data_ptr<float>();
   at::parallel_for(0, N, 8, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float* xr = xs + r * H;
-      float* yr = ys + r * H;
-      float ss = 0;
-#pragma omp simd reduction(+ : ss)
-      for (int64_t i = 0; i < H; ++i) ss += xr[i] * xr[i];
-      const float s = 1.0f / std::sqrt(ss / static_cast<float>(H) + static_cast<float>(eps));
-#pragma omp simd
-      for (int64_t i = 0; i < H; ++i) yr[i] = ws[i] * (xr[i] * s);
-    }
+    for (int64_t r = begin; r < end; ++r) rms_row(ys + r * H, xs + r * H, ws, H, eps);
   });
-}
-
-// One head's vector [D] normalized in place (Qwen3's q_norm and k_norm).
-void rms_head(float* v, const float* w, int64_t D, double eps) {
-  float ss = 0;
-#pragma omp simd reduction(+ : ss)
-  for (int64_t i = 0; i < D; ++i) ss += v[i] * v[i];
-  const float s = 1.0f / std::sqrt(ss / static_cast<float>(D) + static_cast<float>(eps));
-#pragma omp simd
-  for (int64_t i = 0; i < D; ++i) v[i] = w[i] * (v[i] * s);
 }
 
 // The rotary embedding of one head's vector [D] in place (rotate-half convention).
@@ -460,11 +451,11 @@ struct InferenceModel::Impl {
         }
         const float *c = cs + s.positions[static_cast<size_t>(r)] * D, *sr = sn + s.positions[static_cast<size_t>(r)] * D;
         for (int64_t h = 0; h < H; ++h) {
-          if (qn) rms_head(q + h * D, qn, D, eps);
+          if (qn) rms_row(q + h * D, q + h * D, qn, D, eps);
           rotate(q + h * D, c, sr, D);
         }
         for (int64_t h = 0; h < KV; ++h) {
-          if (kn) rms_head(k + h * D, kn, D, eps);
+          if (kn) rms_row(k + h * D, k + h * D, kn, D, eps);
           rotate(k + h * D, c, sr, D);
         }
         const int64_t slot = s.slots[static_cast<size_t>(r)];

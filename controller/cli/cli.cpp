@@ -107,7 +107,7 @@ void keep_freed_memory() {
 
 // Each command adds its options and the action that runs it once parsed.
 using Action = std::function<int()>;
-using Commands = std::vector<std::pair<CLI::App*, Action>>;
+using Commands = controller::CliCommands;
 
 controller::ProgressMode progress_mode(bool quiet, const std::string& progress) {
   if (quiet) return controller::ProgressMode::Quiet;
@@ -324,142 +324,6 @@ void add_env_commands(CLI::App& app, Commands& commands) {
   commands.emplace_back(trace_cmd, [trace] { return controller::env_trace(*trace); });
 }
 
-void add_bench_commands(CLI::App& app, Commands& commands) {
-  auto* bench = app.add_subcommand("bench", "benchmarks that print figures");
-  bench->require_subcommand(1);
-  auto env_args = std::make_shared<controller::EnvBenchArgs>();
-  auto* bench_env_cmd = bench->add_subcommand("env", "env steps per second (random valid actions, auto-reset on)");
-  bench_env_cmd->add_option("--env", env_args->env, "environment id")->required();
-  bench_env_cmd->add_option("--num-envs", env_args->num_envs, "envs stepped together")->check(CLI::Range(1, 1 << 26));
-  bench_env_cmd->add_option("--threads", env_args->threads, "CPU threads")->check(CLI::Range(1, 256));
-  bench_env_cmd->add_option("--steps", env_args->steps, "batch steps to time (default: about one second)")
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
-  bench_env_cmd->add_option("--backend", env_args->backend, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
-  bench_env_cmd->add_flag("--json", env_args->json, "print one JSON object");
-
-  auto train_args = std::make_shared<controller::TrainBenchArgs>();
-  auto* bench_train_cmd =
-      bench->add_subcommand("train", "run a config once per seed; steps and wall seconds to its stop condition");
-  bench_train_cmd->add_option("config", train_args->config, "experiment YAML file")->required()->check(CLI::ExistingFile);
-  bench_train_cmd->add_option("overrides", train_args->overrides, "key.path=value overrides");
-  bench_train_cmd->add_option("--seeds", train_args->seeds, "how many seeds")->check(CLI::Range(1, 1000));
-  bench_train_cmd->add_option("--first-seed", train_args->first_seed, "the first seed (then +1, +2, ...)");
-  bench_train_cmd->add_option("--out", train_args->out_dir, "where the runs go (default runs/bench)");
-  bench_train_cmd->add_flag("--json", train_args->json, "print one JSON object");
-
-  auto rlhf_args = std::make_shared<controller::RlhfBenchArgs>();
-  auto* bench_rlhf_cmd = bench->add_subcommand(
-      "rlhf", "an RLHF config once per variant (e.g. synchronous and asynchronous): held-out accuracy against wall time");
-  bench_rlhf_cmd->add_option("config", rlhf_args->config, "experiment YAML file (program: rlhf)")->required()->check(CLI::ExistingFile);
-  bench_rlhf_cmd->add_option("overrides", rlhf_args->overrides, "key.path=value overrides for every variant");
-  bench_rlhf_cmd->add_option("--variant", rlhf_args->variants,
-                             "LABEL:key=value,... one run each, in order (e.g. s1:placement=split,async.max_staleness=1)")
-      ->required();
-  bench_rlhf_cmd->add_option("--baseline", rlhf_args->baseline, "the variant the others are compared with (default: the first)");
-  bench_rlhf_cmd->add_option("--out", rlhf_args->out_dir, "where the runs go (default runs/bench)");
-  bench_rlhf_cmd->add_flag("--json", rlhf_args->json, "print one JSON object");
-
-  auto tok_args = std::make_shared<controller::TokenizeBenchArgs>();
-  auto* bench_tok_cmd = bench->add_subcommand("tokenize", "tokenizer encoding throughput (MB per second) over a file");
-  bench_tok_cmd->add_option("--tokenizer", tok_args->tokenizer, "tokenizer.json, model directory, encoder.json or bytes")
-      ->required();
-  bench_tok_cmd->add_option("--file", tok_args->file, "UTF-8 text, encoded line by line")->required()->check(CLI::ExistingFile);
-  bench_tok_cmd->add_option("--reference", tok_args->reference,
-                            "also time the npm reference encoder (qwen3 or gpt2) on the same file")
-      ->check(CLI::IsMember({"qwen3", "gpt2"}));
-  bench_tok_cmd->add_flag("--json", tok_args->json, "print one JSON object");
-
-  auto gen_args = std::make_shared<controller::GenerateBenchArgs>();
-  auto* bench_gen_cmd = bench->add_subcommand(
-      "generate", "the generation engine's prefill and decode rates against this machine's sgemm and memory bandwidth; "
-                  "--group: with shared prefixes; --reference: next to an eager libtorch loop");
-  bench_gen_cmd->add_option("--model", gen_args->model, "model directory (e.g. `flotilla lm init --preset base --vocab 32000`)")
-      ->required()
-      ->check(CLI::ExistingDirectory);
-  bench_gen_cmd->add_option("--batch", gen_args->batches, "sequences decoded together, one run each (default 1 8 32 128)")
-      ->check(CLI::Range(int64_t{1}, int64_t{4096}))
-      ->delimiter(',');
-  bench_gen_cmd->add_option("--prompt-len", gen_args->prompt_len, "prompt tokens (default 64)")->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
-  bench_gen_cmd->add_option("--gen-len", gen_args->gen_len, "generated tokens (default 32)")->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
-  bench_gen_cmd->add_option("--group", gen_args->group, "samples per prompt: also run them sharing the prompt's prefill (default 1)")
-      ->check(CLI::Range(1, 4096));
-  bench_gen_cmd->add_option("--threads", gen_args->threads, "libtorch threads for the engine and the eager loop (default: libtorch's)")
-      ->check(CLI::Range(1, 1024));
-  bench_gen_cmd->add_option("--prefill-chunk", gen_args->prefill_chunk, "prompt tokens prefilled per engine step (default 256)")
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
-  bench_gen_cmd->add_flag("--reference", gen_args->reference, "also run an eager libtorch loop with a KV cache, for a ratio");
-  bench_gen_cmd->add_option("--weights", gen_args->weights, "the engine's weights: float32 or bfloat16 (then also its log-prob cost)")
-      ->check(CLI::IsMember({"float32", "bfloat16"}));
-  bench_gen_cmd->add_flag("--stream", gen_args->stream,
-                          "also a stream of 4x the largest batch with varied lengths: chunked prefill against whole prompts");
-  bench_gen_cmd->add_option("--seed", gen_args->seed, "seed of the random prompts");
-  bench_gen_cmd->add_flag("--json", gen_args->json, "print one JSON object");
-
-  auto upd_args = std::make_shared<controller::UpdateBenchArgs>();
-  auto* bench_upd_cmd = bench->add_subcommand(
-      "update", "a policy update on GRPO groups over whole sequences and with shared prompts (each prompt's positions once)");
-  bench_upd_cmd->add_option("--model", upd_args->model, "model directory with a language-model head")->required()->check(CLI::ExistingDirectory);
-  bench_upd_cmd->add_option("--prompts", upd_args->prompts, "distinct prompts (default 32)")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
-  bench_upd_cmd->add_option("--group", upd_args->group, "samples per prompt (default 8)")->check(CLI::Range(1, 4096));
-  bench_upd_cmd->add_option("--prompt-len", upd_args->prompt_len, "longest prompt; prompts run from half of it (default 48)")
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
-  bench_upd_cmd->add_option("--gen-len", upd_args->gen_len, "longest response (default 8)")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
-  bench_upd_cmd->add_option("--micro-batch", upd_args->micro_batch, "rows per forward pass (default 64)")
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
-  bench_upd_cmd->add_option("--threads", upd_args->threads, "libtorch threads (default 1)")->check(CLI::Range(1, 1024));
-  bench_upd_cmd->add_option("--repeats", upd_args->repeats, "timed updates of each kind (default 5)")->check(CLI::Range(1, 10000));
-  bench_upd_cmd->add_option("--seed", upd_args->seed, "seed of the random batch");
-  bench_upd_cmd->add_flag("--json", upd_args->json, "print one JSON object");
-
-  auto stream_args = std::make_shared<controller::StreamBenchArgs>();
-  auto* bench_stream_cmd = bench->add_subcommand(
-      "stream", "throughput of Flotilla's sample stream between two processes, next to bare ZeroMQ");
-  bench_stream_cmd->add_option("--bytes", stream_args->bytes, "bytes per message")->check(CLI::Range(int64_t{1}, int64_t{1} << 32));
-  bench_stream_cmd->add_option("--count", stream_args->count, "messages")->check(CLI::Range(int64_t{2}, int64_t{1} << 40));
-  bench_stream_cmd->add_option("--transport", stream_args->transport, "tcp (loopback) or ipc")
-      ->check(CLI::IsMember({"tcp", "ipc"}));
-  bench_stream_cmd->add_flag("--json", stream_args->json, "print one JSON object");
-  bench_stream_cmd->add_option("--send-to", stream_args->send_to)->group("");  // the sending child's
-  bench_stream_cmd->add_option("--mode", stream_args->mode)->group("");
-  bench_stream_cmd->add_option("--keys", stream_args->keys)->group("");
-
-  auto reshard_args = std::make_shared<controller::ReshardBenchArgs>();
-  auto* bench_reshard_cmd = bench->add_subcommand(
-      "reshard", "weights moved from a training layout to a generation layout: the reshard plan against all-gather + broadcast");
-  bench_reshard_cmd->add_option("--model", reshard_args->model, "model directory")->required()->check(CLI::ExistingDirectory);
-  bench_reshard_cmd->add_option("--from", reshard_args->from, "the training layout, e.g. fsdp=4 or dp=2,tp=2 (default fsdp=4)");
-  bench_reshard_cmd->add_option("--to", reshard_args->to, "the generation layout: replicas (dp) of tp ranks (default dp=2,tp=2)");
-  bench_reshard_cmd->add_option("--placement", reshard_args->placement, "split (processes of their own) or colocated")
-      ->check(CLI::IsMember({"split", "colocated"}));
-  bench_reshard_cmd->add_option("--bucket-mb", reshard_args->bucket_mb, "largest bucket (MiB, default 32)");
-  bench_reshard_cmd->add_option("--window", reshard_args->window, "buckets in flight per source (default 4)")->check(CLI::Range(1, 1024));
-  bench_reshard_cmd->add_option("--repeats", reshard_args->repeats, "transfers of each kind; the best counts (default 3)")
-      ->check(CLI::Range(1, 100));
-  bench_reshard_cmd->add_flag("--replicated-vocab", reshard_args->replicated_vocab,
-                              "every tp rank holds the whole embedding and output head (default: split by vocabulary)");
-  bench_reshard_cmd->add_flag("--json", reshard_args->json, "print one JSON object");
-  bench_reshard_cmd->add_flag("-q,--quiet", reshard_args->quiet, "no progress on stderr");
-
-  commands.emplace_back(bench_env_cmd, [env_args] { return controller::bench_env(*env_args); });
-  commands.emplace_back(bench_reshard_cmd, [reshard_args] { return controller::bench_reshard(*reshard_args); });
-  commands.emplace_back(bench_train_cmd, [train_args] { return controller::bench_train(*train_args); });
-  commands.emplace_back(bench_rlhf_cmd, [rlhf_args] { return controller::bench_rlhf(*rlhf_args); });
-  commands.emplace_back(bench_tok_cmd, [tok_args] { return controller::bench_tokenize(*tok_args); });
-  commands.emplace_back(bench_gen_cmd, [gen_args] { return controller::bench_generate(*gen_args); });
-  commands.emplace_back(bench_upd_cmd, [upd_args] { return controller::bench_update(*upd_args); });
-  auto ckpt_args = std::make_shared<controller::CheckpointBenchArgs>();
-  auto* bench_ckpt_cmd = bench->add_subcommand(
-      "checkpoint", "the training stall of a checkpoint of a model and its Adam state: synchronous against asynchronous");
-  bench_ckpt_cmd->add_option("--model", ckpt_args->model, "model directory (e.g. `flotilla lm init --preset base`)")->required()->check(CLI::ExistingDirectory);
-  bench_ckpt_cmd->add_option("--dir", ckpt_args->dir, "where to write the checkpoints (default: a temporary directory, removed after)");
-  bench_ckpt_cmd->add_option("--repeats", ckpt_args->repeats, "checkpoints of each kind; the best counts (default 2)")->check(CLI::Range(1, 100));
-  bench_ckpt_cmd->add_option("--batch", ckpt_args->batch, "rows per training step (default 4)")->check(CLI::Range(int64_t{1}, int64_t{4096}));
-  bench_ckpt_cmd->add_option("--seq-len", ckpt_args->seq_len, "tokens per row (default 64)")->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
-  bench_ckpt_cmd->add_flag("--json", ckpt_args->json, "print one JSON object");
-  commands.emplace_back(bench_ckpt_cmd, [ckpt_args] { return controller::bench_checkpoint(*ckpt_args); });
-  commands.emplace_back(bench_stream_cmd, [stream_args] { return controller::bench_stream(*stream_args); });
-}
-
 void add_lm_commands(CLI::App& app, Commands& commands) {
   auto* lm = app.add_subcommand("lm", "language models in Hugging Face's layout");
   lm->require_subcommand(1);
@@ -596,7 +460,7 @@ int flotilla::controller::cli_main(int argc, char** argv) {
   add_eval_command(app, commands);
   add_inspect_commands(app, commands);
   add_env_commands(app, commands);
-  add_bench_commands(app, commands);
+  controller::add_bench_commands(app, commands);
   add_lm_commands(app, commands);
   add_data_commands(app, commands);
   add_worker_command(app, commands);

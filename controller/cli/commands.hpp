@@ -1,11 +1,22 @@
 #pragma once
 // The CLI commands beyond the experiment life cycle; each returns the process exit code.
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
+namespace CLI {
+class App;
+}
+
 namespace flotilla::controller {
+
+// The command line's subcommands, each with the action that runs it once parsed.
+using CliCommands = std::vector<std::pair<CLI::App*, std::function<int()>>>;
+// Adds `flotilla bench` and its benchmarks (controller/cli/bench.cpp).
+void add_bench_commands(CLI::App& app, CliCommands& commands);
 
 // `flotilla env list`: ids with their spaces and episode limits.
 int env_list(bool json);
