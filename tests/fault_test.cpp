@@ -332,7 +332,22 @@ TEST_CASE("rlhf_async_run_keeps_its_staleness_bound_and_trains_every_prompt_once
     w.run_ok("addition_grpo.yaml", kGrpo, async, "r");
   }
   const fs::path run = w.path() / "r";
-  check_replaced(run, "rollout/1");
+  // The rollout is replaced in place. On a loaded machine its failure can also end a call in a
+  // phase that does not retry; the run then comes back to its last checkpoint (its start when it
+  // has none yet), and the restarted run's rollout/1 rejoins once more (a third event). Either way the bound holds and every
+  // prompt trains once.
+  const auto events = faults(run);
+  std::string listed;
+  for (const auto& e : events) listed += e.dump() + "\n";
+  CAPTURE(listed);
+  const bool restarted = contains(core::read_file(run / "log.txt"), "bringing the run back to its last checkpoint");
+  REQUIRE(events.size() == (restarted ? 3u : 2u));
+  CHECK(events[0]["worker"] == "rollout/1");
+  CHECK(events[0]["action"] == "replace");
+  for (size_t i = 1; i < events.size(); ++i) {
+    CHECK(events[i]["event"] == "rejoined");
+    CHECK(events[i]["worker"] == "rollout/1");
+  }
   // Every group admitted for the 8 steps of 4 prompts trained exactly once.
   std::vector<int64_t> groups = trained_groups(run);
   std::sort(groups.begin(), groups.end());
