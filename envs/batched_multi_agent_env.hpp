@@ -28,6 +28,10 @@ class BatchedMultiAgentEnv final : public MultiAgentVecEnv {
     if (cuda_ && (!MultiAgentCudaHooks<E>::step || !at::hasCUDA()))
       throw ConfigError(spec_.id + ": backend 'cuda' needs a build with CUDA, a GPU and a libtorch built with CUDA; "
                                    "this machine or build lacks one (use backend 'cpu')");
+    using Obs = kernels::obs_t<E>;
+    if (spec_.obs_dtype() != c10::CppTypeToScalarType<Obs>::value || spec_.state_dtype() != spec_.obs_dtype())
+      throw Error(spec_.id + ": the spec's observation and state dtypes must both be the env type's (" +
+                  std::string(c10::toString(c10::CppTypeToScalarType<Obs>::value)) + ")");
     allocate(capacity_);
     dims_.num_envs = capacity_;
     dims_.agents = num_agents();
@@ -66,9 +70,9 @@ class BatchedMultiAgentEnv final : public MultiAgentVecEnv {
     at::Tensor obs = obs_.cpu().contiguous(), avail = avail_.cpu().contiguous(), gs = global_state_.cpu().contiguous();
     kernels::MultiAgentBuffers b = buffers(nullptr);
     b.state = host.data_ptr<double>();
-    b.obs = obs.data_ptr<float>();
+    b.obs = obs.data_ptr();
     b.avail = avail.data_ptr<bool>();
-    b.global_state = gs.data_ptr<float>();
+    b.global_state = gs.data_ptr();
     kernels::ma_observe<E>(params_, b, env);
     obs_.copy_(obs);
     avail_.copy_(avail);
@@ -100,10 +104,10 @@ class BatchedMultiAgentEnv final : public MultiAgentVecEnv {
   kernels::MultiAgentBuffers buffers(const void* actions) const {
     kernels::MultiAgentBuffers b = dims_;  // sizes, worked out once from the spec
     b.state = state_.data_ptr<double>();
-    b.obs = obs_.data_ptr<float>();
-    b.final_obs = final_obs_.data_ptr<float>();
-    b.global_state = global_state_.data_ptr<float>();
-    b.final_global_state = final_state_.data_ptr<float>();
+    b.obs = obs_.data_ptr();
+    b.final_obs = final_obs_.data_ptr();
+    b.global_state = global_state_.data_ptr();
+    b.final_global_state = final_state_.data_ptr();
     b.avail = avail_.data_ptr<bool>();
     b.final_avail = final_avail_.data_ptr<bool>();
     b.reward = reward_.data_ptr<float>();

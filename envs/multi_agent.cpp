@@ -41,6 +41,13 @@ int64_t MultiAgentSpec::action_dim() const {
   return k;
 }
 
+namespace {
+at::ScalarType dtype_of(const Space& s) { return s.dtype == "uint8" ? at::kByte : at::kFloat; }
+}  // namespace
+
+at::ScalarType MultiAgentSpec::obs_dtype() const { return dtype_of(agents.front().observation); }
+at::ScalarType MultiAgentSpec::state_dtype() const { return dtype_of(state); }
+
 Space MultiAgentSpec::padded_action_space() const {
   if (discrete()) return Space::discrete(avail_dim());
   // The widest agent's bounds; narrower agents ignore the columns past their own.
@@ -69,6 +76,10 @@ MultiAgentVecEnv::MultiAgentVecEnv(MultiAgentSpec spec, int64_t num_envs, int32_
   if (max_episode_steps < 1) throw ConfigError("max_episode_steps must be at least 1");
   if (spec_.agents.empty()) throw Error(spec_.id + ": a multi-agent env needs at least one agent");
   for (const auto& a : spec_.agents)
+    if (a.observation.dtype != spec_.agents.front().observation.dtype)
+      throw Error(spec_.id + ": agents must all have observations of one dtype (agent '" + a.name + "' has " +
+                  a.observation.dtype + ")");
+  for (const auto& a : spec_.agents)
     if (a.action.is_discrete() != spec_.discrete() || a.action.kind == Space::Kind::MultiDiscrete)
       throw Error(spec_.id + ": agents must all have Discrete or all Box actions (agent '" + a.name + "' has " +
                   a.action.str() + ")");
@@ -78,12 +89,12 @@ void MultiAgentVecEnv::allocate(int64_t capacity) {
   const int64_t A = num_agents(), O = spec_.obs_dim(), S = spec_.state.numel(), K = spec_.avail_dim();
   auto f32 = at::TensorOptions().dtype(at::kFloat);
   auto rows = [&](at::Tensor t) { return t.narrow(0, 0, num_envs_); };
-  obs_ = rows(at::zeros({capacity, A, O}, f32));
-  final_obs_ = rows(at::zeros({capacity, A, O}, f32));
+  obs_ = rows(at::zeros({capacity, A, O}, f32.dtype(spec_.obs_dtype())));
+  final_obs_ = rows(at::zeros({capacity, A, O}, f32.dtype(spec_.obs_dtype())));
   avail_ = rows(at::zeros({capacity, A, K}, f32.dtype(at::kBool)));
   final_avail_ = rows(at::zeros({capacity, A, K}, f32.dtype(at::kBool)));
-  global_state_ = rows(at::zeros({capacity, S}, f32));
-  final_state_ = rows(at::zeros({capacity, S}, f32));
+  global_state_ = rows(at::zeros({capacity, S}, f32.dtype(spec_.state_dtype())));
+  final_state_ = rows(at::zeros({capacity, S}, f32.dtype(spec_.state_dtype())));
   reward_ = rows(at::zeros({capacity, A}, f32));
   agent_done_ = rows(at::zeros({capacity, A}, f32.dtype(at::kBool)));
   episode_return_ = rows(at::zeros({capacity, A}, f32));
@@ -131,6 +142,19 @@ at::Tensor MultiAgentVecEnv::check_actions(const at::Tensor& actions) const {
     bool valid = true;
     for (int64_t i = 0; i < num_envs_; ++i)
       for (int64_t k = 0; k < A; ++k) valid &= static_cast<uint64_t>(p[i * A + k]) < n[k];
+    if (valid && spec_.strict_masks) {
+      const at::Tensor avail = avail_.contiguous();
+      const bool* m = avail.data_ptr<bool>();
+      const int64_t K = spec_.avail_dim();
+      for (int64_t i = 0; i < num_envs_ * A; ++i) {
+        if (m[i * K + p[i]]) continue;
+        std::string legal;
+        for (int64_t k = 0; k < K; ++k)
+          if (m[i * K + k]) legal += (legal.empty() ? "" : ", ") + std::to_string(k);
+        throw Error(id + ": env " + std::to_string(i / A) + ", agent '" + spec_.agents[i % A].name + "': action " +
+                    std::to_string(p[i]) + " is not legal now (legal: " + legal + ")");
+      }
+    }
     if (valid) return a;
     for (int64_t i = 0; i < num_envs_ * A; ++i) {
       const Space& space = spec_.agents[i % A].action;

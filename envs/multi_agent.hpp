@@ -34,12 +34,18 @@ struct MultiAgentSpec {
   Space state;  // the global state, [S]
   int32_t max_episode_steps = 0;
   bool has_outcome = false;  // episodes are won or lost (charts/win_rate)
+  // An action outside its agent's current mask is an error (turn-based games, whose masks say
+  // whose turn it is), checked on the CPU with the range.
+  bool strict_masks = false;
 
   int32_t num_agents() const { return static_cast<int32_t>(agents.size()); }
   bool discrete() const { return agents.front().action.kind == Space::Kind::Discrete; }
   int64_t obs_dim() const;    // the widest agent observation
   int64_t avail_dim() const;  // the most discrete actions of any agent (1 for continuous actions)
   int64_t action_dim() const; // 0 for discrete actions, else the widest Box
+  // float32, or uint8 for envs that store observations (and states) as bytes.
+  at::ScalarType obs_dtype() const;
+  at::ScalarType state_dtype() const;
   // The spaces padded to the widest agent: what one agent row holds.
   Space padded_action_space() const;
 };
@@ -76,9 +82,9 @@ class MultiAgentVecEnv {
   virtual std::vector<std::pair<std::string, at::Tensor>> save() const = 0;
   virtual void restore(const std::vector<std::pair<std::string, at::Tensor>>& tensors) = 0;
 
-  const at::Tensor& obs() const { return obs_; }                        // [N, A, O] float32, zero-padded
+  const at::Tensor& obs() const { return obs_; }                        // [N, A, O] obs_dtype(), zero-padded
   const at::Tensor& avail_actions() const { return avail_; }            // [N, A, K] bool
-  const at::Tensor& global_state() const { return global_state_; }      // [N, S] float32
+  const at::Tensor& global_state() const { return global_state_; }      // [N, S] state_dtype()
   const at::Tensor& reward() const { return reward_; }                  // [N, A] float32
   const at::Tensor& agent_done() const { return agent_done_; }          // [N, A] bool (dead or finished)
   const at::Tensor& terminated() const { return terminated_; }          // [N] bool, all agents

@@ -8,6 +8,8 @@ namespace flotilla::envs {
 void register_classic_envs();  // envs/classic/classic.cpp
 void register_mpe_envs();      // envs/mpe/mpe.cpp
 void register_smax_envs();     // envs/smax/smax.cpp
+void register_overcooked_envs();  // envs/overcooked/overcooked.cpp
+void register_hanabi_envs();      // envs/hanabi/hanabi.cpp
 
 namespace {
 
@@ -21,6 +23,8 @@ core::Registry<Entry>& registry() {
     register_classic_envs();
     register_mpe_envs();
     register_smax_envs();
+    register_overcooked_envs();
+    register_hanabi_envs();
   });
   return r;
 }

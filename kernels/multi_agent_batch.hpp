@@ -15,10 +15,18 @@
 //   Params with `int32_t agents`; state variables are E::state_vars(params) doubles per env;
 //   reset(p, StateRef, EnvRng&);
 //   step(p, StateRef, AgentActions, float* reward[A], bool* agent_done[A], bool& terminated, float& won);
-//   observe(p, StateRef, agent, float* obs)      (the agent's own width; the rest stays zero);
-//   global_state(p, StateRef, const float* obs [A, O], O, float* state)  (the agents' observations,
+//   observe(p, StateRef, agent, Obs* obs)      (the agent's own width; the rest stays zero);
+//   global_state(p, StateRef, const Obs* obs [A, O], O, Obs* state)  (the agents' observations,
 //   just written, for states built from them);  available(p, StateRef, agent, bool* avail[K]).
+// Optionally:
+//   `using Obs = uint8_t;` for observations and states stored as bytes (float otherwise; the
+//   spec's observation and state spaces then say dtype "uint8");
+//   episode_reward(p, StateRef, agent) -> float: the part of the step's reward that counts toward
+//   the episode return, for envs whose training reward adds shaping to the game's own (the
+//   episode return then reports the game's reward alone).
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 #include "kernels/env_batch.hpp"
 
@@ -32,14 +40,33 @@ struct AgentActions {
   FLOTILLA_HD float continuous(int agent, int k) const { return static_cast<const float*>(p)[agent * dim + k]; }
 };
 
+// E::Obs where the env declares one, float otherwise.
+template <class E, class = void>
+struct ObsOf {
+  using type = float;
+};
+template <class E>
+struct ObsOf<E, std::void_t<typename E::Obs>> {
+  using type = typename E::Obs;
+};
+template <class E>
+using obs_t = typename ObsOf<E>::type;
+
+template <class E, class = void>
+struct HasEpisodeReward : std::false_type {};
+template <class E>
+struct HasEpisodeReward<E, std::void_t<decltype(E::episode_reward(std::declval<const typename E::Params&>(),
+                                                                   std::declval<StateRef>(), 0))>> : std::true_type {};
+
 struct MultiAgentBuffers {
   int64_t num_envs = 0;
   int32_t agents = 0, obs_dim = 0, state_dim = 0, avail_dim = 0, action_dim = 0;  // action_dim 0: discrete
   double* state = nullptr;               // [state_vars, N] physical state, struct of arrays
-  float* obs = nullptr;                  // [N, A, O]
-  float* final_obs = nullptr;            // [N, A, O], where an episode ended
-  float* global_state = nullptr;         // [N, S]
-  float* final_global_state = nullptr;   // [N, S], where an episode ended
+  // Observations and states are obs_t<E> (float unless the env stores bytes).
+  void* obs = nullptr;                   // [N, A, O]
+  void* final_obs = nullptr;             // [N, A, O], where an episode ended
+  void* global_state = nullptr;          // [N, S]
+  void* final_global_state = nullptr;    // [N, S], where an episode ended
   bool* avail = nullptr;                 // [N, A, K]
   bool* final_avail = nullptr;           // [N, A, K], where an episode ended
   float* reward = nullptr;               // [N, A]
@@ -59,13 +86,15 @@ struct MultiAgentBuffers {
 
 template <class E>
 FLOTILLA_HD void ma_observe(const typename E::Params& p, const MultiAgentBuffers& b, int64_t i) {
+  using Obs = obs_t<E>;
   StateRef s{b.state + i, b.num_envs};
+  Obs* obs = static_cast<Obs*>(b.obs);
   for (int a = 0; a < b.agents; ++a) {
     const int64_t row = i * b.agents + a;
-    E::observe(p, s, a, b.obs + row * b.obs_dim);
+    E::observe(p, s, a, obs + row * b.obs_dim);
     E::available(p, s, a, b.avail + row * b.avail_dim);
   }
-  E::global_state(p, s, b.obs + i * b.agents * b.obs_dim, b.obs_dim, b.global_state + i * b.state_dim);
+  E::global_state(p, s, obs + i * b.agents * b.obs_dim, b.obs_dim, static_cast<Obs*>(b.global_state) + i * b.state_dim);
 }
 
 template <class E>
@@ -87,18 +116,26 @@ FLOTILLA_HD void ma_step_one(const typename E::Params& p, const MultiAgentBuffer
                                           : static_cast<const void*>(static_cast<const float*>(b.actions) + i * per_env);
   bool terminated = false;
   float won = 0.0f;
-  E::step(p, StateRef{b.state + i, b.num_envs}, AgentActions{actions, b.action_dim}, b.reward + first,
-          b.agent_done + first, terminated, won);
+  const StateRef s{b.state + i, b.num_envs};
+  E::step(p, s, AgentActions{actions, b.action_dim}, b.reward + first, b.agent_done + first, terminated, won);
   const int32_t t = b.elapsed[i] + 1;
   b.elapsed[i] = t;
   b.terminated[i] = terminated;
   b.truncated[i] = t >= b.max_episode_steps;
   b.won[i] = won;
-  for (int a = 0; a < b.agents; ++a) b.return_so_far[first + a] += b.reward[first + a];
+  for (int a = 0; a < b.agents; ++a) {
+    if constexpr (HasEpisodeReward<E>::value) b.return_so_far[first + a] += E::episode_reward(p, s, a);
+    else b.return_so_far[first + a] += b.reward[first + a];
+  }
   ma_observe<E>(p, b, i);
   if (!(terminated || t >= b.max_episode_steps)) return;
-  for (int64_t k = 0; k < b.agents * b.obs_dim; ++k) b.final_obs[first * b.obs_dim + k] = b.obs[first * b.obs_dim + k];
-  for (int k = 0; k < b.state_dim; ++k) b.final_global_state[i * b.state_dim + k] = b.global_state[i * b.state_dim + k];
+  using Obs = obs_t<E>;
+  const Obs* obs = static_cast<const Obs*>(b.obs);
+  const Obs* state = static_cast<const Obs*>(b.global_state);
+  Obs* final_obs = static_cast<Obs*>(b.final_obs);
+  Obs* final_state = static_cast<Obs*>(b.final_global_state);
+  for (int64_t k = 0; k < b.agents * b.obs_dim; ++k) final_obs[first * b.obs_dim + k] = obs[first * b.obs_dim + k];
+  for (int k = 0; k < b.state_dim; ++k) final_state[i * b.state_dim + k] = state[i * b.state_dim + k];
   for (int64_t k = 0; k < b.agents * b.avail_dim; ++k) b.final_avail[first * b.avail_dim + k] = b.avail[first * b.avail_dim + k];
   for (int a = 0; a < b.agents; ++a) b.episode_return[first + a] = static_cast<float>(b.return_so_far[first + a]);
   b.episode_length[i] = t;

@@ -154,7 +154,8 @@ int multi_agent_trace(const TraceArgs& args) {
   auto agents_json = [&](const at::Tensor& obs, bool with_reward) {
     Json32 out = Json32::object();
     for (int a = 0; a < env->num_agents(); ++a) {
-      Json32 agent = {{"obs", f32_list(obs[0][a].contiguous().data_ptr<float>(), spec.agents[a].observation.numel())}};
+      const at::Tensor row = obs[0][a].to(at::kFloat).contiguous();  // envs may store bytes
+      Json32 agent = {{"obs", f32_list(row.data_ptr<float>(), spec.agents[a].observation.numel())}};
       if (with_reward) agent["reward"] = env->reward()[0][a].item<float>();
       out[spec.agents[a].name] = agent;
     }

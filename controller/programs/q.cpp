@@ -25,6 +25,9 @@ using clock_type = std::chrono::steady_clock;
 
 namespace {
 
+// Observations and states as the learner takes them (envs may store them as bytes).
+at::Tensor as_float(const at::Tensor& t) { return t.scalar_type() == at::kFloat ? t : t.to(at::kFloat); }
+
 algorithms::EpisodeShape shape_of(const envs::MultiAgentVecEnv& env) {
   const envs::MultiAgentSpec& s = env.spec();
   if (!s.discrete())
@@ -55,7 +58,7 @@ class QProgram final : public Program {
     learner_ = std::make_unique<algorithms::QLearner>(config_, shape_);
     gen_ = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(e.seed) + 1);
     env_->reset(static_cast<uint64_t>(e.seed));
-    recorder_.begin(env_->obs(), env_->global_state(), env_->avail_actions());
+    recorder_.begin(as_float(env_->obs()), as_float(env_->global_state()), env_->avail_actions());
     last_action_ = at::full({env_->num_envs(), env_->num_agents()}, -1, at::kLong);
   }
 
@@ -88,12 +91,13 @@ class QProgram final : public Program {
       FinishedEpisodes finished;
       const double epsilon = config_.epsilon(global_step_);
       for (int64_t s = 0; s < num_steps_; ++s) {
-        at::Tensor action = learner_->act(env_->obs(), env_->avail_actions(), last_action_, epsilon, gen_);
+        at::Tensor action = learner_->act(as_float(env_->obs()), env_->avail_actions(), last_action_, epsilon, gen_);
         env_->step(action);
         const at::Tensor done = env_->terminated() | env_->truncated();
-        core::Batch ended = recorder_.step(action, env_->reward(), env_->terminated(), done, env_->obs(),
-                                           env_->global_state(), env_->avail_actions(), env_->final_obs(),
-                                           env_->final_global_state(), env_->final_avail_actions());
+        core::Batch ended = recorder_.step(action, env_->reward(), env_->terminated(), done, as_float(env_->obs()),
+                                           as_float(env_->global_state()), env_->avail_actions(),
+                                           as_float(env_->final_obs()), as_float(env_->final_global_state()),
+                                           env_->final_avail_actions());
         last_action_ = at::where(done.unsqueeze(1), at::full_like(action, -1), action);
         if (!ended.empty()) {
           replay_.add(ended);
@@ -184,7 +188,7 @@ EvalResult evaluate_q_checkpoint(core::ConfigView root, const std::vector<std::p
   at::Tensor last = at::full({env->num_envs(), env->num_agents()}, -1, at::kLong);
   EvalTally tally(episodes, env->num_envs());
   while (!tally.complete()) {
-    at::Tensor action = learner.act(env->obs(), env->avail_actions(), last, 0.0, gen);  // greedy
+    at::Tensor action = learner.act(as_float(env->obs()), env->avail_actions(), last, 0.0, gen);  // greedy
     env->step(action);
     const at::Tensor done = env->terminated() | env->truncated();
     last = at::where(done.unsqueeze(1), at::full_like(action, -1), action);
