@@ -29,6 +29,7 @@ class BatchedMultiAgentEnv final : public MultiAgentVecEnv {
       throw ConfigError(spec_.id + ": backend 'cuda' needs a build with CUDA, a GPU and a libtorch built with CUDA; "
                                    "this machine or build lacks one (use backend 'cpu')");
     using Obs = kernels::obs_t<E>;
+    using State = kernels::state_t<E>;
     if (spec_.obs_dtype() != c10::CppTypeToScalarType<Obs>::value || spec_.state_dtype() != spec_.obs_dtype())
       throw Error(spec_.id + ": the spec's observation and state dtypes must both be the env type's (" +
                   std::string(c10::toString(c10::CppTypeToScalarType<Obs>::value)) + ")");
@@ -40,7 +41,9 @@ class BatchedMultiAgentEnv final : public MultiAgentVecEnv {
     dims_.avail_dim = static_cast<int32_t>(spec_.avail_dim());
     dims_.action_dim = static_cast<int32_t>(spec_.action_dim());
     auto opts = obs_.options();
-    state_ = at::zeros({E::state_vars(params_), capacity_}, opts.dtype(at::kDouble));
+    const auto state_type = opts.dtype(c10::CppTypeToScalarType<State>::value);
+    state_ = kernels::EnvMajorState<E>::value ? at::zeros({capacity_, E::state_vars(params_)}, state_type)
+                                               : at::zeros({E::state_vars(params_), capacity_}, state_type);
     return_so_far_ = at::zeros({capacity_, num_agents()}, opts.dtype(at::kDouble));
     elapsed_ = at::zeros({capacity_}, opts.dtype(at::kInt));
     episode_ = at::zeros({capacity_}, opts.dtype(at::kInt));
@@ -64,12 +67,12 @@ class BatchedMultiAgentEnv final : public MultiAgentVecEnv {
     if (env < 0 || env >= num_envs_)
       throw Error(spec_.id + ": env index " + std::to_string(env) + " is outside 0 to " + std::to_string(num_envs_ - 1));
     at::Tensor host = state_.cpu().contiguous();
-    E::set_state_json(params_, kernels::StateRef{host.data_ptr<double>() + env, capacity_}, json);
+    E::set_state_json(params_, kernels::state_of<E>(params_, host.data_ptr(), capacity_, env), json);
     state_.copy_(host);
     // Observations from the new state, computed on the CPU for this one env.
     at::Tensor obs = obs_.cpu().contiguous(), avail = avail_.cpu().contiguous(), gs = global_state_.cpu().contiguous();
     kernels::MultiAgentBuffers b = buffers(nullptr);
-    b.state = host.data_ptr<double>();
+    b.state = host.data_ptr();
     b.obs = obs.data_ptr();
     b.avail = avail.data_ptr<bool>();
     b.global_state = gs.data_ptr();
@@ -103,7 +106,7 @@ class BatchedMultiAgentEnv final : public MultiAgentVecEnv {
 
   kernels::MultiAgentBuffers buffers(const void* actions) const {
     kernels::MultiAgentBuffers b = dims_;  // sizes, worked out once from the spec
-    b.state = state_.data_ptr<double>();
+    b.state = state_.data_ptr();
     b.obs = obs_.data_ptr();
     b.final_obs = final_obs_.data_ptr();
     b.global_state = global_state_.data_ptr();

@@ -18,11 +18,14 @@ enum class ActionKind { Discrete, MultiDiscrete, Box };
 
 // One env's physical state inside a struct-of-arrays buffer: variable k of env i lives at
 // base[k * num_envs + i], so a loop over envs reads each variable contiguously.
-struct StateRef {
-  double* p;
+// Variables are doubles unless a multi-agent env stores a narrower type (see multi_agent_batch.hpp).
+template <class T>
+struct StateRefOf {
+  T* p;
   int64_t stride;
-  FLOTILLA_HD double& operator[](int k) const { return p[k * stride]; }
+  FLOTILLA_HD T& operator[](int k) const { return p[k * stride]; }
 };
+using StateRef = StateRefOf<double>;
 
 // Where one env's observation goes: component k at p[k * stride]. Rows of the obs tensor
 // (stride 1), or a block's struct-of-arrays scratch on the CPU, which vectorizes for any size.

@@ -21,10 +21,13 @@
 // Optionally:
 //   `using Obs = uint8_t;` for observations and states stored as bytes (float otherwise; the
 //   spec's observation and state spaces then say dtype "uint8");
+//   `using State = int8_t;` (or another arithmetic type) for state variables narrower than double,
+//   with `using StateRef = kernels::StateRefOf<State>;`: fewer bytes per env step to move;
 //   episode_reward(p, StateRef, agent) -> float: the part of the step's reward that counts toward
 //   the episode return, for envs whose training reward adds shaping to the game's own (the
 //   episode return then reports the game's reward alone).
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 
@@ -40,6 +43,23 @@ struct AgentActions {
   FLOTILLA_HD float continuous(int agent, int k) const { return static_cast<const float*>(p)[agent * dim + k]; }
 };
 
+// Byte-buffer helpers for env observation code: memset and memcpy on the CPU (a byte loop does not
+// become one), plain loops in a CUDA thread.
+FLOTILLA_HD void zero_bytes(uint8_t* p, int n) {
+#if defined(__CUDA_ARCH__)
+  for (int k = 0; k < n; ++k) p[k] = 0;
+#else
+  std::memset(p, 0, static_cast<size_t>(n));
+#endif
+}
+FLOTILLA_HD void copy_bytes(uint8_t* to, const uint8_t* from, int n) {
+#if defined(__CUDA_ARCH__)
+  for (int k = 0; k < n; ++k) to[k] = from[k];
+#else
+  std::memcpy(to, from, static_cast<size_t>(n));
+#endif
+}
+
 // E::Obs where the env declares one, float otherwise.
 template <class E, class = void>
 struct ObsOf {
@@ -52,16 +72,44 @@ struct ObsOf<E, std::void_t<typename E::Obs>> {
 template <class E>
 using obs_t = typename ObsOf<E>::type;
 
+// E::State where the env declares one, double otherwise.
+template <class E, class = void>
+struct StateOf {
+  using type = double;
+};
+template <class E>
+struct StateOf<E, std::void_t<typename E::State>> {
+  using type = typename E::State;
+};
+template <class E>
+using state_t = typename StateOf<E>::type;
+
+// Whether E keeps each env's variables together ([N, vars], `static constexpr bool
+// kEnvMajorState = true`): for envs with many variables per env, whose CPU steps would otherwise
+// touch a cache line per variable. The default is [vars, N], each variable contiguous over envs
+// (coalesced in a CUDA warp).
+template <class E, class = void>
+struct EnvMajorState : std::false_type {};
+template <class E>
+struct EnvMajorState<E, std::void_t<decltype(E::kEnvMajorState)>> : std::bool_constant<E::kEnvMajorState> {};
+
+template <class E>
+FLOTILLA_HD StateRefOf<state_t<E>> state_of(const typename E::Params& p, void* state, int64_t num_envs, int64_t i) {
+  if constexpr (EnvMajorState<E>::value) return {static_cast<state_t<E>*>(state) + i * E::state_vars(p), 1};
+  else return {static_cast<state_t<E>*>(state) + i, num_envs};
+}
+
 template <class E, class = void>
 struct HasEpisodeReward : std::false_type {};
 template <class E>
 struct HasEpisodeReward<E, std::void_t<decltype(E::episode_reward(std::declval<const typename E::Params&>(),
-                                                                   std::declval<StateRef>(), 0))>> : std::true_type {};
+                                                                   std::declval<typename E::StateRef>(), 0))>>
+    : std::true_type {};
 
 struct MultiAgentBuffers {
   int64_t num_envs = 0;
   int32_t agents = 0, obs_dim = 0, state_dim = 0, avail_dim = 0, action_dim = 0;  // action_dim 0: discrete
-  double* state = nullptr;               // [state_vars, N] physical state, struct of arrays
+  void* state = nullptr;                 // [state_vars, N] state_t<E>, struct of arrays (or [N, state_vars])
   // Observations and states are obs_t<E> (float unless the env stores bytes).
   void* obs = nullptr;                   // [N, A, O]
   void* final_obs = nullptr;             // [N, A, O], where an episode ended
@@ -87,7 +135,7 @@ struct MultiAgentBuffers {
 template <class E>
 FLOTILLA_HD void ma_observe(const typename E::Params& p, const MultiAgentBuffers& b, int64_t i) {
   using Obs = obs_t<E>;
-  StateRef s{b.state + i, b.num_envs};
+  const auto s = state_of<E>(p, b.state, b.num_envs, i);
   Obs* obs = static_cast<Obs*>(b.obs);
   for (int a = 0; a < b.agents; ++a) {
     const int64_t row = i * b.agents + a;
@@ -100,7 +148,7 @@ FLOTILLA_HD void ma_observe(const typename E::Params& p, const MultiAgentBuffers
 template <class E>
 FLOTILLA_HD void ma_reset_one(const typename E::Params& p, const MultiAgentBuffers& b, int64_t i) {
   EnvRng rng(b.seed, static_cast<uint64_t>(i), b.episode[i]);
-  E::reset(p, StateRef{b.state + i, b.num_envs}, rng);
+  E::reset(p, state_of<E>(p, b.state, b.num_envs, i), rng);
   b.elapsed[i] = 0;
   for (int a = 0; a < b.agents; ++a) b.return_so_far[i * b.agents + a] = 0.0;
   ma_observe<E>(p, b, i);
@@ -116,7 +164,7 @@ FLOTILLA_HD void ma_step_one(const typename E::Params& p, const MultiAgentBuffer
                                           : static_cast<const void*>(static_cast<const float*>(b.actions) + i * per_env);
   bool terminated = false;
   float won = 0.0f;
-  const StateRef s{b.state + i, b.num_envs};
+  const auto s = state_of<E>(p, b.state, b.num_envs, i);
   E::step(p, s, AgentActions{actions, b.action_dim}, b.reward + first, b.agent_done + first, terminated, won);
   const int32_t t = b.elapsed[i] + 1;
   b.elapsed[i] = t;

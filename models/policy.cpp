@@ -22,8 +22,8 @@ PolicyConfig PolicyConfig::read(const core::ConfigView& m, const Defaults& defau
   dists.insert(dists.begin(), "auto");
   c.distribution = m.choice("distribution", c.distribution, dists);
   c.init_log_std = m.get<double>("init_log_std", c.init_log_std);
-  c.critic = m.choice("critic", defaults.critic, {"local", "global"});
-  if (defaults.local_critic_only && c.critic == "global")
+  c.critic = m.choice("critic", defaults.critic, {"local", "global", "agent_specific"});
+  if (defaults.local_critic_only && c.critic != "local")
     m.fail("critic", defaults.algo + " trains independent critics on each agent's own observation; use algo.name: mappo "
                      "for a centralized critic");
   c.value_norm = m.get<bool>("value_norm", defaults.value_norm);
@@ -79,7 +79,7 @@ struct Policy::Impl : torch::nn::Module {
   torch::Tensor vn_mean, vn_var, vn_count;  // value normalizer statistics (not trained)
   bool shared = false;
   bool discrete = true;
-  bool global_critic = false;
+  bool global_critic = false, agent_specific = false;
   envs::ObsLayout layout;
 
   Impl(const PolicyConfig& c, const envs::Space& obs, const envs::Space& action, const envs::ObsLayout& l) : layout(l) {
@@ -92,13 +92,14 @@ struct Policy::Impl : torch::nn::Module {
     dist = make_distribution(dname);
     if (dist->continuous() == discrete)
       throw ConfigError("model.distribution '" + dname + "' does not fit the action space " + action.str());
-    global_critic = c.critic == "global";
+    global_critic = c.critic != "local";
+    agent_specific = c.critic == "agent_specific";
     if (global_critic && !layout.multi_agent())
-      throw ConfigError("model.critic 'global' reads a multi-agent env's global state; this env has none");
+      throw ConfigError("model.critic '" + c.critic + "' reads a multi-agent env's global state; this env has none");
     if (global_critic && c.shared_trunk)
-      throw ConfigError("model.critic 'global' needs separate actor and critic trunks (shared_trunk: false)");
+      throw ConfigError("model.critic '" + c.critic + "' needs separate actor and critic trunks (shared_trunk: false)");
     const int64_t in = layout.multi_agent() ? layout.actor_dim() : obs.shape[0];
-    const int64_t critic_in = global_critic ? layout.critic_dim() : in;
+    const int64_t critic_in = agent_specific ? layout.mask_offset() : global_critic ? layout.critic_dim() : in;
     const int64_t head = dist->head_size(discrete ? action.n : action.numel());
     shared = c.shared_trunk;
     const TrunkFactory& trunk = networks().at(c.network);
@@ -120,6 +121,7 @@ struct Policy::Impl : torch::nn::Module {
   }
   torch::Tensor critic_features(const torch::Tensor& obs, const torch::Tensor& actor_features) {
     if (shared) return actor_features;
+    if (agent_specific) return critic_trunk->forward(obs.narrow(-1, 0, layout.mask_offset()));  // obs | id | state
     return critic_trunk->forward(global_critic ? obs.narrow(-1, layout.critic_offset(), layout.critic_dim()) : actor_input(obs));
   }
   // The critic's prediction in return units.

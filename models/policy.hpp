@@ -35,8 +35,10 @@ struct PolicyConfig {
   bool shared_trunk = false;        // one trunk for actor and critic, or one each
   std::string distribution = "auto";  // auto: categorical for Discrete, diag_gaussian for Box
   double init_log_std = 0.0;
-  // Multi-agent envs (agent rows): the critic reads the agent's own observation ("local", IPPO)
-  // or the global state ("global", MAPPO's centralized critic). Both read the agent's id.
+  // Multi-agent envs (agent rows): the critic reads the agent's own observation ("local", IPPO),
+  // the global state ("global", MAPPO's centralized critic), or both ("agent_specific", MAPPO's
+  // agent-specific global state, for envs whose state holds what observations lack). All read
+  // the agent's id.
   std::string critic = "local";
   // Value normalization (MAPPO): the critic predicts returns normalized by running statistics.
   bool value_norm = false;

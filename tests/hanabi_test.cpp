@@ -99,10 +99,14 @@ TEST_CASE("hanabi_start_has_full_tokens_the_other_hand_and_legal_moves") {
   // Discards are illegal with 8 tokens; hints must touch a card (player 1 has no 3, 4 or 5).
   CHECK(legal(*env, 0) == std::vector<int64_t>{5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16});
   CHECK(legal(*env, 1) == std::vector<int64_t>{20});  // not its turn: the no-op only
-  // The global state: player 0's view, its own hand, whose turn it is.
-  CHECK(env->spec().state.numel() == 658 + 125 + 2);
-  CHECK(env->global_state()[0][658 + 0 * 25 + 0].item<int>() == 1);  // R1
-  CHECK(env->global_state()[0][658 + 125].item<int>() == 1);
+  // The global state: both hands, whose turn it is.
+  CHECK(env->spec().state.numel() == 2 * 125 + 2);
+  CHECK(env->global_state()[0][0 * 25 + 0].item<int>() == 1);    // player 0's R1
+  CHECK(env->global_state()[0][9 * 25 + 15].item<int>() == 1);   // player 1's W1
+  CHECK(env->global_state()[0].narrow(0, 0, 250).sum().item<int>() == 10);
+  CHECK(env->global_state()[0][250].item<int>() == 1);
+  env->step(turn(0, 15));
+  CHECK(env->global_state()[0][251].item<int>() == 1);
 }
 
 TEST_CASE("hanabi_hints_cost_a_token_and_narrow_card_knowledge") {

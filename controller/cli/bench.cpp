@@ -47,6 +47,31 @@ std::vector<at::Tensor> random_actions(const envs::Space& space, int64_t num_env
   return out;
 }
 
+// Uniform draws among each agent's legal actions ([N, A, K] mask), with a small fast generator so
+// the drawing stays a small part of the timed loop.
+struct LegalSampler {
+  uint64_t state = 0x9e3779b97f4a7c15ULL;
+  uint64_t next() {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return state;
+  }
+  void draw(const at::Tensor& avail, at::Tensor& out) {
+    const at::Tensor m = avail.contiguous();
+    const bool* mask = m.data_ptr<bool>();
+    int64_t* a = out.data_ptr<int64_t>();
+    const int64_t rows = out.numel(), K = m.size(2);
+    int64_t legal[256];
+    for (int64_t i = 0; i < rows; ++i) {
+      int64_t n = 0;
+      for (int64_t k = 0; k < K; ++k)
+        if (mask[i * K + k]) legal[n++] = k;
+      a[i] = legal[static_cast<int64_t>((next() >> 32) * static_cast<uint64_t>(n) >> 32)];
+    }
+  }
+};
+
 // `count` batches of random actions, each agent's inside its own space: [N, A] or [N, A, k].
 std::vector<at::Tensor> random_agent_actions(const envs::MultiAgentSpec& spec, int64_t num_envs, int count) {
   std::vector<at::Tensor> out;
@@ -75,12 +100,27 @@ int bench_env(const EnvBenchArgs& args) {
   int agents = 1;
   std::unique_ptr<envs::VecEnv> env;
   std::unique_ptr<envs::MultiAgentVecEnv> ma_env;
+  // Turn-based envs reject moves outside the mask: each step draws uniformly among the legal ones.
+  at::Tensor legal_actions;
+  LegalSampler sampler;
+  double sampling_s = 0.0;
   if (envs::is_multi_agent(args.env)) {
     ma_env = envs::make_multi_agent_env(args.env, options);
-    actions = random_agent_actions(ma_env->spec(), args.num_envs, 16);
     agents = ma_env->num_agents();
     ma_env->reset(1);
-    step = [&](const at::Tensor& a) { ma_env->step(a); };
+    if (ma_env->spec().strict_masks) {
+      legal_actions = at::zeros({args.num_envs, agents}, at::kLong);
+      actions = {legal_actions};
+      step = [&](const at::Tensor& a) {
+        const auto t0 = std::chrono::steady_clock::now();
+        sampler.draw(ma_env->avail_actions(), legal_actions);
+        sampling_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        ma_env->step(a);
+      };
+    } else {
+      actions = random_agent_actions(ma_env->spec(), args.num_envs, 16);
+      step = [&](const at::Tensor& a) { ma_env->step(a); };
+    }
   } else {
     env = envs::make_env(args.env, options);
     actions = random_actions(env->spec().action_space, args.num_envs, 16);
@@ -96,8 +136,10 @@ int bench_env(const EnvBenchArgs& args) {
   // Warm up (caches, thread wake-up), then size the measured run to about a second.
   const double warm = run(20) / 20;
   const int64_t steps = args.steps > 0 ? args.steps : std::clamp<int64_t>(static_cast<int64_t>(1.0 / std::max(warm, 1e-9)), 50, 2'000'000);
+  sampling_s = 0.0;
   const double seconds = run(steps);
   const double sps = static_cast<double>(steps) * args.num_envs / seconds;
+  const bool legal = legal_actions.defined();
   if (args.json) {
     nlohmann::ordered_json j = {{"env", args.env},         {"num_envs", args.num_envs}, {"threads", args.threads},
                                 {"backend", args.backend}, {"batch_steps", steps},     {"seconds", seconds},
@@ -105,6 +147,11 @@ int bench_env(const EnvBenchArgs& args) {
     if (ma_env) {
       j["agents"] = agents;
       j["agent_steps_per_second"] = sps * agents;
+    }
+    if (legal) {
+      j["actions"] = "random legal";
+      j["sampling_seconds"] = sampling_s;
+      j["steps_per_second_without_sampling"] = static_cast<double>(steps) * args.num_envs / (seconds - sampling_s);
     }
     std::cout << j.dump() << "\n";
   } else {
@@ -114,6 +161,10 @@ int bench_env(const EnvBenchArgs& args) {
               << "steps_per_second: " << static_cast<int64_t>(sps) << "\n";
     if (ma_env)
       std::cout << "agents: " << agents << "  agent_steps_per_second: " << static_cast<int64_t>(sps * agents) << "\n";
+    if (legal)
+      std::cout << "actions: random legal, drawn each step in " << sampling_s << " s of the total ("
+                << static_cast<int64_t>(static_cast<double>(steps) * args.num_envs / (seconds - sampling_s))
+                << " steps/s without the drawing)\n";
   }
   return 0;
 }

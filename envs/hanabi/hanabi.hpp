@@ -19,10 +19,11 @@
 // knowledge type) as bytes, observer-relative: other hands, missing-card bits, deck size,
 // fireworks, tokens, lives, discards, the last non-deal move, and every hand's card knowledge
 // (plausible cards, revealed color and rank). 658 bits for 2 full-game players.
-// The global state: player 0's observation, player 0's own hand (one-hot cards), and the current
-// player (one-hot).
+// The global state is what the observations hide: every hand's cards (one-hot, player 0's first)
+// and the current player (one-hot); a critic reads it beside the agent's own observation
+// (model.critic: agent_specific, as MAPPO's agent-specific global state).
 //
-// One env's state, as doubles (see Hanabi::Layout): the current player, tokens, lives, turns left
+// One env's state, as bytes (see layout()): the current player, tokens, lives, turns left
 // after the deck ran out, the deck position; fireworks; the last move; discard counts; hands
 // (card = color * ranks + rank, -1 empty) and their knowledge (per card: plausible colors as bits,
 // +32 once the color was revealed; the same for ranks); the deck's order; the step's reward.
@@ -73,7 +74,9 @@ inline void layout(Params& p) {
 
 struct Hanabi {
   using Params = hanabi::Params;
-  using StateRef = kernels::StateRef;
+  using State = int8_t;  // every variable fits a byte: cards, bit sets, counts, tokens
+  static constexpr bool kEnvMajorState = true;  // ~160 variables an env: keep them in 3 cache lines
+  using StateRef = kernels::StateRefOf<State>;
   using Obs = uint8_t;
   // Scalars at the front of the state.
   enum Var { Cur = 0, Info = 1, Life = 2, TurnsLeft = 3, DeckPos = 4 };
@@ -82,18 +85,18 @@ struct Hanabi {
   enum Last { LPlayer, LType, LTarget, LColor, LRank, LReveal, LPosition, LCard, LScored, LToken };
 
   FLOTILLA_HD static int64_t state_vars(const Params& p) { return p.vars; }
-  FLOTILLA_HD static int state_dim(const Params& p) { return p.obs_dim + p.hand_size * p.colors * p.ranks + p.agents; }
+  FLOTILLA_HD static int state_dim(const Params& p) { return p.agents * p.hand_size * p.colors * p.ranks + p.agents; }
   FLOTILLA_HD static int get(StateRef s, int k) { return static_cast<int>(s[k]); }
-  FLOTILLA_HD static double& card(const Params& p, StateRef s, int player, int slot) { return s[p.v_hands + player * p.hand_size + slot]; }
-  FLOTILLA_HD static double& color_know(const Params& p, StateRef s, int player, int slot) {
+  FLOTILLA_HD static State& card(const Params& p, StateRef s, int player, int slot) { return s[p.v_hands + player * p.hand_size + slot]; }
+  FLOTILLA_HD static State& color_know(const Params& p, StateRef s, int player, int slot) {
     return s[p.v_knowledge + 2 * (player * p.hand_size + slot)];
   }
-  FLOTILLA_HD static double& rank_know(const Params& p, StateRef s, int player, int slot) {
+  FLOTILLA_HD static State& rank_know(const Params& p, StateRef s, int player, int slot) {
     return s[p.v_knowledge + 2 * (player * p.hand_size + slot) + 1];
   }
   FLOTILLA_HD static int hand_count(const Params& p, StateRef s, int player) {
     int n = 0;
-    while (n < p.hand_size && card(p, s, player, n) >= 0.0) ++n;
+    while (n < p.hand_size && card(p, s, player, n) >= 0) ++n;
     return n;
   }
   FLOTILLA_HD static int score(const Params& p, StateRef s) {
@@ -121,7 +124,7 @@ struct Hanabi {
         for (int k = 0; k < instances(p, r); ++k) s[p.v_deck + n++] = c * p.ranks + r;
     for (int i = n - 1; i > 0; --i) {
       const int j = static_cast<int>((static_cast<uint64_t>(rng.next_u32()) * static_cast<uint64_t>(i + 1)) >> 32);
-      const double t = s[p.v_deck + i];
+      const State t = s[p.v_deck + i];
       s[p.v_deck + i] = s[p.v_deck + j];
       s[p.v_deck + j] = t;
     }
@@ -150,7 +153,7 @@ struct Hanabi {
     if (m < 0 || m >= p.moves) return false;
     if (m < 2 * H) {
       if (m < H && get(s, Info) >= p.max_info) return false;
-      return card(p, s, cur, m % H) >= 0.0;
+      return card(p, s, cur, m % H) >= 0;
     }
     if (get(s, Info) <= 0) return false;
     int u = m - 2 * H;
@@ -227,7 +230,7 @@ struct Hanabi {
         for (int slot = 0; slot < H; ++slot) {
           const int cd = static_cast<int>(card(p, s, target, slot));
           if (cd < 0) break;
-          double& know = color ? color_know(p, s, target, slot) : rank_know(p, s, target, slot);
+          State& know = color ? color_know(p, s, target, slot) : rank_know(p, s, target, slot);
           const int k = static_cast<int>(know);
           if ((color ? cd / p.ranks : cd % p.ranks) == value) {
             mask |= 1 << slot;
@@ -252,41 +255,49 @@ struct Hanabi {
     won = 0.0f;
   }
 
+  // Bytes at[0 .. width) set to whether their index is below n, without branches.
+  FLOTILLA_HD static void thermometer(uint8_t* at, int n, int width) {
+    for (int i = 0; i < width; ++i) at[i] = i < n;
+  }
+
+  // Every variant has 5 ranks; the encoding's loops over ranks use the constant.
   FLOTILLA_HD static void observe(const Params& p, StateRef s, int o, uint8_t* obs) {
-    const int P = p.agents, C = p.colors, R = p.ranks, H = p.hand_size, CR = C * R;
-    for (int k = 0; k < p.obs_dim; ++k) obs[k] = 0;
+    constexpr int R = kMaxRanks;
+    const int P = p.agents, C = p.colors, H = p.hand_size, CR = C * R;
+    kernels::zero_bytes(obs, p.obs_dim);
     // Other hands, then a bit per player whose hand is short.
     int at = 0;
     for (int k = 1; k < P; ++k) {
       const int pl = (o + k) % P;
       for (int slot = 0; slot < H; ++slot) {
-        const int cd = static_cast<int>(card(p, s, pl, slot));
+        const int cd = card(p, s, pl, slot);
         if (cd >= 0) obs[at + cd] = 1;
         at += CR;
       }
     }
-    for (int k = 0; k < P; ++k) obs[at + k] = card(p, s, (o + k) % P, H - 1) < 0.0;
+    for (int k = 0; k < P; ++k) obs[at + k] = card(p, s, (o + k) % P, H - 1) < 0;
     // Board: deck size, fireworks, information tokens, lives.
     at = p.off_board;
-    const int left = p.deck_size - get(s, DeckPos);
-    for (int i = 0; i < left; ++i) obs[at + i] = 1;
+    thermometer(obs + at, p.deck_size - get(s, DeckPos), p.deck_size - P * H);
     at += p.deck_size - P * H;
     for (int c = 0; c < C; ++c) {
       const int f = get(s, p.v_fireworks + c);
       if (f > 0) obs[at + f - 1] = 1;
       at += R;
     }
-    for (int i = 0; i < get(s, Info); ++i) obs[at + i] = 1;
+    thermometer(obs + at, get(s, Info), p.max_info);
     at += p.max_info;
-    for (int i = 0; i < get(s, Life); ++i) obs[at + i] = 1;
-    // Discards: per card kind, as many bits as were discarded out of its copies.
+    thermometer(obs + at, get(s, Life), p.max_life);
+    // Discards: per card kind, as many bits as were discarded out of its copies (3, 2, 2, 2, 1).
     at = p.off_discards;
-    for (int c = 0; c < C; ++c)
-      for (int r = 0; r < R; ++r) {
-        const int n = get(s, p.v_discards + c * R + r);
-        for (int i = 0; i < n; ++i) obs[at + i] = 1;
-        at += instances(p, r);
-      }
+    for (int c = 0; c < C; ++c, at += 10) {
+      const int base = p.v_discards + c * R;
+      thermometer(obs + at, get(s, base), 3);
+      thermometer(obs + at + 3, get(s, base + 1), 2);
+      thermometer(obs + at + 5, get(s, base + 2), 2);
+      thermometer(obs + at + 7, get(s, base + 3), 2);
+      obs[at + 9] = get(s, base + 4) > 0;
+    }
     // The last move, with players relative to the observer.
     at = p.off_last;
     const int mover = get(s, p.v_last + LPlayer);
@@ -317,41 +328,66 @@ struct Hanabi {
         obs[at + 1] = get(s, p.v_last + LToken) != 0;
       }
     }
-    // Card knowledge of every hand, the observer's first.
-    at = p.off_knowledge;
+    // Card knowledge of every hand, the observer's first: plausible cards are the plausible colors'
+    // rows of the plausible ranks' pattern.
+    const int block = CR + C + R;
     for (int k = 0; k < P; ++k) {
       const int pl = (o + k) % P;
-      for (int slot = 0; slot < H; ++slot, at += CR + C + R) {
-        if (card(p, s, pl, slot) < 0.0) continue;
-        const int ck = static_cast<int>(color_know(p, s, pl, slot)), rk = static_cast<int>(rank_know(p, s, pl, slot));
-        for (int c = 0; c < C; ++c)
-          if ((ck >> c) & 1)
-            for (int r = 0; r < R; ++r) obs[at + c * R + r] = (rk >> r) & 1;
-        if (ck & kHinted)
-          for (int c = 0; c < C; ++c) obs[at + CR + c] = (ck >> c) & 1;
-        if (rk & kHinted)
-          for (int r = 0; r < R; ++r) obs[at + CR + C + r] = (rk >> r) & 1;
+      at = p.off_knowledge + k * H * block;
+      for (int slot = 0; slot < H; ++slot, at += block) {
+        if (card(p, s, pl, slot) < 0) break;
+        const int ck = color_know(p, s, pl, slot), rk = rank_know(p, s, pl, slot);
+        uint8_t ranks[R], none[R] = {};
+        for (int r = 0; r < R; ++r) ranks[r] = (rk >> r) & 1;
+        for (int c = 0; c < C; ++c) {
+          const uint8_t* row = (ck >> c) & 1 ? ranks : none;
+          for (int r = 0; r < R; ++r) obs[at + c * R + r] = row[r];
+        }
+        const int color_hinted = (ck & kHinted) != 0, rank_hinted = (rk & kHinted) != 0;
+        for (int c = 0; c < C; ++c) obs[at + CR + c] = color_hinted & (ck >> c);
+        for (int r = 0; r < R; ++r) obs[at + CR + C + r] = rank_hinted & ranks[r];
       }
     }
   }
 
-  FLOTILLA_HD static void global_state(const Params& p, StateRef s, const uint8_t* obs, int, uint8_t* state) {
-    for (int k = 0; k < p.obs_dim; ++k) state[k] = obs[k];
-    const int CR = p.colors * p.ranks;
-    uint8_t* hand = state + p.obs_dim;
-    for (int k = 0; k < p.hand_size * CR; ++k) hand[k] = 0;
-    for (int slot = 0; slot < p.hand_size; ++slot) {
-      const int cd = static_cast<int>(card(p, s, 0, slot));
-      if (cd >= 0) hand[slot * CR + cd] = 1;
+  FLOTILLA_HD static void global_state(const Params& p, StateRef s, const uint8_t*, int, uint8_t* state) {
+    const int CR = p.colors * p.ranks, hands = p.agents * p.hand_size;
+    kernels::zero_bytes(state, hands * CR);
+    for (int k = 0; k < hands; ++k) {
+      const int cd = s[p.v_hands + k];
+      if (cd >= 0) state[k * CR + cd] = 1;
     }
-    uint8_t* cur = hand + p.hand_size * CR;
-    for (int a = 0; a < p.agents; ++a) cur[a] = a == get(s, Cur);
+    for (int a = 0; a < p.agents; ++a) state[hands * CR + a] = a == get(s, Cur);
   }
 
   FLOTILLA_HD static void available(const Params& p, StateRef s, int agent, bool* avail) {
-    const bool turn = agent == get(s, Cur);
-    for (int m = 0; m < p.moves; ++m) avail[m] = turn && legal(p, s, m);
-    avail[p.moves] = !turn;
+    const int H = p.hand_size, cur = get(s, Cur);
+    if (agent != cur) {
+      for (int m = 0; m < p.moves; ++m) avail[m] = false;
+      avail[p.moves] = true;
+      return;
+    }
+    const int n = hand_count(p, s, cur), info = get(s, Info);
+    for (int i = 0; i < H; ++i) {
+      avail[i] = i < n && info < p.max_info;
+      avail[H + i] = i < n;
+    }
+    // Hints: the colors and ranks each other hand holds.
+    bool* colors = avail + 2 * H;
+    bool* ranks = colors + (p.agents - 1) * p.colors;
+    for (int t = 1; t < p.agents; ++t) {
+      const int target = (cur + t) % p.agents;
+      int cm = 0, rm = 0;
+      for (int slot = 0; slot < H; ++slot) {
+        const int cd = card(p, s, target, slot);
+        if (cd < 0) break;
+        cm |= 1 << (cd / p.ranks);
+        rm |= 1 << (cd % p.ranks);
+      }
+      for (int c = 0; c < p.colors; ++c) colors[(t - 1) * p.colors + c] = info > 0 && ((cm >> c) & 1);
+      for (int r = 0; r < p.ranks; ++r) ranks[(t - 1) * p.ranks + r] = info > 0 && ((rm >> r) & 1);
+    }
+    avail[p.moves] = false;
   }
 
   // {"deck": ["R1", "Y3", ...]}: the whole deck in dealing order (hands first, player 0's first),
