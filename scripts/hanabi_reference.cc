@@ -4,6 +4,7 @@
 //   HLE=path/to/hanabi_learning_environment/hanabi_lib
 //   g++ -O2 -std=c++17 -I$HLE scripts/hanabi_reference.cc $HLE/*.cc -o /tmp/hanabi_reference
 //   /tmp/hanabi_reference > tests/data/hanabi_reference.json
+//   /tmp/hanabi_reference --speed [SECONDS]   (HLE's own speed, below)
 //
 // Each case deals a shuffled deck in order (the case records it, as --init-state takes it), then
 // plays legal moves chosen at random (playable cards are played half the time they exist and
@@ -12,7 +13,9 @@
 // legal moves of the player to move next, and every player's canonical observation as hex
 // digits (four bits each, first bit highest).
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <unordered_map>
@@ -52,7 +55,42 @@ void deal(HanabiState& state, const std::vector<std::pair<int, int>>& deck, size
 
 }  // namespace
 
-int main() {
+// HLE's speed on one thread, 2 players of the full game, random legal moves (as rl_env deals:
+// random chance outcomes), without observations and with the canonical encoding of every player
+// after every move.
+int speed(double seconds) {
+  std::unordered_map<std::string, std::string> params = {{"players", "2"}, {"seed", "1"}};
+  HanabiGame game(params);
+  CanonicalObservationEncoder encoder(&game);
+  std::mt19937 rng(1);
+  for (bool encode : {false, true}) {
+    long moves = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    double elapsed = 0.0;
+    while (elapsed < seconds) {
+      HanabiState state(&game, 0);
+      while (!state.IsTerminal()) {
+        if (state.CurPlayer() == kChancePlayerId) {
+          state.ApplyRandomChance();
+          continue;
+        }
+        std::vector<HanabiMove> legal = state.LegalMoves(state.CurPlayer());
+        state.ApplyMove(legal[std::uniform_int_distribution<size_t>(0, legal.size() - 1)(rng)]);
+        while (state.CurPlayer() == kChancePlayerId) state.ApplyRandomChance();
+        if (encode)
+          for (int pl = 0; pl < 2; ++pl) encoder.Encode(HanabiObservation(state, pl));
+        ++moves;
+      }
+      elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    std::printf("HLE, 2 players, %s: %.0f moves/s\n", encode ? "canonical encoding for both" : "no observations",
+                moves / elapsed);
+  }
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "--speed") return speed(argc > 2 ? std::atof(argv[2]) : 3.0);
   const Case cases[] = {
       {"hanabi/full", 2, 5, 5, 8, 3, 1}, {"hanabi/full", 2, 5, 5, 8, 3, 2},     {"hanabi/full", 3, 5, 5, 8, 3, 3},
       {"hanabi/full", 5, 5, 4, 8, 3, 4}, {"hanabi/small", 2, 2, 2, 3, 1, 5},    {"hanabi/very_small", 3, 1, 2, 3, 1, 6},

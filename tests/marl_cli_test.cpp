@@ -46,6 +46,15 @@ TEST_CASE("marl_configs_run_a_short_job") {
       {"smax_3m_qmix.yaml",
        {"train.total_steps=2000", "env.num_envs=8", "algo.learning_starts=4", "algo.batch_size=4"},
        {"charts/win_rate", "charts/epsilon", "losses/td_loss", "losses/q_values"}},
+      {"overcooked_cramped_room_ippo.yaml", {"train.total_steps=1600", "env.num_envs=2", "train.num_steps=400"},
+       {"charts/episodic_return", "losses/policy_loss"}},
+      {"overcooked_counter_circuit_mappo.yaml", {"train.total_steps=1600", "env.num_envs=2", "train.num_steps=400"},
+       {"charts/episodic_return", "losses/value_loss"}},
+      {"hanabi_full_mappo.yaml", {"train.total_steps=4000", "env.num_envs=8", "train.num_steps=100"},
+       {"charts/episodic_return", "losses/policy_loss"}},
+      {"hanabi_full_vdn.yaml",
+       {"train.total_steps=2000", "env.num_envs=4", "algo.learning_starts=4", "algo.batch_size=4"},
+       {"charts/episodic_return", "losses/td_loss"}},
   };
   for (const auto& c : cases) {
     CAPTURE(std::string(c.file));
@@ -67,6 +76,21 @@ TEST_CASE("marl_configs_run_a_short_job") {
     CHECK(j["episodes"] == 3);
     CHECK(j.contains("win_rate") == contains(c.file, "smax"));
   }
+}
+
+TEST_CASE("every_overcooked_config_loads") {
+  test::TempDir dir;
+  for (const char* layout : {"cramped_room", "asymmetric_advantages", "coordination_ring", "forced_coordination",
+                             "counter_circuit"})
+    for (const char* algo : {"ippo", "mappo"}) {
+      const std::string file = std::string("overcooked_") + layout + "_" + algo + ".yaml";
+      CAPTURE(file);
+      auto v = test::run_cli(kCli, {"validate", config(file)}, dir.path());
+      CHECK_MESSAGE(v.code == 0, v.err);
+    }
+  // IPPO's critics are local: the agent-specific critic is MAPPO's.
+  test::check_config_error(kCli, {"validate", config("overcooked_cramped_room_ippo.yaml"), "model.critic=agent_specific"},
+                           dir.path(), "mappo");
 }
 
 TEST_CASE("qmix_ctrl_c_then_resume_continues_the_run") {
@@ -146,7 +170,39 @@ TEST_CASE("env_trace_and_bench_work_on_multi_agent_envs") {
   auto j = nlohmann::json::parse(b.out);
   CHECK(j["agents"] == 3);
   CHECK(j["agent_steps_per_second"].get<double>() == doctest::Approx(3 * j["steps_per_second"].get<double>()));
+  // Turn-based Hanabi: the trace lists the legal moves, the bench draws legal moves.
+  std::string deck = R"({"deck":["R1","R2","Y1","W5","B3","G1","R1","Y2","B1","W1")";
+  for (const char* c : {"R", "Y", "G", "W", "B"})
+    for (int r = 1; r <= 5; ++r) {
+      int copies = r == 1 ? 3 : r == 5 ? 1 : 2;
+      for (const std::string dealt : {"R1", "R2", "Y1", "W5", "B3", "G1", "R1", "Y2", "B1", "W1"})
+        copies -= dealt == std::string(c) + std::to_string(r);
+      for (int k = 0; k < copies; ++k) deck += std::string(",\"") + c + std::to_string(r) + "\"";
+    }
+  deck += "]}";
+  auto h = test::run_cli(kCli, {"env", "trace", "--env", "hanabi/full", "--init-state", deck, "--actions", "[[15,20],[20,0]]"},
+                         dir.path());
+  REQUIRE_MESSAGE(h.code == 0, h.err);
+  std::vector<nlohmann::json> moves;
+  std::istringstream hin(h.out);
+  for (std::string line; std::getline(hin, line);)
+    if (!line.empty()) moves.push_back(nlohmann::json::parse(line));
+  REQUIRE(moves.size() == 3);
+  CHECK(moves[0]["agents"]["player_0"]["legal"] == nlohmann::json({5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}));
+  CHECK(moves[0]["agents"]["player_1"]["legal"] == nlohmann::json({20}));
+  CHECK(moves[1]["agents"]["player_1"]["legal"][0] == 0);  // a hint was spent: discards are legal
+  CHECK(moves[2]["agents"]["player_0"]["reward"] == 0.0);
+  test::check_config_error(kCli, {"env", "trace", "--env", "hanabi/full", "--actions", "[[0,20]]"}, dir.path(),
+                           "not legal now");
+  auto hb = test::run_cli(kCli, {"bench", "env", "--env", "hanabi/full", "--num-envs", "64", "--steps", "20", "--json"},
+                          dir.path());
+  REQUIRE_MESSAGE(hb.code == 0, hb.err);
+  auto hj = nlohmann::json::parse(hb.out);
+  CHECK(hj["actions"] == "random legal");
+  CHECK(hj["steps_per_second_without_sampling"].get<double>() >= hj["steps_per_second"].get<double>());
   auto list = test::run_cli(kCli, {"env", "list"}, dir.path());
+  CHECK(contains(list.out, "overcooked/forced_coordination"));
+  CHECK(contains(list.out, "hanabi/very_small"));
   CHECK(contains(list.out, "agent leadadversary_0: observations Box(-inf, inf, (34,), float32), actions Discrete(20)"));
   CHECK(contains(list.out, "smax/3s_vs_5z"));
 }

@@ -151,24 +151,33 @@ int multi_agent_trace(const TraceArgs& args) {
   const envs::MultiAgentSpec& spec = env->spec();
   env->reset(args.seed);
   if (!args.init_state.empty()) env->set_state_json(0, args.init_state);
-  auto agents_json = [&](const at::Tensor& obs, bool with_reward) {
+  auto agents_json = [&](const at::Tensor& obs, bool with_reward, const at::Tensor& avail) {
     Json32 out = Json32::object();
     for (int a = 0; a < env->num_agents(); ++a) {
       const at::Tensor row = obs[0][a].to(at::kFloat).contiguous();  // envs may store bytes
       Json32 agent = {{"obs", f32_list(row.data_ptr<float>(), spec.agents[a].observation.numel())}};
       if (with_reward) agent["reward"] = env->reward()[0][a].item<float>();
+      if (spec.strict_masks) {  // turn-based: the moves legal now, as the original lists them
+        std::vector<int64_t> legal;
+        const at::Tensor mask = avail[0][a];
+        for (int64_t k = 0; k < mask.size(0); ++k)
+          if (mask[k].item<bool>()) legal.push_back(k);
+        agent["legal"] = legal;
+      }
       out[spec.agents[a].name] = agent;
     }
     return out;
   };
   std::vector<nlohmann::json> actions = read_actions(args);
-  std::cout << Json32{{"t", 0}, {"agents", agents_json(env->obs(), false)}}.dump() << "\n";
+  std::cout << Json32{{"t", 0}, {"agents", agents_json(env->obs(), false, env->avail_actions())}}.dump() << "\n";
   run_trace(actions, [&](size_t t) {
     env->step(agent_actions(spec, actions[t - 1], static_cast<int64_t>(t)));
     const bool terminated = env->terminated()[0].item<bool>(), truncated = env->truncated()[0].item<bool>();
-    const at::Tensor& obs = terminated || truncated ? env->final_obs() : env->obs();
+    const bool ended = terminated || truncated;
+    const at::Tensor& obs = ended ? env->final_obs() : env->obs();
+    const at::Tensor& avail = ended ? env->final_avail_actions() : env->avail_actions();
     Json32 line = step_line(t, "actions", actions[t - 1]);
-    line["agents"] = agents_json(obs, true);
+    line["agents"] = agents_json(obs, true, avail);
     line["terminated"] = terminated;
     line["truncated"] = truncated;
     std::cout << line.dump() << "\n";

@@ -54,7 +54,9 @@ MultiAgentSpec spec_of(const Variant& v, const Params& p) {
   MultiAgentSpec spec;
   spec.id = std::string("hanabi/") + v.name;
   spec.summary = v.summary;
-  spec.max_episode_steps = 1000;  // games end on their own well before
+  // A bound no game reaches: each card is played or discarded once, and each hint spends a token
+  // that only the start, discards and completed fireworks provide.
+  spec.max_episode_steps = 2 * p.deck_size + p.max_info + p.colors;
   for (int a = 0; a < p.agents; ++a)
     spec.agents.push_back({"player_" + std::to_string(a), bits(p.obs_dim), Space::discrete(p.moves + 1)});
   spec.state = bits(Hanabi::state_dim(p));

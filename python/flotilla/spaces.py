@@ -79,9 +79,10 @@ def from_spec(d):
     if d["kind"] == "MultiDiscrete":
         return g.MultiDiscrete(d["nvec"]) if g else MultiDiscrete(d["nvec"])
     shape = tuple(d["shape"])
-    low = np.asarray(d["low"], np.float32).reshape(shape)
-    high = np.asarray(d["high"], np.float32).reshape(shape)
-    return g.Box(low, high, shape, np.float32) if g else Box(low, high, shape, np.float32)
+    dtype = np.dtype(d.get("dtype") or "float32")  # uint8 for envs that store bytes
+    low = np.asarray(d["low"]).astype(dtype).reshape(shape)
+    high = np.asarray(d["high"]).astype(dtype).reshape(shape)
+    return g.Box(low, high, shape, dtype) if g else Box(low, high, shape, dtype)
 
 
 def batch(space, n):

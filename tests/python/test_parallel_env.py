@@ -93,3 +93,21 @@ def test_bad_actions_name_the_agent_env_and_value():
     with pytest.raises(flotilla.ConfigError, match="Nn"):
         flotilla.make_vec("mpe/simple_spread", num_envs=1, Nn=2)
     env.step(good)
+
+
+def test_byte_observations_and_turn_based_masks():
+    env = flotilla.make_vec("overcooked/cramped_room", num_envs=2, seed=1)
+    obs, _ = env.reset(seed=1)
+    space = env.observation_space("agent_0")
+    assert space.dtype == np.uint8 and space.shape == (5 * 4 * 26,)
+    assert obs["agent_0"]["observation"].dtype == np.uint8
+    assert int(obs["agent_0"]["observation"][0].sum()) == 18  # the cooks' 4 bits and 14 terrain cells
+    hanabi = flotilla.make_vec("hanabi/full", num_envs=2, seed=1)
+    obs, _ = hanabi.reset(seed=1)
+    mask = obs["player_1"]["action_mask"]
+    assert mask[:, 20].all() and not mask[:, :20].any()  # not player 1's turn: the no-op only
+    with pytest.raises(ValueError, match=r"env 0, agent 'player_0': action 0 is not legal now"):
+        hanabi.step({"player_0": np.array([0, 0]), "player_1": np.array([20, 20])})
+    obs, rewards, *_ = hanabi.step({"player_0": np.array([5, 5]), "player_1": np.array([20, 20])})
+    assert obs["player_1"]["action_mask"][:, :20].any(axis=1).all()  # now player 1 moves
+    assert not obs["player_0"]["action_mask"][:, :20].any()
