@@ -34,8 +34,9 @@ STEPS = 400
 INTERACT_SHARE = 0.4
 
 
-def main():
-    src, out = sys.argv[1], sys.argv[2]
+def import_original(src):
+    """overcooked_ai's Action and OvercookedGridworld from the checkout at `src`, with its
+    Gymnasium registration stubbed out."""
     registration = types.ModuleType("gymnasium.envs.registration")
     registration.register = lambda *args, **kwargs: None
     for name in ("gymnasium", "gymnasium.envs"):
@@ -44,6 +45,12 @@ def main():
     sys.path.insert(0, src)
     from overcooked_ai_py.mdp.actions import Action
     from overcooked_ai_py.mdp.overcooked_mdp import OvercookedGridworld
+    return Action, OvercookedGridworld
+
+
+def main():
+    src, out = sys.argv[1], sys.argv[2]
+    Action, OvercookedGridworld = import_original(src)
 
     cases = []
     for env_id, layout, old_dynamics, seed in LAYOUTS:

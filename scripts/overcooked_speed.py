@@ -15,20 +15,14 @@ import statistics
 import subprocess
 import sys
 import time
-import types
 
 import numpy as np
 
+from overcooked_reference import import_original
+
 
 def original(src):
-    registration = types.ModuleType("gymnasium.envs.registration")
-    registration.register = lambda *args, **kwargs: None
-    for name in ("gymnasium", "gymnasium.envs"):
-        sys.modules[name] = types.ModuleType(name)
-    sys.modules["gymnasium.envs.registration"] = registration
-    sys.path.insert(0, src)
-    from overcooked_ai_py.mdp.actions import Action
-    from overcooked_ai_py.mdp.overcooked_mdp import OvercookedGridworld
+    Action, OvercookedGridworld = import_original(src)
     mdp = OvercookedGridworld.from_layout_name("cramped_room", old_dynamics=True)
     actions = Action.INDEX_TO_ACTION
 

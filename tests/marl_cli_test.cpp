@@ -26,6 +26,15 @@ using test::summary_of;
 using test::metric_names;
 const std::string kCli = FLOTILLA_TEST_CLI;
 std::string config(const std::string& name) { return test::config_path(name); }
+
+// The JSON objects of a command's output, one a line (env trace).
+std::vector<nlohmann::json> json_lines(const std::string& out) {
+  std::vector<nlohmann::json> lines;
+  std::istringstream in(out);
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) lines.push_back(nlohmann::json::parse(line));
+  return lines;
+}
 }  // namespace
 
 TEST_CASE("marl_configs_run_a_short_job") {
@@ -155,10 +164,7 @@ TEST_CASE("env_trace_and_bench_work_on_multi_agent_envs") {
                                 "--actions", "[[2,0],[0,0]]"},
                          dir.path());
   REQUIRE_MESSAGE(t.code == 0, t.err);
-  std::vector<nlohmann::json> lines;
-  std::istringstream in(t.out);
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) lines.push_back(nlohmann::json::parse(line));
+  const std::vector<nlohmann::json> lines = json_lines(t.out);
   REQUIRE(lines.size() == 3);
   CHECK(lines[0]["agents"]["agent_1"]["obs"][2].get<double>() == 1.0);  // own position x
   CHECK(lines[1]["agents"]["agent_0"]["obs"][0].get<double>() == doctest::Approx(0.5));  // pushed right
@@ -183,10 +189,7 @@ TEST_CASE("env_trace_and_bench_work_on_multi_agent_envs") {
   auto h = test::run_cli(kCli, {"env", "trace", "--env", "hanabi/full", "--init-state", deck, "--actions", "[[15,20],[20,0]]"},
                          dir.path());
   REQUIRE_MESSAGE(h.code == 0, h.err);
-  std::vector<nlohmann::json> moves;
-  std::istringstream hin(h.out);
-  for (std::string line; std::getline(hin, line);)
-    if (!line.empty()) moves.push_back(nlohmann::json::parse(line));
+  const std::vector<nlohmann::json> moves = json_lines(h.out);
   REQUIRE(moves.size() == 3);
   CHECK(moves[0]["agents"]["player_0"]["legal"] == nlohmann::json({5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}));
   CHECK(moves[0]["agents"]["player_1"]["legal"] == nlohmann::json({20}));

@@ -9,6 +9,7 @@
 
 #include "core/error.hpp"
 #include "envs/batched_multi_agent_env.hpp"
+#include "envs/init_state.hpp"
 
 namespace flotilla::envs {
 
@@ -67,12 +68,7 @@ MultiAgentSpec spec_of(const Variant& v, const Params& p) {
 }  // namespace
 
 void Hanabi::set_state_json(const Params& p, StateRef s, const std::string& text) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    throw ConfigError(std::string("--init-state is not valid JSON: ") + e.what());
-  }
+  const nlohmann::json j = init_state::parse(text);
   const std::string shape = R"({"deck":["R1","Y3",...]} (every card once, in dealing order))";
   if (!j.is_object() || j.size() != 1 || !j.contains("deck") || !j["deck"].is_array())
     throw ConfigError("--init-state takes " + shape);

@@ -7,6 +7,7 @@
 
 #include "core/error.hpp"
 #include "envs/batched_multi_agent_env.hpp"
+#include "envs/init_state.hpp"
 
 namespace flotilla::envs {
 
@@ -203,26 +204,16 @@ constexpr ScenarioInfo kScenarios[] = {
     {"simple_world_comm", Scenario::WorldComm, "a leader coordinates predators; prey eat food and hide in forests"},
 };
 
-double number(const nlohmann::json& j, const std::string& where) {
-  if (!j.is_number()) throw ConfigError("--init-state: " + where + " must be a number, got " + j.dump());
-  return j.get<double>();
-}
-
 void read_pair(const nlohmann::json& j, const std::string& where, double& x, double& y) {
   if (!j.is_array() || j.size() != 2) throw ConfigError("--init-state: " + where + " must be [x, y], got " + j.dump());
-  x = number(j[0], where + "[0]");
-  y = number(j[1], where + "[1]");
+  x = init_state::number(j[0], where + "[0]");
+  y = init_state::number(j[1], where + "[1]");
 }
 
 }  // namespace
 
 void Mpe::set_state_json(const Params& p, StateRef s, const std::string& text) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    throw ConfigError(std::string("--init-state is not valid JSON: ") + e.what());
-  }
+  const nlohmann::json j = init_state::parse(text);
   const std::string shape =
       R"({"agents":[{"p_pos":[x,y],"p_vel":[x,y],"c":[...]},...],"landmarks":[{"p_pos":[x,y]},...],"goal":i,"goals":[i,j]})";
   if (!j.is_object()) throw ConfigError("--init-state must be a JSON object " + shape);
@@ -249,7 +240,7 @@ void Mpe::set_state_json(const Params& p, StateRef s, const std::string& text) {
         else if (k == "c" && agents) {
           if (!value.is_array() || static_cast<int>(value.size()) != p.dim_c)
             throw ConfigError("--init-state: " + where + ".c must hold " + std::to_string(p.dim_c) + " numbers");
-          for (int c = 0; c < p.dim_c; ++c) comm(p, s, e, c) = number(value[c], where + ".c");
+          for (int c = 0; c < p.dim_c; ++c) comm(p, s, e, c) = init_state::number(value[c], where + ".c");
         } else {
           throw ConfigError("--init-state: unknown key '" + k + "' in " + where);
         }

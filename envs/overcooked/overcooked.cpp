@@ -12,6 +12,7 @@
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "envs/batched_multi_agent_env.hpp"
+#include "envs/init_state.hpp"
 
 namespace flotilla::envs {
 
@@ -175,15 +176,10 @@ std::unique_ptr<MultiAgentVecEnv> make(const LayoutInfo* builtin, const std::str
   return std::make_unique<BatchedMultiAgentEnv<Overcooked>>(spec_of(id, summary, p), p, options);
 }
 
-int integer(const nlohmann::json& j, const std::string& where) {
-  if (!j.is_number_integer()) throw ConfigError("--init-state: " + where + " must be an integer, got " + j.dump());
-  return j.get<int>();
-}
-
 void read_xy(const nlohmann::json& j, const std::string& where, int& x, int& y) {
   if (!j.is_array() || j.size() != 2) throw ConfigError("--init-state: " + where + " must be [x, y], got " + j.dump());
-  x = integer(j[0], where + "[0]");
-  y = integer(j[1], where + "[1]");
+  x = init_state::integer(j[0], where + "[0]");
+  y = init_state::integer(j[1], where + "[1]");
 }
 
 // An object's item code; soups count their onions.
@@ -206,12 +202,7 @@ int item_of(const nlohmann::json& o, const std::string& where) {
 }  // namespace
 
 void Overcooked::set_state_json(const Params& p, StateRef s, const std::string& text) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    throw ConfigError(std::string("--init-state is not valid JSON: ") + e.what());
-  }
+  const nlohmann::json j = init_state::parse(text);
   const std::string shape =
       R"({"players":[{"position":[x,y],"orientation":[dx,dy],"held_object":null},...],"objects":[{"name":"soup","position":[x,y],"_ingredients":[{"name":"onion"},...],"cooking_tick":t},...],"timestep":t})";
   if (!j.is_object()) throw ConfigError("--init-state must be a JSON object " + shape);
@@ -269,13 +260,14 @@ void Overcooked::set_state_json(const Params& p, StateRef s, const std::string& 
       if (p.terrain[cell] == Pot) {
         if (!is_soup(it)) throw ConfigError("--init-state: " + where + ": only soups lie in pots");
         const int k = p.pot_of[cell];
-        const int t = o.contains("cooking_tick") ? integer(o["cooking_tick"], where + ".cooking_tick") : -1;
+        const int t = o.contains("cooking_tick") ? init_state::integer(o["cooking_tick"], where + ".cooking_tick") : -1;
         if (t < -1 || t > p.cook_time)
           throw ConfigError("--init-state: " + where + ".cooking_tick must be -1 (idle) to " + std::to_string(p.cook_time));
         onions(s, k) = it - 2;
         tick(s, k) = t;
       } else if (p.terrain[cell] == Counter) {
-        if (is_soup(it) && o.contains("cooking_tick") && integer(o["cooking_tick"], where + ".cooking_tick") < p.cook_time)
+        const bool cooking = o.contains("cooking_tick") && init_state::integer(o["cooking_tick"], where + ".cooking_tick") < p.cook_time;
+        if (is_soup(it) && cooking)
           throw ConfigError("--init-state: " + where + ": a soup out of a pot is ready (cooking_tick " +
                             std::to_string(p.cook_time) + ")");
         item(p, s, cell) = it;
@@ -284,7 +276,7 @@ void Overcooked::set_state_json(const Params& p, StateRef s, const std::string& 
       }
     }
   }
-  if (j.contains("timestep")) s[kStepVar] = integer(j["timestep"], "timestep");
+  if (j.contains("timestep")) s[kStepVar] = init_state::integer(j["timestep"], "timestep");
 }
 
 }  // namespace overcooked

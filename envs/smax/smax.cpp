@@ -8,6 +8,7 @@
 
 #include "core/error.hpp"
 #include "envs/batched_multi_agent_env.hpp"
+#include "envs/init_state.hpp"
 
 namespace flotilla::envs {
 
@@ -78,20 +79,10 @@ MultiAgentSpec spec_of(const ScenarioInfo& info, const Params& p) {
   return spec;
 }
 
-double number(const nlohmann::json& j, const std::string& where) {
-  if (!j.is_number()) throw ConfigError("--init-state: " + where + " must be a number, got " + j.dump());
-  return j.get<double>();
-}
-
 }  // namespace
 
 void Smax::set_state_json(const Params& p, StateRef s, const std::string& text) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    throw ConfigError(std::string("--init-state is not valid JSON: ") + e.what());
-  }
+  const nlohmann::json j = init_state::parse(text);
   const std::string shape = R"({"units":[{"pos":[x,y],"health":h,"shield":s,"cooldown":c},...]} (agents, then enemies))";
   if (!j.is_object() || j.size() != 1 || !j.contains("units") || !j["units"].is_array() ||
       static_cast<int>(j["units"].size()) != units(p))
@@ -105,14 +96,14 @@ void Smax::set_state_json(const Params& p, StateRef s, const std::string& text) 
     for (const auto& [key, value] : unit.items()) {
       if (key == "pos") {
         if (!value.is_array() || value.size() != 2) throw ConfigError("--init-state: " + where + ".pos must be [x, y]");
-        var(s, u, 0) = number(value[0], where + ".pos[0]");
-        var(s, u, 1) = number(value[1], where + ".pos[1]");
+        var(s, u, 0) = init_state::number(value[0], where + ".pos[0]");
+        var(s, u, 1) = init_state::number(value[1], where + ".pos[1]");
       } else if (key == "health") {
-        var(s, u, 2) = std::min(st.health, number(value, where + ".health"));
+        var(s, u, 2) = std::min(st.health, init_state::number(value, where + ".health"));
       } else if (key == "shield") {
-        var(s, u, 3) = std::min(st.shield, number(value, where + ".shield"));
+        var(s, u, 3) = std::min(st.shield, init_state::number(value, where + ".shield"));
       } else if (key == "cooldown") {
-        var(s, u, 4) = number(value, where + ".cooldown");
+        var(s, u, 4) = init_state::number(value, where + ".cooldown");
       } else {
         throw ConfigError("--init-state: unknown key '" + key + "' in " + where + " (expected " + shape + ")");
       }
